@@ -1,0 +1,1 @@
+"""holdjax: HOLD policy training in pure JAX."""

@@ -1,0 +1,231 @@
+"""The batched reset/step contract shared by every holdjax task.
+
+A :class:`Task` says what one world is (scene file, reset distribution, how an action
+moves the mocap hand, the low-dimensional state, success and rewards, a scripted
+expert). :class:`ManipulationEnv` runs a batch of such worlds on the accelerator: MJX
+physics for all of them at once, then MJX's batch renderer for the camera image.
+
+Why not brax's ``PipelineEnv`` + ``VmapWrapper`` + ``AutoResetWrapper``: the renderer
+allocates Warp buffers for a fixed world count, so rendering is a batch-level call; and
+brax's auto-reset returns every world to its *first* start state (no new puck position
+per episode) and overwrites the final observation that the reward model must score. All
+tasks have fixed-length episodes with no early termination, so every world ends its
+episode on the same step and callers simply ``reset`` the batch.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from typing import ClassVar
+
+import chex
+import jax
+import jax.numpy as jnp
+import mujoco
+from flax import struct
+from mujoco import mjx
+
+from holdjax.envs import arm
+from holdjax.render import CameraRenderer, as_render_data
+
+ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets")
+PHYSICS_IMPLS = ("warp", "jax")
+
+
+@struct.dataclass
+class EnvState:
+    """A batch of worlds after a reset or a step (leading axis = worlds)."""
+
+    data: mjx.Data  # physics state
+    obs: jax.Array  # (N, H, W, 3) uint8 image from the task camera, after the step
+    state: jax.Array  # (N, S) float32 low-dimensional task state, for diagnostics/experts
+    reward: jax.Array  # (N,) float32 the task's sparse reward (the reference's env reward)
+    dense_reward: jax.Array  # (N,) float32 shaped reward, for tests and baselines
+    success: jax.Array  # (N,) bool the task's success criterion
+    subgoal: jax.Array  # (N,) int32 how many of the task's subgoals the state satisfies
+    done: jax.Array  # (N,) bool the episode reached its time limit on this step
+    step_count: jax.Array  # (N,) int32 steps taken in the current episode
+
+
+class Task(abc.ABC):
+    """One world of a manipulation task. Methods act on a single world; the env vmaps."""
+
+    name: ClassVar[str]
+    xml_file: ClassVar[str]
+    episode_length: ClassVar[int]
+    action_dim: ClassVar[int]
+    state_dim: ClassVar[int]
+    num_subgoals: ClassVar[int]
+    camera: ClassVar[str] = "task"
+    image_shape: ClassVar[tuple[int, int]]  # (height, width) the reference's policy sees
+    mirror_image: ClassVar[bool] = True
+    control_period: ClassVar[float]  # seconds of simulated time per environment step
+    timestep: ClassVar[float]  # holdjax's physics timestep (benchmarks/NOTES.md)
+
+    def __init__(self):
+        self.mj_model = mujoco.MjModel.from_xml_path(os.path.join(ASSETS_DIR, self.xml_file))
+        self.mj_model.opt.timestep = self.timestep
+        self.substeps = round(self.control_period / self.timestep)
+        if abs(self.substeps * self.timestep - self.control_period) > 1e-9:
+            raise ValueError(f"{self.name}: timestep must divide the control period")
+        self.hand_body = self.mj_model.body("hand").id
+        self.hand_target_mocap = self.mocap_id("hand_target")
+        self.arm_mocaps = jnp.array([self.mocap_id(b) for b in ("upper_arm", "elbow", "forearm")])
+
+    def mocap_id(self, body: str) -> int:
+        return int(self.mj_model.body_mocapid[self.mj_model.body(body).id])
+
+    def joint_qpos(self, data: mjx.Data, joint: str) -> jax.Array:
+        adr = self.mj_model.jnt_qposadr[self.mj_model.joint(joint).id]
+        return data.qpos[adr]
+
+    @abc.abstractmethod
+    def init_world(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Samples (qpos, hand mocap position) of a fresh episode."""
+
+    @abc.abstractmethod
+    def apply_action(self, data: mjx.Data, action: jax.Array) -> mjx.Data:
+        """Sets mocap target and actuator controls from an action in [-1, 1]."""
+
+    @abc.abstractmethod
+    def observe(self, data: mjx.Data) -> jax.Array:
+        """The low-dimensional state, shape (state_dim,)."""
+
+    @abc.abstractmethod
+    def evaluate(self, state: jax.Array) -> dict[str, jax.Array]:
+        """success (bool), reward (sparse), dense_reward and subgoal (int) of a state."""
+
+    @abc.abstractmethod
+    def expert_action(self, state: jax.Array) -> jax.Array:
+        """The scripted expert's action in [-1, 1] for a low-dimensional state."""
+
+    def hand_pos(self, data: mjx.Data) -> jax.Array:
+        """Hand position from its slide joints (valid before kinematics are recomputed)."""
+        return self.mj_model.body_pos[self.hand_body] + data.qpos[self.hand_qpos_slice]
+
+    @property
+    def hand_qpos_slice(self) -> slice:
+        adr = self.mj_model.jnt_qposadr[self.mj_model.joint("hand_x").id]
+        return slice(int(adr), int(adr) + 3)
+
+
+def sanitize_action(action: jax.Array) -> jax.Array:
+    """Maps actions into [-1, 1]: out-of-range values are clipped, NaN means "no motion".
+
+    A NaN from a diverged policy would otherwise reach the mocap target and poison the
+    physics state of that world for good; +-inf clip to the bounds like any large value.
+    """
+    return jnp.clip(jnp.where(jnp.isnan(action), 0.0, action), -1.0, 1.0)
+
+
+def image_to_float(obs: jax.Array) -> jax.Array:
+    """uint8 image (as stored) -> float32 in [0, 1] (as networks see it)."""
+    return obs.astype(jnp.float32) / 255.0
+
+
+class ManipulationEnv:
+    """A batch of worlds of one task: jittable ``reset(key, num_envs)`` and ``step``."""
+
+    def __init__(
+        self,
+        task: Task,
+        impl: str = "warp",
+        image_shape: tuple[int, int] | None = None,
+    ):
+        if impl not in PHYSICS_IMPLS:
+            raise ValueError(f"unknown physics impl {impl!r}; choose one of {PHYSICS_IMPLS}")
+        self.task = task
+        self.impl = impl
+        self.image_shape = tuple(image_shape or task.image_shape)
+        self.model = mjx.put_model(task.mj_model, impl=impl)
+        self._render_model = (
+            self.model if impl == "warp" else mjx.put_model(task.mj_model, impl="warp")
+        )
+        self._renderers: dict[int, CameraRenderer] = {}
+        if impl == "jax":
+            data = mujoco.MjData(task.mj_model)
+            mujoco.mj_forward(task.mj_model, data)
+            self._render_template = mjx.put_data(task.mj_model, data, impl="warp")
+
+    @property
+    def episode_length(self) -> int:
+        return self.task.episode_length
+
+    @property
+    def action_dim(self) -> int:
+        return self.task.action_dim
+
+    def renderer(self, num_envs: int) -> CameraRenderer:
+        """The renderer for this batch size (Warp fixes the world count per context)."""
+        if num_envs not in self._renderers:
+            height, width = self.image_shape
+            self._renderers[num_envs] = CameraRenderer(
+                self.task.mj_model, self._render_model, self.task.camera, height, width, num_envs,
+                self.task.mirror_image,
+            )
+        return self._renderers[num_envs]
+
+    def render(self, data: mjx.Data) -> jax.Array:
+        """uint8 images (N, H, W, 3) of a batch of worlds."""
+        renderer = self.renderer(data.qpos.shape[0])
+        if self.impl == "jax":
+            data = jax.vmap(as_render_data, in_axes=(None, 0))(self._render_template, data)
+        return renderer(data)
+
+    def reset(self, key: jax.Array, num_envs: int) -> EnvState:
+        """Fresh episodes for ``num_envs`` worlds, one independent key each."""
+        keys = jax.random.split(key, num_envs)
+        data = jax.vmap(self._reset_world)(keys)
+        zeros = jnp.zeros((num_envs,), jnp.int32)
+        return self._finish(data, zeros)
+
+    def step(self, state: EnvState, action: jax.Array) -> EnvState:
+        """Advances every world by one control period; ``action`` is (N, action_dim)."""
+        num_envs = state.obs.shape[0]
+        chex.assert_shape(action, (num_envs, self.task.action_dim))
+        action = sanitize_action(action.astype(jnp.float32))
+        data = jax.vmap(self._step_world)(state.data, action)
+        return self._finish(data, state.step_count + 1)
+
+    def _reset_world(self, key: jax.Array) -> mjx.Data:
+        qpos, hand_mocap = self.task.init_world(key)
+        data = mjx.make_data(self.task.mj_model, impl=self.impl)
+        mocap_pos = data.mocap_pos.at[self.task.hand_target_mocap].set(hand_mocap)
+        data = data.replace(qpos=qpos, mocap_pos=mocap_pos)
+        return self._pose_arm_and_forward(data)
+
+    def _step_world(self, data: mjx.Data, action: jax.Array) -> mjx.Data:
+        data = self.task.apply_action(data, action)
+        data = jax.lax.fori_loop(
+            0, self.task.substeps, lambda _, d: mjx.step(self.model, d), data
+        )
+        return self._pose_arm_and_forward(data)
+
+    def _pose_arm_and_forward(self, data: mjx.Data) -> mjx.Data:
+        """Draws the arm at the hand and recomputes kinematics for the current state.
+
+        mj_step leaves poses one substep behind qpos (the reference renders that lagged
+        state, a quirk not reproduced): the forward pass makes image and state agree.
+        """
+        positions, quats = arm.arm_link_poses(self.task.hand_pos(data))
+        data = data.replace(
+            mocap_pos=data.mocap_pos.at[self.task.arm_mocaps].set(positions),
+            mocap_quat=data.mocap_quat.at[self.task.arm_mocaps].set(quats),
+        )
+        return mjx.forward(self.model, data)
+
+    def _finish(self, data: mjx.Data, step_count: jax.Array) -> EnvState:
+        state = jax.vmap(self.task.observe)(data)
+        metrics = jax.vmap(self.task.evaluate)(state)
+        return EnvState(
+            data=data,
+            obs=self.render(data),
+            state=state,
+            reward=metrics["reward"].astype(jnp.float32),
+            dense_reward=metrics["dense_reward"].astype(jnp.float32),
+            success=metrics["success"],
+            subgoal=metrics["subgoal"].astype(jnp.int32),
+            done=step_count >= self.task.episode_length,
+            step_count=step_count,
+        )

@@ -1,0 +1,106 @@
+"""`pushing`: push the red mug onto the dark goal square.
+
+The reference's ``Image48HumanLikeSawyerPushForwardEnv-v1`` (multiworld
+``SawyerPushAndReachTargetObjectXYEnv``, reward ``puck_success_positive``). Constants
+come from ``../shared/SPEC.md`` (gathered from multiworld's sources) unless a comment
+says otherwise.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from mujoco import mjx
+
+from holdjax.envs.base import Task
+
+HAND_LOW = jnp.array([-0.28, 0.3, 0.05])  # SPEC.md: mocap x, y bounds; z held at 0.05
+HAND_HIGH = jnp.array([0.28, 0.9, 0.05])
+HAND_START = jnp.array([0.0, 0.2, 0.07])  # SPEC.md: the first step clips it into bounds
+ACTION_SCALE = 0.02  # SPEC.md: mocap += 0.02 * action (metres)
+PUCK_START_Y = 0.6  # SPEC.md: puck at (U(-0.1, 0.1), 0.6)
+PUCK_START_X_RANGE = 0.1
+PUCK_HALF_HEIGHT = 0.03  # pushing.xml: the mug is 6 cm tall
+GOAL = jnp.array([0.0, 0.75])  # SPEC.md: goal square centre
+SUCCESS_L1 = 0.03  # SPEC.md: success when the L1 puck-goal distance is below this
+
+# Scripted expert (holdjax's own): stand this far behind the puck along the push line.
+_CONTACT_OFFSET = 0.048  # mug radius 0.025 + fingertip radius 0.018 + 5 mm
+_APPROACH_OFFSET = 0.07
+_SETTLE_RADIUS = 0.02
+_PUSH_STEP = 0.02
+_STOP_RADIUS = 0.008
+_GAIN = 0.8
+
+
+class Pushing(Task):
+    name = "pushing"
+    xml_file = "pushing.xml"
+    episode_length = 100  # SPEC.md
+    action_dim = 2  # SPEC.md: (dx, dy)
+    state_dim = 9  # hand xyz, puck xyz, hand target (mocap) xyz
+    num_subgoals = 1
+    image_shape = (48, 48)
+    control_period = 0.1  # SPEC.md: 0.002 s x 50 substeps
+    timestep = 0.005  # holdjax: 20 substeps, chosen by measurement (benchmarks/NOTES.md)
+
+    def __init__(self):
+        super().__init__()
+        self.puck_qpos = int(self.mj_model.jnt_qposadr[self.mj_model.joint("puck").id])
+
+    def init_world(self, key):
+        qpos = jnp.asarray(self.mj_model.qpos0)
+        puck_x = jax.random.uniform(key, (), minval=-PUCK_START_X_RANGE, maxval=PUCK_START_X_RANGE)
+        puck = jnp.array([puck_x, PUCK_START_Y, PUCK_HALF_HEIGHT, 1.0, 0.0, 0.0, 0.0])
+        qpos = qpos.at[self.puck_qpos : self.puck_qpos + 7].set(puck)
+        return qpos, HAND_START
+
+    def apply_action(self, data: mjx.Data, action):
+        mocap = data.mocap_pos[self.hand_target_mocap]
+        target = mocap + ACTION_SCALE * jnp.array([action[0], action[1], 0.0])
+        target = jnp.clip(target, HAND_LOW, HAND_HIGH)
+        return data.replace(mocap_pos=data.mocap_pos.at[self.hand_target_mocap].set(target))
+
+    def observe(self, data: mjx.Data):
+        hand = data.xpos[self.hand_body]
+        puck = data.qpos[self.puck_qpos : self.puck_qpos + 3]
+        target = data.mocap_pos[self.hand_target_mocap]
+        return jnp.concatenate([hand, puck, target]).astype(jnp.float32)
+
+    def evaluate(self, state):
+        hand, puck = state[0:2], state[3:5]
+        puck_to_goal_l1 = jnp.sum(jnp.abs(puck - GOAL))
+        success = puck_to_goal_l1 < SUCCESS_L1
+        # Dense (holdjax's): bring the hand to the puck and the puck to the goal.
+        dense = -jnp.linalg.norm(puck - GOAL) - 0.5 * jnp.linalg.norm(hand - puck)
+        return {
+            "success": success,
+            "reward": success.astype(jnp.float32),
+            "dense_reward": dense,
+            "subgoal": success.astype(jnp.int32),
+        }
+
+    def expert_action(self, state):
+        """Stand behind the mug on the mug-goal line and push along it, slowing at the goal.
+
+        Continuous in the state (no mode switches to chatter between): the push blends in
+        as the hand settles behind the mug, so action noise only delays it.
+        """
+        hand, puck, target = state[0:2], state[3:5], state[6:8]
+        to_goal = GOAL - puck
+        dist = jnp.linalg.norm(to_goal)
+        direction = to_goal / jnp.maximum(dist, 1e-6)
+        normal = jnp.array([-direction[1], direction[0]])
+        behind_puck = puck - direction * _CONTACT_OFFSET
+        rel = hand - puck
+        along, across = rel @ direction, rel @ normal
+        # Level with or ahead of the mug: go round it on the near side first.
+        side = jnp.where(across >= 0, 1.0, -1.0)
+        detour = puck + normal * side * _APPROACH_OFFSET - direction * _APPROACH_OFFSET
+        blocked = (along > -0.6 * _CONTACT_OFFSET) & (jnp.abs(across) < _APPROACH_OFFSET)
+        waypoint = jnp.where(blocked, detour, behind_puck)
+        settled = jnp.clip(1.0 - jnp.linalg.norm(hand - behind_puck) / _SETTLE_RADIUS, 0.0, 1.0)
+        push = direction * jnp.minimum(dist, _PUSH_STEP) * settled * (dist > _STOP_RADIUS)
+        aim = jnp.where(blocked, waypoint, waypoint + push)
+        # Steer the mocap target (which the hand follows through its weld).
+        return jnp.clip(_GAIN * (aim - target) / ACTION_SCALE, -1.0, 1.0)

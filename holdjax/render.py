@@ -1,0 +1,88 @@
+"""On-device batch rendering of task cameras with MJX's renderer (MuJoCo Warp).
+
+The renderer needs Warp-impl model and data. Physics may run under either MJX impl:
+with ``impl='jax'`` the few kinematic fields the renderer reads are copied into a
+Warp-impl data template (:func:`as_render_data`), which XLA turns into plain buffer
+copies; ``tests/test_render.py`` checks the images are identical either way.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import mujoco
+from mujoco import mjx
+
+# Pose fields of mjx.Data that MJX's BVH refit and renderer read (mujoco/mjx/warp/bvh.py,
+# render.py). Lights are read too, from the template: holdjax scenes fix them to the world.
+RENDER_FIELDS = ("geom_xpos", "geom_xmat", "cam_xpos", "cam_xmat")
+
+
+class CameraRenderer:
+    """Renders one named camera of a scene for a fixed number of worlds.
+
+    MuJoCo Warp allocates its buffers per world count, so a renderer is built for one
+    ``num_worlds``; :class:`holdjax.envs.base.ManipulationEnv` caches one per batch size.
+    Images come back as uint8 (N, H, W, 3), mirrored left-right when ``mirror`` is set,
+    as the reference's final images are.
+    """
+
+    def __init__(
+        self,
+        mj_model: mujoco.MjModel,
+        render_model: mjx.Model,
+        camera: str,
+        height: int,
+        width: int,
+        num_worlds: int,
+        mirror: bool,
+    ):
+        cam_id = mujoco.mj_name2id(mj_model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+        if cam_id < 0:
+            raise ValueError(f"camera {camera!r} is not in the scene")
+        self.height, self.width, self.num_worlds, self.mirror = height, width, num_worlds, mirror
+        if render_model.impl != mjx.Impl.WARP:
+            raise ValueError("the renderer needs a Warp-impl model (mjx.put_model(impl='warp'))")
+        self.model = render_model
+        cam_active = [i == cam_id for i in range(mj_model.ncam)]
+        self.context = mjx.create_render_context(
+            mjm=mj_model,
+            nworld=num_worlds,
+            cam_res=(width, height),
+            cam_active=cam_active,
+            render_rgb=True,
+            render_depth=False,
+            use_textures=False,
+            use_shadows=False,
+            enabled_geom_groups=[0, 1, 2],
+        )
+        # Index among the active cameras, which is how the packed buffer is laid out.
+        self._packed_index = 0
+
+    def __call__(self, data: mjx.Data) -> jax.Array:
+        """Renders a batch of Warp-impl data (leading axis = worlds) to uint8 images."""
+        n = data.qpos.shape[0]
+        if n != self.num_worlds:
+            raise ValueError(f"renderer built for {self.num_worlds} worlds, got {n}")
+        ctx = self.context.pytree()
+        data = jax.vmap(mjx.refit_bvh, in_axes=(None, 0, None))(self.model, data, ctx)
+        packed, _, _ = jax.vmap(mjx.render, in_axes=(None, 0, None))(self.model, data, ctx)
+        return unpack_rgb(packed, self.height, self.width, self.mirror)
+
+
+def unpack_rgb(packed: jax.Array, height: int, width: int, mirror: bool) -> jax.Array:
+    """Unpacks MuJoCo Warp's uint32 ABGR pixels (one camera) into uint8 RGB images."""
+    packed = packed[..., : height * width]
+    channels = [(packed >> shift) & 0xFF for shift in (16, 8, 0)]
+    rgb = jnp.stack(channels, axis=-1).astype(jnp.uint8)
+    rgb = rgb.reshape(packed.shape[:-1] + (height, width, 3))
+    return jnp.flip(rgb, axis=-2) if mirror else rgb
+
+
+def as_render_data(template: mjx.Data, data: mjx.Data) -> mjx.Data:
+    """Copies the poses the renderer reads from any-impl data into Warp-impl data.
+
+    ``template`` is one world's Warp-impl data after a forward pass (it supplies the
+    world-fixed light poses); ``data`` may be batched, in which case call under vmap.
+    """
+    return template.replace(**{name: getattr(data, name) for name in RENDER_FIELDS})

@@ -1,0 +1,179 @@
+"""SAC training state and one gradient step, with the reference's hyperparameters as defaults.
+
+`sac_update` is pure (jit it with `config` static); the state is a pytree, so K seeds are one
+`jax.vmap` over `init_sac` keys and `sac_update` states.
+"""
+
+import dataclasses
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from holdjax.sac.augment import random_shift
+from holdjax.sac.losses import actor_loss, alpha_loss, critic_loss
+from holdjax.sac.networks import SACNetworks, make_networks
+from holdjax.sac.replay import Transition, is_image_shape, stored_obs_to_float
+
+
+@dataclasses.dataclass(frozen=True)
+class SACConfig:
+    """Hyperparameters (hashable, so usable as a static jit argument)."""
+
+    learning_rate: float = 3e-4
+    discount: float = 0.99
+    tau: float = 5e-3
+    batch_size: int = 256
+    aug_pad: int = 4
+    target_entropy: float | None = None  # None: -|A|
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    encoder_filters: tuple[int, ...] = (8, 8)
+    encoder_kernel_size: int = 5
+    init_log_alpha: float = 0.0
+
+
+@flax.struct.dataclass
+class SACState:
+    """Everything one SAC learner carries between updates."""
+
+    actor_params: chex.ArrayTree
+    critic_params: chex.ArrayTree
+    target_critic_params: chex.ArrayTree
+    actor_opt_state: optax.OptState
+    critic_opt_state: optax.OptState
+    log_alpha: jax.Array
+    alpha_opt_state: optax.OptState
+    step: jax.Array
+
+
+def networks_for(config: SACConfig, action_dim: int, from_pixels: bool) -> SACNetworks:
+    """The module definitions a config describes."""
+    return make_networks(
+        action_dim,
+        from_pixels,
+        config.hidden_sizes,
+        config.encoder_filters,
+        config.encoder_kernel_size,
+    )
+
+
+def optimizer(config: SACConfig) -> optax.GradientTransformation:
+    """Adam with one learning rate for policy, critics and temperature, as in the reference."""
+    return optax.adam(config.learning_rate)
+
+
+def target_entropy(config: SACConfig, action_dim: int) -> float:
+    """The reference's 'auto' target, -|A|, unless the config sets one."""
+    return -float(action_dim) if config.target_entropy is None else config.target_entropy
+
+
+def init_sac(
+    key: jax.Array, obs_shape: tuple[int, ...], action_dim: int, config: SACConfig
+) -> SACState:
+    """Fresh parameters; the target critic starts as an exact copy of the critic."""
+    networks = networks_for(config, action_dim, is_image_shape(obs_shape))
+    actor_key, critic_key = jax.random.split(key)
+    dummy_obs = jnp.zeros((1, *obs_shape), jnp.float32)
+    dummy_action = jnp.zeros((1, action_dim), jnp.float32)
+    actor_params = networks.actor.init(actor_key, dummy_obs)
+    critic_params = networks.critic.init(critic_key, dummy_obs, dummy_action)
+    log_alpha = jnp.asarray(config.init_log_alpha, jnp.float32)
+    tx = optimizer(config)
+    return SACState(
+        actor_params=actor_params,
+        critic_params=critic_params,
+        target_critic_params=critic_params,
+        actor_opt_state=tx.init(actor_params),
+        critic_opt_state=tx.init(critic_params),
+        log_alpha=log_alpha,
+        alpha_opt_state=tx.init(log_alpha),
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def prepare_obs(obs: jax.Array, key: jax.Array, aug_pad: int) -> jax.Array:
+    """Stored observations to network input: random-shift images (on uint8), then to float."""
+    if obs.ndim == 4 and aug_pad > 0:
+        obs = random_shift(key, obs, aug_pad)
+    return stored_obs_to_float(obs)
+
+
+def apply_gradients(
+    tx: optax.GradientTransformation,
+    params: chex.ArrayTree,
+    grads: chex.ArrayTree,
+    opt_state: optax.OptState,
+) -> tuple[chex.ArrayTree, optax.OptState]:
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def sac_update(
+    state: SACState, batch: Transition, key: jax.Array, config: SACConfig
+) -> tuple[SACState, dict[str, jax.Array]]:
+    """One SAC step on a replay batch as stored (uint8 images or float state vectors).
+
+    Critic, actor and temperature gradients are all taken at the pre-update parameters, as the
+    reference's single `session.run` of the three train ops does; this also lets XLA overlap
+    them. Obs and next obs get independent random shifts. Targets then move by Polyak(tau).
+    """
+    chex.assert_rank(batch.action, 2)
+    action_dim = batch.action.shape[-1]
+    networks = networks_for(config, action_dim, from_pixels=batch.obs.ndim == 4)
+    obs_key, next_obs_key, next_noise_key, noise_key = jax.random.split(key, 4)
+    batch = batch.replace(
+        obs=prepare_obs(batch.obs, obs_key, config.aug_pad),
+        next_obs=prepare_obs(batch.next_obs, next_obs_key, config.aug_pad),
+    )
+    next_noise = jax.random.normal(next_noise_key, batch.action.shape)
+    noise = jax.random.normal(noise_key, batch.action.shape)
+
+    critic_grads, critic_metrics = jax.grad(critic_loss, has_aux=True)(
+        state.critic_params,
+        state.target_critic_params,
+        state.actor_params,
+        state.log_alpha,
+        batch,
+        next_noise,
+        networks,
+        config.discount,
+    )
+    (actor_loss_value, log_prob), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
+        state.actor_params, state.critic_params, state.log_alpha, batch.obs, noise, networks
+    )
+    alpha_loss_value, alpha_grad = jax.value_and_grad(alpha_loss)(
+        state.log_alpha, log_prob, target_entropy(config, action_dim)
+    )
+
+    tx = optimizer(config)
+    critic_params, critic_opt_state = apply_gradients(
+        tx, state.critic_params, critic_grads, state.critic_opt_state
+    )
+    actor_params, actor_opt_state = apply_gradients(
+        tx, state.actor_params, actor_grads, state.actor_opt_state
+    )
+    log_alpha, alpha_opt_state = apply_gradients(
+        tx, state.log_alpha, alpha_grad, state.alpha_opt_state
+    )
+    new_state = SACState(
+        actor_params=actor_params,
+        critic_params=critic_params,
+        target_critic_params=optax.incremental_update(
+            critic_params, state.target_critic_params, config.tau
+        ),
+        actor_opt_state=actor_opt_state,
+        critic_opt_state=critic_opt_state,
+        log_alpha=log_alpha,
+        alpha_opt_state=alpha_opt_state,
+        step=state.step + 1,
+    )
+    metrics = {
+        **critic_metrics,
+        "actor_loss": actor_loss_value,
+        "alpha_loss": alpha_loss_value,
+        "alpha": jnp.exp(log_alpha),
+        "entropy": -jnp.mean(log_prob),
+    }
+    return new_state, metrics

@@ -1,0 +1,301 @@
+"""SAC core: shapes, losses against independent numpy formulas, replay, augmentation, learning."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from holdjax.sac import losses, networks, replay
+from holdjax.sac.augment import random_shift, shift_images
+from holdjax.sac.update import SACConfig, init_sac, networks_for, sac_update
+
+OBS_DIM, ACTION_DIM, BATCH = 3, 2, 5
+SMALL = SACConfig(hidden_sizes=(8, 8))
+
+
+# numpy reference formulas, written independently of the jax code ---------------------------
+
+
+def np_mlp(layers: dict, x: np.ndarray) -> np.ndarray:
+    num_hidden = len(layers) - 1
+    for i in range(num_hidden):
+        layer = layers[f"hidden_{i}"]
+        x = np.maximum(x @ np.asarray(layer["kernel"], np.float64) + layer["bias"], 0.0)
+    return x @ np.asarray(layers["output"]["kernel"], np.float64) + layers["output"]["bias"]
+
+
+def np_critic(params: dict, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate([obs, action], axis=-1)
+    return np_mlp(params["params"]["q1"], x)[:, 0], np_mlp(params["params"]["q2"], x)[:, 0]
+
+
+def np_actor(params: dict, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    out = np_mlp(params["params"]["torso"], obs)
+    return out[:, :ACTION_DIM], np.clip(out[:, ACTION_DIM:], -20.0, 2.0)
+
+
+def np_tanh_gaussian(mean, log_std, noise):
+    """Density of a = tanh(u), u ~ N(mean, std): N(u) / prod(1 - a^2)."""
+    std = np.exp(log_std)
+    u = mean + std * noise
+    action = np.tanh(u)
+    normal_log_pdf = -0.5 * ((u - mean) / std) ** 2 - np.log(std * np.sqrt(2.0 * np.pi))
+    return action, np.sum(normal_log_pdf - np.log(1.0 - action**2), axis=-1)
+
+
+# fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def state_problem():
+    """Initialised state-vector SAC with a target critic that differs from the critic."""
+    state = init_sac(jax.random.key(0), (OBS_DIM,), ACTION_DIM, SMALL)
+    perturbation_key, batch_key = jax.random.split(jax.random.key(1))
+    leaves, treedef = jax.tree.flatten(state.critic_params)
+    keys = jax.random.split(perturbation_key, len(leaves))
+    perturbed = [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    target = jax.tree.unflatten(treedef, perturbed)
+    k = jax.random.split(batch_key, 5)
+    batch = replay.Transition(
+        obs=jax.random.normal(k[0], (BATCH, OBS_DIM)),
+        action=jax.random.uniform(k[1], (BATCH, ACTION_DIM), minval=-0.9, maxval=0.9),
+        reward=jax.random.normal(k[2], (BATCH,)),
+        next_obs=jax.random.normal(k[3], (BATCH, OBS_DIM)),
+        done=jnp.array([0.0, 1.0, 0.0, 0.0, 1.0]),
+    )
+    noise = jax.random.normal(k[4], (BATCH, ACTION_DIM))
+    nets = networks_for(SMALL, ACTION_DIM, from_pixels=False)
+    return state.replace(target_critic_params=target), batch, noise, nets
+
+
+def to_np(tree):
+    return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+
+
+# networks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [3, 6])
+def test_encoder_output_has_reference_width(channels):
+    images = jnp.zeros((2, 48, 48, channels))
+    encoder = networks.Encoder()
+    features = encoder.apply(encoder.init(jax.random.key(0), images), images)
+    assert features.shape == (2, 1152)
+
+
+def test_actor_log_std_is_clipped():
+    nets = networks_for(SMALL, ACTION_DIM, from_pixels=False)
+    params = nets.actor.init(jax.random.key(0), jnp.zeros((1, OBS_DIM)))
+    huge = jax.tree.map(lambda x: 1e3 * x + 1e3, params)
+    _, log_std = nets.actor.apply(huge, jax.random.normal(jax.random.key(1), (4, OBS_DIM)))
+    assert float(log_std.min()) >= -20.0 and float(log_std.max()) <= 2.0
+
+
+def test_tanh_gaussian_log_prob_matches_numpy():
+    k = jax.random.split(jax.random.key(3), 3)
+    mean = jax.random.normal(k[0], (6, 3))
+    log_std = jax.random.uniform(k[1], (6, 3), minval=-1.5, maxval=0.3)
+    noise = jax.random.normal(k[2], (6, 3))
+    action, log_prob = networks.sample_tanh_gaussian(mean, log_std, noise)
+    np_action, np_log_prob = np_tanh_gaussian(*to_np((mean, log_std, noise)))
+    np.testing.assert_allclose(action, np_action, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_prob, np_log_prob, rtol=1e-4, atol=1e-4)
+
+
+def test_tanh_gaussian_log_prob_finite_when_saturated():
+    mean = jnp.array([[30.0, -30.0]])
+    _, log_prob = networks.sample_tanh_gaussian(mean, jnp.zeros_like(mean), jnp.zeros_like(mean))
+    assert np.isfinite(log_prob).all()
+
+
+# losses -----------------------------------------------------------------------------------
+
+
+def test_critic_loss_matches_numpy(state_problem):
+    state, batch, noise, nets = state_problem
+    log_alpha, discount = jnp.float32(0.3), 0.9
+    loss, _ = losses.critic_loss(
+        state.critic_params,
+        state.target_critic_params,
+        state.actor_params,
+        log_alpha,
+        batch,
+        noise,
+        nets,
+        discount,
+    )
+    b = to_np(batch)
+    next_mean, next_log_std = np_actor(to_np(state.actor_params), b.next_obs)
+    next_action, next_log_prob = np_tanh_gaussian(next_mean, next_log_std, np.asarray(noise))
+    target_q1, target_q2 = np_critic(to_np(state.target_critic_params), b.next_obs, next_action)
+    soft_value = np.minimum(target_q1, target_q2) - np.exp(0.3) * next_log_prob
+    y = b.reward + discount * (1.0 - b.done) * soft_value
+    q1, q2 = np_critic(to_np(state.critic_params), b.obs, b.action)
+    expected = 0.5 * np.mean((q1 - y) ** 2) + 0.5 * np.mean((q2 - y) ** 2)
+    np.testing.assert_allclose(loss, expected, rtol=1e-4)
+
+
+def test_actor_and_alpha_losses_match_numpy(state_problem):
+    state, batch, noise, nets = state_problem
+    log_alpha = jnp.float32(-0.7)
+    loss, log_prob = losses.actor_loss(
+        state.actor_params, state.critic_params, log_alpha, batch.obs, noise, nets
+    )
+    obs = np.asarray(batch.obs, np.float64)
+    mean, log_std = np_actor(to_np(state.actor_params), obs)
+    action, np_log_prob = np_tanh_gaussian(mean, log_std, np.asarray(noise))
+    q1, q2 = np_critic(to_np(state.critic_params), obs, action)
+    expected = np.mean(np.exp(-0.7) * np_log_prob - np.minimum(q1, q2))
+    np.testing.assert_allclose(loss, expected, rtol=1e-4)
+    np.testing.assert_allclose(log_prob, np_log_prob, rtol=1e-4, atol=1e-4)
+
+    temperature_loss = losses.alpha_loss(log_alpha, log_prob, -2.0)
+    np.testing.assert_allclose(temperature_loss, -np.mean(-0.7 * (np_log_prob - 2.0)), rtol=1e-4)
+
+
+# replay -----------------------------------------------------------------------------------
+
+
+def numbered_transitions(values) -> replay.Transition:
+    """Transitions whose every field encodes `values`, so slots can be read back."""
+    values = jnp.asarray(values, jnp.float32)
+    return replay.Transition(
+        obs=values[:, None],
+        action=jnp.stack([values, -values], axis=1),
+        reward=values,
+        next_obs=values[:, None] + 100.0,
+        done=values,
+    )
+
+
+def test_replay_insert_wraps_around():
+    buffer = replay.init_replay(5, (1,), 2)
+    insert = jax.jit(replay.insert)
+    buffer = insert(buffer, numbered_transitions([0, 1, 2]))
+    assert int(buffer.size) == 3 and int(buffer.cursor) == 3
+    buffer = insert(buffer, numbered_transitions([3, 4, 5, 6]))
+    assert int(buffer.size) == 5 and int(buffer.cursor) == 2
+    np.testing.assert_array_equal(buffer.data.reward, [5, 6, 2, 3, 4])
+    np.testing.assert_array_equal(buffer.data.next_obs[:, 0], [105, 106, 102, 103, 104])
+    np.testing.assert_array_equal(buffer.data.action[:, 1], [-5, -6, -2, -3, -4])
+    with pytest.raises(ValueError):
+        replay.insert(buffer, numbered_transitions(range(6)))
+
+
+def test_replay_samples_only_filled_slots():
+    buffer = replay.insert(replay.init_replay(10, (1,), 2), numbered_transitions([7, 8, 9]))
+    batch = jax.jit(replay.sample, static_argnums=2)(buffer, jax.random.key(0), 500)
+    assert set(np.asarray(batch.reward).tolist()) == {7.0, 8.0, 9.0}
+    np.testing.assert_array_equal(batch.next_obs[:, 0], batch.reward + 100.0)
+
+
+def test_replay_stores_images_as_uint8():
+    buffer = replay.init_replay(4, (16, 16, 3), 2)
+    assert buffer.data.obs.dtype == jnp.uint8 and buffer.data.next_obs.dtype == jnp.uint8
+    images = jnp.linspace(0.0, 1.0, 16 * 16 * 3).reshape(1, 16, 16, 3)
+    roundtrip = replay.stored_obs_to_float(replay.pixels_to_uint8(images))
+    np.testing.assert_allclose(roundtrip, images, atol=0.5 / 255 + 1e-6)
+
+
+# augmentation -----------------------------------------------------------------------------
+
+
+def numbered_images(batch: int = 2, size: int = 8) -> jax.Array:
+    return jnp.arange(batch * size * size * 2, dtype=jnp.int32).reshape(batch, size, size, 2)
+
+
+def test_zero_shift_is_identity():
+    images = numbered_images()
+    shifted = shift_images(images, jnp.zeros((2, 2), jnp.int32), pad=4)
+    np.testing.assert_array_equal(shifted, images)
+
+
+def test_known_shift_moves_pixels_with_edge_replication():
+    images = numbered_images()
+    shifts = np.array([[2, -3], [-4, 4]])
+    shifted = np.asarray(jax.jit(shift_images, static_argnums=2)(images, jnp.asarray(shifts), 4))
+    rows, cols = np.arange(8), np.arange(8)
+    for b, (dy, dx) in enumerate(shifts):
+        source_rows = np.clip(rows + dy, 0, 7)
+        source_cols = np.clip(cols + dx, 0, 7)
+        expected = np.asarray(images[b])[source_rows][:, source_cols]
+        np.testing.assert_array_equal(shifted[b], expected)
+    # sample 0 shows rows 2.. of the original; its last two rows repeat the original's last row
+    np.testing.assert_array_equal(shifted[0, -1], shifted[0, -2])
+
+
+def test_random_shift_is_independent_per_sample():
+    images = jnp.tile(numbered_images(1), (16, 1, 1, 1)).astype(jnp.uint8)
+    shifted = random_shift(jax.random.key(0), images, pad=4)
+    assert shifted.shape == images.shape and shifted.dtype == jnp.uint8
+    assert len({np.asarray(x).tobytes() for x in shifted}) > 8
+
+
+# update -----------------------------------------------------------------------------------
+
+
+def test_sac_update_changes_params_and_stays_finite():
+    config = SACConfig(hidden_sizes=(32, 32))
+    obs_shape = (16, 16, 3)
+    state = init_sac(jax.random.key(0), obs_shape, ACTION_DIM, config)
+    k = jax.random.split(jax.random.key(1), 4)
+    images = jax.random.randint(k[0], (2, 8, *obs_shape), 0, 256).astype(jnp.uint8)
+    batch = replay.Transition(
+        obs=images[0],
+        action=jax.random.uniform(k[1], (8, ACTION_DIM), minval=-1, maxval=1),
+        reward=jax.random.normal(k[2], (8,)),
+        next_obs=images[1],
+        done=jnp.zeros((8,)),
+    )
+    update = jax.jit(sac_update, static_argnames="config")
+    new_state, metrics = update(state, batch, k[3], config=config)
+
+    assert int(new_state.step) == 1
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(new_state))
+    assert all(np.isfinite(np.asarray(v)) for v in metrics.values())
+    for name in ("actor_params", "critic_params", "target_critic_params", "log_alpha"):
+        before, after = getattr(state, name), getattr(new_state, name)
+        changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, after)
+        assert all(jax.tree.leaves(changed)), name
+    encoder_kernel = new_state.critic_params["params"]["encoder"]["Conv_0"]["kernel"]
+    assert encoder_kernel.shape == (5, 5, 3, 8)
+
+
+def test_sac_learns_one_step_bandit():
+    """Reward -(a - 0.5)^2, every episode one step long: the policy's action must reach 0.5.
+
+    Alpha starts small (0.05) so its entropy pull toward a = 0 stays well inside the tolerance.
+    """
+    config = SACConfig(
+        learning_rate=1e-3, hidden_sizes=(64, 64), batch_size=128, init_log_alpha=-3.0
+    )
+    num_data, obs_dim = 1024, 2
+    k = jax.random.split(jax.random.key(0), 3)
+    actions = jax.random.uniform(k[0], (num_data, 1), minval=-1.0, maxval=1.0)
+    obs = jnp.ones((num_data, obs_dim))
+    data = replay.Transition(
+        obs=obs,
+        action=actions,
+        reward=-((actions[:, 0] - 0.5) ** 2),
+        next_obs=obs,
+        done=jnp.ones((num_data,)),
+    )
+    buffer = replay.insert(replay.init_replay(num_data, (obs_dim,), 1), data)
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def train(state, key, num_steps):
+        def step(state, key):
+            sample_key, update_key = jax.random.split(key)
+            batch = replay.sample(buffer, sample_key, config.batch_size)
+            return sac_update(state, batch, update_key, config)
+
+        return jax.lax.scan(step, state, jax.random.split(key, num_steps))
+
+    state = init_sac(k[1], (obs_dim,), 1, config)
+    state, metrics = train(state, k[2], 500)
+    nets = networks_for(config, 1, from_pixels=False)
+    action = networks.deterministic_action(nets.actor, state.actor_params, obs[:1])
+    np.testing.assert_allclose(action, 0.5, atol=0.05)
+    assert np.isfinite(np.asarray(metrics["critic_loss"])).all()
