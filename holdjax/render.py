@@ -11,7 +11,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import mujoco
+import warp
 from mujoco import mjx
+
+warp.config.log_level = warp.LOG_WARNING  # else Warp prints a line per kernel module loaded
 
 # Pose fields of mjx.Data that MJX's BVH refit and renderer read (mujoco/mjx/warp/bvh.py,
 # render.py). Lights are read too, from the template: holdjax scenes fix them to the world.

@@ -6,25 +6,34 @@ from holdjax.envs.base import EnvState, ManipulationEnv, Task, image_to_float, s
 
 
 def _task_classes() -> dict[str, type[Task]]:
+    from holdjax.envs.drawer_open import DrawerOpen
     from holdjax.envs.pushing import Pushing
 
-    return {cls.name: cls for cls in (Pushing,)}
+    return {cls.name: cls for cls in (Pushing, DrawerOpen)}
 
 
 TASKS = tuple(_task_classes())
 
 
-def make_task(name: str) -> Task:
-    """The task called ``name``; unknown names raise an error listing the valid ones."""
+def make_task(name: str, timestep: float | None = None) -> Task:
+    """The task called ``name``; unknown names raise an error listing the valid ones.
+
+    ``timestep`` overrides the physics timestep (the control period stays the reference's).
+    """
     classes = _task_classes()
     if name not in classes:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(classes)}")
-    return classes[name]()
+    return classes[name](timestep)
 
 
-def make(name: str, impl: str = "warp", image_shape: tuple[int, int] | None = None):
-    """A :class:`ManipulationEnv` of task ``name``."""
-    return ManipulationEnv(make_task(name), impl=impl, image_shape=image_shape)
+def make(
+    name: str,
+    impl: str = "auto",
+    image_shape: tuple[int, int] | None = None,
+    timestep: float | None = None,
+) -> ManipulationEnv:
+    """A :class:`ManipulationEnv` of task ``name`` (physics impl ``auto``, ``jax``, ``warp``)."""
+    return ManipulationEnv(make_task(name, timestep), impl=impl, image_shape=image_shape)
 
 
 __all__ = [

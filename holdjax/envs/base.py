@@ -16,6 +16,7 @@ episode on the same step and callers simply ``reset`` the batch.
 from __future__ import annotations
 
 import abc
+import functools
 import os
 from typing import ClassVar
 
@@ -31,6 +32,16 @@ from holdjax.render import CameraRenderer, as_render_data
 
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets")
 PHYSICS_IMPLS = ("warp", "jax")
+
+
+def resolve_impl(impl: str) -> str:
+    """``auto`` -> the measured-faster MJX impl for the default device (benchmarks/NOTES.md):
+    ``jax`` on the CPU, ``warp`` (MuJoCo Warp kernels) on a GPU."""
+    if impl == "auto":
+        return "warp" if jax.default_backend() == "gpu" else "jax"
+    if impl not in PHYSICS_IMPLS:
+        raise ValueError(f"unknown physics impl {impl!r}; choose auto or one of {PHYSICS_IMPLS}")
+    return impl
 
 
 @struct.dataclass
@@ -62,9 +73,13 @@ class Task(abc.ABC):
     mirror_image: ClassVar[bool] = True
     control_period: ClassVar[float]  # seconds of simulated time per environment step
     timestep: ClassVar[float]  # holdjax's physics timestep (benchmarks/NOTES.md)
+    # MuJoCo Warp preallocates contacts and constraint rows; these bound one world's.
+    max_contacts: ClassVar[int] = 16
+    max_constraint_rows: ClassVar[int] = 128
 
-    def __init__(self):
+    def __init__(self, timestep: float | None = None):
         self.mj_model = mujoco.MjModel.from_xml_path(os.path.join(ASSETS_DIR, self.xml_file))
+        self.timestep = timestep or self.timestep
         self.mj_model.opt.timestep = self.timestep
         self.substeps = round(self.control_period / self.timestep)
         if abs(self.substeps * self.timestep - self.control_period) > 1e-9:
@@ -100,6 +115,10 @@ class Task(abc.ABC):
     def expert_action(self, state: jax.Array) -> jax.Array:
         """The scripted expert's action in [-1, 1] for a low-dimensional state."""
 
+    @abc.abstractmethod
+    def goal_worlds(self) -> dict[str, tuple[jax.Array, jax.Array]]:
+        """Solved states whose renders are the goal images: file stem -> (qpos, hand pos)."""
+
     def hand_pos(self, data: mjx.Data) -> jax.Array:
         """Hand position from its slide joints (valid before kinematics are recomputed)."""
         return self.mj_model.body_pos[self.hand_body] + data.qpos[self.hand_qpos_slice]
@@ -130,11 +149,10 @@ class ManipulationEnv:
     def __init__(
         self,
         task: Task,
-        impl: str = "warp",
+        impl: str = "auto",
         image_shape: tuple[int, int] | None = None,
     ):
-        if impl not in PHYSICS_IMPLS:
-            raise ValueError(f"unknown physics impl {impl!r}; choose one of {PHYSICS_IMPLS}")
+        impl = resolve_impl(impl)
         self.task = task
         self.impl = impl
         self.image_shape = tuple(image_shape or task.image_shape)
@@ -175,10 +193,13 @@ class ManipulationEnv:
 
     def reset(self, key: jax.Array, num_envs: int) -> EnvState:
         """Fresh episodes for ``num_envs`` worlds, one independent key each."""
-        keys = jax.random.split(key, num_envs)
-        data = jax.vmap(self._reset_world)(keys)
-        zeros = jnp.zeros((num_envs,), jnp.int32)
-        return self._finish(data, zeros)
+        return self.reset_with_keys(jax.random.split(key, num_envs))
+
+    def reset_with_keys(self, keys: jax.Array) -> EnvState:
+        """Fresh episodes, world i drawn with ``keys[i]`` (N, 2)."""
+        num_envs = keys.shape[0]
+        data = jax.vmap(lambda k: self._world_at(*self.task.init_world(k), num_envs))(keys)
+        return self._finish(data, jnp.zeros((num_envs,), jnp.int32))
 
     def step(self, state: EnvState, action: jax.Array) -> EnvState:
         """Advances every world by one control period; ``action`` is (N, action_dim)."""
@@ -188,9 +209,18 @@ class ManipulationEnv:
         data = jax.vmap(self._step_world)(state.data, action)
         return self._finish(data, state.step_count + 1)
 
-    def _reset_world(self, key: jax.Array) -> mjx.Data:
-        qpos, hand_mocap = self.task.init_world(key)
-        data = mjx.make_data(self.task.mj_model, impl=self.impl)
+    def render_worlds(self, qpos: jax.Array, hand_pos: jax.Array) -> jax.Array:
+        """Images of worlds posed at ``qpos`` (N, nq) with the hand target at (N, 3)."""
+        world_at = functools.partial(self._world_at, num_envs=qpos.shape[0])
+        return self.render(jax.vmap(world_at)(qpos, hand_pos))
+
+    def _world_at(self, qpos: jax.Array, hand_mocap: jax.Array, num_envs: int) -> mjx.Data:
+        if self.impl == "warp":  # Warp sizes its contact buffer for all worlds together
+            data = mjx.make_data(self.task.mj_model, impl="warp",
+                                 naconmax=self.task.max_contacts * num_envs,
+                                 njmax=self.task.max_constraint_rows)
+        else:
+            data = mjx.make_data(self.task.mj_model, impl="jax")
         mocap_pos = data.mocap_pos.at[self.task.hand_target_mocap].set(hand_mocap)
         data = data.replace(qpos=qpos, mocap_pos=mocap_pos)
         return self._pose_arm_and_forward(data)

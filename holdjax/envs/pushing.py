@@ -44,8 +44,8 @@ class Pushing(Task):
     control_period = 0.1  # SPEC.md: 0.002 s x 50 substeps
     timestep = 0.005  # holdjax: 20 substeps, chosen by measurement (benchmarks/NOTES.md)
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, timestep: float | None = None):
+        super().__init__(timestep)
         self.puck_qpos = int(self.mj_model.jnt_qposadr[self.mj_model.joint("puck").id])
 
     def init_world(self, key):
@@ -79,6 +79,15 @@ class Pushing(Task):
             "dense_reward": dense,
             "subgoal": success.astype(jnp.int32),
         }
+
+    def goal_worlds(self):
+        """The mug on the goal square with the fingertips just behind it (one goal image)."""
+        qpos = jnp.asarray(self.mj_model.qpos0)
+        puck = jnp.array([GOAL[0], GOAL[1], PUCK_HALF_HEIGHT, 1.0, 0.0, 0.0, 0.0])
+        qpos = qpos.at[self.puck_qpos : self.puck_qpos + 7].set(puck)
+        hand = jnp.array([GOAL[0], GOAL[1] - _CONTACT_OFFSET, HAND_LOW[2]])
+        qpos = qpos.at[self.hand_qpos_slice].set(hand - self.mj_model.body_pos[self.hand_body])
+        return {"pushing": (qpos, hand)}
 
     def expert_action(self, state):
         """Stand behind the mug on the mug-goal line and push along it, slowing at the goal.

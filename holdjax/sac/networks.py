@@ -4,13 +4,16 @@ Kernels use Glorot-uniform initialisation and biases zeros, the Keras defaults t
 was trained with (flax defaults to LeCun-normal).
 """
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 LOG_STD_MIN = -20.0
 LOG_STD_MAX = 2.0
@@ -19,7 +22,11 @@ glorot_uniform = nn.initializers.xavier_uniform()
 
 
 class Encoder(nn.Module):
-    """[conv SAME, ReLU, 2x2 max-pool] per entry of `filters`, then flatten; no dense layer."""
+    """[conv SAME, ReLU, 2x2 max-pool] per entry of `filters`, then flatten; no dense layer.
+
+    On the CPU backend the convolutions go through `conv_same` (same parameters, same values,
+    gradients XLA:CPU runs fast inside `lax.scan`); elsewhere they are plain `nn.Conv`s.
+    """
 
     filters: Sequence[int] = (8, 8)
     kernel_size: int = 5
@@ -27,6 +34,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         chex.assert_rank(images, 4)
+        conv_fn = encoder_conv_general_dilated()
         x = images
         for num_filters in self.filters:
             x = nn.Conv(
@@ -34,10 +42,206 @@ class Encoder(nn.Module):
                 (self.kernel_size, self.kernel_size),
                 padding="SAME",
                 kernel_init=glorot_uniform,
+                conv_general_dilated=conv_fn,
             )(x)
-            x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(nn.relu(x))
         return x.reshape(x.shape[0], -1)
+
+
+def encoder_conv_general_dilated() -> Callable[..., jax.Array] | None:
+    """The `nn.Conv(conv_general_dilated=...)` the encoder uses on this backend: XLA:CPU gets
+    `cpu_conv_general_dilated`; other backends (cuDNN's backward convolutions are fine) keep
+    `lax.conv_general_dilated` (None)."""
+    return cpu_conv_general_dilated if jax.default_backend() == "cpu" else None
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 stride-2 max-pool (VALID) as a reshape + max: same values as ``nn.max_pool``,
+    but its gradient is a cheap compare instead of XLA's slow select-and-scatter."""
+    b, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+# Convolutions for XLA:CPU -------------------------------------------------------------------
+#
+# XLA:CPU only has fast convolution kernels (YNNPACK, Eigen) for "canonical" convolutions:
+# NHWC input, HWIO kernel, NHWC output, no window reversal. JAX writes a convolution's input and
+# kernel gradients as convolutions with permuted dimension numbers, which XLA:CPU's
+# ConvCanonicalization pass turns back into canonical ones with transposes, but only in the
+# entry computation: inside a while loop (`lax.scan`) they stay non-canonical and fall to a
+# naive loop nest, 10-50x slower. `conv_same` states every convolution of its forward and
+# backward pass canonically. It also rewrites the convolution on 2x2 space-to-depth blocks
+# (4x the channels), which YNNPACK takes (it declines convolutions with <= 16 channels in and
+# out) and which is several times faster than the Eigen kernel for these narrow layers.
+# Under `jax.vmap` (seeds) a convolution whose input and kernel are both batched would become a
+# grouped convolution, which XLA:CPU runs ~10x slower than the separate ones, so the batching
+# rule of `_canonical_conv` unrolls over the vmapped axis instead.
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+MAX_UNROLLED_VMAP = 16  # larger vmapped axes loop (lax.map) over their convolutions instead
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+@functools.cache
+def _canonical_conv(padding: Padding) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """Stride-1 NHWC/HWIO `lax.conv_general_dilated` with this padding, vmapped by unrolling
+    (input and kernel batched) or by folding the vmapped axis into the input's batch or the
+    kernel's output features (only one of them batched), never as a grouped convolution."""
+
+    @jax.custom_batching.custom_vmap
+    def conv(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(lhs, rhs, (1, 1), padding, dimension_numbers=NHWC)
+
+    @conv.def_vmap
+    def conv_vmap(
+        axis_size: int, in_batched: Sequence[bool], lhs: jax.Array, rhs: jax.Array
+    ) -> tuple[jax.Array, bool]:
+        lhs_batched, rhs_batched = in_batched
+        if lhs_batched and rhs_batched:
+            if axis_size <= MAX_UNROLLED_VMAP:
+                return jnp.stack([conv(lhs[i], rhs[i]) for i in range(axis_size)]), True
+            return lax.map(lambda pair: conv(*pair), (lhs, rhs)), True
+        if lhs_batched:
+            y = conv(lhs.reshape(-1, *lhs.shape[2:]), rhs)
+            return y.reshape(axis_size, -1, *y.shape[1:]), True
+        if rhs_batched:
+            _, kh, kw, cin, cout = rhs.shape
+            y = conv(lhs, rhs.transpose(1, 2, 3, 0, 4).reshape(kh, kw, cin, axis_size * cout))
+            return y.reshape(*y.shape[:3], axis_size, cout).transpose(3, 0, 1, 2, 4), True
+        return conv(lhs, rhs), False
+
+    return conv
+
+
+def same_padding(size: int) -> tuple[int, int]:
+    """(low, high) zero padding of `lax`'s "SAME" for a stride-1 window of `size`."""
+    return (size - 1) // 2, size // 2
+
+
+def _space_to_depth(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H/2, W/2, 4C): each 2x2 block's pixels, row-major, on the channels."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // 2, w // 2, 4 * c)
+
+
+def _depth_to_space(x: jax.Array) -> jax.Array:
+    """Inverse of `_space_to_depth`."""
+    b, h, w, c4 = x.shape
+    x = x.reshape(b, h, w, 2, 2, c4 // 4).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, 2 * h, 2 * w, c4 // 4)
+
+
+def _block_taps(size: int, low: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Which kernel tap links input-block offset I, input sub-pixel p, output sub-pixel q.
+
+    Output pixel 2Y + q reads input pixels 2Y + q - low + i, i in [0, size), i.e. input
+    blocks Y + first .. Y + last. Returns taps[I, p, q] = i (or `size` where no tap applies,
+    an index into a zero slice) and the block-level (low, high) padding (-first, last).
+    """
+    first, last = (-low) // 2, (size - low) // 2
+    taps = np.full((last - first + 1, 2, 2), size, np.int32)
+    for block in range(last - first + 1):
+        for p in range(2):
+            for q in range(2):
+                i = 2 * (block + first) + p - q + low
+                if 0 <= i < size:
+                    taps[block, p, q] = i
+    return taps, (-first, last)
+
+
+def _conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+    """Stride-1 NHWC/HWIO convolution that keeps the spatial size (low + high = size - 1).
+
+    Even-sized inputs are convolved as 2x2 space-to-depth blocks with the equivalent
+    (4 Cin, 4 Cout) block kernel; odd sizes use the plain convolution.
+    """
+    _, height, width, _ = x.shape
+    kh, kw, cin, cout = kernel.shape
+    if height % 2 or width % 2:
+        return _canonical_conv(padding)(x, kernel)
+    taps_h, pad_h = _block_taps(kh, padding[0][0])
+    taps_w, pad_w = _block_taps(kw, padding[1][0])
+    zero_padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+    # [I, J, p_h, p_w, q_h, q_w, Cin, Cout] -> [I, J, (p_h, p_w, Cin), (q_h, q_w, Cout)]
+    blocks = zero_padded[taps_h[:, None, :, None, :, None], taps_w[None, :, None, :, None, :]]
+    blocks = blocks.transpose(0, 1, 2, 3, 6, 4, 5, 7)
+    blocks = blocks.reshape(len(taps_h), len(taps_w), 4 * cin, 4 * cout)
+    return _depth_to_space(_canonical_conv((pad_h, pad_w))(_space_to_depth(x), blocks))
+
+
+@jax.custom_vjp
+def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`lax.conv_general_dilated(x, kernel, (1, 1), "SAME")` for NHWC x and HWIO kernel, with
+    every convolution of the forward and backward pass canonical (see above)."""
+    chex.assert_rank([x, kernel], 4)
+    return _conv(x, kernel, tuple(map(same_padding, kernel.shape[:2])))
+
+
+def _conv_same_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple]:
+    return conv_same(x, kernel), (x, kernel)
+
+
+def _conv_same_bwd(residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, kernel = residuals
+    padding = tuple(map(same_padding, kernel.shape[:2]))
+    # dx: correlate g with the flipped kernel, in/out features swapped, padding mirrored.
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    dx = _conv(g, flipped, tuple((high, low) for low, high in padding))
+    # dkernel[i, j, c, o] = sum_{b,y,x} x_padded[b, y + i, x + j, c] g[b, y, x, o]: a
+    # convolution of x (C, H, W, B) with g (H, W, B, O) as the kernel, contracting the batch.
+    dkernel = _canonical_conv(padding)(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3))
+    return dx, dkernel.transpose(1, 2, 0, 3)
+
+
+conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
+def cpu_conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: lax.ConvDimensionNumbers | None = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: jnp.dtype | None = None,
+) -> jax.Array:
+    """Drop-in for `lax.conv_general_dilated` (as `nn.Conv(conv_general_dilated=...)`) that
+    routes 2-D stride-1 "SAME" NHWC/HWIO convolutions to `conv_same`, anything else to lax."""
+    plain = (
+        lhs.ndim == 4
+        and tuple(window_strides) == (1, 1)
+        and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and preferred_element_type is None
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
+    )
+    same = padding == "SAME" or (
+        not isinstance(padding, str)
+        and [tuple(p) for p in padding] == [same_padding(k) for k in rhs.shape[:2]]
+    )
+    if plain and same:
+        return conv_same(lhs, rhs)
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+        precision,
+        preferred_element_type,
+    )
 
 
 class MLP(nn.Module):

@@ -1,0 +1,63 @@
+"""Helpers shared by the benchmark scripts: timing, device names, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Callable
+from importlib import metadata
+
+import jax
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+PACKAGES = ("jax", "jaxlib", "mujoco", "mujoco-mjx", "mujoco-warp", "warp-lang", "flax", "brax")
+
+
+def device_name() -> str:
+    """A file-name-safe name of the default device, e.g. ``cpu`` or ``nvidia-h100-80gb-hbm3``."""
+    kind = jax.devices()[0].device_kind
+    return re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-")
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(first call seconds incl. compilation, best of ``repeats`` later calls in seconds)."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - start)
+    return first, best
+
+
+def write_results(name: str, payload: dict, out_dir: str = RESULTS_DIR) -> str:
+    """Writes ``<out_dir>/<name>-<device>.json`` with device and versions; returns the path."""
+    os.makedirs(out_dir, exist_ok=True)
+    payload = {
+        "benchmark": name,
+        "device": jax.devices()[0].device_kind,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "versions": versions(),
+        "date": time.strftime("%Y-%m-%d"),
+        **payload,
+    }
+    path = os.path.join(out_dir, f"{name}-{device_name()}.json")
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+    return path

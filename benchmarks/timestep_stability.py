@@ -1,0 +1,83 @@
+"""Choose the physics timestep: stability and speed at the reference's control period.
+
+    python benchmarks/timestep_stability.py --task=pushing --timesteps=0.002,0.005,0.01
+
+The reference steps 0.002 s x 50 (pushing) and 0.0025 s x 5 (drawer_open) per environment
+step. For each candidate timestep (control period fixed, so substeps = period / timestep)
+this runs the noisy scripted expert and reports its success rate, the largest object
+speed and tilt seen (blow-ups show as huge speeds, tunnelling as objects below the table),
+and environment steps per second. Writes ``benchmarks/results/timestep-<task>-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from common import write_results  # noqa: E402
+
+from holdjax import envs  # noqa: E402
+from holdjax.envs.rollout import expert_policy  # noqa: E402
+
+
+def measure(task: str, timestep: float, num_envs: int, noise: float) -> dict:
+    env = envs.make(task, impl="jax", timestep=timestep)
+    policy = expert_policy(env, noise)
+    free = [j for j in range(env.task.mj_model.njnt) if env.task.mj_model.jnt_type[j] == 0]
+
+    @jax.jit
+    def run(key):
+        reset_key, key = jax.random.split(key)
+        state = env.reset(reset_key, num_envs)
+
+        def body(state, k):
+            state = env.step(state, policy(state, k))
+            qvel, qpos = state.data.qvel, state.data.qpos
+            speed = jnp.max(jnp.abs(qvel), axis=-1)
+            lowest = jnp.min(qpos[:, [env.task.mj_model.jnt_qposadr[j] + 2 for j in free]],
+                             axis=-1) if free else jnp.zeros(num_envs)
+            return state, (state.success, speed, lowest)
+
+        _, out = jax.lax.scan(body, state, jax.random.split(key, env.episode_length))
+        return out
+
+    jax.block_until_ready(run(jax.random.PRNGKey(0)))
+    start = time.perf_counter()
+    success, speed, lowest = jax.block_until_ready(run(jax.random.PRNGKey(1)))
+    wall = time.perf_counter() - start
+    return {
+        "task": task,
+        "timestep": timestep,
+        "substeps": env.task.substeps,
+        "expert_noise": noise,
+        "episodes": num_envs,
+        "expert_success_rate": float(np.asarray(success).any(axis=0).mean()),
+        "max_abs_qvel": float(np.max(speed)),
+        "lowest_free_body_z": float(np.min(lowest)),
+        "env_steps_per_s": num_envs * env.episode_length / wall,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="pushing")
+    parser.add_argument("--timesteps", default="0.002,0.005,0.01")
+    parser.add_argument("--num_envs", type=int, default=32)
+    parser.add_argument("--noise", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    rows = []
+    for dt in map(float, args.timesteps.split(",")):
+        rows.append(measure(args.task, dt, args.num_envs, args.noise))
+        print(rows[-1], flush=True)
+    print("wrote", write_results(f"timestep-{args.task}", {"rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

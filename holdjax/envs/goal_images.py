@@ -1,0 +1,72 @@
+"""Goal images: renders of each task's solved states from the task camera.
+
+    python -m holdjax.envs.goal_images            # re-render all into goal_images/
+    python -m holdjax.envs.goal_images --check    # exit 1 if the committed files differ
+
+The test suite re-renders them and checks they match (tests/test_envs.py).
+
+Each image is stored as ``goal_images/<name>.npy`` (uint8, H x W x 3, as the policy and
+reward model see it) with a PNG beside it for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import imageio.v2 as imageio
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from holdjax import envs
+
+GOAL_IMAGES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "goal_images")
+
+
+def render_goal_images(task: str, impl: str = "auto") -> dict[str, np.ndarray]:
+    """name -> uint8 image of every solved state of ``task``."""
+    env = envs.make(task, impl=impl)
+    worlds = env.task.goal_worlds()
+    qpos = jnp.stack([q for q, _ in worlds.values()])
+    hand = jnp.stack([h for _, h in worlds.values()])
+    images = np.asarray(jax.jit(env.render_worlds)(qpos, hand))
+    return dict(zip(worlds, images, strict=True))
+
+
+def load_goal_image(name: str, directory: str = GOAL_IMAGES_DIR) -> np.ndarray:
+    """The committed goal image ``name`` (e.g. ``pushing``, ``drawer_open_step1``)."""
+    path = os.path.join(directory, f"{name}.npy")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"no goal image {path}; render them with `python -m holdjax.envs.goal_images`")
+    return np.load(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m holdjax.envs.goal_images")
+    parser.add_argument("--tasks", default=",".join(envs.TASKS))
+    parser.add_argument("--out", default=GOAL_IMAGES_DIR)
+    parser.add_argument("--check", action="store_true",
+                        help="compare with the files in --out instead of writing")
+    args = parser.parse_args(argv)
+    mismatched = []
+    for task in args.tasks.split(","):
+        for name, image in render_goal_images(task).items():
+            path = os.path.join(args.out, f"{name}.npy")
+            if args.check:
+                same = os.path.exists(path) and np.array_equal(np.load(path), image)
+                print(f"{name}: {'matches' if same else 'DIFFERS'}")
+                mismatched += [] if same else [name]
+                continue
+            os.makedirs(args.out, exist_ok=True)
+            np.save(path, image)
+            imageio.imwrite(os.path.join(args.out, f"{name}.png"), image.repeat(4, 0).repeat(4, 1))
+            print(f"wrote {path}")
+    return 1 if mismatched else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

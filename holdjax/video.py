@@ -1,0 +1,36 @@
+"""Rollout videos: several worlds' episodes side by side, as MP4 or GIF."""
+
+from __future__ import annotations
+
+import os
+
+import imageio.v2 as imageio
+import numpy as np
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+def tile_frames(frames: np.ndarray, scale: int = 4) -> np.ndarray:
+    """(T, K, H, W, 3) uint8 -> (T, H*scale, K*W*scale, 3): worlds side by side, upscaled."""
+    frames = np.asarray(frames, dtype=np.uint8)
+    if frames.ndim != 5 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames shaped (T, K, H, W, 3), got {frames.shape}")
+    t, k, h, w, _ = frames.shape
+    tiled = frames.transpose(0, 2, 1, 3, 4).reshape(t, h, k * w, 3)
+    return tiled.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def write_video(path: str, frames: np.ndarray, fps: int = 10, scale: int = 4) -> str:
+    """Writes (T, K, H, W, 3) frames to ``path`` (.mp4 or .gif); returns the path."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"video path must end in one of {VIDEO_SUFFIXES}, got {path!r}")
+    tiled = tile_frames(frames, scale)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if suffix == ".gif":
+        imageio.mimsave(path, list(tiled), duration=1000 / fps, loop=0)
+    else:
+        # Even sizes for yuv420p; macro_block_size=1 keeps our exact size.
+        imageio.mimsave(path, list(tiled), fps=fps, macro_block_size=1, codec="libx264",
+                        pixelformat="yuv420p")
+    return path

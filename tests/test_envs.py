@@ -1,0 +1,152 @@
+"""Behaviour of the batched task environments (physics impl 'jax', the fast one on CPUs)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import jitted
+
+from holdjax import envs
+from holdjax.envs import pushing as pushing_module
+from holdjax.envs.__main__ import main as envs_cli
+from holdjax.envs.base import image_to_float, sanitize_action
+
+TASKS = envs.TASKS
+
+
+def world(state, i):
+    return jax.tree.map(lambda x: x[i : i + 1], state)
+
+
+def test_unknown_task_names_the_valid_ones():
+    with pytest.raises(ValueError, match="valid tasks: .*pushing"):
+        envs.make_task("stacking")
+
+
+def test_unknown_impl_is_rejected():
+    with pytest.raises(ValueError, match="unknown physics impl"):
+        envs.make("pushing", impl="cuda")
+
+
+def test_sanitize_action_clips_and_zeroes_nan():
+    action = jnp.array([2.0, -3.0, jnp.nan, jnp.inf, 0.25])
+    np.testing.assert_array_equal(sanitize_action(action), [1.0, -1.0, 0.0, 1.0, 0.25])
+
+
+def test_image_to_float_range():
+    image = jnp.array([[0, 128, 255]], jnp.uint8)
+    np.testing.assert_allclose(image_to_float(image), [[0.0, 128 / 255, 1.0]])
+
+
+def test_pushing_reset_distribution_and_determinism(pushing):
+    env, reset, _ = pushing
+    state = reset(jax.random.PRNGKey(0), 64)
+    puck = np.asarray(state.state[:, 3:6])
+    assert np.all(np.abs(puck[:, 0]) <= 0.1) and puck[:, 0].std() > 0.03
+    np.testing.assert_allclose(puck[:, 1], 0.6, atol=1e-5)
+    np.testing.assert_allclose(state.state[:, 0:3], np.tile([0, 0.2, 0.07], (64, 1)), atol=1e-4)
+    assert not state.success.any() and not state.done.any()
+    assert (state.step_count == 0).all()
+    again = reset(jax.random.PRNGKey(0), 64)
+    np.testing.assert_array_equal(state.state, again.state)
+    np.testing.assert_array_equal(state.obs, again.obs)
+    other = reset(jax.random.PRNGKey(1), 64)
+    assert not np.allclose(state.state[:, 3], other.state[:, 3])
+
+
+def test_pushing_observation_image(pushing):
+    env, reset, _ = pushing
+    state = reset(jax.random.PRNGKey(0), 4)
+    assert state.obs.shape == (4, 48, 48, 3) and state.obs.dtype == jnp.uint8
+    obs = np.asarray(state.obs)
+    assert obs.min() < 60 and obs.max() > 100  # not blank: dark goal square, grey table
+    # The red mug is visible: some pixels are strongly red.
+    red = (obs[..., 0].astype(int) - obs[..., 1]) > 80
+    assert red.reshape(4, -1).any(axis=1).all()
+
+
+def test_pushing_step_semantics(pushing):
+    env, reset, step = pushing
+    state = reset(jax.random.PRNGKey(0), 4)
+    right = step(state, jnp.tile(jnp.array([1.0, 1.0]), (4, 1)))
+    # First step: mocap (0, 0.2, 0.07) + 0.02 -> clipped into y >= 0.3, z held toward 0.05.
+    np.testing.assert_allclose(right.state[:, 6:8], np.tile([0.02, 0.3], (4, 1)), atol=1e-6)
+    assert (right.step_count == 1).all() and not right.done.any()
+    # Out-of-range actions are clipped: 5.0 acts as 1.0.
+    clipped = step(state, jnp.full((4, 2), 5.0))
+    np.testing.assert_allclose(clipped.state, right.state, atol=1e-6)
+    # NaN actions are treated as "no motion" and never reach the physics state.
+    nan = step(state, jnp.full((4, 2), jnp.nan))
+    still = step(state, jnp.zeros((4, 2)))
+    np.testing.assert_array_equal(nan.state, still.state)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(nan.data) if x.dtype.kind == "f")
+
+
+def test_batched_step_equals_single_world_step(pushing):
+    env, reset, step = pushing
+    state = reset(jax.random.PRNGKey(3), 3)
+    actions = jax.random.uniform(jax.random.PRNGKey(4), (3, 2), minval=-1, maxval=1)
+    batched = step(state, actions)
+    for i in range(3):
+        single = step(world(state, i), actions[i : i + 1])
+        np.testing.assert_allclose(single.state, batched.state[i : i + 1], atol=1e-5)
+        np.testing.assert_array_equal(single.obs, batched.obs[i : i + 1])
+
+
+def test_episode_ends_at_time_limit(pushing):
+    env, reset, step = pushing
+    state = reset(jax.random.PRNGKey(0), 2)
+    state = state.replace(step_count=state.step_count + env.episode_length - 1)
+    state = step(state, jnp.zeros((2, 2)))
+    assert state.done.all()
+
+
+def test_render_follows_state(pushing):
+    env, _, _ = pushing
+    render = jax.jit(env.render_worlds)
+    qpos, hand = env.task.goal_worlds()["pushing"]
+    moved = qpos.at[env.task.puck_qpos].add(0.08)
+    images = np.asarray(render(jnp.stack([qpos, qpos, moved]), jnp.stack([hand] * 3)))
+    np.testing.assert_array_equal(images[0], images[1])
+    assert np.abs(images[0].astype(int) - images[2]).sum() > 1000
+
+
+def test_pushing_success_threshold():
+    task = pushing_module.Pushing()
+    goal = np.asarray(pushing_module.GOAL)
+
+    def success(l1):
+        state = jnp.zeros(9).at[3:5].set(goal + jnp.array([l1 / 2, -l1 / 2]))
+        return bool(task.evaluate(state)["success"]), float(task.evaluate(state)["reward"])
+
+    assert success(0.0299) == (True, 1.0)
+    assert success(0.0301) == (False, 0.0)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_expert_succeeds_and_random_fails(task):
+    expert = envs_cli([f"--task={task}", "--policy=expert", "--episodes=8", "--json",
+                       "--impl=jax", "--noise=0.2"])
+    random = envs_cli([f"--task={task}", "--policy=random", "--episodes=8", "--json",
+                       "--impl=jax"])
+    assert expert["success_rate"] >= 0.875, expert
+    assert random["success_rate"] <= 0.125, random
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_goal_worlds_are_solved(task):
+    env, _, _ = jitted(task)
+    for name, (qpos, hand) in env.task.goal_worlds().items():
+        data = jax.jit(env._world_at, static_argnums=2)(qpos, hand, 1)
+        metrics = env.task.evaluate(env.task.observe(data))
+        assert int(metrics["subgoal"]) >= 1, name
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_committed_goal_images_match_a_fresh_render(task):
+    from holdjax.envs.goal_images import load_goal_image, render_goal_images
+
+    for name, image in render_goal_images(task, impl="jax").items():
+        committed = load_goal_image(name)
+        assert committed.shape == image.shape == (48, 48, 3) and committed.dtype == np.uint8
+        assert np.abs(committed.astype(int) - image).max() <= 2, name
