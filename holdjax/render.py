@@ -25,7 +25,9 @@ class CameraRenderer:
     """Renders one named camera of a scene for a fixed number of worlds.
 
     MuJoCo Warp allocates its buffers per world count, so a renderer is built for one
-    ``num_worlds``; :class:`holdjax.envs.base.ManipulationEnv` caches one per batch size.
+    ``num_worlds``; :class:`holdjax.envs.base.ManipulationEnv` caches one per batch size
+    (and per device when the batch is split over devices). ``device`` is the Warp device
+    (e.g. ``cuda:1``) whose buffers it uses; default: Warp's default device.
     Images come back as uint8 (N, H, W, 3), mirrored left-right when ``mirror`` is set,
     as the reference's final images are.
     """
@@ -39,6 +41,7 @@ class CameraRenderer:
         width: int,
         num_worlds: int,
         mirror: bool,
+        device: str | None = None,
     ):
         cam_id = mujoco.mj_name2id(mj_model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
         if cam_id < 0:
@@ -58,6 +61,7 @@ class CameraRenderer:
             use_textures=False,
             use_shadows=False,
             enabled_geom_groups=[0, 1, 2],
+            devices=[device] if device else None,
         )
         # Index among the active cameras, which is how the packed buffer is laid out.
         self._packed_index = 0

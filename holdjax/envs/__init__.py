@@ -31,9 +31,11 @@ def make(
     impl: str = "auto",
     image_shape: tuple[int, int] | None = None,
     timestep: float | None = None,
+    device_axis: tuple[str, int] | None = None,
 ) -> ManipulationEnv:
     """A :class:`ManipulationEnv` of task ``name`` (physics impl ``auto``, ``jax``, ``warp``)."""
-    return ManipulationEnv(make_task(name, timestep), impl=impl, image_shape=image_shape)
+    return ManipulationEnv(make_task(name, timestep), impl=impl, image_shape=image_shape,
+                           device_axis=device_axis)
 
 
 __all__ = [

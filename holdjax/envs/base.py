@@ -151,9 +151,13 @@ class ManipulationEnv:
         task: Task,
         impl: str = "auto",
         image_shape: tuple[int, int] | None = None,
+        device_axis: tuple[str, int] | None = None,
     ):
+        """``device_axis=(name, D)``: the env runs inside ``shard_map`` over a mesh axis of
+        D devices, each stepping its own share of the worlds with its own renderer."""
         impl = resolve_impl(impl)
         self.task = task
+        self.device_axis = device_axis
         self.impl = impl
         self.image_shape = tuple(image_shape or task.image_shape)
         self.model = mjx.put_model(task.mj_model, impl=impl)
@@ -174,22 +178,30 @@ class ManipulationEnv:
     def action_dim(self) -> int:
         return self.task.action_dim
 
-    def renderer(self, num_envs: int) -> CameraRenderer:
-        """The renderer for this batch size (Warp fixes the world count per context)."""
-        if num_envs not in self._renderers:
+    def renderer(self, num_envs: int, shard: int = 0) -> CameraRenderer:
+        """The renderer for this batch size on device ``shard`` (Warp fixes the world count
+        and the buffers of a render context)."""
+        if (num_envs, shard) not in self._renderers:
             height, width = self.image_shape
-            self._renderers[num_envs] = CameraRenderer(
+            device = f"cuda:{shard}" if self.device_axis and jax.default_backend() == "gpu" \
+                else None
+            self._renderers[num_envs, shard] = CameraRenderer(
                 self.task.mj_model, self._render_model, self.task.camera, height, width, num_envs,
-                self.task.mirror_image,
+                self.task.mirror_image, device,
             )
-        return self._renderers[num_envs]
+        return self._renderers[num_envs, shard]
 
     def render(self, data: mjx.Data) -> jax.Array:
         """uint8 images (N, H, W, 3) of a batch of worlds."""
-        renderer = self.renderer(data.qpos.shape[0])
+        num_envs = data.qpos.shape[0]
         if self.impl == "jax":
             data = jax.vmap(as_render_data, in_axes=(None, 0))(self._render_template, data)
-        return renderer(data)
+        if self.device_axis is None:
+            return self.renderer(num_envs)(data)
+        # Under shard_map each device must render into its own context's buffers.
+        axis, count = self.device_axis
+        shards = [self.renderer(num_envs, shard) for shard in range(count)]
+        return jax.lax.switch(jax.lax.axis_index(axis), shards, data)
 
     def reset(self, key: jax.Array, num_envs: int) -> EnvState:
         """Fresh episodes for ``num_envs`` worlds, one independent key each."""

@@ -1,0 +1,1 @@
+"""One config per reference run (SPEC.md's runs table): ``--config=<module name>``."""

@@ -1,0 +1,18 @@
+"""Figure 5b: drawer_open with the L2 distance, subtasks (threshold 1, cost 20) and a
+goal-conditioned policy, 80 x 5000 steps, replay min(1e6, 400k) as the reference."""
+
+from holdjax.config import TrainConfig
+
+CONFIG = TrainConfig(
+    name="fig5b_drawer_l2",
+    task="drawer_open",
+    reward="l2",
+    distance_normalizer=100.0,
+    use_subtasks=True,
+    subtask_threshold=1.0,
+    subtask_cost=20.0,
+    goal_based_policy=True,
+    num_epochs=80,
+    epoch_length=5000,
+    eval_episodes=5,
+)

@@ -1,0 +1,125 @@
+"""Orbax checkpoints of a training run: the training state, and optionally the replay buffer.
+
+A run directory holds ``config.json`` (the resolved config) and ``checkpoints/<epoch>/``.
+Restoring checks the saved config against the requested one and every array against the
+expected tree, and fails with a message that says what to do, never silently restarting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+# Config fields that change array shapes or the meaning of saved state: a resumed run must
+# match them. Others (epochs, output frequencies, eval episodes) may change on resume.
+STRUCTURAL_FIELDS = (
+    "task", "reward", "num_envs", "seeds", "batch_size", "goal_based_policy", "use_subtasks",
+    "replay_size", "epoch_length", "impl",
+)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt or does not match the run being restored."""
+
+
+def checkpoint_dir(run_dir: str) -> str:
+    return os.path.abspath(os.path.join(run_dir, "checkpoints"))
+
+
+def manager(run_dir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    return ocp.CheckpointManager(checkpoint_dir(run_dir), options=options)
+
+
+def _leaves_by_path(tree) -> dict:
+    """{path: leaf} of the non-empty leaves (orbax cannot store zero-size arrays, which
+    MJX data has for absent features)."""
+    return {jax.tree_util.keystr(path): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if leaf.size}
+
+
+def _fill(tree_like, leaves: dict):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaves.get(jax.tree_util.keystr(path), leaf), tree_like)
+
+
+def save(mngr: ocp.CheckpointManager, epoch: int, state, replay=None) -> None:
+    """Saves ``state`` (and ``replay`` if given) as checkpoint ``epoch``; blocks until done."""
+    items = {"state": ocp.args.StandardSave(_leaves_by_path(state))}
+    if replay is not None:
+        items["replay"] = ocp.args.StandardSave(_leaves_by_path(replay))
+    mngr.save(epoch, args=ocp.args.Composite(**items))
+    mngr.wait_until_finished()
+
+
+def latest_epoch(run_dir: str) -> int | None:
+    if not os.path.isdir(checkpoint_dir(run_dir)):
+        return None
+    return manager(run_dir).latest_step()
+
+
+def restore(run_dir: str, state_like, replay_like=None, epoch: int | None = None):
+    """Restores (epoch, state, replay or None) shaped like the given example trees."""
+    if not os.path.isdir(checkpoint_dir(run_dir)):
+        raise CheckpointError(
+            f"no checkpoints in {run_dir}; train first, or check --run/--out points at a run")
+    mngr = manager(run_dir)
+    epoch = mngr.latest_step() if epoch is None else epoch
+    if epoch is None or epoch not in mngr.all_steps():
+        raise CheckpointError(
+            f"checkpoint {epoch} not found in {checkpoint_dir(run_dir)}; "
+            f"available: {sorted(mngr.all_steps())}")
+    def abstract(tree):
+        """Restore targets: shapes and dtypes of ``tree``, on its devices (default: the
+        first device), so a run saved on several devices restores on one and vice versa."""
+        default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                           sharding=getattr(x, "sharding", None) or default),
+            _leaves_by_path(tree))
+
+    items = {"state": ocp.args.StandardRestore(abstract(state_like))}
+    has_replay = os.path.isdir(os.path.join(checkpoint_dir(run_dir), str(epoch), "replay"))
+    if replay_like is not None and has_replay:
+        items["replay"] = ocp.args.StandardRestore(abstract(replay_like))
+    try:
+        restored = mngr.restore(epoch, args=ocp.args.Composite(**items))
+    except Exception as e:  # orbax raises many types for corrupt or mismatched trees
+        raise CheckpointError(
+            f"checkpoint {epoch} in {run_dir} could not be restored into this run "
+            f"({type(e).__name__}: {str(e)[:400]}). It is corrupt or was written by a run "
+            "with a different config; start a new run with another --out, or resume "
+            "with that run's config.") from e
+    state = _fill(state_like, restored["state"])
+    replay = _fill(replay_like, restored["replay"]) if "replay" in items else None
+    return epoch, state, replay
+
+
+def write_config(run_dir: str, config) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=1)
+
+
+def read_config(run_dir: str, config_type):
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{run_dir} has no config.json: is it a holdjax run directory?")
+    with open(path) as f:
+        fields = json.load(f)
+    known = {f.name for f in dataclasses.fields(config_type)}
+    return config_type(**{k: v for k, v in fields.items() if k in known})
+
+
+def check_resumable(saved, requested) -> None:
+    """Raises if ``requested`` differs from the run's ``saved`` config in a structural field."""
+    diffs = [f"{name}: saved {getattr(saved, name)!r}, requested {getattr(requested, name)!r}"
+             for name in STRUCTURAL_FIELDS if getattr(saved, name) != getattr(requested, name)]
+    if diffs:
+        raise CheckpointError(
+            "cannot resume: the run was trained with a different config (" + "; ".join(diffs)
+            + "). Resume with the same settings, or start a new run with another --out.")

@@ -1,0 +1,207 @@
+"""Training configuration: one typed dataclass, reference runs in ``configs/``, CLI overrides.
+
+    python -m holdjax.train --config=fig3a_pushing_sac --seeds=5
+    python -m holdjax.train --task=pushing --reward=dense --total_steps=4000 --num_envs=16
+
+Every field can be overridden as ``--field=value``. ``--total_steps`` sets ``num_epochs``
+from ``epoch_length``. Unknown fields and malformed values are errors that name the valid
+choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import pkgutil
+import types
+import typing
+
+from holdjax.reward.base import REWARDS
+from holdjax.reward.shaping import ShapingConfig
+from holdjax.sac.update import SACConfig
+
+CONFIGS_PACKAGE = "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A training run. Defaults are the reference's plain-SAC pushing run on more worlds."""
+
+    name: str = ""  # run name; "" -> "<task>_<reward>"
+    task: str = "pushing"
+    reward: str = "sparse"  # sparse | dense | l2
+
+    # Reward shaping (SPEC.md "Reward"); used by distance rewards (l2 and later HOLD).
+    distance_normalizer: float = 1.0
+    distance_reward_weight: float = 1.0
+    env_reward_weight: float = 1.0
+    subtract_baseline_from_normalizer: bool = False
+    subtract_prev_distance: bool = False
+    env_reward_replace_threshold: float = 0.0  # > 0: env reward := 1[-r < threshold]
+    use_subtasks: bool = False
+    subtask_threshold: float = 1.0
+    subtask_cost: float = 0.0
+    subtask_hold_steps: int = 3
+    goal_based_policy: bool = False
+
+    # Schedule, in environment steps (summed over worlds), as the reference counts them.
+    num_epochs: int = 400
+    epoch_length: int = 1000
+    num_envs: int = 16  # worlds stepped at once, per seed
+    seeds: int = 1  # independent seeds trained in one program
+    seed: int = 0
+    updates_per_step: float = 1.0  # gradient updates per environment step (reference: 1)
+    initial_random_steps: int = 1000
+    learning_starts: int = 0  # transitions per seed before updates; 0 -> one episode
+    replay_size: int = 0  # 0 -> min(1e6, num_epochs * epoch_length), as the reference
+    timeouts_as_terminal: bool = False  # the reference's quirk; off = correct bootstrapping
+    eval_episodes: int = 20
+
+    # SAC (the reference's settings).
+    learning_rate: float = 3e-4
+    discount: float = 0.99
+    tau: float = 5e-3
+    batch_size: int = 256
+    aug_pad: int = 4
+
+    # Output.
+    out: str = ""  # "" -> $HOLD_TOP_DIR/hold_policies/<name> or runs/<name>
+    checkpoint_frequency: int = 10  # epochs
+    save_replay: bool = False
+    path_save_frequency: int = 50  # epochs between eval videos; 0 = never
+    impl: str = "auto"  # MJX physics impl
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.task}_{self.reward}"
+
+    @property
+    def out_dir(self) -> str:
+        if self.out:
+            return self.out
+        top = os.environ.get("HOLD_TOP_DIR")
+        base = os.path.join(top, "hold_policies") if top else "runs"
+        return os.path.join(base, self.run_name)
+
+    @property
+    def total_steps(self) -> int:
+        return self.num_epochs * self.epoch_length
+
+    @property
+    def replay_capacity(self) -> int:
+        """Transitions kept per seed."""
+        return self.replay_size or min(1_000_000, self.total_steps)
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        """Fused steps per epoch: each steps every world once."""
+        return -(-self.epoch_length // self.num_envs)
+
+    @property
+    def updates_per_iteration(self) -> int:
+        return max(1, round(self.updates_per_step * self.num_envs))
+
+    def program_key(self) -> TrainConfig:
+        """This config with the fields that do not change the compiled program reset, so
+        runs that differ only in output, length or logging share one trainer."""
+        return dataclasses.replace(self, name="", out="", num_epochs=1, checkpoint_frequency=1,
+                                   save_replay=False, path_save_frequency=0,
+                                   replay_size=self.replay_capacity)
+
+    @property
+    def sac(self) -> SACConfig:
+        return SACConfig(
+            learning_rate=self.learning_rate,
+            discount=self.discount,
+            tau=self.tau,
+            batch_size=self.batch_size,
+            aug_pad=self.aug_pad,
+        )
+
+    @property
+    def shaping(self) -> ShapingConfig:
+        return ShapingConfig(
+            normalizer=self.distance_normalizer,
+            distance_weight=self.distance_reward_weight,
+            env_weight=self.env_reward_weight,
+            subtract_baseline_from_normalizer=self.subtract_baseline_from_normalizer,
+            subtract_prev_distance=self.subtract_prev_distance,
+            env_reward_replace_threshold=self.env_reward_replace_threshold,
+            use_subtasks=self.use_subtasks,
+            subtask_threshold=self.subtask_threshold,
+            subtask_cost=self.subtask_cost,
+            subtask_hold_steps=self.subtask_hold_steps,
+        )
+
+    def validate(self) -> TrainConfig:
+        from holdjax import envs
+
+        if self.task not in envs.TASKS:
+            raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(envs.TASKS)}")
+        if self.reward not in REWARDS:
+            raise ValueError(f"unknown reward {self.reward!r}; valid rewards: {', '.join(REWARDS)}")
+        for name in ("num_epochs", "epoch_length", "num_envs", "seeds", "batch_size",
+                     "eval_episodes", "checkpoint_frequency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.updates_per_step <= 0:
+            raise ValueError("updates_per_step must be positive")
+        return self
+
+
+def available_configs() -> list[str]:
+    package = importlib.import_module(CONFIGS_PACKAGE)
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__))
+
+
+def load_config(name: str) -> TrainConfig:
+    """The reference run ``configs/<name>.py`` (its ``CONFIG``)."""
+    names = available_configs()
+    if name not in names:
+        raise ValueError(f"unknown config {name!r}; available: {', '.join(names)}")
+    return importlib.import_module(f"{CONFIGS_PACKAGE}.{name}").CONFIG
+
+
+def _parse_value(field: dataclasses.Field, text: str):
+    kind = typing.get_type_hints(TrainConfig)[field.name]
+    if isinstance(kind, types.UnionType):
+        kind = next(t for t in typing.get_args(kind) if t is not type(None))
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--{field.name} expects true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"--{field.name} expects a {kind.__name__}, got {text!r}") from None
+
+
+def config_from_args(args: list[str]) -> tuple[TrainConfig, dict[str, str]]:
+    """Builds a config from ``--config=NAME`` (optional) and ``--field=value`` overrides.
+
+    Returns the config and the flags that are not config fields (the caller's own, such
+    as ``--resume``), which the caller must consume or reject.
+    """
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    flags: dict[str, str] = {}
+    for arg in args:
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}; use --field=value")
+        key, _, value = arg[2:].partition("=")
+        flags[key] = value if _ else "true"
+    config = load_config(flags.pop("config")) if "config" in flags else TrainConfig()
+    overrides, rest = {}, {}
+    total_steps = flags.pop("total_steps", None)
+    for key, value in flags.items():
+        if key in fields:
+            overrides[key] = _parse_value(fields[key], value)
+        else:
+            rest[key] = value
+    config = dataclasses.replace(config, **overrides)
+    if total_steps is not None:
+        config = dataclasses.replace(
+            config, num_epochs=max(1, -(-int(total_steps) // config.epoch_length)))
+    return config, rest

@@ -1,0 +1,79 @@
+"""Evaluate a saved policy: restore it with orbax and report the environment's success.
+
+    python -m holdjax.evaluate --run=runs/pushing_sparse --episodes=20 --json
+    python -m holdjax.evaluate --run=runs/pushing_sparse --step=40 --video=eval.mp4
+
+Deterministic episodes (the policy's mean action), scored by the environment's own success
+and sparse reward, never the learned reward; one figure per trained seed and their mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import jax
+import numpy as np
+
+from holdjax import checkpoint
+from holdjax.config import TrainConfig
+from holdjax.train import get_trainer
+from holdjax.video import write_video
+
+
+def evaluate_run(run_dir: str, episodes: int, step: int | None = None, seed: int = 12345):
+    """(result dict, video frames) for the checkpoint ``step`` (default: latest) of a run."""
+    config = checkpoint.read_config(run_dir, TrainConfig)
+    config = dataclasses.replace(config, eval_episodes=episodes)
+    trainer = get_trainer(config)
+    state_like = jax.eval_shape(lambda: trainer.init(config.seed)[0])
+    epoch, state, _ = checkpoint.restore(run_dir, state_like, epoch=step)
+    keys = trainer.seed_keys(seed)
+    stats, frames = trainer.evaluate(state.sac, keys)
+    per_seed = {k: np.asarray(v).tolist() for k, v in stats.items()}
+    result = {
+        "run": run_dir,
+        "task": config.task,
+        "step": epoch,
+        "env_steps": int(state.env_steps),
+        "episodes": episodes,
+        "seeds": config.seeds,
+        "success_rate": float(np.mean(per_seed["eval_success_rate"])),
+        "success_rate_last": float(np.mean(per_seed["eval_success_rate_last"])),
+        "return": float(np.mean(per_seed["eval_return"])),
+        "per_seed": per_seed,
+    }
+    return result, np.asarray(frames)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m holdjax.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="run directory written by holdjax.train")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint epoch (default latest)")
+    parser.add_argument("--episodes", type=int, default=20, help="episodes per seed")
+    parser.add_argument("--video", default=None, help="write .mp4/.gif of a few episodes")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error("--episodes must be at least 1")
+    try:
+        result, frames = evaluate_run(args.run, args.episodes, args.step)
+    except checkpoint.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if args.video:
+        result["video"] = write_video(args.video, frames)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['task']} checkpoint {result['step']} ({result['env_steps']} env steps): "
+              f"success rate {result['success_rate']:.3f} over {args.episodes} episodes x "
+              f"{result['seeds']} seed(s), return {result['return']:.2f}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

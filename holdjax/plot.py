@@ -1,0 +1,78 @@
+"""Learning curves like the paper's: eval success rate against environment steps.
+
+    python -m holdjax.plot runs/fig3a_pushing_sac runs/fig3a_pushing_holdc --out=curves.png
+
+One line per run directory: the mean over its seeds, with a band from the lowest to the
+highest seed (a run trained with ``--seeds=K`` holds all K in its ``metrics.jsonl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def load_curve(run_dir: str, metric: str = "eval_success_rate") -> tuple[np.ndarray, np.ndarray]:
+    """(env steps (E,), metric per epoch and seed (E, K)) from a run's metrics.jsonl."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a holdjax.train run directory?")
+    by_epoch = {}
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            by_epoch[record["epoch"]] = record  # a resumed run may repeat epochs: keep last
+    records = [by_epoch[e] for e in sorted(by_epoch)]
+    if not records:
+        raise ValueError(f"{path} is empty: the run has not finished an epoch yet")
+    steps = np.array([r["env_steps"] for r in records])
+    values = np.array([np.atleast_1d(r[metric]) for r in records], dtype=float)
+    return steps, values
+
+
+def plot_runs(run_dirs: list[str], out: str, metric: str = "eval_success_rate") -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run_dir in run_dirs:
+        steps, values = load_curve(run_dir, metric)
+        label = f"{os.path.basename(os.path.normpath(run_dir))} ({values.shape[1]} seeds)"
+        line, = ax.plot(steps, values.mean(axis=1), label=label)
+        ax.fill_between(steps, values.min(axis=1), values.max(axis=1), alpha=0.2,
+                        color=line.get_color())
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(prog="python -m holdjax.plot", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run directories")
+    parser.add_argument("--out", default="curves.png")
+    parser.add_argument("--metric", default="eval_success_rate")
+    args = parser.parse_args(argv)
+    try:
+        path = plot_runs(args.runs, args.out, args.metric)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

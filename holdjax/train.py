@@ -1,0 +1,443 @@
+"""Image-based SAC with physics, rendering, reward, replay and updates fused on the device.
+
+    python -m holdjax.train --task=pushing                     # the main job
+    python -m holdjax.train --config=fig3a_pushing_sac --seeds=5
+    python -m holdjax.train --out=runs/pushing_sparse --resume
+
+One *iteration* steps every world once and then runs ``updates_per_step * num_envs``
+gradient updates; an *epoch* is a jitted ``lax.scan`` of iterations covering
+``epoch_length`` environment steps per seed, with no host round trip inside. K seeds train
+in one program: the environment runs K x N worlds as one batch (one render call) and the
+learner is vmapped over the seed axis. Between epochs the host evaluates, logs, writes
+checkpoints and videos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from tqdm import tqdm
+
+from holdjax import checkpoint, envs
+from holdjax.config import TrainConfig, config_from_args
+from holdjax.envs.base import EnvState, ManipulationEnv
+from holdjax.reward import RewardFunction, make_reward
+from holdjax.reward.shaping import ShapingState
+from holdjax.sac import networks as sac_networks
+from holdjax.sac.replay import ReplayBuffer, Transition, init_replay, insert, sample
+from holdjax.sac.update import SACState, init_sac, networks_for, sac_update
+
+VIDEO_WORLDS = 4
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that evolves during training; seeds on the leading axis of learner parts."""
+
+    sac: SACState  # (K, ...)
+    env: EnvState  # (K * N, ...) worlds, seed-major
+    reward: ShapingState  # (K * N,)
+    episode_return: jax.Array  # (K * N,) training reward summed over the current episode
+    key: jax.Array  # (K, 2) per-seed PRNG keys
+    env_steps: jax.Array  # () environment steps taken per seed
+
+
+class Trainer:
+    """The jitted pieces of one run, built from its config."""
+
+    def __init__(self, config: TrainConfig, num_devices: int = 1):
+        self.config = config.validate()
+        if config.seeds % num_devices:
+            raise ValueError(f"{config.seeds} seeds cannot be split over {num_devices} devices")
+        self.num_devices = num_devices
+        self.env: ManipulationEnv = envs.make(
+            config.task, impl=config.impl,
+            device_axis=("seeds", num_devices) if num_devices > 1 else None)
+        self.reward_fn: RewardFunction = make_reward(config.reward, config.shaping, self.env)
+        # Per device: each device trains seeds // num_devices seeds on its own worlds.
+        self.num_seeds, self.num_envs = config.seeds // num_devices, config.num_envs
+        height, width = self.env.image_shape
+        self.obs_shape = (height, width, 6 if config.goal_based_policy else 3)
+        self.action_dim = self.env.action_dim
+        self.networks = networks_for(config.sac, self.action_dim, from_pixels=True)
+        # The reference starts training once the buffer holds one episode.
+        self.min_replay = config.learning_starts or self.env.episode_length
+        init, train_epoch, evaluate = self._init_seeds, self._train_epoch, self._evaluate
+        if num_devices > 1:
+            init, train_epoch, evaluate = self._across_devices(init, train_epoch, evaluate)
+        self._init = jax.jit(init)
+        self.train_epoch = jax.jit(train_epoch, donate_argnums=(0, 1))
+        self.evaluate = jax.jit(evaluate)
+
+    def _across_devices(self, init, train_epoch, evaluate):
+        """Seeds are independent: each device runs the whole fused step on its own seeds
+        (its own physics, renderer, replay and learner) with no communication at all."""
+        mesh = jax.sharding.Mesh(np.array(jax.devices()[: self.num_devices]), ("seeds",))
+        split, same = jax.sharding.PartitionSpec("seeds"), jax.sharding.PartitionSpec()
+        per_step = jax.sharding.PartitionSpec(None, "seeds")
+        state_specs = TrainState(sac=split, env=split, reward=split, episode_return=split,
+                                 key=split, env_steps=same)
+        out_specs = {"updated": same, "finished": per_step, "train_return": per_step,
+                     "train_success": per_step}
+        metric_names = jax.eval_shape(jax.vmap(self._updates), self._abstract_sac,
+                                      self._abstract_replay,
+                                      jax.ShapeDtypeStruct((self.num_seeds, 2), jnp.uint32))[1]
+        out_specs.update({name: per_step for name in metric_names})
+        train_epoch = jax.shard_map(train_epoch, mesh=mesh, in_specs=(state_specs, split),
+                                    out_specs=(state_specs, split, out_specs), check_vma=False)
+        evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(split, split),
+                                 out_specs=(split, per_step), check_vma=False)
+        init = jax.shard_map(init, mesh=mesh, in_specs=split, out_specs=(state_specs, split),
+                             check_vma=False)
+        return init, train_epoch, evaluate
+
+    # ---- state -------------------------------------------------------------------------
+    def seed_keys(self, seed: int) -> jax.Array:
+        """(K, 2) root keys of all seeds: seed k of a run is seed ``seed + k`` of a one-seed
+        run, whatever the number of seeds or devices."""
+        return jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(self.config.seeds))
+
+    def init(self, seed: int) -> tuple[TrainState, ReplayBuffer]:
+        """Initial state of all seeds, placed on the devices that train them."""
+        state, replay = self._init(self.seed_keys(seed))
+        # Leaves may share buffers (target = critic params; empty obs = next_obs), which
+        # the epoch's buffer donation forbids: give every leaf its own.
+        return jax.tree.map(jnp.copy, (state, replay))
+
+    def _init_seeds(self, seed_keys: jax.Array) -> tuple[TrainState, ReplayBuffer]:
+        split = jax.vmap(lambda k: jax.random.split(k, 3))(seed_keys)  # (K, 3, 2)
+        init_keys, env_keys, run_keys = split[:, 0], split[:, 1], split[:, 2]
+        sac = jax.vmap(lambda k: init_sac(k, self.obs_shape, self.action_dim, self.config.sac))(
+            init_keys)
+        replay = jax.vmap(lambda _: init_replay(self.config.replay_capacity, self.obs_shape,
+                                                self.action_dim))(jnp.arange(self.num_seeds))
+        env_state = self._reset_worlds(env_keys)
+        state = TrainState(
+            sac=sac,
+            env=env_state,
+            reward=self.reward_fn.init(env_state),
+            episode_return=jnp.zeros((self.num_seeds * self.num_envs,)),
+            key=run_keys,
+            env_steps=jnp.zeros((), jnp.int32),
+        )
+        return state, replay
+
+    def _reset_worlds(self, seed_keys: jax.Array) -> EnvState:
+        """Fresh episodes for all K x N worlds; seed k's worlds draw from seed k's key."""
+        keys = jax.vmap(lambda k: jax.random.split(k, self.num_envs))(seed_keys)
+        return self.env.reset_with_keys(keys.reshape(-1, keys.shape[-1]))
+
+    # ---- policy input --------------------------------------------------------------------
+    def policy_obs(self, obs: jax.Array, reward_state: ShapingState) -> jax.Array:
+        """uint8 policy input: the frame, with the current subgoal image on the channels."""
+        if self.config.goal_based_policy:
+            obs = jnp.concatenate([obs, self.reward_fn.goal_image(reward_state)], axis=-1)
+        return obs
+
+    def per_seed(self, x: jax.Array) -> jax.Array:
+        return x.reshape(self.num_seeds, self.num_envs, *x.shape[1:])
+
+    def flat(self, x: jax.Array) -> jax.Array:
+        return x.reshape(self.num_seeds * self.num_envs, *x.shape[2:])
+
+    # ---- the fused step ---------------------------------------------------------------------
+    def _iteration(self, carry, _):
+        state, replay = carry
+        keys = jax.vmap(lambda k: jax.random.split(k, 4))(state.key)
+        next_key, act_key, update_key, reset_key = (keys[:, i] for i in range(4))
+
+        obs = self.policy_obs(state.env.obs, state.reward)
+        obs_k = self.per_seed(obs)
+
+        def act(sac, obs, key):
+            policy_key, random_key = jax.random.split(key)
+            action, _ = sac_networks.sample_action(
+                self.networks.actor, sac.actor_params, obs.astype(jnp.float32) / 255.0,
+                policy_key)
+            uniform = jax.random.uniform(random_key, action.shape, minval=-1.0, maxval=1.0)
+            return jnp.where(state.env_steps < self.config.initial_random_steps, uniform, action)
+
+        actions = jax.vmap(act)(state.sac, obs_k, act_key)
+        env_state = self.env.step(state.env, self.flat(actions))
+        reward, reward_state = self.reward_fn(env_state, state.reward)
+        next_obs = self.policy_obs(env_state.obs, reward_state)
+        terminal = env_state.done if self.config.timeouts_as_terminal else jnp.zeros_like(
+            env_state.done)
+        transitions = Transition(
+            obs=obs_k,
+            action=actions,
+            reward=self.per_seed(reward),
+            next_obs=self.per_seed(next_obs),
+            done=self.per_seed(terminal.astype(jnp.float32)),
+        )
+        replay = jax.vmap(insert)(replay, transitions)
+        env_steps = state.env_steps + self.num_envs
+
+        sac, metrics = jax.lax.cond(
+            replay.size[0] >= self.min_replay,
+            lambda: jax.vmap(self._updates)(state.sac, replay, update_key),
+            lambda: (state.sac, self._zero_metrics()),
+        )
+        episode_return = state.episode_return + reward
+        finished = env_state.done
+        out = {
+            "updated": replay.size[0] >= self.min_replay,
+            "finished": finished,
+            "train_return": episode_return,
+            "train_success": env_state.success,
+            **metrics,
+        }
+        # Fixed-length episodes: every world ends on the same step; reset them all at once.
+        env_state, reward_state, episode_return = jax.lax.cond(
+            finished[0],
+            lambda: self._reset_all(reset_key),
+            lambda: (env_state, reward_state, episode_return),
+        )
+        state = TrainState(sac=sac, env=env_state, reward=reward_state,
+                           episode_return=episode_return, key=next_key, env_steps=env_steps)
+        return (state, replay), out
+
+    def _reset_all(self, seed_keys):
+        env_state = self._reset_worlds(seed_keys)
+        return env_state, self.reward_fn.init(env_state), jnp.zeros(env_state.reward.shape)
+
+    def _updates(self, sac: SACState, replay: ReplayBuffer, key: jax.Array):
+        """``updates_per_iteration`` sequential SAC updates of one seed; mean metrics."""
+        def one(sac, key):
+            sample_key, update_key = jax.random.split(key)
+            batch = sample(replay, sample_key, self.config.batch_size)
+            return sac_update(sac, batch, update_key, self.config.sac)
+
+        keys = jax.random.split(key, self.config.updates_per_iteration)
+        sac, metrics = jax.lax.scan(one, sac, keys)
+        return sac, jax.tree.map(jnp.mean, metrics)
+
+    def _zero_metrics(self):
+        """NaN metrics of the right shapes for iterations before training starts."""
+        keys = jax.ShapeDtypeStruct((self.num_seeds, 2), jnp.uint32)
+        shapes = jax.eval_shape(jax.vmap(self._updates), self._abstract_sac,
+                                self._abstract_replay, keys)[1]
+        return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+    def _train_epoch(self, state: TrainState, replay: ReplayBuffer):
+        (state, replay), out = jax.lax.scan(
+            self._iteration, (state, replay), None, length=self.config.iterations_per_epoch)
+        return state, replay, out
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def _evaluate(self, sac: SACState, seed_keys: jax.Array):
+        """Deterministic episodes, ``eval_episodes`` per seed; env success and return only."""
+        episodes = self.config.eval_episodes
+        keys = jax.vmap(lambda k: jax.random.split(k, episodes))(seed_keys).reshape(-1, 2)
+        env_state = self.env.reset_with_keys(keys)
+        reward_state = self.reward_fn.init(env_state)
+
+        def body(carry, _):
+            env_state, reward_state = carry
+            obs = self.policy_obs(env_state.obs, reward_state)
+            obs = obs.reshape(self.num_seeds, episodes, *obs.shape[1:])
+            actions = jax.vmap(lambda s, o: sac_networks.deterministic_action(
+                self.networks.actor, s.actor_params, o.astype(jnp.float32) / 255.0))(sac, obs)
+            env_state = self.env.step(env_state, actions.reshape(-1, self.action_dim))
+            _, reward_state = self.reward_fn(env_state, reward_state)  # advances subgoals
+            return (env_state, reward_state), (env_state.success, env_state.reward,
+                                               env_state.obs[:VIDEO_WORLDS])
+
+        _, (success, reward, frames) = jax.lax.scan(
+            body, (env_state, reward_state), None, length=self.env.episode_length)
+        frames = jnp.concatenate([env_state.obs[None, :VIDEO_WORLDS], frames])
+        per_seed = lambda x: x.reshape(x.shape[0], self.num_seeds, episodes)  # noqa: E731
+        success, reward = per_seed(success), per_seed(reward)
+        return {
+            "eval_success_rate": success.any(axis=0).mean(axis=-1),  # (K,)
+            "eval_success_rate_last": success[-1].mean(axis=-1),
+            "eval_return": reward.sum(axis=0).mean(axis=-1),
+        }, frames
+
+    @property
+    def _abstract_sac(self):
+        return jax.eval_shape(lambda: jax.vmap(
+            lambda k: init_sac(k, self.obs_shape, self.action_dim, self.config.sac))(
+            jnp.zeros((self.num_seeds, 2), jnp.uint32)))
+
+    @property
+    def _abstract_replay(self):
+        return jax.eval_shape(lambda: jax.vmap(lambda _: init_replay(
+            self.config.replay_capacity, self.obs_shape, self.action_dim))(
+            jnp.arange(self.num_seeds)))
+
+
+@functools.cache
+def _trainer_for(program_key: TrainConfig, num_devices: int) -> Trainer:
+    return Trainer(program_key, num_devices)
+
+
+def get_trainer(config: TrainConfig) -> Trainer:
+    """A (cached) trainer over as many devices as split the seeds evenly; runs that differ
+    only in output or length reuse its compilation."""
+    devices = jax.device_count()
+    num_devices = devices if config.seeds % devices == 0 else 1
+    if num_devices < devices:
+        print(f"note: {config.seeds} seed(s) cannot be split over {devices} devices; using "
+              "one (choose --seeds as a multiple of the device count)", file=sys.stderr)
+    return _trainer_for(config.validate().program_key(), num_devices)
+
+
+# ---- devices ---------------------------------------------------------------------------
+def maybe_init_distributed() -> None:
+    """Joins a multi-host job when launched as one (JAX_COORDINATOR_ADDRESS etc. set)."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+
+
+# ---- the host loop -----------------------------------------------------------------------
+def summarize_epoch(out: dict, config: TrainConfig) -> dict[str, list[float] | float]:
+    """Per-seed means of an epoch's scan outputs (losses over iterations that updated)."""
+    out = jax.device_get(out)
+    updated = np.asarray(out.pop("updated"))
+    finished = np.asarray(out.pop("finished")).reshape(len(updated), config.seeds, -1)
+    returns = np.asarray(out.pop("train_return")).reshape(finished.shape)
+    success = np.asarray(out.pop("train_success")).reshape(finished.shape)
+    summary = {}
+    for name, values in out.items():
+        values = np.asarray(values)[updated]  # losses exist once training has started
+        summary[name] = values.mean(axis=0).tolist() if len(values) else None
+    if finished.any():
+        summary["train_return"] = [float(returns[:, k][finished[:, k]].mean())
+                                   for k in range(config.seeds)]
+        summary["train_success_rate"] = [float(success[:, k][finished[:, k]].mean())
+                                         for k in range(config.seeds)]
+    return summary
+
+
+def check_finite(summary: dict, epoch: int, run_dir: str) -> None:
+    """Stops the run at the first NaN/inf loss, naming the epoch and the last checkpoint."""
+    bad = [name for name, values in summary.items()
+           if name.endswith("loss") and values is not None and not np.all(np.isfinite(values))]
+    if bad:
+        last = checkpoint.latest_epoch(run_dir)
+        where = (f"the last good checkpoint is epoch {last} in {run_dir}" if last is not None
+                 else "no checkpoint was written yet")
+        raise TrainingDiverged(
+            f"non-finite {', '.join(bad)} in epoch {epoch + 1}; {where}. Resume from it with "
+            "--resume and a lower --learning_rate, or change the reward scale.")
+
+
+def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
+    """Runs (or resumes) a training run; returns the last epoch's log record."""
+    from holdjax.video import write_video
+
+    run_dir = config.out_dir
+    trainer = get_trainer(config)
+    state, replay = trainer.init(config.seed)
+    start_epoch = 0
+    if resume:
+        saved = checkpoint.read_config(run_dir, TrainConfig)
+        checkpoint.check_resumable(saved, config)
+        start_epoch, state, saved_replay = checkpoint.restore(run_dir, state, replay)
+        if saved_replay is None:
+            print("resume: no replay buffer in the checkpoint (--save_replay was off); "
+                  "refilling it from scratch", file=sys.stderr)
+        else:
+            replay = saved_replay
+    elif checkpoint.latest_epoch(run_dir) is not None:
+        raise checkpoint.CheckpointError(
+            f"{run_dir} already holds checkpoints; pass --resume to continue it or choose "
+            "another --out")
+    checkpoint.write_config(run_dir, config)
+    mngr = checkpoint.manager(run_dir)
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    writer = _tensorboard(run_dir)
+    eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1 << 20))(trainer.seed_keys(config.seed))
+    record: dict = {}
+    start = time.perf_counter()
+    bar = tqdm(total=config.num_epochs * config.epoch_length, initial=start_epoch *
+               config.epoch_length, unit="step", disable=quiet, file=sys.stderr,
+               desc=config.run_name, dynamic_ncols=True)
+    for epoch in range(start_epoch, config.num_epochs):
+        state, replay, out = trainer.train_epoch(state, replay)
+        summary = summarize_epoch(out, config)
+        check_finite(summary, epoch, run_dir)
+        epoch_eval_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, epoch)
+        eval_stats, frames = trainer.evaluate(state.sac, epoch_eval_keys)
+        wall = time.perf_counter() - start
+        steps_done = (epoch + 1 - start_epoch) * config.epoch_length
+        record = {
+            "epoch": epoch + 1,
+            "env_steps": int(state.env_steps),
+            "wall_s": round(wall, 2),
+            "env_steps_per_s": steps_done * config.seeds / wall,
+            **summary,
+            **{k: np.asarray(v).tolist() for k, v in eval_stats.items()},
+        }
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for name, value in record.items():
+                if value is None:
+                    continue
+                value = float(np.mean(value)) if isinstance(value, list) else value
+                writer.add_scalar(name, value, int(state.env_steps))
+        if (epoch + 1) % config.checkpoint_frequency == 0 or epoch + 1 == config.num_epochs:
+            checkpoint.save(mngr, epoch + 1, state, replay if config.save_replay else None)
+        if config.path_save_frequency and ((epoch + 1) % config.path_save_frequency == 0
+                                           or epoch + 1 == config.num_epochs):
+            write_video(os.path.join(run_dir, "videos", f"eval_epoch{epoch + 1:04d}.mp4"),
+                        np.asarray(frames))
+        bar.update(config.epoch_length)
+        bar.set_postfix(eval_success=f"{np.mean(record['eval_success_rate']):.2f}",
+                        steps_per_s=f"{record['env_steps_per_s']:.0f}")
+    bar.close()
+    if writer is not None:
+        writer.close()
+    return record
+
+
+def _tensorboard(run_dir: str):
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:  # TensorBoard events are optional; metrics.jsonl always exists
+        return None
+    return SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        print("Config fields (override as --field=value):")
+        for field in dataclasses.fields(TrainConfig):
+            print(f"  --{field.name}={field.default!r}")
+        return {}
+    maybe_init_distributed()
+    try:
+        config, rest = config_from_args(args)
+        resume = rest.pop("resume", "false").lower() in ("1", "true", "yes", "")
+        if rest:
+            raise ValueError(f"unknown flags: {', '.join('--' + k for k in rest)}; "
+                             "see python -m holdjax.train --help")
+        config.validate()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"run {config.run_name}: {config.total_steps} env steps x {config.seeds} seed(s), "
+          f"{config.num_envs} worlds per seed, on {jax.devices()[0].device_kind}; "
+          f"writing to {config.out_dir}", file=sys.stderr)
+    return train(config, resume=resume)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Reward shaping and the L2 distance against hand-computed values."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from holdjax.reward.base import RewardFunction
+from holdjax.reward.l2 import l2_distance
+from holdjax.reward.shaping import ShapingConfig, init_shaping, shape_reward
+
+
+def test_l2_distance_of_known_images():
+    goals = jnp.zeros((2, 2, 2, 3), jnp.uint8).at[1].set(255)
+    frames = jnp.zeros((1, 2, 2, 3), jnp.uint8).at[0, 0, 0, 0].set(255)
+    np.testing.assert_allclose(l2_distance(frames, goals), [[1.0, np.sqrt(11.0)]], rtol=1e-6)
+
+
+def test_baseline_clip_normalizer_and_weights():
+    config = ShapingConfig(normalizer=5.0, distance_weight=2.0, env_weight=0.5)
+    state = init_shaping(config, 3, 1)
+    distances = jnp.array([[3.0], [0.5], [11.0]])
+    reward, _, info = shape_reward(config, distances, jnp.array([1.0]), jnp.array([1.0, 0, 0]),
+                                   state)
+    # max(0, d - 1) / 5, negated, times 2, plus half the env reward.
+    np.testing.assert_allclose(reward, [2 * -2 / 5 + 0.5, 0.0, 2 * -10 / 5], rtol=1e-6)
+    np.testing.assert_allclose(info["distance"], [3.0, 0.5, 11.0])
+
+
+def test_baseline_subtracted_from_normalizer():
+    config = ShapingConfig(normalizer=5.0, subtract_baseline_from_normalizer=True, env_weight=0)
+    reward, _, _ = shape_reward(config, jnp.array([[3.0]]), jnp.array([1.0]), jnp.zeros(1),
+                                init_shaping(config, 1, 1))
+    np.testing.assert_allclose(reward, [-2.0 / 4.0])
+
+
+def test_subtract_prev_distance_rewards_progress():
+    config = ShapingConfig(normalizer=1.0, subtract_prev_distance=True, env_weight=0)
+    state = init_shaping(config, 1, 1).replace(prev=jnp.array([-4.0]))
+    reward, state, _ = shape_reward(config, jnp.array([[3.0]]), jnp.zeros(1), jnp.zeros(1), state)
+    np.testing.assert_allclose(reward, [-3.0 - -4.0])
+    np.testing.assert_allclose(state.prev, [-3.0])
+
+
+def test_subtasks_switch_after_exactly_hold_steps():
+    config = ShapingConfig(normalizer=1.0, use_subtasks=True, subtask_threshold=1.0,
+                           subtask_cost=2.0, subtask_hold_steps=3, env_weight=0)
+    state = init_shaping(config, 2, 2)
+    assert state.subtask.tolist() == [0, 0]
+    baselines = jnp.zeros(2)
+    # World 0 stays close to subgoal 1; world 1 is close, then far (resets its count).
+    sequence = [[0.5, 0.5], [0.5, 0.5], [0.5, 3.0], [0.5, 0.5]]
+    rewards, subtasks = [], []
+    for d0 in sequence:
+        distances = jnp.array([[d0[0], 9.0], [d0[1], 9.0]])
+        reward, state, _ = shape_reward(config, distances, baselines, jnp.zeros(2), state)
+        rewards.append(reward.tolist())
+        subtasks.append(state.subtask.tolist())
+    assert subtasks == [[0, 0], [0, 0], [1, 0], [1, 0]]
+    # Before the switch: -(0.5 + 1 remaining subtask * cost 2); the switching step still
+    # pays for the subtask it was on; after it, the distance to goal 2 with no cost.
+    np.testing.assert_allclose([r[0] for r in rewards], [-2.5, -2.5, -2.5, -9.0])
+    np.testing.assert_allclose([r[1] for r in rewards], [-2.5, -2.5, -5.0, -2.5])
+
+
+def test_env_reward_replaced_by_threshold():
+    config = ShapingConfig(normalizer=1.0, distance_weight=0.0,
+                           env_reward_replace_threshold=1.0)
+    reward, _, _ = shape_reward(config, jnp.array([[0.5], [1.5]]), jnp.zeros(1),
+                                jnp.zeros(2), init_shaping(config, 2, 1))
+    np.testing.assert_allclose(reward, [1.0, 0.0])
+
+
+def test_reward_function_baseline_is_goal_to_itself():
+    goals = np.random.default_rng(0).integers(0, 255, (2, 4, 4, 3), dtype=np.uint8)
+    fn = RewardFunction("l2", ShapingConfig(), goals)
+    np.testing.assert_allclose(fn.baselines, [0.0, 0.0], atol=1e-6)
+    with pytest.raises(ValueError, match="valid rewards"):
+        RewardFunction("holdq", ShapingConfig(), goals)

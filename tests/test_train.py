@@ -1,0 +1,152 @@
+"""The fused trainer on the CPU: tiny runs (few worlds, small batches, short epochs)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from holdjax import checkpoint
+from holdjax.config import TrainConfig, config_from_args
+from holdjax.evaluate import main as evaluate_cli
+from holdjax.plot import plot_runs
+from holdjax.train import get_trainer, train
+from holdjax.train import main as train_cli
+
+TINY = TrainConfig(
+    task="pushing", reward="dense", num_envs=4, seeds=1, num_epochs=2, epoch_length=8,
+    batch_size=8, initial_random_steps=4, learning_starts=4, replay_size=64,
+    eval_episodes=2, checkpoint_frequency=1, path_save_frequency=2, save_replay=True,
+)
+
+
+def params_of(run_dir, config):
+    trainer = get_trainer(config)
+    like = jax.eval_shape(lambda: trainer.init(config.seed)[0])
+    _, state, _ = checkpoint.restore(run_dir, like)
+    return state.sac
+
+
+@pytest.fixture(scope="module")
+def two_seed_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("runs") / "two_seeds")
+    config = dataclasses.replace(TINY, seeds=2, out=out)
+    record = train(config, quiet=True)
+    return config, record
+
+
+def test_run_writes_metrics_checkpoints_video(two_seed_run):
+    config, record = two_seed_run
+    lines = open(os.path.join(config.out_dir, "metrics.jsonl")).read().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert record["env_steps"] == 16 and len(record["eval_success_rate"]) == 2
+    assert all(np.isfinite(record["critic_loss"]))
+    assert checkpoint.latest_epoch(config.out_dir) == 2
+    assert os.path.exists(os.path.join(config.out_dir, "videos", "eval_epoch0002.mp4"))
+    assert os.listdir(os.path.join(config.out_dir, "tensorboard"))
+
+
+def test_fused_epoch_changes_parameters(two_seed_run):
+    config, _ = two_seed_run
+    trainer = get_trainer(config)
+    initial, _ = trainer.init(config.seed)
+    trained = params_of(config.out_dir, config)
+    changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                           initial.sac.actor_params, trained.actor_params)
+    assert all(jax.tree.leaves(changed))
+
+
+def test_seeds_differ_and_each_equals_its_single_seed_run(two_seed_run, tmp_path):
+    config, _ = two_seed_run
+    both = params_of(config.out_dir, config)
+    first, second = (jax.tree.map(lambda x, k=k: np.asarray(x[k]), both.critic_params)
+                     for k in range(2))
+    assert not np.allclose(jax.tree.leaves(first)[0], jax.tree.leaves(second)[0])
+    single = dataclasses.replace(config, seeds=1, seed=config.seed + 1,
+                                 out=str(tmp_path / "single"))
+    train(single, quiet=True)
+    alone = params_of(single.out_dir, single)
+    for a, b in zip(jax.tree.leaves(second), jax.tree.leaves(alone.critic_params), strict=True):
+        np.testing.assert_allclose(a, np.asarray(b)[0], rtol=2e-4, atol=2e-5)
+
+
+def test_resume_equals_uninterrupted(two_seed_run, tmp_path):
+    config, _ = two_seed_run
+    out = str(tmp_path / "resumed")
+    train(dataclasses.replace(config, out=out, num_epochs=1), quiet=True)  # "killed" after 1
+    train(dataclasses.replace(config, out=out), resume=True, quiet=True)
+    resumed, uninterrupted = params_of(out, config), params_of(config.out_dir, config)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_evaluate_reads_a_checkpoint_written_by_train(two_seed_run, capsys):
+    config, _ = two_seed_run
+    result = evaluate_cli([f"--run={config.out_dir}", "--episodes=2", "--json"])
+    assert result["step"] == 2 and result["episodes"] == 2 and result["seeds"] == 2
+    assert 0.0 <= result["success_rate"] <= 1.0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
+
+
+def test_plot_draws_curves(two_seed_run, tmp_path):
+    config, _ = two_seed_run
+    path = plot_runs([config.out_dir], str(tmp_path / "curves.png"))
+    assert os.path.getsize(path) > 1000
+
+
+def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, tmp_path):
+    config, _ = two_seed_run
+    with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
+        train(dataclasses.replace(config, out=str(tmp_path / "nothing")), resume=True)
+    with pytest.raises(checkpoint.CheckpointError, match="num_envs: saved 4, requested 8"):
+        train(dataclasses.replace(config, num_envs=8), resume=True)
+    with pytest.raises(checkpoint.CheckpointError, match="already holds checkpoints"):
+        train(config)
+    with pytest.raises(SystemExit):
+        evaluate_cli([f"--run={tmp_path}", "--json"])
+
+
+def test_config_flags():
+    config, rest = config_from_args(["--config=fig3a_pushing_sac", "--seeds=5",
+                                     "--timeouts_as_terminal=true", "--resume"])
+    assert (config.task, config.reward, config.seeds, config.num_epochs) == (
+        "pushing", "sparse", 5, 400)
+    assert config.timeouts_as_terminal and rest == {"resume": "true"}
+    config, _ = config_from_args(["--task=pushing", "--reward=dense", "--total_steps=4000"])
+    assert config.num_epochs == 4 and config.total_steps == 4000
+    with pytest.raises(ValueError, match="expects a int"):
+        config_from_args(["--num_envs=many"])
+    with pytest.raises(ValueError, match="unknown config 'nope'; available: .*fig3a"):
+        config_from_args(["--config=nope"])
+    with pytest.raises(ValueError, match="valid rewards"):
+        config_from_args(["--reward=holdz"])[0].validate()
+
+
+@pytest.mark.parametrize("flag", ["--task=stacking", "--bogus=1", "--num_envs=0"])
+def test_bad_train_flags_exit_with_a_message(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli([flag])
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_two_devices_give_the_same_result(two_seed_run, tmp_path):
+    """Seeds sharded over two forced host devices train exactly as on one device."""
+    config, _ = two_seed_run
+    out = str(tmp_path / "sharded")
+    script = (
+        "import dataclasses, jax; from holdjax.train import train; "
+        "from tests.test_train import TINY; assert jax.device_count() == 2; "
+        f"train(dataclasses.replace(TINY, seeds=2, out={out!r}), quiet=True)"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=root)
+    sharded, single = params_of(out, config), params_of(config.out_dir, config)
+    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
