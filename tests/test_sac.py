@@ -299,3 +299,144 @@ def test_sac_learns_one_step_bandit():
     action = networks.deterministic_action(nets.actor, state.actor_params, obs[:1])
     np.testing.assert_allclose(action, 0.5, atol=0.05)
     assert np.isfinite(np.asarray(metrics["critic_loss"])).all()
+
+
+# convolutions on XLA:CPU ------------------------------------------------------------------
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def normal(rng, *shape):
+    """Test inputs from numpy: jax.random compiles anew for every shape (slow on the CPU)."""
+    return jnp.asarray(rng.standard_normal(shape, np.float32))
+
+
+def lax_conv_same(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=NHWC)
+
+
+def lax_conv_same_blocked(x, kernel):
+    """out[b, Y, X, 2p + q, o] = conv(x)[b, 2Y + p, 2X + q, o], written independently."""
+    y = lax_conv_same(x, kernel)
+    b, h, w, o = y.shape
+    return (
+        y.reshape(b, h // 2, 2, w // 2, 2, o)
+        .transpose(0, 1, 3, 2, 4, 5)
+        .reshape(b, h // 2, w // 2, 4, o)
+    )
+
+
+def conv_and_grads(conv, x, kernel, cotangent):
+    """(output, d input, d kernel) of `conv` for the given output cotangent."""
+    y, vjp = jax.vjp(conv, x, kernel)
+    return (y, *vjp(cotangent))
+
+
+def assert_trees_close(actual, expected, rtol=1e-5):
+    """Elementwise close, absolute tolerance relative to each leaf's largest entry."""
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        assert a.shape == e.shape
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * float(jnp.abs(e).max()))
+
+
+@pytest.mark.parametrize("channels", [3, 8])
+@pytest.mark.parametrize(
+    "height, width, kernel_size", [(8, 8, 5), (7, 9, 5), (6, 5, 3), (10, 6, 4)]
+)
+def test_conv_same_and_its_gradients_match_lax(channels, height, width, kernel_size):
+    rng = np.random.default_rng(100 * height + width)
+    x = normal(rng, 3, height, width, channels)
+    kernel = normal(rng, kernel_size, kernel_size, channels, 8)
+    cotangent = normal(rng, 3, height, width, 8)
+    expected = conv_and_grads(lax_conv_same, x, kernel, cotangent)
+    actual = jax.jit(functools.partial(conv_and_grads, networks.conv_same))(x, kernel, cotangent)
+    assert_trees_close(actual, expected)
+
+
+@pytest.mark.parametrize("channels", [3, 8])
+@pytest.mark.parametrize("height, width, kernel_size", [(8, 8, 5), (6, 10, 4), (4, 4, 3)])
+def test_conv_same_blocked_and_its_gradients_match_lax(channels, height, width, kernel_size):
+    rng = np.random.default_rng(100 * height + width + kernel_size)
+    x = normal(rng, 2, height, width, channels)
+    kernel = normal(rng, kernel_size, kernel_size, channels, 8)
+    cotangent = normal(rng, 2, height // 2, width // 2, 4, 8)
+    expected = conv_and_grads(lax_conv_same_blocked, x, kernel, cotangent)
+    conv = jax.jit(functools.partial(conv_and_grads, networks.conv_same_blocked))
+    assert_trees_close(conv(x, kernel, cotangent), expected)
+
+
+@pytest.mark.parametrize("x_axis, kernel_axis", [(0, 0), (0, None), (None, 0)])
+def test_conv_same_vmapped_over_seeds_matches_lax(x_axis, kernel_axis):
+    seeds = 3
+    rng = np.random.default_rng(7)
+    x = normal(rng, seeds, 2, 8, 6, 3)
+    kernel = normal(rng, seeds, 5, 5, 3, 4)
+    cotangent = normal(rng, seeds, 2, 8, 6, 4)
+    x = x if x_axis == 0 else x[0]
+    kernel = kernel if kernel_axis == 0 else kernel[0]
+    in_axes = (x_axis, kernel_axis, 0)
+    expected = jax.vmap(functools.partial(conv_and_grads, lax_conv_same), in_axes)(
+        x, kernel, cotangent
+    )
+    batched = jax.vmap(functools.partial(conv_and_grads, networks.conv_same), in_axes)
+    assert_trees_close(jax.jit(batched)(x, kernel, cotangent), expected)
+
+
+def test_conv_gradients_in_scan_use_only_canonical_convolutions():
+    """Inside loop bodies XLA:CPU runs non-canonical convolutions on a slow generic path.
+
+    (Images must be larger than the kernels: XLA swaps the operands of a convolution whose
+    kernel is larger than its input, which makes it non-canonical.)
+    """
+    x = jnp.ones((2, 16, 16, 3))
+    kernels = jnp.ones((5, 5, 3, 8)), jnp.ones((5, 5, 8, 8))
+
+    def loss(x, kernels):
+        hidden = jax.nn.relu(networks.conv_same_blocked(x, kernels[0])).max(axis=3)
+        return jnp.sum(networks.conv_same(hidden, kernels[1]) ** 2)
+
+    def body(carry, _):
+        grads = jax.grad(loss, (0, 1))(x + carry, kernels)
+        return carry + 1e-9 * sum(g.sum() for g in jax.tree.leaves(grads)), None
+
+    hlo = jax.jit(lambda: jax.lax.scan(body, 0.0, length=2)[0]).lower().compile().as_text()
+    dim_labels = [
+        line.split("dim_labels=")[1].split(",")[0]
+        for line in hlo.splitlines()
+        if " convolution(" in line
+    ]
+    assert len(dim_labels) >= 6  # 2 forward, 2 input gradients, 2 kernel gradients
+    assert set(dim_labels) == {"b01f_01io->b01f"}, dim_labels
+
+
+def encoder_results(images):
+    """(initial params, features, gradients, whether conv_same's custom VJP is used), from
+    freshly made functions: jit caches traces by function, and the encoder's layers depend
+    on `networks.use_cpu_convolutions()` at trace time."""
+    encoder = networks.Encoder()
+
+    def loss(params, images):
+        return jnp.sum(jnp.sin(encoder.apply(params, images)))
+
+    params = jax.jit(lambda key: encoder.init(key, images))(jax.random.key(1))
+    features = jax.jit(lambda params: encoder.apply(params, images))(params)
+    grads = jax.jit(jax.grad(loss, (0, 1)))(params, images)
+    jaxpr = jax.make_jaxpr(lambda params: encoder.apply(params, images))(params)
+    return params, features, grads, "custom_vjp_call" in str(jaxpr)
+
+
+@pytest.mark.parametrize("size", [16, 14])  # 14: the second layer's input is odd (7x7)
+def test_encoder_layers_match_nn_conv(monkeypatch, size):
+    """Same parameters (names, shapes, initial values), features and gradients as nn.Conv."""
+    images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, size, size, 3)), jnp.float32)
+    params, features, grads, custom = encoder_results(images)
+    monkeypatch.setattr(networks, "use_cpu_convolutions", lambda: False)
+    nn_params, nn_features, nn_grads, nn_custom = encoder_results(images)
+
+    assert custom == (jax.default_backend() == "cpu") and not nn_custom
+    assert jax.tree.map(jnp.shape, params["params"]["Conv_1"]) == {
+        "kernel": (5, 5, 8, 8),
+        "bias": (8,),
+    }
+    jax.tree.map(np.testing.assert_array_equal, params, nn_params)
+    assert_trees_close((features, grads), (nn_features, nn_grads))

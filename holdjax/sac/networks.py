@@ -24,8 +24,8 @@ glorot_uniform = nn.initializers.xavier_uniform()
 class Encoder(nn.Module):
     """[conv SAME, ReLU, 2x2 max-pool] per entry of `filters`, then flatten; no dense layer.
 
-    On the CPU backend the convolutions go through `conv_same` (same parameters, same values,
-    gradients XLA:CPU runs fast inside `lax.scan`); elsewhere they are plain `nn.Conv`s.
+    On XLA:CPU each layer is a `ConvReluPool` (same parameters and values, convolutions that run
+    fast inside `lax.scan`); on other backends an `nn.Conv` then ReLU and `max_pool_2x2`.
     """
 
     filters: Sequence[int] = (8, 8)
@@ -34,25 +34,49 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         chex.assert_rank(images, 4)
-        conv_fn = encoder_conv_general_dilated()
         x = images
-        for num_filters in self.filters:
-            x = nn.Conv(
-                num_filters,
-                (self.kernel_size, self.kernel_size),
-                padding="SAME",
-                kernel_init=glorot_uniform,
-                conv_general_dilated=conv_fn,
-            )(x)
-            x = max_pool_2x2(nn.relu(x))
+        for i, num_filters in enumerate(self.filters):
+            if use_cpu_convolutions():
+                x = ConvReluPool(num_filters, self.kernel_size, name=f"Conv_{i}")(x)
+            else:
+                x = nn.Conv(
+                    num_filters,
+                    (self.kernel_size, self.kernel_size),
+                    padding="SAME",
+                    kernel_init=glorot_uniform,
+                    name=f"Conv_{i}",
+                )(x)
+                x = max_pool_2x2(nn.relu(x))
         return x.reshape(x.shape[0], -1)
 
 
-def encoder_conv_general_dilated() -> Callable[..., jax.Array] | None:
-    """The `nn.Conv(conv_general_dilated=...)` the encoder uses on this backend: XLA:CPU gets
-    `cpu_conv_general_dilated`; other backends (cuDNN's backward convolutions are fine) keep
-    `lax.conv_general_dilated` (None)."""
-    return cpu_conv_general_dilated if jax.default_backend() == "cpu" else None
+def use_cpu_convolutions() -> bool:
+    """Whether `Encoder` uses `ConvReluPool`: on XLA:CPU only (cuDNN's backward convolutions
+    are fine, so other backends keep `nn.Conv`)."""
+    return jax.default_backend() == "cpu"
+
+
+class ConvReluPool(nn.Module):
+    """`nn.Conv` (stride 1, SAME, Glorot-uniform kernel, zero bias), ReLU, `max_pool_2x2`, with
+    `conv_same`'s convolutions. Parameters ("kernel" (k, k, Cin, F), "bias" (F,)) and their
+    initial values are those of the `nn.Conv` it replaces.
+
+    On even-sized inputs the convolution comes out as 2x2 blocks (`conv_same_blocked`), so the
+    pool is a max over one axis, with no space-to-depth transposes in between.
+    """
+
+    features: int
+    kernel_size: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        size = (self.kernel_size, self.kernel_size)
+        kernel = self.param("kernel", glorot_uniform, (*size, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)  # as nn.Conv does
+        if x.shape[1] % 2 or x.shape[2] % 2:
+            return max_pool_2x2(nn.relu(conv_same(x, kernel) + bias))
+        return nn.relu(conv_same_blocked(x, kernel) + bias).max(axis=3)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -151,40 +175,35 @@ def _block_taps(size: int, low: int) -> tuple[np.ndarray, tuple[int, int]]:
     return taps, (-first, last)
 
 
-def _conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-    """Stride-1 NHWC/HWIO convolution that keeps the spatial size (low + high = size - 1).
-
-    Even-sized inputs are convolved as 2x2 space-to-depth blocks with the equivalent
-    (4 Cin, 4 Cout) block kernel; odd sizes use the plain convolution.
-    """
-    _, height, width, _ = x.shape
+def _block_kernel(kernel: jax.Array, padding: Padding) -> tuple[jax.Array, Padding]:
+    """The (4 Cin, 4 Cout) kernel, and its padding, of the same convolution on 2x2 blocks."""
     kh, kw, cin, cout = kernel.shape
-    if height % 2 or width % 2:
-        return _canonical_conv(padding)(x, kernel)
     taps_h, pad_h = _block_taps(kh, padding[0][0])
     taps_w, pad_w = _block_taps(kw, padding[1][0])
     zero_padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
     # [I, J, p_h, p_w, q_h, q_w, Cin, Cout] -> [I, J, (p_h, p_w, Cin), (q_h, q_w, Cout)]
     blocks = zero_padded[taps_h[:, None, :, None, :, None], taps_w[None, :, None, :, None, :]]
     blocks = blocks.transpose(0, 1, 2, 3, 6, 4, 5, 7)
-    blocks = blocks.reshape(len(taps_h), len(taps_w), 4 * cin, 4 * cout)
-    return _depth_to_space(_canonical_conv((pad_h, pad_w))(_space_to_depth(x), blocks))
+    return blocks.reshape(len(taps_h), len(taps_w), 4 * cin, 4 * cout), (pad_h, pad_w)
 
 
-@jax.custom_vjp
-def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """`lax.conv_general_dilated(x, kernel, (1, 1), "SAME")` for NHWC x and HWIO kernel, with
-    every convolution of the forward and backward pass canonical (see above)."""
-    chex.assert_rank([x, kernel], 4)
-    return _conv(x, kernel, tuple(map(same_padding, kernel.shape[:2])))
+def _conv_on_blocks(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+    """Stride-1 NHWC/HWIO convolution keeping the (even) spatial size, computed on 2x2
+    space-to-depth blocks; returns (B, H/2, W/2, 4 Cout), i.e. `_space_to_depth` of it."""
+    blocks, block_padding = _block_kernel(kernel, padding)
+    return _canonical_conv(block_padding)(_space_to_depth(x), blocks)
 
 
-def _conv_same_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple]:
-    return conv_same(x, kernel), (x, kernel)
+def _conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+    """Stride-1 NHWC/HWIO convolution that keeps the spatial size (low + high = size - 1):
+    on 2x2 blocks when the size is even, else plain."""
+    if x.shape[1] % 2 or x.shape[2] % 2:
+        return _canonical_conv(padding)(x, kernel)
+    return _depth_to_space(_conv_on_blocks(x, kernel, padding))
 
 
-def _conv_same_bwd(residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x, kernel = residuals
+def _conv_same_grads(x: jax.Array, kernel: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Input and kernel gradients of `conv_same` for the output cotangent g (NHWC)."""
     padding = tuple(map(same_padding, kernel.shape[:2]))
     # dx: correlate g with the flipped kernel, in/out features swapped, padding mirrored.
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
@@ -195,53 +214,37 @@ def _conv_same_bwd(residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array
     return dx, dkernel.transpose(1, 2, 0, 3)
 
 
-conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+@jax.custom_vjp
+def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`lax.conv_general_dilated(x, kernel, (1, 1), "SAME")` for NHWC x and HWIO kernel, with
+    every convolution of the forward and backward pass canonical (see above)."""
+    chex.assert_rank([x, kernel], 4)
+    return _conv(x, kernel, tuple(map(same_padding, kernel.shape[:2])))
 
 
-def cpu_conv_general_dilated(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: lax.ConvDimensionNumbers | None = None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision: lax.PrecisionLike = None,
-    preferred_element_type: jnp.dtype | None = None,
-) -> jax.Array:
-    """Drop-in for `lax.conv_general_dilated` (as `nn.Conv(conv_general_dilated=...)`) that
-    routes 2-D stride-1 "SAME" NHWC/HWIO convolutions to `conv_same`, anything else to lax."""
-    plain = (
-        lhs.ndim == 4
-        and tuple(window_strides) == (1, 1)
-        and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and preferred_element_type is None
-        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
-    )
-    same = padding == "SAME" or (
-        not isinstance(padding, str)
-        and [tuple(p) for p in padding] == [same_padding(k) for k in rhs.shape[:2]]
-    )
-    if plain and same:
-        return conv_same(lhs, rhs)
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        batch_group_count,
-        precision,
-        preferred_element_type,
-    )
+conv_same.defvjp(
+    lambda x, kernel: (conv_same(x, kernel), (x, kernel)),
+    lambda residuals, g: _conv_same_grads(*residuals, g),
+)
+
+
+@jax.custom_vjp
+def conv_same_blocked(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`conv_same` for even H and W with each 2x2 block of output pixels on one axis:
+    out[b, Y, X, 2p + q, o] = conv_same(x, kernel)[b, 2Y + p, 2X + q, o], (B, H/2, W/2, 4, O).
+    """
+    chex.assert_rank([x, kernel], 4)
+    y = _conv_on_blocks(x, kernel, tuple(map(same_padding, kernel.shape[:2])))
+    return y.reshape(*y.shape[:3], 4, kernel.shape[-1])
+
+
+def _conv_same_blocked_bwd(residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return _conv_same_grads(*residuals, _depth_to_space(g.reshape(*g.shape[:3], -1)))
+
+
+conv_same_blocked.defvjp(
+    lambda x, kernel: (conv_same_blocked(x, kernel), (x, kernel)), _conv_same_blocked_bwd
+)
 
 
 class MLP(nn.Module):
