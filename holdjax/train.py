@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"run {config.run_name}: {config.total_steps} env steps x {config.seeds} seed(s), "
-          f"{config.num_envs} worlds per seed, on {jax.devices()[0].device_kind}; "
+          f"{config.num_envs} worlds per seed, {config.updates_per_iteration} updates per "
+          f"{config.num_envs} env steps, on {jax.devices()[0].device_kind}; "
           f"writing to {config.out_dir}", file=sys.stderr)
     return train(config, resume=resume)
 
