@@ -1,0 +1,245 @@
+"""HOLD-C: a time-contrastive ResNet embedding whose distances to the goal's embedding score
+frames (the reference's ``ScenicDistanceModel`` with ``resnet_holdc`` from hold-rewards).
+
+The network reproduces the parameter tree of scenic's ``projects/baselines`` ResNet, so the
+released scenic checkpoint maps onto it leaf for leaf (see ``scenic_checkpoint``):
+
+    params/stem_conv/kernel (7, 7, 3, F)          params/init_bn/{scale, bias} (F,)
+    params/ResidualBlock_<k>/{conv1, conv2, conv3, proj_conv}/kernel
+    params/ResidualBlock_<k>/{bn1, bn2, bn3, proj_bn}/{scale, bias}
+    params/output_projection/{kernel (C, E), bias (E,)}
+    batch_stats/<each batch norm above>/{mean, var}
+
+Blocks are numbered 0.. across all stages. Only inference is needed here, so batch norm
+always uses the running statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from holdjax.envs.base import image_to_float
+
+# Depth -> (blocks per stage, bottleneck blocks), as in scenic's ResNet.
+BLOCK_SIZES = {
+    5: ((1,), True),
+    8: ((1, 1), True),
+    9: ((1, 1, 1, 1), False),
+    11: ((1, 1, 1), True),
+    14: ((1, 1, 1, 1), True),
+    18: ((2, 2, 2, 2), False),
+    26: ((2, 2, 2, 2), True),
+    34: ((3, 4, 6, 3), False),
+    50: ((3, 4, 6, 3), True),
+    101: ((3, 4, 23, 3), True),
+    152: ((3, 8, 36, 3), True),
+    200: ((3, 24, 36, 3), True),
+}
+# The reference's names (hold-policies ``distance_type``) and their parameter counts.
+DISTANCE_TYPES = {"eucl": 0, "sq_eucl": 0, "sq_eucl_huber": 3}
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class HoldCConfig:
+    """The HOLD-C model and its distance; defaults are hold-rewards' ``holdc/resnet50.py``."""
+
+    num_layers: int = 50
+    num_filters: int = 64
+    embedding_size: int = 32
+    crop_size: int = 256
+    zero_centering: bool = True
+    distance_type: str = "eucl"
+    distance_params: tuple[float, ...] = ()
+    dtype: str = "float32"  # compute dtype ("bfloat16" for speed); parameters stay float32
+
+    def __post_init__(self):
+        if self.num_layers not in BLOCK_SIZES:
+            raise ValueError(f"num_layers {self.num_layers} not in {sorted(BLOCK_SIZES)}")
+        if self.distance_type not in DISTANCE_TYPES:
+            raise ValueError(
+                f"unknown distance_type {self.distance_type!r}; valid: {list(DISTANCE_TYPES)}")
+        if len(self.distance_params) != DISTANCE_TYPES[self.distance_type]:
+            raise ValueError(
+                f"distance_type {self.distance_type!r} takes "
+                f"{DISTANCE_TYPES[self.distance_type]} distance_params, "
+                f"got {self.distance_params!r}")
+        # Hashable even when given a list (the config is a static jit argument).
+        object.__setattr__(self, "distance_params", tuple(float(p) for p in self.distance_params))
+        jnp.dtype(self.dtype)  # fails early on a bad dtype name
+
+
+def _norm(name: str, dtype, train: bool, **kwargs) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                        dtype=dtype, name=name, **kwargs)
+
+
+class ResidualBlock(nn.Module):
+    """One residual block; the class name gives scenic's ``ResidualBlock_<k>`` scopes."""
+
+    filters: int
+    strides: int = 1
+    bottleneck: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        out_channels = self.filters * 4 if self.bottleneck else self.filters
+        stride = (self.strides, self.strides)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        # scenic tests ``channels != 4 * filters`` even for basic blocks, so every basic block
+        # has a projection shortcut; its checkpoints hold proj_conv/proj_bn there too.
+        shortcut = x
+        if x.shape[-1] != self.filters * 4 or self.strides != 1:
+            shortcut = conv(out_channels, (1, 1), stride, name="proj_conv")(x)
+            shortcut = _norm("proj_bn", self.dtype, train)(shortcut)
+        y = x
+        if self.bottleneck:
+            y = nn.relu(_norm("bn1", self.dtype, train)(conv(self.filters, (1, 1),
+                                                             name="conv1")(y)))
+        y = conv(self.filters, (3, 3), stride, padding=((1, 1), (1, 1)), name="conv2")(y)
+        y = nn.relu(_norm("bn2", self.dtype, train)(y))
+        last = (1, 1) if self.bottleneck else (3, 3)
+        pad = (last[0] // 2, last[0] // 2)
+        y = conv(out_channels, last, padding=(pad, pad), name="conv3")(y)
+        y = _norm("bn3", self.dtype, train, scale_init=nn.initializers.zeros)(y)
+        return nn.relu(shortcut + y)
+
+
+class ResNet(nn.Module):
+    """scenic's baselines ResNet with its ``output_projection`` head (the embedding)."""
+
+    num_outputs: int = 32
+    num_filters: int = 64
+    num_layers: int = 50
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        block_sizes, bottleneck = BLOCK_SIZES[self.num_layers]
+        x = nn.Conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                    dtype=self.dtype, name="stem_conv")(x)
+        x = nn.relu(_norm("init_bn", self.dtype, train)(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for stage, num_blocks in enumerate(block_sizes):
+            for j in range(num_blocks):
+                x = ResidualBlock(self.num_filters * 2**stage,
+                                  strides=2 if stage > 0 and j == 0 else 1,
+                                  bottleneck=bottleneck, dtype=self.dtype)(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_outputs, dtype=self.dtype, name="output_projection")(x)
+
+
+def build_model(config: HoldCConfig) -> ResNet:
+    return ResNet(num_outputs=config.embedding_size, num_filters=config.num_filters,
+                  num_layers=config.num_layers, dtype=jnp.dtype(config.dtype))
+
+
+def abstract_variables(config: HoldCConfig) -> dict:
+    """Shapes and dtypes of the model's variables {'params', 'batch_stats'}, computing none."""
+    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    return dict(jax.eval_shape(build_model(config).init, jax.random.key(0), images))
+
+
+def random_variables(config: HoldCConfig, seed: int = 0) -> dict:
+    """A random stand-in for checkpoint variables (tests, benchmarks): kernels with variance
+    1 / fan-in, identity batch norms. Drawn with numpy, since compiling flax's init costs
+    seconds per model on the CPU."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return rng.normal(0.0, fan_in**-0.5, leaf.shape).astype(leaf.dtype)
+        return (np.ones if name in ("scale", "var") else np.zeros)(leaf.shape, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract_variables(config))
+
+
+def central_crop(frames: jax.Array) -> jax.Array:
+    """The central square of (N, H, W, C) frames (the reference floors odd margins)."""
+    chex.assert_rank(frames, 4)
+    _, h, w, _ = frames.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return frames[:, top:top + side, left:left + side]
+
+
+def preprocess(config: HoldCConfig, frames: jax.Array) -> jax.Array:
+    """uint8 (N, H, W, 3) -> float32 (N, S, S, 3) as the model was trained to see frames:
+    central square crop, bilinear resize to the crop size, [0, 1] or (zero-centred) [-1, 1]."""
+    chex.assert_rank(frames, 4)
+    chex.assert_type(frames, jnp.uint8)
+    chex.assert_axis_dimension(frames, 3, 3)
+    images = image_to_float(central_crop(frames))
+    size = (images.shape[0], config.crop_size, config.crop_size, 3)
+    images = jax.image.resize(images, size, method="bilinear")
+    return images * 2.0 - 1.0 if config.zero_centering else images
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def embed(config: HoldCConfig, variables: dict, frames: jax.Array) -> jax.Array:
+    """Embeddings (N, E) float32 of uint8 frames (N, H, W, 3)."""
+    images = preprocess(config, frames)
+    out = build_model(config).apply(variables, images.astype(jnp.dtype(config.dtype)))
+    chex.assert_shape(out, (frames.shape[0], config.embedding_size))
+    return out.astype(jnp.float32)
+
+
+def embedding_distance(config: HoldCConfig, a: jax.Array, b: jax.Array) -> jax.Array:
+    """Pairwise distances (N, G) between embeddings a (N, E) and b (G, E): Euclidean,
+    squared, or the reference's Huber-like ``alpha * sq + beta * sqrt(gamma + sq)``."""
+    chex.assert_rank([a, b], 2)
+    chex.assert_equal_shape_suffix([a, b], 1)
+    sq = jnp.sum(jnp.square(a[:, None, :] - b[None, :, :]), axis=-1)
+    if config.distance_type == "eucl":
+        return jnp.sqrt(sq)
+    if config.distance_type == "sq_eucl":
+        return sq
+    alpha, beta, gamma = config.distance_params
+    return alpha * sq + beta * jnp.sqrt(gamma + sq)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def distance_to_embeddings(config: HoldCConfig, variables: dict, frames: jax.Array,
+                           goal_embeddings: jax.Array) -> jax.Array:
+    """Distances (N, G) of frames to goals embedded once beforehand with :func:`embed`."""
+    chex.assert_shape(goal_embeddings, (None, config.embedding_size))
+    return embedding_distance(config, embed(config, variables, frames), goal_embeddings)
+
+
+def distance(config: HoldCConfig, variables: dict, frames: jax.Array,
+             goals: jax.Array) -> jax.Array:
+    """The distance-model interface: uint8 frames (N, H, W, 3), goals (G, H', W', 3) -> (N, G)."""
+    return distance_to_embeddings(config, variables, frames, embed(config, variables, goals))
+
+
+class HoldCDistance:
+    """A HOLD-C model bound to its variables, callable as ``distance(frames, goals)``."""
+
+    def __init__(self, config: HoldCConfig, variables: dict):
+        self.config = config
+        self.variables = variables
+
+    def __call__(self, frames: jax.Array, goals: jax.Array) -> jax.Array:
+        return distance(self.config, self.variables, frames, goals)
+
+    def embed(self, frames: jax.Array) -> jax.Array:
+        return embed(self.config, self.variables, frames)
+
+    def to_goals(self, goals: jax.Array) -> Callable[[jax.Array], jax.Array]:
+        """frames -> (N, G) distances to ``goals``, whose embeddings are computed only here:
+        the goals never change during a run, so a step need not embed them again."""
+        goal_embeddings = self.embed(goals)
+        return functools.partial(distance_to_embeddings, self.config, self.variables,
+                                 goal_embeddings=goal_embeddings)

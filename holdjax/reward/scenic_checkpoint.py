@@ -1,0 +1,157 @@
+"""Import of the released HOLD-C scenic checkpoint, without TensorFlow or scenic.
+
+scenic saves its train state with ``flax.training.checkpoints.save_checkpoint``: a file
+``<workdir>/checkpoint_<step>`` holding the msgpack of the state dict. hold-rewards' state
+(``func_dist/train_utils.TrainState``, flax.optim era) is
+
+    {global_step, optimizer: {target: <params>, state: {step, param_states}},
+     model_state: {batch_stats: ...}, rng, accum_train_time}
+
+and newer scenic's has ``params`` and ``opt_state`` in place of ``optimizer``. Only the
+parameters and the batch statistics are used; every one of their leaves must match the model,
+and any missing, extra or mis-shaped leaf is an error that names it. The import is done once
+and saved as an orbax checkpoint, which restores fast and checks shapes against the model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import serialization, traverse_util
+
+from holdjax.reward import holdc
+
+CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's variables do not match the model they are loaded into."""
+
+
+def default_checkpoint_path() -> str:
+    """Where the reference keeps the HOLD-C checkpoint: ``$HOLD_TOP_DIR/hold/holdc/checkpoint``."""
+    top = os.environ.get("HOLD_TOP_DIR")
+    if not top:
+        raise FileNotFoundError(
+            "HOLD_TOP_DIR is not set: set it to the directory holding hold/holdc/checkpoint "
+            "(the released HOLD-C checkpoint), or pass the checkpoint path explicitly")
+    return os.path.join(top, "hold", "holdc", "checkpoint")
+
+
+def find_checkpoint(path: str) -> str:
+    """``path`` itself if it is a checkpoint file, else the latest ``checkpoint_<step>`` in the
+    directory ``path`` (flax's rule, which the reference's restore follows)."""
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no HOLD-C checkpoint at {path}")
+    steps = {int(m.group(1)): name for name in os.listdir(path)
+             if (m := CHECKPOINT_NAME.fullmatch(name))}
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint_<step> file in the directory {path}")
+    return os.path.join(path, steps[max(steps)])
+
+
+def read_train_state(path: str) -> dict:
+    """The raw state dict of a scenic checkpoint: a flax msgpack file, or a directory written
+    by flax's orbax-backed ``save_checkpoint``."""
+    path = find_checkpoint(path)
+    if os.path.isdir(path):
+        restored = ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
+        return jax.tree.map(np.asarray, restored)
+    with open(path, "rb") as f:
+        return serialization.msgpack_restore(f.read())
+
+
+def train_state_variables(state: dict) -> dict:
+    """{'params', <model_state collections>} of a scenic train state dict."""
+    if "optimizer" in state:
+        params = state["optimizer"].get("target")
+        source = "optimizer/target"
+    else:
+        params = state.get("params")
+        source = "params"
+    if not isinstance(params, dict):
+        raise CheckpointMismatchError(
+            f"not a scenic train state: no optimizer/target or params in its keys "
+            f"{sorted(state)}")
+    if set(params) == {"params"}:
+        raise CheckpointMismatchError(
+            f"{source} holds a pre-Linen parameter tree ({source}/params), which is not "
+            "supported")
+    model_state = state.get("model_state") or {}
+    return {"params": params, **model_state}
+
+
+def _flat(tree: dict) -> dict:
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def match_variables(restored: dict, expected: dict) -> dict:
+    """``restored`` as float32 numpy arrays, after checking its leaves against ``expected``
+    (arrays or shape structs) one by one; the error lists every offending leaf."""
+    got, want = _flat(restored), _flat(expected)
+    problems = [f"missing leaf {k} (expected shape {tuple(want[k].shape)})"
+                for k in sorted(want.keys() - got.keys())]
+    problems += [f"extra leaf {k} (shape {np.shape(got[k])})"
+                 for k in sorted(got.keys() - want.keys())]
+    problems += [f"mis-shaped leaf {k}: checkpoint {np.shape(got[k])}, "
+                 f"model {tuple(want[k].shape)}"
+                 for k in sorted(got.keys() & want.keys())
+                 if np.shape(got[k]) != tuple(want[k].shape)]
+    if problems:
+        raise CheckpointMismatchError(
+            "checkpoint does not match the HOLD-C model (check num_layers, num_filters and "
+            "embedding_size):\n  " + "\n  ".join(problems))
+    flat = {k: np.asarray(got[k], dtype=want[k].dtype) for k in want}
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def import_scenic_checkpoint(path: str, config: holdc.HoldCConfig) -> dict:
+    """The model variables {'params', 'batch_stats'} of a scenic HOLD-C checkpoint."""
+    variables = train_state_variables(read_train_state(path))
+    return match_variables(variables, holdc.abstract_variables(config))
+
+
+def save_orbax(directory: str, variables: dict) -> None:
+    """Writes ``variables`` as an orbax checkpoint at ``directory`` (created; must not exist)."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.abspath(directory), variables)
+        checkpointer.wait_until_finished()
+
+
+def restore_orbax(directory: str, config: holdc.HoldCConfig) -> dict:
+    """Variables saved by :func:`save_orbax`, checked against the model's shapes."""
+    target = holdc.abstract_variables(config)
+    with ocp.StandardCheckpointer() as checkpointer:
+        try:
+            restored = checkpointer.restore(os.path.abspath(directory), target)
+        except (ValueError, KeyError) as e:
+            raise CheckpointMismatchError(
+                f"orbax checkpoint {directory} does not match the HOLD-C model: {e}") from e
+    return match_variables(restored, target)
+
+
+def load_holdc_variables(config: holdc.HoldCConfig, path: str | None = None,
+                         orbax_dir: str | None = None) -> dict:
+    """HOLD-C variables from the orbax copy of the scenic checkpoint at ``path`` (default:
+    the reference's location), converting it on first use. The copy is
+    ``<checkpoint file>.orbax`` unless ``orbax_dir`` says otherwise."""
+    source = find_checkpoint(path or default_checkpoint_path())
+    orbax_dir = orbax_dir or source + ".orbax"
+    if os.path.isdir(orbax_dir):
+        return restore_orbax(orbax_dir, config)
+    variables = import_scenic_checkpoint(source, config)
+    save_orbax(orbax_dir, variables)
+    return variables
+
+
+def load_holdc(config: holdc.HoldCConfig | None = None, path: str | None = None,
+               orbax_dir: str | None = None) -> holdc.HoldCDistance:
+    """The released HOLD-C distance model, ready to score frames against goals."""
+    config = config or holdc.HoldCConfig()
+    return holdc.HoldCDistance(config, load_holdc_variables(config, path, orbax_dir))
