@@ -30,7 +30,17 @@ class TrainConfig:
 
     name: str = ""  # run name; "" -> "<task>_<reward>"
     task: str = "pushing"
-    reward: str = "sparse"  # sparse | dense | l2
+    reward: str = "sparse"  # sparse | dense | l2 | holdc
+
+    # Distance model (holdc): the released checkpoint and its architecture.
+    reward_checkpoint: str = ""  # "" -> $HOLD_TOP_DIR/hold/holdc/checkpoint
+    holdc_layers: int = 50
+    holdc_filters: int = 64
+    holdc_embedding_size: int = 32
+    holdc_crop_size: int = 256  # hold-rewards' holdc/resnet50.py crop_size
+    distance_type: str = "eucl"  # eucl | sq_eucl | sq_eucl_huber
+    distance_params: tuple[float, ...] = ()
+    reward_dtype: str = "float32"  # bfloat16 for speed on accelerators
 
     # Reward shaping (SPEC.md "Reward"); used by distance rewards (l2 and later HOLD).
     distance_normalizer: float = 1.0
@@ -178,6 +188,8 @@ def _parse_value(field: dataclasses.Field, text: str):
     kind = typing.get_type_hints(TrainConfig)[field.name]
     if isinstance(kind, types.UnionType):
         kind = next(t for t in typing.get_args(kind) if t is not type(None))
+    if typing.get_origin(kind) is tuple:
+        return tuple(float(v) for v in text.split(",") if v)
     if kind is bool:
         if text.lower() in ("1", "true", "yes", "on"):
             return True

@@ -66,7 +66,7 @@ class Trainer:
         self.env: ManipulationEnv = envs.make(
             config.task, impl=config.impl,
             device_axis=("seeds", num_devices) if num_devices > 1 else None)
-        self.reward_fn: RewardFunction = make_reward(config.reward, config.shaping, self.env)
+        self.reward_fn: RewardFunction = make_reward(config, self.env)
         # Per device: each device trains seeds // num_devices seeds on its own worlds.
         self.num_seeds, self.num_envs = config.seeds // num_devices, config.num_envs
         height, width = self.env.image_shape
@@ -437,7 +437,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"{config.num_envs} worlds per seed, {config.updates_per_iteration} updates per "
           f"{config.num_envs} env steps, on {jax.devices()[0].device_kind}; "
           f"writing to {config.out_dir}", file=sys.stderr)
-    return train(config, resume=resume)
+    try:
+        return train(config, resume=resume)
+    except (FileNotFoundError, checkpoint.CheckpointError, TrainingDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def test_env_reward_replaced_by_threshold():
 
 def test_reward_function_baseline_is_goal_to_itself():
     goals = np.random.default_rng(0).integers(0, 255, (2, 4, 4, 3), dtype=np.uint8)
-    fn = RewardFunction("l2", ShapingConfig(), goals)
+    fn = RewardFunction("l2", ShapingConfig(), goals)  # l2 builds its own distance
     np.testing.assert_allclose(fn.baselines, [0.0, 0.0], atol=1e-6)
     with pytest.raises(ValueError, match="valid rewards"):
         RewardFunction("holdq", ShapingConfig(), goals)

@@ -150,3 +150,23 @@ def test_two_devices_give_the_same_result(two_seed_run, tmp_path):
     sharded, single = params_of(out, config), params_of(config.out_dir, config)
     for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+
+
+def test_holdc_reward_from_a_released_format_checkpoint(tmp_path):
+    """A tiny HOLD-C in the released checkpoint's format drives a short training run."""
+    from test_holdc import hold_rewards_state, random_flat_variables, write_checkpoint
+
+    ckpt = write_checkpoint(str(tmp_path / "checkpoint_7"), hold_rewards_state(
+        random_flat_variables(18)))
+    config = dataclasses.replace(
+        TINY, reward="holdc", reward_checkpoint=str(tmp_path), holdc_layers=18,
+        holdc_filters=2, holdc_embedding_size=4, holdc_crop_size=32, distance_normalizer=5.0,
+        num_epochs=1, out=str(tmp_path / "run"))
+    record = train(config, quiet=True)
+    assert np.all(np.isfinite(record["critic_loss"]))
+    assert os.path.isdir(ckpt + ".orbax")  # converted once, restored from orbax afterwards
+    trainer = get_trainer(config)
+    distances = trainer.reward_fn.distance(trainer.reward_fn.goals)
+    assert distances.shape == (1, 1) and float(trainer.reward_fn.baselines[0]) < 1e-3
+    with pytest.raises(FileNotFoundError, match="released HOLD-C checkpoint"):
+        get_trainer(dataclasses.replace(config, reward_checkpoint=str(tmp_path / "none")))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,26 +14,32 @@ from holdjax.envs.base import EnvState, ManipulationEnv
 from holdjax.envs.goal_images import load_goal_image
 from holdjax.reward import l2, shaping
 
-DISTANCE_MODELS = {"l2": l2.l2_distance}
-REWARDS = ("sparse", "dense", *DISTANCE_MODELS)
+DISTANCE_REWARDS = ("l2", "holdc")
+REWARDS = ("sparse", "dense", *DISTANCE_REWARDS)
+
+# frames (N, H, W, 3) uint8 -> (N, G) distances to the run's fixed goal images
+DistanceToGoals = Callable[[jax.Array], jax.Array]
 
 
 class RewardFunction:
     """Scores each world's frame after a step; its per-world state is a ShapingState."""
 
-    def __init__(self, kind: str, config: shaping.ShapingConfig, goals: np.ndarray):
+    def __init__(self, kind: str, config: shaping.ShapingConfig, goals: np.ndarray,
+                 distance: DistanceToGoals | None = None):
         if kind not in REWARDS:
             raise ValueError(f"unknown reward {kind!r}; valid rewards: {', '.join(REWARDS)}")
         chex.assert_rank(goals, 4)
         self.kind = kind
         self.config = config
         self.goals = jnp.asarray(goals, jnp.uint8)  # (G, H, W, 3) subgoal images, in order
-        self.distance = DISTANCE_MODELS.get(kind)
+        if kind in DISTANCE_REWARDS and distance is None:
+            distance = l2_to_goals(self.goals) if kind == "l2" else None
+            if distance is None:
+                raise ValueError(f"reward {kind!r} needs its distance model")
+        self.distance = distance
         # The baseline: the model's distance of each goal to itself, computed once.
         self.baselines = (
-            jnp.diagonal(self.distance(self.goals, self.goals))
-            if self.distance else jnp.zeros(len(goals))
-        )
+            jnp.diagonal(self.distance(self.goals)) if self.distance else jnp.zeros(len(goals)))
 
     @property
     def num_goals(self) -> int:
@@ -61,16 +70,46 @@ class RewardFunction:
         return self.goals[state.subtask]
 
     def _shape(self, env_state, state):
-        distances = self.distance(env_state.obs, self.goals)
+        distances = self.distance(env_state.obs)
         return shaping.shape_reward(self.config, distances, self.baselines,
                                     env_state.reward, state)
 
 
-def make_reward(kind: str, config: shaping.ShapingConfig, env: ManipulationEnv) -> RewardFunction:
-    """The reward ``kind`` for ``env``, with the task's committed goal images."""
+def l2_to_goals(goals: jax.Array) -> DistanceToGoals:
+    return lambda frames: l2.l2_distance(frames, goals)
+
+
+def holdc_to_goals(config, goals: jax.Array) -> DistanceToGoals:
+    """The HOLD-C model of a run's config, with the goals embedded once, here."""
+    from holdjax.reward import holdc, scenic_checkpoint
+
+    model_config = holdc.HoldCConfig(
+        num_layers=config.holdc_layers, num_filters=config.holdc_filters,
+        embedding_size=config.holdc_embedding_size, crop_size=config.holdc_crop_size,
+        distance_type=config.distance_type, distance_params=config.distance_params,
+        dtype=config.reward_dtype)
+    path = config.reward_checkpoint or None
+    try:
+        source = scenic_checkpoint.find_checkpoint(
+            path or scenic_checkpoint.default_checkpoint_path())
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{e}. --reward=holdc needs the released HOLD-C checkpoint "
+            "(hold/holdc/checkpoint from the HOLD release, see README): set HOLD_TOP_DIR or "
+            "--reward_checkpoint. holdjax's own demo-trained default model is not available "
+            "yet.") from None
+    print(f"reward holdc: released HOLD-C checkpoint {source}", file=sys.stderr)
+    model = scenic_checkpoint.load_holdc(model_config, source)
+    return model.to_goals(goals)
+
+
+def make_reward(config, env: ManipulationEnv) -> RewardFunction:
+    """The reward ``config.reward`` for ``env``, with the task's committed goal images;
+    ``config`` is a :class:`holdjax.config.TrainConfig`."""
     goals = np.stack([load_goal_image(name) for name in env.task.goal_worlds()])
     if goals.shape[1:3] != env.image_shape:
         raise ValueError(
             f"goal images are {goals.shape[1:3]} but the env renders {env.image_shape}; "
             "render matching goal images or use the task's image size")
-    return RewardFunction(kind, config, goals)
+    distance = holdc_to_goals(config, jnp.asarray(goals)) if config.reward == "holdc" else None
+    return RewardFunction(config.reward, config.shaping, goals, distance)
