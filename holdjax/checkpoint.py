@@ -112,7 +112,9 @@ def read_config(run_dir: str, config_type):
     with open(path) as f:
         fields = json.load(f)
     known = {f.name for f in dataclasses.fields(config_type)}
-    return config_type(**{k: v for k, v in fields.items() if k in known})
+    # JSON turns tuples into lists; configs are frozen and hashable (jit static arguments).
+    return config_type(**{k: tuple(v) if isinstance(v, list) else v
+                          for k, v in fields.items() if k in known})
 
 
 def check_resumable(saved, requested) -> None:
