@@ -170,3 +170,11 @@ def test_holdc_reward_from_a_released_format_checkpoint(tmp_path):
     assert distances.shape == (1, 1) and float(trainer.reward_fn.baselines[0]) < 1e-3
     with pytest.raises(FileNotFoundError, match="released HOLD-C checkpoint"):
         get_trainer(dataclasses.replace(config, reward_checkpoint=str(tmp_path / "none")))
+
+
+def test_run_config_round_trips_through_json(tmp_path):
+    config = dataclasses.replace(TINY, distance_type="sq_eucl_huber",
+                                 distance_params=(1.0, 2.0, 0.5), out=str(tmp_path))
+    checkpoint.write_config(str(tmp_path), config)
+    restored = checkpoint.read_config(str(tmp_path), TrainConfig)
+    assert restored == config and hash(restored) == hash(config)
