@@ -151,3 +151,13 @@ def test_committed_goal_images_match_a_fresh_render(task):
         committed = load_goal_image(name)
         assert committed.shape == image.shape == shape and committed.dtype == np.uint8
         assert np.abs(committed.astype(int) - image).max() <= 2, name
+
+
+def test_success_metrics_defaults_subgoal_to_success():
+    from holdjax.envs.base import success_metrics
+
+    metrics = success_metrics(jnp.array([True, False]), jnp.array([0.5, -1.0]))
+    np.testing.assert_array_equal(metrics["reward"], [1.0, 0.0])
+    np.testing.assert_array_equal(metrics["subgoal"], [1, 0])
+    staged = success_metrics(jnp.array([False]), jnp.array([0.0]), jnp.array([1]))
+    assert staged["subgoal"].dtype == jnp.int32 and int(staged["subgoal"][0]) == 1

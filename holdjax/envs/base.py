@@ -129,6 +129,19 @@ class Task(abc.ABC):
         return slice(int(adr), int(adr) + 3)
 
 
+def success_metrics(
+    success: jax.Array, dense_reward: jax.Array, subgoal: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """``Task.evaluate``'s dict for tasks whose sparse reward is their success (all of the
+    reference's); ``subgoal`` defaults to success for single-goal tasks."""
+    return {
+        "success": success,
+        "reward": success.astype(jnp.float32),
+        "dense_reward": dense_reward,
+        "subgoal": (success if subgoal is None else subgoal).astype(jnp.int32),
+    }
+
+
 def sanitize_action(action: jax.Array) -> jax.Array:
     """Maps actions into [-1, 1]: out-of-range values are clipped, NaN means "no motion".
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from mujoco import mjx
 
-from holdjax.envs.base import Task
+from holdjax.envs.base import Task, success_metrics
 
 HAND_LOW = jnp.array([-0.5, 0.40, 0.05])  # reference: mocap clipped to these bounds
 HAND_HIGH = jnp.array([0.5, 1.0, 0.5])
@@ -110,12 +110,7 @@ class DrawerOpen(Task):
         # counting within REACH_RADIUS, so holding the bar while pulling costs nothing.
         dense = opened - jnp.maximum(reach - REACH_RADIUS, 0.0)
         subgoal = jnp.where(success, 2, jnp.where(near, 1, 0))
-        return {
-            "success": success,
-            "reward": success.astype(jnp.float32),
-            "dense_reward": dense,
-            "subgoal": subgoal.astype(jnp.int32),
-        }
+        return success_metrics(success, dense, subgoal)
 
     def goal_worlds(self):
         """The two subgoal images (reference: drawer_goal_image_step1/2): the open gripper

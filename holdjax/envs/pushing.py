@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from mujoco import mjx
 
-from holdjax.envs.base import Task
+from holdjax.envs.base import Task, success_metrics
 
 HAND_LOW = jnp.array([-0.28, 0.3, 0.05])  # SPEC.md: mocap x, y bounds; z held at 0.05
 HAND_HIGH = jnp.array([0.28, 0.9, 0.05])
@@ -73,12 +73,7 @@ class Pushing(Task):
         success = puck_to_goal_l1 < SUCCESS_L1
         # Dense (holdjax's): bring the hand to the puck and the puck to the goal.
         dense = -jnp.linalg.norm(puck - GOAL) - 0.5 * jnp.linalg.norm(hand - puck)
-        return {
-            "success": success,
-            "reward": success.astype(jnp.float32),
-            "dense_reward": dense,
-            "subgoal": success.astype(jnp.int32),
-        }
+        return success_metrics(success, dense)
 
     def goal_worlds(self):
         """The mug on the goal square with the fingertips just behind it (one goal image)."""

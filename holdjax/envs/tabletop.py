@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from mujoco import mjx
 
-from holdjax.envs.base import Task
+from holdjax.envs.base import Task, success_metrics
 
 HAND_LOW = jnp.array([-0.4, 0.4, 0.0])  # reference: mocap clipped to these bounds
 HAND_HIGH = jnp.array([0.4, 0.8, 0.2])
@@ -151,12 +151,7 @@ class CloseDrawer(TabletopTask):
         drawer = state[DRAWER]
         success = drawer > DRAWER_SUCCESS
         dense = success + drawer - jnp.linalg.norm(state[HAND] - DRAWER_DENSE_HAND)
-        return {
-            "success": success,
-            "reward": success.astype(jnp.float32),
-            "dense_reward": dense,
-            "subgoal": success.astype(jnp.int32),
-        }
+        return success_metrics(success, dense)
 
     def goal_worlds(self):
         """The drawer closed with the fingertips against the front of its handle bar."""
