@@ -63,8 +63,6 @@ class CameraRenderer:
             enabled_geom_groups=[0, 1, 2],
             devices=[device] if device else None,
         )
-        # Index among the active cameras, which is how the packed buffer is laid out.
-        self._packed_index = 0
 
     def __call__(self, data: mjx.Data) -> jax.Array:
         """Renders a batch of Warp-impl data (leading axis = worlds) to uint8 images."""

@@ -92,10 +92,7 @@ class Trainer:
                                  key=split, env_steps=same)
         out_specs = {"updated": same, "finished": per_step, "train_return": per_step,
                      "train_success": per_step}
-        metric_names = jax.eval_shape(jax.vmap(self._updates), self._abstract_sac,
-                                      self._abstract_replay,
-                                      jax.ShapeDtypeStruct((self.num_seeds, 2), jnp.uint32))[1]
-        out_specs.update({name: per_step for name in metric_names})
+        out_specs.update({name: per_step for name in self._metric_shapes})
         train_epoch = jax.shard_map(train_epoch, mesh=mesh, in_specs=(state_specs, split),
                                     out_specs=(state_specs, split, out_specs), check_vma=False)
         evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(split, split),
@@ -120,10 +117,7 @@ class Trainer:
     def _init_seeds(self, seed_keys: jax.Array) -> tuple[TrainState, ReplayBuffer]:
         split = jax.vmap(lambda k: jax.random.split(k, 3))(seed_keys)  # (K, 3, 2)
         init_keys, env_keys, run_keys = split[:, 0], split[:, 1], split[:, 2]
-        sac = jax.vmap(lambda k: init_sac(k, self.obs_shape, self.action_dim, self.config.sac))(
-            init_keys)
-        replay = jax.vmap(lambda _: init_replay(self.config.replay_capacity, self.obs_shape,
-                                                self.action_dim))(jnp.arange(self.num_seeds))
+        sac, replay = self._new_learners(init_keys)
         env_state = self._reset_worlds(env_keys)
         state = TrainState(
             sac=sac,
@@ -134,6 +128,14 @@ class Trainer:
             env_steps=jnp.zeros((), jnp.int32),
         )
         return state, replay
+
+    def _new_learners(self, init_keys: jax.Array) -> tuple[SACState, ReplayBuffer]:
+        """Fresh SAC states and empty replay buffers, one per seed key."""
+        sac = jax.vmap(lambda k: init_sac(k, self.obs_shape, self.action_dim, self.config.sac))(
+            init_keys)
+        replay = jax.vmap(lambda _: init_replay(self.config.replay_capacity, self.obs_shape,
+                                                self.action_dim))(init_keys)
+        return sac, replay
 
     def _reset_worlds(self, seed_keys: jax.Array) -> EnvState:
         """Fresh episodes for all K x N worlds; seed k's worlds draw from seed k's key."""
@@ -186,15 +188,16 @@ class Trainer:
         replay = jax.vmap(insert)(replay, transitions)
         env_steps = state.env_steps + self.num_envs
 
+        ready = replay.size[0] >= self.min_replay
         sac, metrics = jax.lax.cond(
-            replay.size[0] >= self.min_replay,
+            ready,
             lambda: jax.vmap(self._updates)(state.sac, replay, update_key),
             lambda: (state.sac, self._zero_metrics()),
         )
         episode_return = state.episode_return + reward
         finished = env_state.done
         out = {
-            "updated": replay.size[0] >= self.min_replay,
+            "updated": ready,
             "finished": finished,
             "train_return": episode_return,
             "train_success": env_state.success,
@@ -225,12 +228,16 @@ class Trainer:
         sac, metrics = jax.lax.scan(one, sac, keys)
         return sac, jax.tree.map(jnp.mean, metrics)
 
+    @functools.cached_property
+    def _metric_shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes of one iteration's update metrics (per seed), traced once."""
+        keys = jax.ShapeDtypeStruct((self.num_seeds, 2), jnp.uint32)
+        sac, replay = jax.eval_shape(self._new_learners, keys)
+        return jax.eval_shape(jax.vmap(self._updates), sac, replay, keys)[1]
+
     def _zero_metrics(self):
         """NaN metrics of the right shapes for iterations before training starts."""
-        keys = jax.ShapeDtypeStruct((self.num_seeds, 2), jnp.uint32)
-        shapes = jax.eval_shape(jax.vmap(self._updates), self._abstract_sac,
-                                self._abstract_replay, keys)[1]
-        return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+        return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), self._metric_shapes)
 
     def _train_epoch(self, state: TrainState, replay: ReplayBuffer):
         (state, replay), out = jax.lax.scan(
@@ -266,18 +273,6 @@ class Trainer:
             "eval_success_rate_last": success[-1].mean(axis=-1),
             "eval_return": reward.sum(axis=0).mean(axis=-1),
         }, frames
-
-    @property
-    def _abstract_sac(self):
-        return jax.eval_shape(lambda: jax.vmap(
-            lambda k: init_sac(k, self.obs_shape, self.action_dim, self.config.sac))(
-            jnp.zeros((self.num_seeds, 2), jnp.uint32)))
-
-    @property
-    def _abstract_replay(self):
-        return jax.eval_shape(lambda: jax.vmap(lambda _: init_replay(
-            self.config.replay_capacity, self.obs_shape, self.action_dim))(
-            jnp.arange(self.num_seeds)))
 
 
 @functools.cache
@@ -362,11 +357,12 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     writer = _tensorboard(run_dir)
     eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1 << 20))(trainer.seed_keys(config.seed))
+    start_steps = int(state.env_steps)
     record: dict = {}
     start = time.perf_counter()
-    bar = tqdm(total=config.num_epochs * config.epoch_length, initial=start_epoch *
-               config.epoch_length, unit="step", disable=quiet, file=sys.stderr,
-               desc=config.run_name, dynamic_ncols=True)
+    steps_per_epoch = config.iterations_per_epoch * config.num_envs
+    bar = tqdm(total=config.num_epochs * steps_per_epoch, initial=start_steps, unit="step",
+               disable=quiet, file=sys.stderr, desc=config.run_name, dynamic_ncols=True)
     for epoch in range(start_epoch, config.num_epochs):
         state, replay, out = trainer.train_epoch(state, replay)
         summary = summarize_epoch(out, config)
@@ -374,12 +370,12 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
         epoch_eval_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, epoch)
         eval_stats, frames = trainer.evaluate(state.sac, epoch_eval_keys)
         wall = time.perf_counter() - start
-        steps_done = (epoch + 1 - start_epoch) * config.epoch_length
+        env_steps = int(state.env_steps)  # epochs round up to whole fused steps
         record = {
             "epoch": epoch + 1,
-            "env_steps": int(state.env_steps),
+            "env_steps": env_steps,
             "wall_s": round(wall, 2),
-            "env_steps_per_s": steps_done * config.seeds / wall,
+            "env_steps_per_s": (env_steps - start_steps) * config.seeds / wall,
             **summary,
             **{k: np.asarray(v).tolist() for k, v in eval_stats.items()},
         }
@@ -397,7 +393,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                                            or epoch + 1 == config.num_epochs):
             write_video(os.path.join(run_dir, "videos", f"eval_epoch{epoch + 1:04d}.mp4"),
                         np.asarray(frames))
-        bar.update(config.epoch_length)
+        bar.update(env_steps - bar.n)
         bar.set_postfix(eval_success=f"{np.mean(record['eval_success_rate']):.2f}",
                         steps_per_s=f"{record['env_steps_per_s']:.0f}")
     bar.close()

@@ -32,10 +32,10 @@ class RewardFunction:
         self.kind = kind
         self.config = config
         self.goals = jnp.asarray(goals, jnp.uint8)  # (G, H, W, 3) subgoal images, in order
+        if distance is None and kind == "l2":  # the one model that needs no weights
+            distance = l2_to_goals(self.goals)
         if kind in DISTANCE_REWARDS and distance is None:
-            distance = l2_to_goals(self.goals) if kind == "l2" else None
-            if distance is None:
-                raise ValueError(f"reward {kind!r} needs its distance model")
+            raise ValueError(f"reward {kind!r} needs its distance model")
         self.distance = distance
         # The baseline: the model's distance of each goal to itself, computed once.
         self.baselines = (
