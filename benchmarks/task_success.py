@@ -1,0 +1,42 @@
+"""Scripted-expert and random success rates of every task, with wall times, via the CLI.
+
+    python benchmarks/task_success.py [--tasks=pushing,drawer_open] [--episodes=64]
+
+Runs ``python -m holdjax.envs`` (in-process) for the expert, the expert with Gaussian action
+noise, and uniform random actions; writes ``benchmarks/results/task_success-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from common import write_results  # noqa: E402
+
+from holdjax import envs  # noqa: E402
+from holdjax.envs.__main__ import main as envs_cli  # noqa: E402
+
+POLICIES = (("expert", 0.0), ("expert", 0.3), ("random", 0.0))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(envs.TASKS))
+    parser.add_argument("--episodes", type=int, default=64)
+    args = parser.parse_args(argv)
+    rows = []
+    for task in args.tasks.split(","):
+        for policy, noise in POLICIES:
+            start = time.perf_counter()
+            row = envs_cli([f"--task={task}", f"--policy={policy}", f"--noise={noise}",
+                            f"--episodes={args.episodes}", "--json"])
+            row["wall_s_with_compile"] = round(time.perf_counter() - start, 2)
+            rows.append(row)
+    print("wrote", write_results("task_success", {"rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
