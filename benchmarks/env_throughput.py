@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     rows = []
+    kwargs = {"out_dir": args.out} if args.out else {}
     for task in args.tasks.split(","):
         for impl in args.impls.split(","):
             for n in map(int, args.nums.split(",")):
@@ -75,17 +76,21 @@ def main(argv: list[str] | None = None) -> dict:
                     row = {"task": task, "impl": impl, "num_envs": n, "error": repr(e)[:300]}
                 rows.append(row)
                 print(format_row(row), flush=True)
+                # Rewritten after every row, so a run stopped at a time limit keeps its rows.
+                path = write_results("env_throughput", summarize(rows), **kwargs)
+    print("wrote", path)
+    return summarize(rows)
+
+
+def summarize(rows: list[dict]) -> dict:
     best = {}
     for row in rows:
         if "env_steps_per_s" in row:
             key = row["task"]
             if row["env_steps_per_s"] > best.get(key, {}).get("env_steps_per_s", 0):
                 best[key] = row
-    payload = {"rows": rows,
-               "best_env_steps_per_s": {k: v["env_steps_per_s"] for k, v in best.items()}}
-    kwargs = {"out_dir": args.out} if args.out else {}
-    print("wrote", write_results("env_throughput", payload, **kwargs))
-    return payload
+    return {"rows": rows,
+            "best_env_steps_per_s": {k: v["env_steps_per_s"] for k, v in best.items()}}
 
 
 def format_row(row: dict) -> str:

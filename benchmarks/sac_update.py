@@ -11,6 +11,7 @@ over S learner states, one shared batch, per-seed keys). The first call, which i
 compilation, is reported separately; then the best of ``--repeats`` calls. Writes
 ``benchmarks/results/sac_update-<device>.json`` and prints a table.
 
+``--conv=canonical`` forces `ConvReluPool` on every backend, to compare it on a GPU;
 ``--conv=lax`` makes the encoder use ``nn.Conv`` (``lax.conv_general_dilated`` and its autodiff)
 on every backend, as it did before `holdjax.sac.networks.ConvReluPool`; on XLA:CPU that update
 is ~30x slower inside the scan, so use few updates.
@@ -104,15 +105,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument(
         "--conv",
-        choices=("auto", "lax"),
+        choices=("auto", "lax", "canonical"),
         default="auto",
-        help="auto: the encoder's choice for this backend; lax: nn.Conv on every backend",
+        help="auto: the encoder's choice for this backend; lax: nn.Conv on every backend; "
+        "canonical: ConvReluPool (custom-VJP convolutions) on every backend",
     )
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
 
-    if args.conv == "lax":
-        networks.use_cpu_convolutions = lambda: False
+    if args.conv != "auto":
+        networks.use_cpu_convolutions = lambda: args.conv == "canonical"
     conv_name = "ConvReluPool" if networks.use_cpu_convolutions() else "nn.Conv"
     print(f"backend {jax.default_backend()}, encoder layers: {conv_name}", flush=True)
     print(HEADER, flush=True)
