@@ -11,7 +11,7 @@ over S learner states, one shared batch, per-seed keys). The first call, which i
 compilation, is reported separately; then the best of ``--repeats`` calls. Writes
 ``benchmarks/results/sac_update-<device>.json`` and prints a table.
 
-``--conv=canonical`` forces `ConvReluPool` on every backend, to compare it on a GPU;
+The encoder's layers are `ConvReluPool` (``--conv=canonical``, the default everywhere);
 ``--conv=lax`` makes the encoder use ``nn.Conv`` (``lax.conv_general_dilated`` and its autodiff)
 on every backend, as it did before `holdjax.sac.networks.ConvReluPool`; on XLA:CPU that update
 is ~30x slower inside the scan, so use few updates.
@@ -47,8 +47,8 @@ def make_batch(key: jax.Array, batch_size: int) -> replay.Transition:
     )
 
 
-def measure(num_seeds: int, updates: int, batch_size: int, repeats: int) -> dict:
-    config = SACConfig(batch_size=batch_size)
+def measure(num_seeds: int, updates: int, batch_size: int, repeats: int, conv: str) -> dict:
+    config = SACConfig(batch_size=batch_size, encoder_conv=conv)
     batch = make_batch(jax.random.key(1), batch_size)
     init = jax.jit(lambda key: init_sac(key, IMAGE_SHAPE, ACTION_DIM, config))
 
@@ -105,22 +105,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument(
         "--conv",
-        choices=("auto", "lax", "canonical"),
-        default="auto",
-        help="auto: the encoder's choice for this backend; lax: nn.Conv on every backend; "
-        "canonical: ConvReluPool (custom-VJP convolutions) on every backend",
+        choices=networks.ENCODER_CONVS,
+        default="canonical",
+        help="canonical: ConvReluPool (custom-VJP convolutions, the default); lax: nn.Conv",
     )
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
 
-    if args.conv != "auto":
-        networks.use_cpu_convolutions = lambda: args.conv == "canonical"
-    conv_name = "ConvReluPool" if networks.use_cpu_convolutions() else "nn.Conv"
+    conv_name = {"canonical": "ConvReluPool", "lax": "nn.Conv"}[args.conv]
     print(f"backend {jax.default_backend()}, encoder layers: {conv_name}", flush=True)
     print(HEADER, flush=True)
     rows = []
     for num_seeds in map(int, args.seeds.split(",")):
-        row = measure(num_seeds, args.updates, args.batch, args.repeats)
+        row = measure(num_seeds, args.updates, args.batch, args.repeats, args.conv)
         rows.append(row)
         print(format_row(row), flush=True)
 
@@ -131,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "rows": rows,
     }
-    name = "sac_update" if args.conv == "auto" else f"sac_update-{args.conv}"
+    name = "sac_update" if args.conv == "canonical" else f"sac_update-{args.conv}"
     kwargs = {} if args.out is None else {"out_dir": args.out}
     path = write_results(name, payload, **kwargs)
     print(f"wrote {path}")

@@ -409,11 +409,9 @@ def test_conv_gradients_in_scan_use_only_canonical_convolutions():
     assert set(dim_labels) == {"b01f_01io->b01f"}, dim_labels
 
 
-def encoder_results(images):
-    """(initial params, features, gradients, whether conv_same's custom VJP is used), from
-    freshly made functions: jit caches traces by function, and the encoder's layers depend
-    on `networks.use_cpu_convolutions()` at trace time."""
-    encoder = networks.Encoder()
+def encoder_results(images, conv):
+    """(initial params, features, gradients, whether conv_same's custom VJP is used)."""
+    encoder = networks.Encoder(conv=conv)
 
     def loss(params, images):
         return jnp.sum(jnp.sin(encoder.apply(params, images)))
@@ -426,17 +424,21 @@ def encoder_results(images):
 
 
 @pytest.mark.parametrize("size", [16, 14])  # 14: the second layer's input is odd (7x7)
-def test_encoder_layers_match_nn_conv(monkeypatch, size):
+def test_encoder_layers_match_nn_conv(size):
     """Same parameters (names, shapes, initial values), features and gradients as nn.Conv."""
     images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, size, size, 3)), jnp.float32)
-    params, features, grads, custom = encoder_results(images)
-    monkeypatch.setattr(networks, "use_cpu_convolutions", lambda: False)
-    nn_params, nn_features, nn_grads, nn_custom = encoder_results(images)
+    params, features, grads, custom = encoder_results(images, "canonical")
+    nn_params, nn_features, nn_grads, nn_custom = encoder_results(images, "lax")
 
-    assert custom == (jax.default_backend() == "cpu") and not nn_custom
+    assert custom and not nn_custom
     assert jax.tree.map(jnp.shape, params["params"]["Conv_1"]) == {
         "kernel": (5, 5, 8, 8),
         "bias": (8,),
     }
     jax.tree.map(np.testing.assert_array_equal, params, nn_params)
     assert_trees_close((features, grads), (nn_features, nn_grads))
+
+
+def test_encoder_rejects_unknown_conv():
+    with pytest.raises(ValueError, match="unknown encoder conv 'cudnn'"):
+        networks.Encoder(conv="cudnn").init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))

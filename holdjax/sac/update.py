@@ -31,6 +31,7 @@ class SACConfig:
     hidden_sizes: tuple[int, ...] = (256, 256)
     encoder_filters: tuple[int, ...] = (8, 8)
     encoder_kernel_size: int = 5
+    encoder_conv: str = "canonical"  # or "lax" (nn.Conv), to compare; see networks.Encoder
     init_log_alpha: float = 0.0
 
 
@@ -56,6 +57,7 @@ def networks_for(config: SACConfig, action_dim: int, from_pixels: bool) -> SACNe
         config.hidden_sizes,
         config.encoder_filters,
         config.encoder_kernel_size,
+        config.encoder_conv,
     )
 
 
