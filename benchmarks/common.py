@@ -45,19 +45,26 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     return first, best
 
 
-def write_results(name: str, payload: dict, out_dir: str = RESULTS_DIR) -> str:
-    """Writes ``<out_dir>/<name>-<device>.json`` with device and versions; returns the path."""
+def write_results(name: str, payload: dict, out_dir: str = RESULTS_DIR,
+                  device: str | None = None) -> str:
+    """Writes ``<out_dir>/<name>-<device>.json`` with device and versions; returns the path.
+
+    ``device`` names the machine for figures measured elsewhere (then platform and versions
+    are this machine's, which summarised them, and the file says so).
+    """
     os.makedirs(out_dir, exist_ok=True)
+    elsewhere = {} if device is None else {"measured_on": device, "summarised_here": True}
     payload = {
         "benchmark": name,
-        "device": jax.devices()[0].device_kind,
+        "device": device or jax.devices()[0].device_kind,
+        **elsewhere,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "versions": versions(),
         "date": time.strftime("%Y-%m-%d"),
         **payload,
     }
-    path = os.path.join(out_dir, f"{name}-{device_name()}.json")
+    path = os.path.join(out_dir, f"{name}-{device or device_name()}.json")
     with open(path, "w") as f:
         json.dump(payload, f, indent=1)
     return path

@@ -1,0 +1,109 @@
+"""A training run as a benchmark: wall time, environment steps/s, updates/s, eval success.
+
+    python benchmarks/train_run.py --reward=dense --total_steps=4000 --num_envs=16
+    python benchmarks/train_run.py --time_limit=200 --config=pushing_dense --seeds=1 --num_envs=64
+    python benchmarks/train_run.py --metrics=RUN/metrics.jsonl --device=nvidia-h200 <run's flags>
+
+Every flag other than the four below is a `python -m holdjax.train` flag. The run goes to
+``--out`` (default: a fresh temporary folder) in a subprocess; ``--time_limit`` stops it after
+that many seconds, which loses nothing (``metrics.jsonl`` is written after every epoch), so a
+run longer than a device session still gives its learning curve and its speed. ``--metrics``
+only summarises a ``metrics.jsonl`` written earlier (e.g. copied back from the GPU machine)
+under the config the same flags give; ``--device`` then names the machine it ran on.
+Writes ``benchmarks/results/train-<run name>-<device>.json`` and prints the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from common import device_name, write_results  # noqa: E402
+
+from holdjax.config import TrainConfig, config_from_args  # noqa: E402
+
+
+def read_metrics(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def summarize(records: list[dict], config: TrainConfig) -> dict:
+    """Speed (overall and after the first, compiling epoch) and eval success per seed."""
+    if not records:
+        raise ValueError("no epochs were completed: nothing to summarise")
+    last = records[-1]
+    summary = {
+        "config": config.run_name,
+        "task": config.task,
+        "reward": config.reward,
+        "seeds": config.seeds,
+        "num_envs": config.num_envs,
+        "updates_per_iteration": config.updates_per_iteration,
+        "planned_env_steps": config.num_epochs * config.iterations_per_epoch * config.num_envs,
+        "completed": len(records) == config.num_epochs,
+        "epochs": len(records),
+        "env_steps_per_seed": last["env_steps"],
+        "wall_s": last["wall_s"],
+        # Summed over seeds, from the start (compilation included), as train logs it.
+        "env_steps_per_s": last["env_steps_per_s"],
+        "final_eval_success_per_seed": last["eval_success_rate"],
+        "best_eval_success_per_seed": [max(r["eval_success_rate"][k] for r in records)
+                                       for k in range(config.seeds)],
+        "curve": [{"env_steps": r["env_steps"], "wall_s": r["wall_s"],
+                   "eval_success_rate": r["eval_success_rate"]} for r in records],
+    }
+    if len(records) > 1:  # steady state: from the end of the first (compiling) epoch
+        steps = last["env_steps"] - records[0]["env_steps"]
+        seconds = last["wall_s"] - records[0]["wall_s"]
+        per_seed = steps / seconds
+        summary["steady_env_steps_per_s_per_seed"] = per_seed
+        summary["steady_updates_per_s_per_seed"] = (
+            per_seed * config.updates_per_iteration / config.num_envs)
+        summary["first_epoch_s"] = records[0]["wall_s"]
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--time_limit", type=float, default=None, help="seconds; stop the run")
+    parser.add_argument("--metrics", default=None, help="summarise this metrics.jsonl only")
+    parser.add_argument("--device", default=None, help="device name for --metrics")
+    parser.add_argument("--results", default=None, help="results folder")
+    args, train_flags = parser.parse_known_args(argv)
+    config, rest = config_from_args(train_flags)
+    if rest:
+        parser.error(f"unknown flags: {', '.join('--' + k for k in rest)}")
+    config.validate()
+
+    if args.metrics is None:
+        if not config.out:
+            train_flags.append(f"--out={tempfile.mkdtemp(prefix='train_run_')}/{config.run_name}")
+            config, _ = config_from_args(train_flags)
+        try:
+            subprocess.run([sys.executable, "-m", "holdjax.train", *train_flags], check=True,
+                           timeout=args.time_limit)
+        except subprocess.TimeoutExpired:
+            print(f"stopped at the {args.time_limit:.0f} s time limit", file=sys.stderr)
+        metrics_path = os.path.join(config.out_dir, "metrics.jsonl")
+    else:
+        metrics_path = args.metrics
+    summary = summarize(read_metrics(metrics_path), config)
+    summary["flags"] = train_flags
+    summary["time_limit_s"] = args.time_limit
+    device = args.device or device_name()
+    out_dir = args.results or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    path = write_results(f"train-{config.run_name}", summary, out_dir=out_dir, device=device)
+    print(json.dumps({k: v for k, v in summary.items() if k != "curve"}, indent=1))
+    print("wrote", path)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The benchmark scripts' own logic: summaries and result files (no timings asserted)."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+import common  # noqa: E402
+import train_run  # noqa: E402
+
+from holdjax.config import config_from_args  # noqa: E402
+
+
+def record(epoch, env_steps, wall_s, success):
+    return {"epoch": epoch, "env_steps": env_steps, "wall_s": wall_s,
+            "env_steps_per_s": 2 * env_steps / wall_s, "eval_success_rate": success}
+
+
+def test_train_run_summary_of_a_stopped_two_seed_run():
+    config, _ = config_from_args(["--seeds=2", "--num_envs=64", "--updates_per_step=0.25",
+                                  "--epoch_length=5000", "--total_steps=100000"])
+    records = [record(1, 5056, 50.0, [0.0, 0.1]), record(2, 10112, 60.0, [0.5, 0.2]),
+               record(3, 15168, 70.0, [0.25, 0.3])]
+    summary = train_run.summarize(records, config)
+
+    assert not summary["completed"] and summary["epochs"] == 3
+    assert summary["planned_env_steps"] == 20 * 79 * 64
+    assert summary["env_steps_per_seed"] == 15168 and summary["wall_s"] == 70.0
+    assert summary["best_eval_success_per_seed"] == [0.5, 0.3]
+    assert summary["final_eval_success_per_seed"] == [0.25, 0.3]
+    assert summary["steady_env_steps_per_s_per_seed"] == pytest.approx(10112 / 20.0)
+    assert summary["steady_updates_per_s_per_seed"] == pytest.approx(10112 / 20.0 * 16 / 64)
+    assert [point["env_steps"] for point in summary["curve"]] == [5056, 10112, 15168]
+
+
+def test_train_run_summary_needs_an_epoch():
+    config, _ = config_from_args([])
+    with pytest.raises(ValueError, match="no epochs"):
+        train_run.summarize([], config)
+
+
+def test_train_run_summarises_a_copied_metrics_file(tmp_path):
+    """--metrics: the summary of a run measured elsewhere, filed under that device's name."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps(record(e, 1000 * e, 10.0 * e, [0.1 * e]))
+                                 for e in (1, 2)) + "\n")
+    train_run.main([f"--metrics={metrics}", "--device=some-gpu", f"--results={tmp_path}",
+                    "--reward=dense", "--epoch_length=1000", "--num_envs=10",
+                    "--updates_per_step=1", "--total_steps=2000"])
+    written = json.loads((tmp_path / "train-pushing_dense-some-gpu.json").read_text())
+    assert written["device"] == "some-gpu" and written["summarised_here"]
+    assert written["completed"] and written["updates_per_iteration"] == 10
+    assert written["steady_updates_per_s_per_seed"] == pytest.approx(100.0)
+
+
+def test_write_results_names_the_device(tmp_path):
+    path = common.write_results("probe", {"rows": [1]}, out_dir=str(tmp_path))
+    payload = json.loads(open(path).read())
+    assert path.endswith(f"probe-{common.device_name()}.json")
+    assert payload["rows"] == [1] and "jax" in payload["versions"]
