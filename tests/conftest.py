@@ -2,11 +2,15 @@
 them is the slow part on the CPU)."""
 
 import functools
+import os
 
-import jax
-import pytest
+# benchmarks/reference_loop.py renders through OpenGL; mujoco reads this when first imported.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
-from holdjax import envs
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from holdjax import envs  # noqa: E402
 
 
 @functools.cache

@@ -4,10 +4,13 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import common  # noqa: E402
+import fused_step  # noqa: E402
+import reference_loop  # noqa: E402
 import train_run  # noqa: E402
 
 from holdjax.config import config_from_args  # noqa: E402
@@ -60,3 +63,43 @@ def test_write_results_names_the_device(tmp_path):
     payload = json.loads(open(path).read())
     assert path.endswith(f"probe-{common.device_name()}.json")
     assert payload["rows"] == [1] and "jax" in payload["versions"]
+
+
+TINY_HOLDC = ["--holdc_layers=18", "--holdc_filters=2", "--holdc_crop_size=32"]
+
+
+def test_fused_step_smoke(tmp_path):
+    """A HOLD-C row has its rate and every part of the step; holdr is reported, not run.
+    (One trainer only: each costs about a minute of compilation on a CI machine.)"""
+    result = fused_step.main(["--rewards=holdc,holdr", "--nums=2", "--ratios=1",
+                              "--iterations=2", "--repeats=1", "--batch_size=8",
+                              f"--out={tmp_path}", *TINY_HOLDC])
+    (row,) = result["rows"]
+    assert row["reward"] == "holdc" and row["ratio"] == "1"
+    assert row["updates_per_fused_step"] == 2  # the reference's one update per env step
+    assert row["env_steps_per_s"] > 0 and row["compile_s"] >= 0
+    assert all(row[f"{part}_ms"] > 0 for part in
+               ("physics_and_render", "render", "reward", "updates"))
+    assert "holdr" in result["skipped"]
+    assert json.loads(next(tmp_path.glob("fused_step-*.json")).read_text())["rows"]
+
+
+def test_reference_loop_smoke(tmp_path):
+    result = reference_loop.main(["--steps=3", "--warmup=1", "--batch_size=8",
+                                  f"--out={tmp_path}", *TINY_HOLDC])
+    assert result["env_steps_per_s"] > 0 and result["holdc"]["layers"] == 18
+    assert set(result["parts_ms"]) == set(reference_loop.PARTS)
+    assert all(ms > 0 for ms in result["parts_ms"].values())
+
+
+def test_reference_world_follows_holdjax_pushing():
+    """The C-engine world moves the hand as holdjax's task does and scores success alike."""
+    world = reference_loop.OneWorld(np.random.default_rng(0))
+    frame = world.reset()
+    assert frame.shape == (48, 48, 3) and frame.dtype == np.uint8
+    start = world.data.mocap_pos[world.mocap].copy()
+    world.step(np.array([1.0, 0.0]))
+    np.testing.assert_allclose(world.data.mocap_pos[world.mocap][0], start[0] + 0.02)
+    assert not world.success()
+    world.data.qpos[world.puck:world.puck + 2] = np.asarray(reference_loop.pushing.GOAL)
+    assert world.success()

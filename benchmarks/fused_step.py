@@ -1,0 +1,180 @@
+"""Environment steps/s of the whole fused training step, and where a step's time goes.
+
+    python benchmarks/fused_step.py                              # defaults for this device
+    python benchmarks/fused_step.py --rewards=sparse,holdc --nums=64,2048 --ratios=1,default
+
+For each reward, world count N and update ratio, a one-seed pushing `Trainer` is built and its
+jitted epoch (``--iterations`` fused steps: act, physics, render, reward, replay insert, SAC
+updates) is timed: the first call (compilation included) separately, then the best of
+``--repeats``. Ratio ``1`` is the reference's one update per environment step (N updates per
+fused step); ``default`` is the config's own (one update per step on a GPU, one per fused step
+on a CPU). Then the same step in parts, each jitted alone over the epoch's states: physics +
+render (``env.step``), render alone, reward, and the fused step's updates. Peak device memory
+is read from the device where it reports one (GPUs; XLA:CPU does not).
+
+``holdc`` is HOLD-C with random weights at the configured size (default ResNet-50, 256 px),
+stored in the converted (orbax) form the trainer restores: speed does not depend on the
+weights. ``holdr`` is listed in the results as not wired into the trainer yet.
+Writes ``benchmarks/results/fused_step-<device>.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from common import timed, write_results  # noqa: E402
+
+from holdjax.config import TrainConfig  # noqa: E402
+from holdjax.reward import holdc, scenic_checkpoint  # noqa: E402
+from holdjax.train import get_trainer  # noqa: E402
+
+WIRED_REWARDS = ("sparse", "dense", "l2", "holdc")
+
+
+def random_holdc_checkpoint(config: TrainConfig, directory: str) -> str:
+    """A directory the trainer loads as a HOLD-C checkpoint: a ``checkpoint_0`` placeholder
+    and its converted orbax copy ``checkpoint_0.orbax`` holding random weights."""
+    model = holdc.HoldCConfig(num_layers=config.holdc_layers, num_filters=config.holdc_filters,
+                              embedding_size=config.holdc_embedding_size,
+                              crop_size=config.holdc_crop_size, dtype=config.reward_dtype)
+    os.makedirs(directory, exist_ok=True)
+    placeholder = os.path.join(directory, "checkpoint_0")
+    open(placeholder, "w").close()
+    scenic_checkpoint.save_orbax(placeholder + ".orbax", holdc.random_variables(model))
+    return directory
+
+
+def peak_memory_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def time_parts(trainer, state, replay, repeats: int) -> dict:
+    """Milliseconds per fused step of its parts, each jitted alone on the run's states."""
+    env, reward_fn, n = trainer.env, trainer.reward_fn, trainer.num_envs
+    actions = jax.random.uniform(jax.random.key(0), (n, env.action_dim), minval=-1, maxval=1)
+    step = jax.jit(env.step)
+    render = jax.jit(env.render)
+    reward = jax.jit(reward_fn.__call__)
+    updates = jax.jit(jax.vmap(trainer._updates))
+    keys = jax.random.split(jax.random.key(1), trainer.num_seeds)
+    parts = {
+        "physics_and_render": lambda: step(state.env, actions).obs,
+        "render": lambda: render(state.env.data),
+        "reward": lambda: reward(state.env, state.reward)[0],
+        "updates": lambda: updates(state.sac, replay, keys)[0].step,
+    }
+    return {f"{name}_ms": 1e3 * timed(fn, repeats)[1] for name, fn in parts.items()}
+
+
+def measure(base: TrainConfig, reward: str, num_envs: int, ratio: str, iterations: int,
+            repeats: int) -> dict:
+    config = dataclasses.replace(
+        base, reward=reward, num_envs=num_envs, epoch_length=iterations * num_envs,
+        updates_per_step=0.0 if ratio == "default" else float(ratio),
+        # Start updating at once, so that every timed fused step does its updates.
+        initial_random_steps=0, learning_starts=1,
+        replay_size=max(base.batch_size, 4 * iterations * num_envs))
+    start = time.perf_counter()
+    trainer = get_trainer(config)
+    state, replay = trainer.init(config.seed)
+    jax.block_until_ready(state)
+    build_s = time.perf_counter() - start
+    carry = {"state": state, "replay": replay}
+
+    def epoch():
+        carry["state"], carry["replay"], _ = trainer.train_epoch(carry["state"], carry["replay"])
+        return carry["state"].env_steps
+
+    first, best = timed(epoch, repeats)
+    row = {
+        "reward": reward,
+        "num_envs": num_envs,
+        "ratio": ratio,
+        "updates_per_fused_step": config.updates_per_iteration,
+        "updates_per_env_step": config.updates_per_iteration / num_envs,
+        "env_steps_per_s": iterations * num_envs / best,
+        "updates_per_s": iterations * config.updates_per_iteration / best,
+        "fused_step_ms": 1e3 * best / iterations,
+        "build_and_init_s": build_s,
+        "compile_s": first - best,
+        **time_parts(trainer, carry["state"], carry["replay"], repeats),
+        "peak_memory_bytes": peak_memory_bytes(),
+    }
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    gpu = jax.default_backend() == "gpu"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rewards", default="sparse,l2,holdc,holdr")
+    parser.add_argument("--nums", default="1,64,512,2048,8192" if gpu else "1,16")
+    parser.add_argument("--ratios", default="1,default")
+    parser.add_argument("--iterations", type=int, default=20 if gpu else 2,
+                        help="fused steps per timed epoch")
+    parser.add_argument("--repeats", type=int, default=3 if gpu else 1)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--holdc_layers", type=int, default=50)
+    parser.add_argument("--holdc_filters", type=int, default=64)
+    parser.add_argument("--holdc_crop_size", type=int, default=256)
+    parser.add_argument("--reward_dtype", default="bfloat16" if gpu else "float32")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+
+    base = TrainConfig(task="pushing", batch_size=args.batch_size,
+                       holdc_layers=args.holdc_layers, holdc_filters=args.holdc_filters,
+                       holdc_crop_size=args.holdc_crop_size, reward_dtype=args.reward_dtype,
+                       eval_episodes=1)
+    rewards = args.rewards.split(",")
+    if "holdc" in rewards:
+        base = dataclasses.replace(base, reward_checkpoint=random_holdc_checkpoint(
+            base, tempfile.mkdtemp(prefix="holdc_random_")))
+    rows, skipped = [], {}
+    print(f"{'reward':>6} {'N':>5} {'ratio':>7} {'env steps/s':>12} {'updates/s':>10} "
+          f"{'step ms':>8} {'phys+rend':>9} {'reward':>7} {'updates':>8} {'compile s':>9}",
+          flush=True)
+    for reward in rewards:
+        if reward not in WIRED_REWARDS:
+            skipped[reward] = "not wired into the trainer yet"
+            print(f"{reward:>6}  skipped: {skipped[reward]}", flush=True)
+            continue
+        for num_envs in map(int, args.nums.split(",")):
+            for ratio in args.ratios.split(","):
+                try:
+                    row = measure(base, reward, num_envs, ratio, args.iterations, args.repeats)
+                except Exception as e:  # e.g. out of memory at large N: record and go on
+                    row = {"reward": reward, "num_envs": num_envs, "ratio": ratio,
+                           "error": repr(e)[:300]}
+                rows.append(row)
+                print(format_row(row), flush=True)
+    payload = {"task": "pushing", "iterations": args.iterations, "batch_size": args.batch_size,
+               "holdc": {"layers": args.holdc_layers, "filters": args.holdc_filters,
+                         "crop_size": args.holdc_crop_size, "dtype": args.reward_dtype},
+               "rows": rows, "skipped": skipped}
+    kwargs = {"out_dir": args.out} if args.out else {}
+    print("wrote", write_results("fused_step", payload, **kwargs))
+    return payload
+
+
+def format_row(row: dict) -> str:
+    head = f"{row['reward']:>6} {row['num_envs']:>5} {row['ratio']:>7}"
+    if "error" in row:
+        return f"{head}  failed: {row['error']}"
+    return (f"{head} {row['env_steps_per_s']:>12.0f} {row['updates_per_s']:>10.0f} "
+            f"{row['fused_step_ms']:>8.1f} {row['physics_and_render_ms']:>9.1f} "
+            f"{row['reward_ms']:>7.1f} {row['updates_ms']:>8.1f} {row['compile_s']:>9.1f}")
+
+
+if __name__ == "__main__":
+    jnp.zeros(())  # initialise the backend before argparse picks device defaults
+    main()
