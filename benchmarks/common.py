@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -68,3 +69,21 @@ def write_results(name: str, payload: dict, out_dir: str = RESULTS_DIR,
     with open(path, "w") as f:
         json.dump(payload, f, indent=1)
     return path
+
+
+def add_holdc_arguments(parser: argparse.ArgumentParser) -> None:
+    """The HOLD-C size flags of the speed benchmarks (default: the released ResNet-50, 256 px;
+    bf16 on accelerators)."""
+    parser.add_argument("--holdc_layers", type=int, default=50)
+    parser.add_argument("--holdc_filters", type=int, default=64)
+    parser.add_argument("--holdc_crop_size", type=int, default=256)
+    parser.add_argument("--reward_dtype",
+                        default="float32" if jax.default_backend() == "cpu" else "bfloat16")
+
+
+def holdc_config(args: argparse.Namespace):
+    """The `holdc.HoldCConfig` those flags describe."""
+    from holdjax.reward import holdc
+
+    return holdc.HoldCConfig(num_layers=args.holdc_layers, num_filters=args.holdc_filters,
+                             crop_size=args.holdc_crop_size, dtype=args.reward_dtype)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import timed, write_results  # noqa: E402
+from common import add_holdc_arguments, holdc_config, timed, write_results  # noqa: E402
 
 from holdjax.config import TrainConfig  # noqa: E402
 from holdjax.reward import holdc, scenic_checkpoint  # noqa: E402
@@ -40,12 +40,9 @@ from holdjax.train import get_trainer  # noqa: E402
 WIRED_REWARDS = ("sparse", "dense", "l2", "holdc")
 
 
-def random_holdc_checkpoint(config: TrainConfig, directory: str) -> str:
+def random_holdc_checkpoint(model: holdc.HoldCConfig, directory: str) -> str:
     """A directory the trainer loads as a HOLD-C checkpoint: a ``checkpoint_0`` placeholder
     and its converted orbax copy ``checkpoint_0.orbax`` holding random weights."""
-    model = holdc.HoldCConfig(num_layers=config.holdc_layers, num_filters=config.holdc_filters,
-                              embedding_size=config.holdc_embedding_size,
-                              crop_size=config.holdc_crop_size, dtype=config.reward_dtype)
     os.makedirs(directory, exist_ok=True)
     placeholder = os.path.join(directory, "checkpoint_0")
     open(placeholder, "w").close()
@@ -124,21 +121,19 @@ def main(argv: list[str] | None = None) -> dict:
                         help="fused steps per timed epoch")
     parser.add_argument("--repeats", type=int, default=3 if gpu else 1)
     parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--holdc_layers", type=int, default=50)
-    parser.add_argument("--holdc_filters", type=int, default=64)
-    parser.add_argument("--holdc_crop_size", type=int, default=256)
-    parser.add_argument("--reward_dtype", default="bfloat16" if gpu else "float32")
+    add_holdc_arguments(parser)
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
 
-    base = TrainConfig(task="pushing", batch_size=args.batch_size,
-                       holdc_layers=args.holdc_layers, holdc_filters=args.holdc_filters,
-                       holdc_crop_size=args.holdc_crop_size, reward_dtype=args.reward_dtype,
-                       eval_episodes=1)
+    model = holdc_config(args)
+    base = TrainConfig(task="pushing", batch_size=args.batch_size, eval_episodes=1,
+                       holdc_layers=model.num_layers, holdc_filters=model.num_filters,
+                       holdc_embedding_size=model.embedding_size,
+                       holdc_crop_size=model.crop_size, reward_dtype=model.dtype)
     rewards = args.rewards.split(",")
     if "holdc" in rewards:
         base = dataclasses.replace(base, reward_checkpoint=random_holdc_checkpoint(
-            base, tempfile.mkdtemp(prefix="holdc_random_")))
+            model, tempfile.mkdtemp(prefix="holdc_random_")))
     rows, skipped = [], {}
     print(f"{'reward':>6} {'N':>5} {'ratio':>7} {'env steps/s':>12} {'updates/s':>10} "
           f"{'step ms':>8} {'phys+rend':>9} {'reward':>7} {'updates':>8} {'compile s':>9}",

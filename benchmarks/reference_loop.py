@@ -40,7 +40,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import write_results  # noqa: E402
+from common import add_holdc_arguments, holdc_config, write_results  # noqa: E402
 
 from holdjax.envs import make_task, pushing  # noqa: E402
 from holdjax.envs.goal_images import load_goal_image  # noqa: E402
@@ -118,8 +118,7 @@ def reward_model(args, goal: np.ndarray):
     """frame (H, W, 3) uint8 -> reward: minus the HOLD-C distance, or the sparse success."""
     if args.reward == "sparse":
         return None
-    config = holdc.HoldCConfig(num_layers=args.holdc_layers, num_filters=args.holdc_filters,
-                               crop_size=args.holdc_crop_size, dtype=args.reward_dtype)
+    config = holdc_config(args)
     model = holdc.HoldCDistance(config, holdc.random_variables(config))
     to_goal = jax.jit(model.to_goals(jnp.asarray(goal[None])))
     return lambda frame: -float(to_goal(jnp.asarray(frame[None]))[0, 0])
@@ -188,10 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=300 if gpu else 20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=20 if gpu else 3)
     parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--holdc_layers", type=int, default=50)
-    parser.add_argument("--holdc_filters", type=int, default=64)
-    parser.add_argument("--holdc_crop_size", type=int, default=256)
-    parser.add_argument("--reward_dtype", default="bfloat16" if gpu else "float32")
+    add_holdc_arguments(parser)
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     result = run(args)
