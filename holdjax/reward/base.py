@@ -79,27 +79,50 @@ def l2_to_goals(goals: jax.Array) -> DistanceToGoals:
     return lambda frames: l2.l2_distance(frames, goals)
 
 
-def holdc_to_goals(config, goals: jax.Array) -> DistanceToGoals:
-    """The HOLD-C model of a run's config, with the goals embedded once, here."""
-    from holdjax.reward import holdc, scenic_checkpoint
+def released_holdc_checkpoint(path: str) -> str | None:
+    """The released HOLD-C checkpoint file: at ``path`` (which must exist) when given, else
+    at ``$HOLD_TOP_DIR/hold/holdc/checkpoint`` if present, else None."""
+    from holdjax.reward import scenic_checkpoint
 
-    model_config = holdc.HoldCConfig(
-        num_layers=config.holdc_layers, num_filters=config.holdc_filters,
-        embedding_size=config.holdc_embedding_size, crop_size=config.holdc_crop_size,
-        distance_type=config.distance_type, distance_params=config.distance_params,
-        dtype=config.reward_dtype)
-    path = config.reward_checkpoint or None
+    if path:
+        try:
+            return scenic_checkpoint.find_checkpoint(path)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"{e}. --reward_checkpoint names the released HOLD-C checkpoint "
+                "(hold/holdc/checkpoint from the HOLD release, see README); leave it empty to "
+                "use $HOLD_TOP_DIR's copy or, without one, holdjax's demo-trained model"
+            ) from None
     try:
-        source = scenic_checkpoint.find_checkpoint(
-            path or scenic_checkpoint.default_checkpoint_path())
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"{e}. --reward=holdc needs the released HOLD-C checkpoint "
-            "(hold/holdc/checkpoint from the HOLD release, see README): set HOLD_TOP_DIR or "
-            "--reward_checkpoint. holdjax's own demo-trained default model is not available "
-            "yet.") from None
-    print(f"reward holdc: released HOLD-C checkpoint {source}", file=sys.stderr)
-    model = scenic_checkpoint.load_holdc(model_config, source)
+        return scenic_checkpoint.find_checkpoint(scenic_checkpoint.default_checkpoint_path())
+    except FileNotFoundError:
+        return None
+
+
+def holdc_to_goals(config, task: str, goals: jax.Array) -> DistanceToGoals:
+    """The run's HOLD-C model with the goals embedded once, here: the released checkpoint
+    when there is one, else holdjax's demo-trained model of ``task`` (trained first if it
+    does not exist yet). ``config.holdc_*`` describe the released network only; the demo
+    model's architecture is read from its own ``model.json``."""
+    from holdjax.reward import holdc, scenic_checkpoint
+    from holdjax.reward import train as reward_train
+
+    distance = dict(distance_type=config.distance_type, distance_params=config.distance_params,
+                    dtype=config.reward_dtype)
+    source = released_holdc_checkpoint(config.reward_checkpoint)
+    if source is None:
+        path = reward_train.ensure_default_model(task)
+        print(f"reward holdc: holdjax's demo-trained HOLD-C {path} (trained on rendered robot "
+              "demonstrations; the released one would be read from "
+              "$HOLD_TOP_DIR/hold/holdc/checkpoint)", file=sys.stderr)
+        model = reward_train.load_model(path, **distance)
+    else:
+        print(f"reward holdc: released HOLD-C checkpoint {source}", file=sys.stderr)
+        model_config = holdc.HoldCConfig(
+            num_layers=config.holdc_layers, num_filters=config.holdc_filters,
+            embedding_size=config.holdc_embedding_size, crop_size=config.holdc_crop_size,
+            **distance)
+        model = scenic_checkpoint.load_holdc(model_config, source)
     return model.to_goals(goals)
 
 
@@ -111,5 +134,6 @@ def make_reward(config, env: ManipulationEnv) -> RewardFunction:
         raise ValueError(
             f"goal images are {goals.shape[1:3]} but the env renders {env.image_shape}; "
             "render matching goal images or use the task's image size")
-    distance = holdc_to_goals(config, jnp.asarray(goals)) if config.reward == "holdc" else None
+    distance = (holdc_to_goals(config, env.task.name, jnp.asarray(goals))
+                if config.reward == "holdc" else None)
     return RewardFunction(config.reward, config.shaping, goals, distance)

@@ -1,0 +1,198 @@
+"""Scores a HOLD-C reward model on freshly rendered episodes of its task.
+
+    python -m holdjax.reward.check --task=pushing                  # the default model
+    python -m holdjax.reward.check --task=pushing --model=PATH --json
+
+``--model`` is a model directory written by ``holdjax.reward.train`` (default: the task's
+default model) or a released scenic HOLD-C checkpoint (a ``checkpoint_<step>`` file or its
+folder, read as ResNet-50). Two Spearman rank correlations, both positive for a good model
+(1 = perfect ranking; the reward is the negated distance, so it correlates negatively):
+
+- ``spearman_time``: on held-out expert episodes (varied starts as in training, another
+  seed, then the noise-free expert at full speed), between the model's distance to the
+  task's final goal image and the true number of steps left until the first success, over
+  the expert's frames up to it; per episode, averaged over the episodes that succeed (as
+  hold-rewards' per-video metric).
+- ``spearman_state``: on random-policy frames from varied states (each world follows the
+  expert for U{0..T} steps, then acts uniformly at random; only the random phase's frames
+  count), between the model's distance to the goal image and the true distance of the
+  task's object (``OBJECT_JOINTS``) to its pose in the goal image, pooled over frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from holdjax import envs
+from holdjax.envs.base import ManipulationEnv
+from holdjax.envs.goal_images import load_goal_image
+from holdjax.reward import holdc, scenic_checkpoint
+from holdjax.reward import train as reward_train
+
+# The object whose distance to its goal pose is each task's true progress: (joint, number
+# of leading qpos coordinates compared), e.g. the mug's x, y on the table.
+OBJECT_JOINTS = {
+    "pushing": ("puck", 2),
+    "drawer_open": ("drawer_slide", 1),
+    "close_drawer": ("drawer_slide", 1),
+    "cup_forward": ("mug", 2),
+    "faucet_right": ("faucet_hinge", 1),
+}
+EMBED_CHUNK = 512  # frames embedded per call (one compiled shape)
+CHECK_STREAM = 2  # random stream of the check's episodes, unused by training
+
+
+def rank(x: np.ndarray) -> np.ndarray:
+    """0-based ranks of a 1-D array, ties sharing their mean rank."""
+    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    starts = np.cumsum(counts) - counts
+    return (starts + (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson's of the ranks); NaN if either is constant."""
+    rx, ry = rank(x), rank(y)
+    if rx.shape != ry.shape:
+        raise ValueError(f"spearman of different lengths {rx.shape} and {ry.shape}")
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = np.sqrt(np.sum(rx * rx) * np.sum(ry * ry))
+    return float(np.sum(rx * ry) / denominator) if denominator > 0 else float("nan")
+
+
+def object_to_goal(env: ManipulationEnv, qpos: np.ndarray) -> np.ndarray:
+    """Distance of the task's object to its pose in the final goal image, per frame."""
+    name = env.task.name
+    if name not in OBJECT_JOINTS:
+        raise ValueError(f"no object defined for task {name!r} in OBJECT_JOINTS; "
+                         f"known: {', '.join(OBJECT_JOINTS)}")
+    joint, dims = OBJECT_JOINTS[name]
+    model = env.task.mj_model
+    adr = int(model.jnt_qposadr[model.joint(joint).id])
+    goal_qpos, _ = list(env.task.goal_worlds().values())[-1]
+    goal = np.asarray(goal_qpos)[adr:adr + dims]
+    return np.linalg.norm(qpos[..., adr:adr + dims] - goal, axis=-1)
+
+
+def distances_to_goal(model: holdc.HoldCDistance, goal: np.ndarray,
+                      frames: np.ndarray) -> np.ndarray:
+    """Distance of every frame (..., S, S, 3) to ``goal`` (H, W, 3), in fixed-size chunks."""
+    to_goal = model.to_goals(jnp.asarray(goal)[None])
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    padded = np.concatenate([flat, np.repeat(flat[:1], -len(flat) % EMBED_CHUNK, axis=0)])
+    out = [np.asarray(to_goal(jnp.asarray(padded[i:i + EMBED_CHUNK])))[:, 0]
+           for i in range(0, len(padded), EMBED_CHUNK)]
+    return np.concatenate(out)[:len(flat)].reshape(frames.shape[:-3])
+
+
+def check_scripts(key: jax.Array, experts: int, randoms: int,
+                  episode_length: int) -> reward_train.Script:
+    """``experts`` worlds that start as the training demonstrations do (up to
+    ``max_random_start`` random actions), then run the noise-free expert at full speed;
+    then ``randoms`` worlds that run that expert for U{0..T} steps and act at random after."""
+    start_key, switch_key = jax.random.split(key)
+    n = experts + randoms
+    is_expert = jnp.arange(n) < experts
+    starts = jax.random.randint(start_key, (n,), 0,
+                                reward_train.RewardTrainConfig.max_random_start + 1)
+    switches = jax.random.randint(switch_key, (n,), 0, episode_length + 1)
+    return reward_train.Script(
+        random_until=jnp.where(is_expert, starts, 0).astype(jnp.int32),
+        expert_until=jnp.where(is_expert, episode_length, switches).astype(jnp.int32),
+        speed=jnp.ones((n,)), noise=jnp.zeros((n,)))
+
+
+def evaluate(model: holdc.HoldCDistance, env: ManipulationEnv, episodes: int = 32,
+             random_episodes: int = 32, num_envs: int = 64, seed: int = 1) -> dict:
+    """spearman_time and spearman_state of ``model`` (see the module docstring)."""
+    key = jax.random.fold_in(jax.random.key(seed), CHECK_STREAM)
+    script_key, render_key = jax.random.split(key)
+    script = check_scripts(script_key, episodes, random_episodes, env.episode_length)
+    footage = reward_train.render_footage(env, script, render_key, num_envs,
+                                          desc=f"{env.task.name}: rendering check episodes")
+    return score(model, env, footage, jax.device_get(script), episodes)
+
+
+def score(model: holdc.HoldCDistance, env: ManipulationEnv, footage: reward_train.Footage,
+          script: reward_train.Script, episodes: int) -> dict:
+    """The metrics on ``footage`` of :func:`check_scripts`'s worlds."""
+    goal = load_goal_image(list(env.task.goal_worlds())[-1])
+    dist = distances_to_goal(model, goal, footage.frames)
+    per_episode = []
+    for i in range(episodes):
+        start, success = int(script.random_until[i]), footage.success[i]
+        first = int(success.argmax())
+        if success.any() and first - start >= 2:  # the expert's frames up to its success
+            steps = np.arange(start, first + 1)
+            per_episode.append(spearman(dist[i, start:first + 1], first - steps))
+    switch = script.expert_until[episodes:]
+    random_phase = np.arange(dist.shape[1])[None, :] > switch[:, None]
+    true_distance = object_to_goal(env, footage.qpos[episodes:])
+    return {
+        "spearman_time": float(np.mean(per_episode)) if per_episode else float("nan"),
+        "spearman_state": spearman(dist[episodes:][random_phase], true_distance[random_phase]),
+        "expert_episodes": episodes,
+        "expert_episodes_scored": len(per_episode),
+        "state_frames": int(random_phase.sum()),
+    }
+
+
+def load_any(path: str) -> holdc.HoldCDistance:
+    """A holdjax model directory, else a released scenic checkpoint."""
+    if reward_train.model_exists(path):
+        return reward_train.load_model(path)
+    return scenic_checkpoint.load_holdc(path=path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m holdjax.reward.check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="pushing", help=f"one of {', '.join(envs.TASKS)}")
+    parser.add_argument("--model", default="",
+                        help="model directory or released checkpoint (default: the task's "
+                             "default model, see holdjax.reward.train)")
+    parser.add_argument("--episodes", type=int, default=32, help="held-out expert episodes")
+    parser.add_argument("--random_episodes", type=int, default=32,
+                        help="episodes whose random phase gives the state frames")
+    parser.add_argument("--num_envs", type=int, default=64, help="worlds rendered at once")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.task not in envs.TASKS:
+        parser.error(f"unknown task {args.task!r}; valid tasks: {', '.join(envs.TASKS)}")
+    if args.task not in OBJECT_JOINTS:
+        parser.error(f"no object defined for task {args.task!r} (holdjax.reward.check."
+                     "OBJECT_JOINTS)")
+    for name in ("episodes", "random_episodes", "num_envs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    args.model = args.model or reward_train.default_model_dir(args.task)
+    if not os.path.exists(args.model):
+        parser.error(f"no model at {args.model}; train one with "
+                     f"`python -m holdjax.reward.train --task={args.task}` or pass --model")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    result = {"task": args.task, "model": os.path.abspath(args.model)}
+    result.update(evaluate(load_any(args.model), reward_train.task_env(args.task),
+                           args.episodes, args.random_episodes, args.num_envs, args.seed))
+    result.update(seed=args.seed, wall_s=round(time.perf_counter() - start, 1))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, value in result.items():
+            print(f"{name}: {value}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

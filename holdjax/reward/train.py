@@ -1,0 +1,512 @@
+"""holdjax's own HOLD-C reward model, trained on robot demonstrations it renders itself.
+
+    python -m holdjax.reward.train --task=pushing
+    python -m holdjax.reward.train --task=drawer_open --layers=50 --image_size=256 --steps=4000
+
+HOLD's released HOLD-C was trained on human videos (Something-Something v2). This model is
+not: it sees only robot footage that holdjax renders from the task camera, so it stands in
+for the released checkpoint when that is absent, nothing more. The footage:
+
+- expert episodes: the task's scripted expert, each world with its own start (uniform
+  random actions for its first steps), speed (actions scaled down) and Gaussian action
+  noise; kept up to a few frames past the first success, since the frames of a solved,
+  motionless scene cannot be told apart in time;
+- random episodes: uniform random actions throughout (non-expert footage).
+
+The loss is the released model's time-contrastive triplet loss (hold-rewards'
+``holdc_utils.tc_loss`` with ``holdc/resnet50.py``'s positive radius 2, negative radius 4,
+margin 0.2): a batch holds clips of consecutive frames from several episodes; every frame
+is an anchor, frames of its episode within the positive radius are its positives, frames
+of its episode beyond the negative radius and all frames of other episodes are its
+negatives; each (anchor, positive) pair takes its semi-hard negative (the closest
+negative farther than the positive, else the farthest negative) and pays
+``max(0, margin + d(a, p) - d(a, n))`` on squared Euclidean embedding distances.
+
+Output (default :func:`default_model_dir`): ``model.json`` (architecture and training
+settings) and ``checkpoint/``, an orbax checkpoint of the same variables that the released
+checkpoint's import produces, so :func:`load_model` restores it with the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import operator
+import os
+import shutil
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from tqdm import tqdm
+
+from holdjax import envs
+from holdjax.envs.base import EnvState, ManipulationEnv
+from holdjax.reward import holdc, scenic_checkpoint
+
+MODEL_FILE = "model.json"
+CHECKPOINT_DIR = "checkpoint"
+# HoldCConfig fields that describe the network (saved); distance and dtype are the user's.
+ARCHITECTURE_FIELDS = ("num_layers", "num_filters", "embedding_size", "crop_size",
+                       "zero_centering")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardTrainConfig:
+    """A demo-trained HOLD-C: its network, its footage and its optimisation."""
+
+    task: str = "pushing"
+    # Network (scenic's ResNet with a linear embedding head, as holdc.py).
+    layers: int = 18
+    filters: int = 64
+    embedding_size: int = 32
+    image_size: int = 128  # frames are centre-cropped and resized to this (crop_size)
+    # Footage.
+    expert_episodes: int = 256
+    random_episodes: int = 64
+    num_envs: int = 64  # worlds rendered at once
+    max_random_start: int = 10  # random actions for U{0..this} steps before the expert
+    min_speed: float = 0.5  # expert actions scaled by U(min_speed, 1)
+    max_noise: float = 0.3  # Gaussian action noise with std U(0, max_noise)
+    success_tail: int = 10  # expert frames kept after the first success
+    # Optimisation.
+    steps: int = 3000
+    clips: int = 8  # episodes per batch ...
+    clip_length: int = 32  # ... each giving this many consecutive frames (as hold-rewards)
+    learning_rate: float = 1e-3  # peak; linear warm-up then cosine decay
+    warmup_steps: int = 100
+    pos_radius: int = 2  # hold-rewards' holdc/resnet50.py
+    neg_radius: int = 4
+    margin: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.task not in envs.TASKS:
+            raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(envs.TASKS)}")
+        if self.neg_radius <= self.pos_radius:
+            raise ValueError("neg_radius must exceed pos_radius")
+        if self.clip_length <= self.neg_radius:
+            raise ValueError("clip_length must exceed neg_radius, or clips hold no negatives")
+        for name in ("expert_episodes", "num_envs", "steps", "clips", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.random_episodes < 0:
+            raise ValueError(f"random_episodes must be >= 0, got {self.random_episodes}")
+        if self.clips > self.expert_episodes + self.random_episodes:
+            raise ValueError("clips (distinct episodes per batch) exceeds the episodes")
+        if self.layers not in holdc.BLOCK_SIZES:
+            raise ValueError(f"layers {self.layers} not in {sorted(holdc.BLOCK_SIZES)}")
+        if last_stage_size(self.layers, self.image_size) < 2:
+            smallest = next(s for s in range(8, 1024, 8) if last_stage_size(self.layers, s) > 1)
+            raise ValueError(
+                f"image_size {self.image_size} leaves ResNet-{self.layers}'s last stage 1x1, "
+                "where its stride-2 shortcut sees only the image's (constant) corner and "
+                f"training stalls at the margin; use image_size >= {smallest}")
+
+    @property
+    def model(self) -> holdc.HoldCConfig:
+        return holdc.HoldCConfig(num_layers=self.layers, num_filters=self.filters,
+                                 embedding_size=self.embedding_size, crop_size=self.image_size)
+
+
+def last_stage_size(layers: int, image_size: int) -> int:
+    """Side of the ResNet's last feature map: the stem and its pool halve the image, and so
+    does every later stage."""
+    side = -(-image_size // 4)
+    for _ in holdc.BLOCK_SIZES[layers][0][1:]:
+        side = -(-side // 2)
+    return side
+
+
+# On a CPU the accelerator default above (ResNet-18, 128 px, 256-frame batches) takes
+# ~50 s a step; this small network trains in a few minutes there and still ranks frames
+# (README, benchmarks/NOTES.md).
+CPU_SETTINGS = {"layers": 11, "filters": 8, "image_size": 48, "clips": 4, "clip_length": 16,
+                "steps": 2000}
+
+
+def default_config(task: str, **overrides) -> RewardTrainConfig:
+    """The default settings on this machine: the dataclass defaults on an accelerator,
+    with ``CPU_SETTINGS`` on a CPU; ``overrides`` on top."""
+    base = CPU_SETTINGS if jax.default_backend() == "cpu" else {}
+    return RewardTrainConfig(task=task, **{**base, **overrides})
+
+
+def default_model_dir(task: str) -> str:
+    """Where the default model of ``task`` lives: ``$HOLD_TOP_DIR/holdjax_models/<task>/holdc``,
+    or ``runs/reward_models/<task>/holdc`` without HOLD_TOP_DIR (as runs go to ``runs/``)."""
+    top = os.environ.get("HOLD_TOP_DIR")
+    base = os.path.join(top, "holdjax_models") if top else os.path.join("runs", "reward_models")
+    return os.path.join(base, task, "holdc")
+
+
+# --- footage ------------------------------------------------------------------------
+
+
+@struct.dataclass
+class Script:
+    """Per-world behaviour of a scripted rollout: uniform random actions before
+    ``random_until``, then the expert (scaled by ``speed``, plus noise of std ``noise``)
+    until ``expert_until``, then random actions again."""
+
+    random_until: jax.Array  # (N,) int32
+    expert_until: jax.Array  # (N,) int32
+    speed: jax.Array  # (N,) float32
+    noise: jax.Array  # (N,) float32
+
+
+@struct.dataclass
+class Footage:
+    """Recorded episodes, world-major."""
+
+    frames: jax.Array  # (N, T + 1, S, S, 3) uint8 central square crops of the camera image
+    success: jax.Array  # (N, T + 1) bool
+    qpos: jax.Array  # (N, T + 1, nq) float32 physics positions (for object-to-goal checks)
+
+
+def sample_scripts(config: RewardTrainConfig, key: jax.Array, experts: int, randoms: int,
+                   episode_length: int) -> Script:
+    """``experts`` demonstration worlds with varied starts, speeds and noise, then
+    ``randoms`` worlds acting at random throughout."""
+    start, speed, noise = jax.random.split(key, 3)
+    n = experts + randoms
+    random_start = jax.random.randint(start, (n,), 0, config.max_random_start + 1)
+    is_expert = jnp.arange(n) < experts
+    return Script(
+        random_until=jnp.where(is_expert, random_start, episode_length).astype(jnp.int32),
+        expert_until=jnp.full((n,), episode_length, jnp.int32),
+        speed=jax.random.uniform(speed, (n,), minval=config.min_speed, maxval=1.0),
+        noise=jax.random.uniform(noise, (n,), maxval=config.max_noise),
+    )
+
+
+def scripted_actions(env: ManipulationEnv, script: Script, state: EnvState,
+                     key: jax.Array) -> jax.Array:
+    shape = (state.step_count.shape[0], env.action_dim)
+    noise_key, random_key = jax.random.split(key)
+    expert = jax.vmap(env.task.expert_action)(state.state) * script.speed[:, None]
+    expert = expert + script.noise[:, None] * jax.random.normal(noise_key, shape)
+    uniform = jax.random.uniform(random_key, shape, minval=-1.0, maxval=1.0)
+    t = state.step_count
+    use_expert = (t >= script.random_until) & (t < script.expert_until)
+    return jnp.where(use_expert[:, None], expert, uniform)
+
+
+def record(env: ManipulationEnv, script: Script, key: jax.Array) -> Footage:
+    """One episode in each of the script's worlds (jittable)."""
+    num_worlds = script.speed.shape[0]
+    reset_key, policy_key = jax.random.split(key)
+    state = env.reset(reset_key, num_worlds)
+
+    def observe(state):
+        return holdc.central_crop(state.obs), state.success, state.data.qpos
+
+    def body(state, step_key):
+        state = env.step(state, scripted_actions(env, script, state, step_key))
+        return state, observe(state)
+
+    _, steps = jax.lax.scan(body, state, jax.random.split(policy_key, env.episode_length))
+    first = observe(state)
+    frames, success, qpos = (jnp.concatenate([f[None], s], axis=0).swapaxes(0, 1)
+                             for f, s in zip(first, steps, strict=True))
+    return Footage(frames=frames, success=success, qpos=qpos.astype(jnp.float32))
+
+
+@functools.cache
+def task_env(task: str) -> ManipulationEnv:
+    """One env per task and process: building it and compiling its rollout cost ~30 s on a
+    CPU, and ``train`` then ``check`` in one process should pay that once."""
+    return envs.make(task)
+
+
+@functools.cache
+def _recorder(env: ManipulationEnv):
+    return jax.jit(functools.partial(record, env))
+
+
+def render_footage(env: ManipulationEnv, script: Script, key: jax.Array, num_envs: int,
+                   desc: str = "rendering") -> Footage:
+    """Episodes for every world of ``script``, ``num_envs`` at a time (the last batch padded,
+    so one compiled rollout serves all), as numpy arrays."""
+    total = script.speed.shape[0]
+    batches = -(-total // num_envs)
+    padded = jax.tree.map(lambda x: jnp.resize(x, (batches * num_envs,)), script)
+    parts = []
+    keys = jax.random.split(key, batches)
+    for b in tqdm(range(batches), desc=desc, unit="batch", file=sys.stderr):
+        part = jax.tree.map(operator.itemgetter(slice(b * num_envs, (b + 1) * num_envs)),
+                            padded)
+        parts.append(jax.device_get(_recorder(env)(part, keys[b])))
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:total], *parts)
+
+
+def usable_lengths(footage: Footage, config: RewardTrainConfig, experts: int) -> np.ndarray:
+    """Frames per episode to train on: experts up to ``success_tail`` frames past their first
+    success (at least one clip), random episodes whole."""
+    num_episodes, num_frames = footage.success.shape
+    succeeded = footage.success.any(axis=1)
+    first = np.where(succeeded, footage.success.argmax(axis=1), num_frames)
+    lengths = np.clip(first + 1 + config.success_tail, config.clip_length, num_frames)
+    return np.where(np.arange(num_episodes) < experts, lengths, num_frames).astype(np.int32)
+
+
+# --- the time-contrastive loss --------------------------------------------------------
+
+
+def triplet_masks(timesteps: jax.Array, sequence_ids: jax.Array, pos_radius: int,
+                  neg_radius: int) -> tuple[jax.Array, jax.Array]:
+    """(positives, negatives), each (B, B) bool over (anchor, other): positives share the
+    anchor's episode within ``pos_radius`` steps (not the anchor itself); negatives are
+    beyond ``neg_radius`` steps in its episode, or in another episode."""
+    chex.assert_rank([timesteps, sequence_ids], 1)
+    chex.assert_equal_shape([timesteps, sequence_ids])
+    same = sequence_ids[:, None] == sequence_ids[None, :]
+    gap = jnp.abs(timesteps[:, None] - timesteps[None, :])
+    positives = same & (gap <= pos_radius) & ~jnp.eye(timesteps.shape[0], dtype=bool)
+    negatives = ~same | (gap > neg_radius)
+    return positives, negatives
+
+
+def pairwise_sq_distances(embeddings: jax.Array) -> jax.Array:
+    chex.assert_rank(embeddings, 2)
+    return jnp.sum(jnp.square(embeddings[:, None, :] - embeddings[None, :, :]), axis=-1)
+
+
+def semi_hard_negatives(sq_dist: jax.Array, negatives: jax.Array) -> jax.Array:
+    """(B, B) index of the negative that anchor a pairs with positive p: the closest
+    negative farther from a than p is, else a's farthest negative."""
+    d_an = sq_dist[:, None, :]  # (a, ., n)
+    d_ap = sq_dist[:, :, None]  # (a, p, .)
+    neg = negatives[:, None, :]
+    semi_hard = neg & (d_an > d_ap)
+    closest = jnp.argmin(jnp.where(semi_hard, d_an, jnp.inf), axis=-1)
+    farthest = jnp.argmax(jnp.where(negatives, sq_dist, -jnp.inf), axis=-1)
+    return jnp.where(semi_hard.any(axis=-1), closest, farthest[:, None])
+
+
+def triplet_loss(embeddings: jax.Array, timesteps: jax.Array, sequence_ids: jax.Array,
+                 pos_radius: int = 2, neg_radius: int = 4,
+                 margin: float = 0.2) -> tuple[jax.Array, jax.Array]:
+    """(mean hinge over (anchor, positive) pairs, number of pairs). hold-rewards sums over
+    the pairs instead; the mean reads the same at any batch size, and Adam barely cares."""
+    chex.assert_rank(embeddings, 2)
+    sq_dist = pairwise_sq_distances(embeddings)
+    positives, negatives = triplet_masks(timesteps, sequence_ids, pos_radius, neg_radius)
+    positives = positives & negatives.any(axis=1)[:, None]  # anchors with some negative
+    d_an = jnp.take_along_axis(sq_dist, semi_hard_negatives(sq_dist, negatives), axis=1)
+    hinge = jnp.maximum(0.0, margin + sq_dist - d_an)
+    count = positives.sum()
+    return jnp.sum(jnp.where(positives, hinge, 0.0)) / jnp.maximum(count, 1), count
+
+
+# --- training --------------------------------------------------------------------------
+
+
+@struct.dataclass
+class Demos:
+    """Training footage on the device."""
+
+    frames: jax.Array  # (E, T + 1, S, S, 3) uint8
+    lengths: jax.Array  # (E,) int32 usable frames per episode
+
+
+@struct.dataclass
+class TrainState:
+    params: dict
+    batch_stats: dict
+    opt_state: optax.OptState
+    key: jax.Array
+
+
+def sample_clips(key: jax.Array, demos: Demos, clips: int,
+                 clip_length: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``clips`` distinct random episodes, ``clip_length`` consecutive frames each from a
+    random offset within their usable frames: frames (B, S, S, 3), timesteps (B,), episode
+    ids (B,), with B = clips * clip_length."""
+    episode_key, offset_key = jax.random.split(key)
+    episodes = jax.random.choice(episode_key, demos.lengths.shape[0], (clips,), replace=False)
+    room = demos.lengths[episodes] - clip_length + 1
+    offsets = jnp.floor(jax.random.uniform(offset_key, (clips,)) * room).astype(jnp.int32)
+    timesteps = offsets[:, None] + jnp.arange(clip_length)[None, :]
+    frames = demos.frames[episodes[:, None], timesteps]
+    ids = jnp.broadcast_to(episodes[:, None], timesteps.shape)
+    return (frames.reshape(-1, *frames.shape[2:]), timesteps.reshape(-1), ids.reshape(-1))
+
+
+def make_optimizer(config: RewardTrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, min(config.warmup_steps, config.steps - 1) + 1,
+        config.steps + 1)
+    return optax.adam(schedule)
+
+
+def init_state(config: RewardTrainConfig, key: jax.Array) -> TrainState:
+    init_key, key = jax.random.split(key)
+    size = config.image_size
+    variables = jax.jit(holdc.build_model(config.model).init)(
+        init_key, jnp.zeros((1, size, size, 3)))
+    return TrainState(params=variables["params"], batch_stats=variables["batch_stats"],
+                      opt_state=make_optimizer(config).init(variables["params"]), key=key)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def train_step(config: RewardTrainConfig, demos: Demos,
+               state: TrainState) -> tuple[TrainState, jax.Array]:
+    """One Adam step on a freshly sampled batch of clips; returns the new state and loss."""
+    key, sample_key = jax.random.split(state.key)
+    frames, timesteps, ids = sample_clips(sample_key, demos, config.clips, config.clip_length)
+    images = holdc.preprocess(config.model, frames)
+    model = holdc.build_model(config.model)
+
+    def loss_fn(params):
+        embeddings, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+            mutable=["batch_stats"])
+        loss, _ = triplet_loss(embeddings, timesteps, ids, config.pos_radius,
+                               config.neg_radius, config.margin)
+        return loss, updates["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params=params, batch_stats=batch_stats, opt_state=opt_state,
+                      key=key), loss
+
+
+def demonstrations(config: RewardTrainConfig, env: ManipulationEnv, key: jax.Array) -> Demos:
+    """Renders the training footage."""
+    script = sample_scripts(config, key, config.expert_episodes, config.random_episodes,
+                            env.episode_length)
+    footage = render_footage(env, script, jax.random.fold_in(key, 1), config.num_envs,
+                             desc=f"{config.task}: rendering demos")
+    lengths = usable_lengths(footage, config, config.expert_episodes)
+    return Demos(frames=jnp.asarray(footage.frames), lengths=jnp.asarray(lengths))
+
+
+def fit(config: RewardTrainConfig, demos: Demos, quiet: bool = False) -> tuple[dict, list]:
+    """Trains on ``demos``; returns the variables {'params', 'batch_stats'} and the losses
+    (one per 10 steps)."""
+    if int(demos.lengths.min()) < config.clip_length:
+        raise ValueError(f"episodes shorter than clip_length {config.clip_length}")
+    state = init_state(config, jax.random.key(config.seed))
+    losses = []
+    bar = tqdm(range(config.steps), desc=f"{config.task}: HOLD-C", unit="step",
+               file=sys.stderr, disable=quiet)
+    for step in bar:
+        state, loss = train_step(config, demos, state)
+        if step % 10 == 0 or step == config.steps - 1:
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    return {"params": state.params, "batch_stats": state.batch_stats}, losses
+
+
+def save_model(out: str, config: RewardTrainConfig, variables: dict, info: dict) -> None:
+    """``out/model.json`` and ``out/checkpoint``; written beside ``out`` first and then moved
+    into place, so a killed run never leaves a half-written model that looks complete."""
+    out = os.path.abspath(out)
+    staging = f"{out}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    scenic_checkpoint.save_orbax(os.path.join(staging, CHECKPOINT_DIR),
+                                 jax.tree.map(np.asarray, variables))
+    model = {k: getattr(config.model, k) for k in ARCHITECTURE_FIELDS}
+    record = {"model": model, "train": dataclasses.asdict(config), **info}
+    with open(os.path.join(staging, MODEL_FILE), "w") as f:
+        json.dump(record, f, indent=2)
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(staging, out)
+
+
+def model_exists(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MODEL_FILE))
+
+
+def load_model(path: str, **overrides) -> holdc.HoldCDistance:
+    """The model saved at ``path``; ``overrides`` set the HoldCConfig fields that are not its
+    architecture (distance_type, distance_params, dtype)."""
+    if not model_exists(path):
+        raise FileNotFoundError(
+            f"no holdjax HOLD-C model at {path} (no {MODEL_FILE}); train one with "
+            "`python -m holdjax.reward.train --task=TASK --out=PATH`")
+    with open(os.path.join(path, MODEL_FILE)) as f:
+        architecture = json.load(f)["model"]
+    config = holdc.HoldCConfig(**architecture, **overrides)
+    variables = scenic_checkpoint.restore_orbax(os.path.join(path, CHECKPOINT_DIR), config)
+    return holdc.HoldCDistance(config, variables)
+
+
+def train(config: RewardTrainConfig, out: str, quiet: bool = False) -> dict:
+    """Renders the footage, trains, saves to ``out``; returns what ``model.json`` records."""
+    start = time.perf_counter()
+    env = task_env(config.task)
+    demos = demonstrations(config, env, jax.random.key(config.seed))
+    render_s = time.perf_counter() - start
+    variables, losses = fit(config, demos, quiet)
+    info = {
+        "task": config.task,
+        "frames": int(demos.lengths.sum()),
+        "final_loss": float(np.mean(losses[-10:])),
+        "render_s": round(render_s, 1),
+        "train_s": round(time.perf_counter() - start - render_s, 1),
+        "device": jax.devices()[0].device_kind,
+    }
+    save_model(out, config, variables, info)
+    return info
+
+
+def ensure_default_model(task: str) -> str:
+    """The default model's directory for ``task``, training it first (with the default
+    settings) when it does not exist yet."""
+    path = default_model_dir(task)
+    if not model_exists(path):
+        print(f"reward holdc: no released HOLD-C checkpoint and no default model at {path}; "
+              f"training holdjax's demo-trained HOLD-C for {task} first "
+              "(python -m holdjax.reward.train)", file=sys.stderr)
+        train(default_config(task), path)
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[RewardTrainConfig, str]:
+    parser = argparse.ArgumentParser(prog="python -m holdjax.reward.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field in dataclasses.fields(RewardTrainConfig):
+        cpu = CPU_SETTINGS.get(field.name)
+        parser.add_argument(f"--{field.name}", type=type(field.default), default=None,
+                            help=f"(default: {field.default}" +
+                            (f"; {cpu} on a CPU)" if cpu is not None else ")"))
+    parser.add_argument("--out", default="",
+                        help="model directory (default: $HOLD_TOP_DIR/holdjax_models/<task>/"
+                             "holdc, or runs/reward_models/<task>/holdc)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing model at --out")
+    args = vars(parser.parse_args(argv))
+    out, overwrite = args.pop("out"), args.pop("overwrite")
+    given = {k: v for k, v in args.items() if v is not None}
+    try:
+        config = default_config(given.pop("task", RewardTrainConfig.task), **given)
+    except ValueError as e:
+        parser.error(str(e))
+    out = out or default_model_dir(config.task)
+    if model_exists(out) and not overwrite:
+        parser.error(f"a model already exists at {out}; pass --overwrite to replace it")
+    return config, out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config, out = parse_args(argv)
+    info = train(config, out)
+    print(f"saved {out} (final loss {info['final_loss']:.4f}, render {info['render_s']} s, "
+          f"train {info['train_s']} s); score it with "
+          f"python -m holdjax.reward.check --task={config.task} --model={out}", file=sys.stderr)
+    return info
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""holdjax's demo-trained HOLD-C: the triplet loss and its sampling against hand-computed
+values, Spearman's rho, a tiny model trained on rendered pushing demos (it must rank
+held-out expert frames), the check CLI's JSON and the default-model wiring of make_reward.
+The tiny model (ResNet-8, 4 filters, 32 px) is trained once for the module."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from holdjax.config import TrainConfig
+from holdjax.envs.goal_images import load_goal_image
+from holdjax.reward import base, check, holdc
+from holdjax.reward import train as rt
+
+TINY = rt.RewardTrainConfig(
+    task="pushing", layers=8, filters=4, embedding_size=8, image_size=32, expert_episodes=24,
+    random_episodes=8, num_envs=32, steps=300, clips=4, clip_length=16, warmup_steps=20)
+
+
+def test_triplet_loss_against_hand_computed_value():
+    # Episode A at t = 0, 1, 2 and single frames of episodes B and C, on a line.
+    embeddings = jnp.array([[0.0], [1.0], [3.0], [0.5], [2.0]])
+    timesteps = jnp.array([0, 1, 2, 0, 0])
+    ids = jnp.array([0, 0, 0, 1, 2])
+    # Radii 1 and 2: A's positives are its neighbours; A's negatives are B and C only.
+    # Squared distances: A0-A1 1, A1-A2 4, A-B 0.25 0.25 6.25, A-C 4 1 1.
+    # (A0, A1): semi-hard C (4 > 1): 0.2 + 1 - 4 < 0 -> 0
+    # (A1, A0): nothing beyond 1 (C is exactly 1) -> farthest C: 0.2 + 1 - 1 = 0.2
+    # (A1, A2): nothing beyond 4 -> farthest C: 0.2 + 4 - 1 = 3.2
+    # (A2, A1): semi-hard B (6.25 > 4): 0.2 + 4 - 6.25 < 0 -> 0
+    loss, count = rt.triplet_loss(embeddings, timesteps, ids, pos_radius=1, neg_radius=2,
+                                  margin=0.2)
+    assert int(count) == 4
+    np.testing.assert_allclose(loss, (0.2 + 3.2) / 4, rtol=1e-6)
+    sq = rt.pairwise_sq_distances(embeddings)
+    _, negatives = rt.triplet_masks(timesteps, ids, 1, 2)
+    chosen = rt.semi_hard_negatives(sq, negatives)
+    assert [int(chosen[a, p]) for a, p in ((0, 1), (1, 0), (1, 2), (2, 1))] == [4, 4, 4, 3]
+    # hold-rewards' released radii and margin are the defaults.
+    assert (TINY.pos_radius, TINY.neg_radius, TINY.margin) == (2, 4, 0.2)
+
+
+def test_triplet_sampling_respects_the_radii():
+    episodes, length = 8, 30
+    lengths = jnp.array([30, 20, 16, 25, 30, 17, 29, 16], jnp.int32)
+    # Each frame's pixels hold (episode, timestep), so the gathered clips can be checked.
+    e, t = np.meshgrid(np.arange(episodes), np.arange(length), indexing="ij")
+    frames = np.broadcast_to(np.stack([e, t, t], -1)[:, :, None, None, :],
+                             (episodes, length, 2, 2, 3)).astype(np.uint8)
+    demos = rt.Demos(frames=jnp.asarray(frames), lengths=lengths)
+    for seed in range(5):
+        got, timesteps, ids = rt.sample_clips(jax.random.key(seed), demos, 6, 16)
+        assert got.shape == (96, 2, 2, 3)
+        np.testing.assert_array_equal(got[:, 0, 0, 0], ids)
+        np.testing.assert_array_equal(got[:, 0, 0, 1], timesteps)
+        clips = timesteps.reshape(6, 16)
+        assert (np.diff(clips, axis=1) == 1).all()  # consecutive frames
+        assert (clips[:, -1] < lengths[ids.reshape(6, 16)[:, 0]]).all()  # usable frames only
+        positives, negatives = rt.triplet_masks(timesteps, ids, 2, 4)
+        same = np.asarray(ids)[:, None] == np.asarray(ids)[None, :]
+        gap = np.abs(np.asarray(timesteps)[:, None] - np.asarray(timesteps)[None, :])
+        assert len(set(np.asarray(ids).tolist())) == 6  # distinct episodes
+        assert (same & (gap >= 1) & (gap <= 2))[positives].all()
+        assert (~same | (gap > 4))[negatives].all()
+        assert not (positives & negatives).any()
+        embeddings = jax.random.normal(jax.random.key(10 + seed), (96, 4))
+        chosen = np.asarray(rt.semi_hard_negatives(rt.pairwise_sq_distances(embeddings),
+                                                   negatives))
+        anchor, positive = np.nonzero(positives)
+        assert negatives[anchor, chosen[anchor, positive]].all()
+
+
+def test_spearman_against_hand_computed_values():
+    np.testing.assert_allclose(check.spearman([1, 2, 3, 4], [10, 30, 20, 40]), 0.8)
+    # Ties share their mean rank: ranks (0, 1.5, 1.5, 3) and (0, 1, 2, 3).
+    np.testing.assert_allclose(check.spearman([1, 2, 2, 3], [1, 2, 3, 4]),
+                               4.5 / np.sqrt(4.5 * 5.0))
+    np.testing.assert_allclose(check.spearman([3.0, 2.0, 1.0], [0.1, 0.2, 0.9]), -1.0)
+    assert np.isnan(check.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_config_errors_name_the_fix():
+    with pytest.raises(ValueError, match="valid tasks: .*pushing"):
+        rt.RewardTrainConfig(task="stacking")
+    with pytest.raises(ValueError, match="image_size >= 40"):
+        rt.RewardTrainConfig(layers=18, image_size=32)
+    with pytest.raises(ValueError, match="neg_radius must exceed"):
+        rt.RewardTrainConfig(pos_radius=4, neg_radius=4)
+    with pytest.raises(SystemExit):
+        rt.parse_args(["--task=stacking"])
+    # The CLI's defaults are this machine's: the small network on the CPU the tests run on.
+    config, out = rt.parse_args(["--steps=7", "--out=/tmp/x"])
+    assert config == rt.default_config("pushing", steps=7) and out == "/tmp/x"
+    assert config.layers == rt.CPU_SETTINGS["layers"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny HOLD-C trained on rendered pushing demos, saved as train's output."""
+    env = rt.task_env("pushing")
+    demos = rt.demonstrations(TINY, env, jax.random.key(TINY.seed))
+    assert demos.frames.shape == (32, 101, 48, 48, 3)
+    lengths = np.asarray(demos.lengths)
+    assert (lengths[:24] < 101).all() and (lengths[24:] == 101).all()  # experts cut at success
+    variables, losses = rt.fit(TINY, demos, quiet=True)
+    assert np.mean(losses[-5:]) < 0.5 * losses[0]
+    out = str(tmp_path_factory.mktemp("tiny") / "holdc")
+    rt.save_model(out, TINY, variables, {"task": "pushing"})
+    return out, variables
+
+
+def test_saved_model_restores_and_embeds_the_same(tiny_model):
+    out, variables = tiny_model
+    assert sorted(os.listdir(out)) == ["checkpoint", "model.json"]
+    model = rt.load_model(out, distance_type="sq_eucl")
+    assert model.config == dataclasses.replace(TINY.model, distance_type="sq_eucl")
+    frames = jnp.asarray(load_goal_image("pushing"))[None]
+    np.testing.assert_allclose(model.embed(frames),
+                               holdc.embed(TINY.model, variables, frames), rtol=1e-5)
+    with pytest.raises(FileNotFoundError, match="holdjax.reward.train"):
+        rt.load_model(os.path.dirname(out))
+
+
+def test_check_json_and_tiny_model_ranks_held_out_expert_frames(tiny_model, capsys):
+    out, _ = tiny_model
+    result = check.main(["--task=pushing", f"--model={out}", "--episodes=16",
+                         "--random_episodes=16", "--num_envs=32", "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == result
+    assert {"task", "model", "spearman_time", "spearman_state"} <= printed.keys()
+    assert printed["task"] == "pushing" and printed["model"] == os.path.abspath(out)
+    assert printed["expert_episodes_scored"] >= 12 and printed["state_frames"] > 500
+    assert printed["spearman_time"] > 0.5, printed
+    assert -1.0 <= printed["spearman_state"] <= 1.0
+
+
+def test_object_to_goal_distance():
+    env = rt.task_env("pushing")
+    goal_qpos = np.asarray(env.task.goal_worlds()["pushing"][0])
+    moved = goal_qpos.copy()
+    moved[env.task.puck_qpos:env.task.puck_qpos + 2] += [0.03, -0.04]
+    np.testing.assert_allclose(check.object_to_goal(env, np.stack([goal_qpos, moved])),
+                               [0.0, 0.05], atol=1e-6)
+
+
+def test_make_reward_uses_the_default_model_training_it_first(tiny_model, tmp_path,
+                                                               monkeypatch, capsys):
+    """No released checkpoint under HOLD_TOP_DIR: make_reward trains the default model
+    (here: copies the tiny one) at the documented path, says so, and scores with it."""
+    monkeypatch.setenv("HOLD_TOP_DIR", str(tmp_path))
+    default = rt.default_model_dir("pushing")
+    assert default == os.path.join(str(tmp_path), "holdjax_models", "pushing", "holdc")
+    trained = []
+
+    def fake_train(config, out, quiet=False):
+        trained.append((config.task, out))
+        rt.save_model(out, TINY, tiny_model[1], {"task": config.task})
+
+    monkeypatch.setattr(rt, "train", fake_train)
+    config = TrainConfig(task="pushing", reward="holdc", distance_normalizer=5.0)
+    env = rt.task_env("pushing")
+    reward_fn = base.make_reward(config, env)
+    assert trained == [("pushing", default)]
+    assert "demo-trained HOLD-C" in capsys.readouterr().err
+    base.make_reward(config, env)  # exists now: no second training
+    assert len(trained) == 1
+    assert float(reward_fn.baselines[0]) < 1e-3
+    assert reward_fn.distance(reward_fn.goals).shape == (1, 1)
