@@ -1,5 +1,6 @@
 """Figure 3a: pushing with the HOLD-C ResNet-50 reward (normaliser 5) plus the sparse env
-reward, 400 x 1000 steps. Needs the released HOLD-C checkpoint (README)."""
+reward, 400 x 1000 steps. The released HOLD-C checkpoint if present, else holdjax's
+demo-trained model (README)."""
 
 from holdjax.config import TrainConfig
 

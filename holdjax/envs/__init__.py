@@ -8,9 +8,9 @@ from holdjax.envs.base import EnvState, ManipulationEnv, Task, image_to_float, s
 def _task_classes() -> dict[str, type[Task]]:
     from holdjax.envs.drawer_open import DrawerOpen
     from holdjax.envs.pushing import Pushing
-    from holdjax.envs.tabletop import CloseDrawer
+    from holdjax.envs.tabletop import CloseDrawer, CupForward, FaucetRight
 
-    return {cls.name: cls for cls in (Pushing, DrawerOpen, CloseDrawer)}
+    return {cls.name: cls for cls in (Pushing, DrawerOpen, CloseDrawer, CupForward, FaucetRight)}
 
 
 TASKS = tuple(_task_classes())

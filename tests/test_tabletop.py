@@ -1,0 +1,192 @@
+"""Behaviour of the DVD tabletop tasks cup_forward and faucet_right (physics impl 'jax').
+
+Both tasks share one scene, reset and state layout, so one compiled physics-only episode
+(no rendering, the slow part on a CPU) serves both: the task picks the expert and the
+success criterion. The CLI's success rates are checked for every task in test_envs.py.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import cached_env
+
+from holdjax import envs
+from holdjax.envs import tabletop
+from holdjax.envs.base import sanitize_action
+
+TASKS = ("cup_forward", "faucet_right")
+WORLDS = 16
+# Awkward starts the expert must recover from: (task, hand position).
+HARD_STARTS = (
+    ("cup_forward", (0.01, 0.665, 0.015)),  # in front of the mug
+    ("cup_forward", (0.06, 0.6, 0.015)),  # beside the mug
+    ("faucet_right", (-0.29, 0.56, 0.093)),  # on the handle's wrong (-x) side
+    ("faucet_right", (-0.33, 0.62, 0.05)),  # further round on the wrong side, low
+)
+
+
+@functools.cache
+def scene():
+    """(env, tasks by name, jitted episode) for the shared tabletop scene."""
+    env = cached_env("cup_forward")
+    tasks = {name: envs.make_task(name) for name in TASKS}
+    experts = [jax.vmap(tasks[name].expert_action) for name in TASKS]
+    successes = [jax.vmap(lambda s, t=tasks[name]: t.evaluate(s)["success"]) for name in TASKS]
+
+    def episode(task_index, qpos, hand, key, expert_weight, noise):
+        """States (T + 1, N, S) and success (T, N) of one episode from the given worlds,
+        acting ``expert_weight * (expert + noise) + (1 - expert_weight) * uniform``."""
+        data = jax.vmap(env._world_at, in_axes=(0, 0, None))(qpos, hand, WORLDS)
+        first = jax.vmap(env.task.observe)(data)
+
+        def body(data, step_key):
+            state = jax.vmap(env.task.observe)(data)
+            noise_key, random_key = jax.random.split(step_key)
+            expert = jax.lax.switch(task_index, experts, state)
+            expert = expert + noise * jax.random.normal(noise_key, expert.shape)
+            uniform = jax.random.uniform(random_key, expert.shape, minval=-1.0, maxval=1.0)
+            action = sanitize_action(expert_weight * expert + (1.0 - expert_weight) * uniform)
+            data = jax.vmap(env._step_world)(data, action)
+            state = jax.vmap(env.task.observe)(data)
+            return data, (state, jax.lax.switch(task_index, successes, state))
+
+        keys = jax.random.split(key, env.episode_length)
+        _, (states, success) = jax.lax.scan(body, data, keys)
+        return jnp.concatenate([first[None], states]), success
+
+    return env, tasks, jax.jit(episode)
+
+
+def start_worlds(task, hands=()):
+    """(qpos, hand) of WORLDS worlds: the reset, with the first hands moved to ``hands``."""
+    qpos, hand = jax.vmap(task.init_world)(jax.random.split(jax.random.PRNGKey(0), WORLDS))
+    for i, position in enumerate(hands):
+        position = jnp.array(position, jnp.float32)
+        qpos = qpos.at[i].set(task.start_qpos(hand=position))
+        hand = hand.at[i].set(position)
+    return qpos, hand
+
+
+def run(name, expert_weight, noise=0.0, hands=(), seed=0):
+    """numpy (states, success) of one jitted episode of task ``name``."""
+    _, tasks, episode = scene()
+    qpos, hand = start_worlds(tasks[name], hands)
+    states, success = episode(TASKS.index(name), qpos, hand, jax.random.PRNGKey(seed),
+                              expert_weight, noise)
+    return np.asarray(states), np.asarray(success)
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_reset_is_the_references_fixed_start(name):
+    states, _ = run(name, expert_weight=0.0)
+    start = states[0]
+    np.testing.assert_array_equal(start, np.broadcast_to(start[0], start.shape))
+    np.testing.assert_allclose(start[0, tabletop.HAND], [0.0, 0.5, 0.02], atol=0.01)
+    np.testing.assert_allclose(start[0, tabletop.TARGET], [0.0, 0.5, 0.02], atol=1e-6)
+    np.testing.assert_allclose(start[0, tabletop.MUG], [0.0, 0.6, 0.0], atol=0.005)
+    np.testing.assert_allclose(start[0, tabletop.DRAWER], -0.07, atol=1e-6)
+    np.testing.assert_allclose(start[0, tabletop.FAUCET], 0.0, atol=1e-6)
+    task = envs.make_task(name)
+    assert not bool(task.evaluate(jnp.asarray(start[0]))["success"])
+    # Every key gives the same start (the reference's reset has no randomness).
+    qpos, _ = jax.vmap(task.init_world)(jax.random.split(jax.random.PRNGKey(1), 3))
+    np.testing.assert_array_equal(qpos, np.broadcast_to(qpos[0], qpos.shape))
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_noisy_expert_succeeds_and_recovers_from_awkward_starts(name):
+    hands = [hand for task, hand in HARD_STARTS if task == name]
+    states, success = run(name, expert_weight=1.0, noise=0.3, hands=hands)
+    assert success.any(axis=0).all(), np.flatnonzero(~success.any(axis=0))
+    assert success[-1].mean() >= 0.75, success[-1]  # and it stays solved
+    # The expert moves the hand only within the reference's bounds.
+    hand_targets = states[:, :, tabletop.TARGET]
+    assert (hand_targets >= np.asarray(tabletop.HAND_LOW) - 1e-6).all()
+    assert (hand_targets <= np.asarray(tabletop.HAND_HIGH) + 1e-6).all()
+
+
+def test_cup_expert_leaves_the_mug_on_the_target_and_steps_aside():
+    states, success = run("cup_forward", expert_weight=1.0)
+    assert success[-1].all()
+    final = states[-1]
+    mug_to_target = np.linalg.norm(final[:, tabletop.MUG] - np.asarray(tabletop.MUG_TARGET), axis=1)
+    assert (mug_to_target < 0.02).all(), mug_to_target
+    np.testing.assert_allclose(final[:, tabletop.HAND], np.tile(tabletop.CUP_REST, (WORLDS, 1)),
+                               atol=0.01)
+
+
+def test_faucet_expert_turns_the_handle_right_to_its_goal():
+    states, success = run("faucet_right", expert_weight=1.0)
+    assert success[-1].all()
+    faucet = states[:, :, tabletop.FAUCET]
+    # It only ever turns right, and ends near the goal angle, within the joint range.
+    assert (faucet <= 1e-3).all()
+    np.testing.assert_allclose(faucet[-1], tabletop.FAUCET_GOAL, atol=0.1)
+    assert (faucet[-1] > -1.57).all()
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_random_actions_mostly_fail(name):
+    _, success = run(name, expert_weight=0.0, seed=1)
+    assert success.any(axis=0).mean() <= 0.25
+
+
+def test_cup_forward_success_and_dense_reward():
+    task = envs.make_task("cup_forward")
+    target = np.asarray(tabletop.MUG_TARGET)
+
+    def metrics(mug, hand):
+        state = jnp.zeros(task.state_dim).at[tabletop.MUG].set(mug).at[tabletop.HAND].set(hand)
+        return {k: float(v) for k, v in task.evaluate(state).items()}
+
+    # Success: the mug within 0.075 of the target in 3-D (the reference's criterion).
+    assert metrics(target + [0.0, -0.0749, 0.0], target)["success"] == 1.0
+    assert metrics(target + [0.0749, 0.0, 0.0], target)["reward"] == 1.0
+    assert metrics(target + [0.0, -0.0751, 0.0], target)["success"] == 0.0
+    assert metrics(target + [0.0, 0.0, 0.0751], target)["reward"] == 0.0
+    # Dense: success - |mug - target| - |hand - target| (the hand term is to the target).
+    solved = metrics(target + [0.03, 0.0, 0.0], target + [0.0, -0.04, 0.0])
+    assert solved["dense_reward"] == pytest.approx(1.0 - 0.03 - 0.04, abs=1e-6)
+    start = metrics([0.0, 0.6, 0.0], [0.0, 0.5, 0.02])
+    assert start["dense_reward"] == pytest.approx(-0.1 - np.hypot(0.2, 0.02), abs=1e-6)
+
+
+def test_faucet_right_success_and_dense_reward():
+    task = envs.make_task("faucet_right")
+    hand_target = np.asarray(tabletop.FAUCET_DENSE_HAND)
+
+    def metrics(faucet, hand=hand_target):
+        state = jnp.zeros(task.state_dim).at[tabletop.FAUCET].set(faucet)
+        state = state.at[tabletop.HAND].set(hand)
+        return {k: float(v) for k, v in task.evaluate(state).items()}
+
+    # Success: the faucet joint below -0.01 rad (turned right); left never counts.
+    assert metrics(-0.0101)["success"] == 1.0
+    assert metrics(-0.0099)["success"] == 0.0
+    assert metrics(1.0)["reward"] == 0.0
+    # Dense: success - q_faucet - |hand - (-0.27, 0.53, 0.11)|.
+    assert metrics(-0.5)["dense_reward"] == pytest.approx(1.5, abs=1e-6)
+    away = metrics(0.0, hand_target + [0.0, 0.0, 0.05])
+    assert away["dense_reward"] == pytest.approx(-0.05, abs=1e-6)
+
+
+def test_camera_images_are_120x180_and_mirrored():
+    """Goal states render at the reference's 120 x 180, and differ from the same scene
+    unsolved (hand in place) where the object is: the faucet (world x = -0.25) in the
+    right half of the mirrored image, the mug (x = 0) in the middle."""
+    env, tasks, _ = scene()
+    worlds = []
+    for name in TASKS:
+        (qpos, hand), = tasks[name].goal_worlds().values()
+        worlds += [(tasks[name].start_qpos(hand=hand), hand), (qpos, hand)]
+    images = np.asarray(jax.jit(env.render_worlds)(jnp.stack([q for q, _ in worlds]),
+                                                   jnp.stack([h for _, h in worlds])))
+    assert images.shape == (4, 120, 180, 3) and images.dtype == np.uint8
+    cup, faucet = (np.abs(images[i + 1].astype(int) - images[i]).sum(axis=(0, 2))
+                   for i in (0, 2))
+    assert cup.sum() > 0 and faucet.sum() > 0
+    assert faucet[90:].sum() > 10 * faucet[:90].sum()
+    assert 60 < np.average(np.arange(180), weights=cup) < 120
