@@ -22,6 +22,7 @@ from holdjax.reward.shaping import ShapingConfig
 from holdjax.sac.update import SACConfig
 
 CONFIGS_PACKAGE = "configs"
+OBSERVATIONS = ("pixels", "state")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,9 @@ class TrainConfig:
     name: str = ""  # run name; "" -> "<task>_<reward>"
     task: str = "pushing"
     reward: str = "sparse"  # sparse | dense | l2 | holdc
+    # What policy, critics and replay see: the camera image (the reference's) or the
+    # task's low-dimensional state (no rendering unless the reward scores images).
+    observation: str = "pixels"  # pixels | state
 
     # Distance model (holdc): the released checkpoint and its architecture.
     reward_checkpoint: str = ""  # "" -> $HOLD_TOP_DIR/hold/holdc/checkpoint
@@ -162,6 +166,12 @@ class TrainConfig:
             raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(envs.TASKS)}")
         if self.reward not in REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; valid rewards: {', '.join(REWARDS)}")
+        if self.observation not in OBSERVATIONS:
+            raise ValueError(f"unknown observation {self.observation!r}; valid observations: "
+                             f"{', '.join(OBSERVATIONS)}")
+        if self.observation == "state" and self.goal_based_policy:
+            raise ValueError("goal_based_policy puts the goal image beside the frame: it needs "
+                             "observation=pixels")
         for name in ("num_epochs", "epoch_length", "num_envs", "seeds", "batch_size",
                      "eval_episodes", "checkpoint_frequency"):
             if getattr(self, name) < 1:

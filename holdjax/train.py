@@ -21,6 +21,7 @@ import os
 import sys
 import time
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,9 +32,18 @@ from holdjax import checkpoint, envs
 from holdjax.config import TrainConfig, config_from_args
 from holdjax.envs.base import EnvState, ManipulationEnv
 from holdjax.reward import RewardFunction, make_reward
+from holdjax.reward.base import DISTANCE_REWARDS
 from holdjax.reward.shaping import ShapingState
 from holdjax.sac import networks as sac_networks
-from holdjax.sac.replay import ReplayBuffer, Transition, init_replay, insert, sample
+from holdjax.sac.replay import (
+    ReplayBuffer,
+    Transition,
+    init_replay,
+    insert,
+    is_image_shape,
+    sample,
+    stored_obs_to_float,
+)
 from holdjax.sac.update import SACState, init_sac, networks_for, sac_update
 
 VIDEO_WORLDS = 4
@@ -63,16 +73,21 @@ class Trainer:
         if config.seeds % num_devices:
             raise ValueError(f"{config.seeds} seeds cannot be split over {num_devices} devices")
         self.num_devices = num_devices
-        self.env: ManipulationEnv = envs.make(
-            config.task, impl=config.impl,
-            device_axis=("seeds", num_devices) if num_devices > 1 else None)
+        # State-based runs render only when the reward scores images (and for eval videos).
+        self.env = ManipulationEnv(
+            envs.make_task(config.task), impl=config.impl,
+            device_axis=("seeds", num_devices) if num_devices > 1 else None,
+            render_obs=config.observation == "pixels" or config.reward in DISTANCE_REWARDS)
         self.reward_fn: RewardFunction = make_reward(config, self.env)
         # Per device: each device trains seeds // num_devices seeds on its own worlds.
         self.num_seeds, self.num_envs = config.seeds // num_devices, config.num_envs
-        height, width = self.env.image_shape
-        self.obs_shape = (height, width, 6 if config.goal_based_policy else 3)
+        if config.observation == "state":
+            self.obs_shape = (self.env.task.state_dim,)
+        else:
+            height, width = self.env.image_shape
+            self.obs_shape = (height, width, 6 if config.goal_based_policy else 3)
         self.action_dim = self.env.action_dim
-        self.networks = networks_for(config.sac, self.action_dim, from_pixels=True)
+        self.networks = networks_for(config.sac, self.action_dim, is_image_shape(self.obs_shape))
         # The reference starts training once the buffer holds one episode.
         self.min_replay = config.learning_starts or self.env.episode_length
         init, train_epoch, evaluate = self._init_seeds, self._train_epoch, self._evaluate
@@ -143,11 +158,27 @@ class Trainer:
         return self.env.reset_with_keys(keys.reshape(-1, keys.shape[-1]))
 
     # ---- policy input --------------------------------------------------------------------
-    def policy_obs(self, obs: jax.Array, reward_state: ShapingState) -> jax.Array:
-        """uint8 policy input: the frame, with the current subgoal image on the channels."""
-        if self.config.goal_based_policy:
-            obs = jnp.concatenate([obs, self.reward_fn.goal_image(reward_state)], axis=-1)
+    def policy_obs(self, env_state: EnvState, reward_state: ShapingState) -> jax.Array:
+        """Policy input as stored in replay: the float state vector, or the uint8 frame with
+        the current subgoal image on the channels."""
+        if self.config.observation == "state":
+            obs = env_state.state
+        elif self.config.goal_based_policy:
+            obs = jnp.concatenate(
+                [env_state.obs, self.reward_fn.goal_image(reward_state)], axis=-1)
+        else:
+            obs = env_state.obs
+        chex.assert_shape(obs, (env_state.step_count.shape[0], *self.obs_shape))
         return obs
+
+    def video_frames(self, env_state: EnvState) -> jax.Array:
+        """Images of the first ``VIDEO_WORLDS`` worlds: the observations when the env renders,
+        else rendered for the video alone (state-based runs skip the camera elsewhere)."""
+        if self.env.render_obs:
+            return env_state.obs[:VIDEO_WORLDS]
+        data = jax.tree.map(lambda x: x[:VIDEO_WORLDS], env_state.data)
+        return self.env.render_worlds(data.qpos,
+                                      data.mocap_pos[:, self.env.task.hand_target_mocap])
 
     def per_seed(self, x: jax.Array) -> jax.Array:
         return x.reshape(self.num_seeds, self.num_envs, *x.shape[1:])
@@ -161,21 +192,20 @@ class Trainer:
         keys = jax.vmap(lambda k: jax.random.split(k, 4))(state.key)
         next_key, act_key, update_key, reset_key = (keys[:, i] for i in range(4))
 
-        obs = self.policy_obs(state.env.obs, state.reward)
+        obs = self.policy_obs(state.env, state.reward)
         obs_k = self.per_seed(obs)
 
         def act(sac, obs, key):
             policy_key, random_key = jax.random.split(key)
             action, _ = sac_networks.sample_action(
-                self.networks.actor, sac.actor_params, obs.astype(jnp.float32) / 255.0,
-                policy_key)
+                self.networks.actor, sac.actor_params, stored_obs_to_float(obs), policy_key)
             uniform = jax.random.uniform(random_key, action.shape, minval=-1.0, maxval=1.0)
             return jnp.where(state.env_steps < self.config.initial_random_steps, uniform, action)
 
         actions = jax.vmap(act)(state.sac, obs_k, act_key)
         env_state = self.env.step(state.env, self.flat(actions))
         reward, reward_state = self.reward_fn(env_state, state.reward)
-        next_obs = self.policy_obs(env_state.obs, reward_state)
+        next_obs = self.policy_obs(env_state, reward_state)
         terminal = env_state.done if self.config.timeouts_as_terminal else jnp.zeros_like(
             env_state.done)
         transitions = Transition(
@@ -254,18 +284,18 @@ class Trainer:
 
         def body(carry, _):
             env_state, reward_state = carry
-            obs = self.policy_obs(env_state.obs, reward_state)
+            obs = self.policy_obs(env_state, reward_state)
             obs = obs.reshape(self.num_seeds, episodes, *obs.shape[1:])
             actions = jax.vmap(lambda s, o: sac_networks.deterministic_action(
-                self.networks.actor, s.actor_params, o.astype(jnp.float32) / 255.0))(sac, obs)
+                self.networks.actor, s.actor_params, stored_obs_to_float(o)))(sac, obs)
             env_state = self.env.step(env_state, actions.reshape(-1, self.action_dim))
             _, reward_state = self.reward_fn(env_state, reward_state)  # advances subgoals
             return (env_state, reward_state), (env_state.success, env_state.reward,
-                                               env_state.obs[:VIDEO_WORLDS])
+                                               self.video_frames(env_state))
 
         _, (success, reward, frames) = jax.lax.scan(
             body, (env_state, reward_state), None, length=self.env.episode_length)
-        frames = jnp.concatenate([env_state.obs[None, :VIDEO_WORLDS], frames])
+        frames = jnp.concatenate([self.video_frames(env_state)[None], frames])
         per_seed = lambda x: x.reshape(x.shape[0], self.num_seeds, episodes)  # noqa: E731
         success, reward = per_seed(success), per_seed(reward)
         return {

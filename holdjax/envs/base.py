@@ -49,8 +49,9 @@ class EnvState:
     """A batch of worlds after a reset or a step (leading axis = worlds)."""
 
     data: mjx.Data  # physics state
-    obs: jax.Array  # (N, H, W, 3) uint8 image from the task camera, after the step
-    state: jax.Array  # (N, S) float32 low-dimensional task state, for diagnostics/experts
+    obs: jax.Array  # (N, H, W, 3) uint8 image from the task camera, after the step;
+    # (N, 0, 0, 3) when the env does not render (ManipulationEnv(render_obs=False))
+    state: jax.Array  # (N, S) float32 low-dimensional task state (experts, state policies)
     reward: jax.Array  # (N,) float32 the task's sparse reward (the reference's env reward)
     dense_reward: jax.Array  # (N,) float32 shaped reward, for tests and baselines
     success: jax.Array  # (N,) bool the task's success criterion
@@ -165,12 +166,17 @@ class ManipulationEnv:
         impl: str = "auto",
         image_shape: tuple[int, int] | None = None,
         device_axis: tuple[str, int] | None = None,
+        render_obs: bool = True,
     ):
         """``device_axis=(name, D)``: the env runs inside ``shard_map`` over a mesh axis of
-        D devices, each stepping its own share of the worlds with its own renderer."""
+        D devices, each stepping its own share of the worlds with its own renderer.
+        ``render_obs=False``: ``reset``/``step`` skip the camera (``obs`` is empty), for
+        policies and rewards that read only ``state``; ``render``/``render_worlds`` still work.
+        """
         impl = resolve_impl(impl)
         self.task = task
         self.device_axis = device_axis
+        self.render_obs = render_obs
         self.impl = impl
         self.image_shape = tuple(image_shape or task.image_shape)
         self.model = mjx.put_model(task.mj_model, impl=impl)
@@ -228,7 +234,7 @@ class ManipulationEnv:
 
     def step(self, state: EnvState, action: jax.Array) -> EnvState:
         """Advances every world by one control period; ``action`` is (N, action_dim)."""
-        num_envs = state.obs.shape[0]
+        num_envs = state.step_count.shape[0]
         chex.assert_shape(action, (num_envs, self.task.action_dim))
         action = sanitize_action(action.astype(jnp.float32))
         data = jax.vmap(self._step_world)(state.data, action)
@@ -270,12 +276,18 @@ class ManipulationEnv:
         )
         return mjx.forward(self.model, data)
 
+    def _camera(self, data: mjx.Data) -> jax.Array:
+        """The observation images, or empty ones (no render at all) when not ``render_obs``."""
+        if self.render_obs:
+            return self.render(data)
+        return jnp.zeros((data.qpos.shape[0], 0, 0, 3), jnp.uint8)
+
     def _finish(self, data: mjx.Data, step_count: jax.Array) -> EnvState:
         state = jax.vmap(self.task.observe)(data)
         metrics = jax.vmap(self.task.evaluate)(state)
         return EnvState(
             data=data,
-            obs=self.render(data),
+            obs=self._camera(data),
             state=state,
             reward=metrics["reward"].astype(jnp.float32),
             dense_reward=metrics["dense_reward"].astype(jnp.float32),
