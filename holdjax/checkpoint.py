@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 # match them. Others (epochs, output frequencies, eval episodes) may change on resume.
 STRUCTURAL_FIELDS = (
     "task", "reward", "num_envs", "seeds", "batch_size", "goal_based_policy", "use_subtasks",
-    "replay_size", "epoch_length", "impl",
+    "replay_size", "epoch_length", "impl", "observation",
 )
 
 

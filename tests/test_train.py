@@ -104,6 +104,8 @@ def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, tmp_path)
         train(dataclasses.replace(config, out=str(tmp_path / "nothing")), resume=True)
     with pytest.raises(checkpoint.CheckpointError, match="num_envs: saved 4, requested 8"):
         train(dataclasses.replace(config, num_envs=8), resume=True)
+    with pytest.raises(checkpoint.CheckpointError, match="observation: saved"):
+        train(dataclasses.replace(config, observation="state"), resume=True)
     with pytest.raises(checkpoint.CheckpointError, match="already holds checkpoints"):
         train(config)
     with pytest.raises(SystemExit):
