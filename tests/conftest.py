@@ -2,6 +2,7 @@
 them is the slow part on the CPU)."""
 
 import functools
+import gc
 import os
 
 # benchmarks/reference_loop.py renders through OpenGL; mujoco reads this when first imported.
@@ -28,3 +29,15 @@ def jitted(task: str, impl: str = "jax"):
 @pytest.fixture(scope="session")
 def pushing():
     return jitted("pushing")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """Frees each test module's compiled programs and trainers after it: in one process the
+    whole suite's XLA programs outgrew a CI machine (XLA aborted mid-compile late in the run)."""
+    yield
+    from holdjax import train
+
+    train._trainer_for.cache_clear()
+    jax.clear_caches()
+    gc.collect()
