@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--nums", default="1,256,2048,8192" if gpu else "1,16,64")
     parser.add_argument("--steps", type=int, default=100 if gpu else 20)
     parser.add_argument("--repeats", type=int, default=3 if gpu else 1)
+    parser.add_argument("--tag", default="", help="variant name for the results file")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
 
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append(row)
                 print(format_row(row), flush=True)
                 # Rewritten after every row, so a run stopped at a time limit keeps its rows.
-                path = write_results("env_throughput", summarize(rows), **kwargs)
+                name = "env_throughput" + (f"-{args.tag}" if args.tag else "")
+                path = write_results(name, summarize(rows), **kwargs)
     print("wrote", path)
     return summarize(rows)
 

@@ -9,6 +9,7 @@
 # or, when the session has one call's worth of device time, everything in order of value,
 # each part under its own time limit so that a slow part cannot starve the ones before it:
 #   bash benchmarks/gpu_session.sh all      # sac, then train, then envs
+#   bash benchmarks/gpu_session.sh probe    # SAC update profile and variants, every task's envs
 # Results go to $OUT (copied back) and benchmarks/results/ on the device.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -32,6 +33,19 @@ case "${1:-envs}" in
     timeout 540 python3 benchmarks/sac_update.py --out="$out" 2>&1 | tee "$out/sac_update.log" ;;
   train)  # the reference's ratio (auto: one update per env step on a GPU), one seed
     dense_pushing 540 ;;
+  probe)  # where an update's time goes, and the knobs that might cut it; then every task's env
+    cmdbuf=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE
+    sac() { timeout 75 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --out="$out" "$@" \
+      2>&1 | tee -a "$out/sac_update.log"; }
+    sac --seeds=1,5 --trace=/tmp/trace_base
+    XLA_FLAGS="--xla_gpu_enable_command_buffer=$cmdbuf --xla_gpu_graph_min_graph_size=1" \
+      sac --seeds=1,5 --tag=cmdbuf_while --trace=/tmp/trace_cmdbuf
+    sac --seeds=1 --tag=unroll4 --unroll=4
+    sac --seeds=1 --tag=flat_adam --flat_optimizer
+    timeout 130 python3 benchmarks/env_throughput.py --impls=warp --nums=256,2048,8192 --steps=50 \
+      --repeats=2 --out="$out" 2>&1 | tee "$out/env_throughput.log"
+    timeout 70 python3 benchmarks/env_throughput.py --tasks=pushing --impls=jax --tag=jax \
+      --nums=2048,8192 --steps=50 --repeats=2 --out="$out" 2>&1 | tee -a "$out/env_throughput.log" ;;
   all)
     budget=${BUDGET_S:-480}
     timeout 130 python3 benchmarks/sac_update.py --seeds=1,5 --updates=200 --repeats=2 \

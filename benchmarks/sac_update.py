@@ -3,13 +3,18 @@
     python benchmarks/sac_update.py                      # defaults for this device
     python benchmarks/sac_update.py --seeds=1,5 --updates=20 --repeats=2
     python benchmarks/sac_update.py --conv=lax           # the plain nn.Conv encoder, to compare
+    XLA_FLAGS=... python benchmarks/sac_update.py --tag=cmdbuf --trace=/tmp/trace  # a variant
 
 Reference networks (two [conv 8x5x5 SAME, ReLU, 2x2 max-pool] encoders, 256-256 MLPs), a replay
 batch of ``--batch`` uint8 images of 48x48x3 with 2-D actions. For each seed count S one jitted
 function runs ``--updates`` ``sac_update``s in a ``lax.scan`` (S > 1: the whole scan vmapped
 over S learner states, one shared batch, per-seed keys). The first call, which includes
 compilation, is reported separately; then the best of ``--repeats`` calls. Writes
-``benchmarks/results/sac_update-<device>.json`` and prints a table.
+``benchmarks/results/sac_update-<device>.json`` (``sac_update-<tag>-<device>.json`` with
+``--tag``; the payload records ``XLA_FLAGS``) and prints a table. ``--unroll`` unrolls the scan
+body that many times (fewer loop-condition round trips, fusion across updates). ``--trace=DIR``
+profiles one more call of the one-seed scan and summarises its device kernels (count per
+update, busy share of the wall time, the costliest kernels) into the payload's ``profile``.
 
 The encoder's layers are `ConvReluPool` (``--conv=canonical``, the default everywhere);
 ``--conv=lax`` makes the encoder use ``nn.Conv`` (``lax.conv_general_dilated`` and its autodiff)
@@ -20,6 +25,11 @@ is ~30x slower inside the scan, so use few updates.
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
+import json
+import os
 import sys
 
 import jax
@@ -47,19 +57,25 @@ def make_batch(key: jax.Array, batch_size: int) -> replay.Transition:
     )
 
 
-def measure(num_seeds: int, updates: int, batch_size: int, repeats: int, conv: str) -> dict:
-    config = SACConfig(batch_size=batch_size, encoder_conv=conv)
-    batch = make_batch(jax.random.key(1), batch_size)
-    init = jax.jit(lambda key: init_sac(key, IMAGE_SHAPE, ACTION_DIM, config))
+def scan_updates(config: SACConfig, batch: replay.Transition, updates: int, unroll: int):
+    """(state, key) -> (step, last critic loss) after ``updates`` sequential `sac_update`s."""
 
     def run_one(state, key):
         def body(state, key):
             state, metrics = sac_update(state, batch, key, config)
             return state, metrics["critic_loss"]
 
-        state, losses = jax.lax.scan(body, state, jax.random.split(key, updates))
+        keys = jax.random.split(key, updates)
+        state, losses = jax.lax.scan(body, state, keys, unroll=unroll)
         return state.step, losses[-1]
 
+    return run_one
+
+
+def measure(num_seeds: int, updates: int, repeats: int, config: SACConfig, unroll: int) -> dict:
+    batch = make_batch(jax.random.key(1), config.batch_size)
+    init = jax.jit(lambda key: init_sac(key, IMAGE_SHAPE, ACTION_DIM, config))
+    run_one = scan_updates(config, batch, updates, unroll)
     if num_seeds == 1:
         state, keys = init(jax.random.key(0)), jax.random.key(2)
         run = jax.jit(run_one)
@@ -72,11 +88,68 @@ def measure(num_seeds: int, updates: int, batch_size: int, repeats: int, conv: s
     return {
         "num_seeds": num_seeds,
         "updates_per_scan": updates,
-        "batch_size": batch_size,
+        "batch_size": config.batch_size,
         "ms_per_update": 1e3 * best / updates,
         "updates_per_s": updates / best,
         "seed_updates_per_s": num_seeds * updates / best,
         "compile_and_first_run_s": first,
+        "unroll": unroll,
+    }
+
+
+def profile(trace_dir: str, updates: int, config: SACConfig, unroll: int) -> dict:
+    """Device kernels of one profiled one-seed scan: count per update, busy share, top 15."""
+    batch = make_batch(jax.random.key(1), config.batch_size)
+    run = jax.jit(scan_updates(config, batch, updates, unroll))
+    state = jax.jit(lambda key: init_sac(key, IMAGE_SHAPE, ACTION_DIM, config))(jax.random.key(0))
+    jax.block_until_ready(run(state, jax.random.key(2)))
+    with jax.profiler.trace(trace_dir):
+        jax.block_until_ready(run(state, jax.random.key(3)))
+    return summarize_trace(trace_dir, updates)
+
+
+def summarize_trace(trace_dir: str, updates: int, device_prefix: str = "/device:") -> dict:
+    """Kernel statistics from the newest ``*.trace.json.gz`` under ``trace_dir``."""
+    paths = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.trace.json.gz"))
+    with gzip.open(max(paths, key=os.path.getmtime)) as f:
+        events = json.load(f)["traceEvents"]
+    device_pids = {
+        e["pid"] for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name"
+        and e["args"]["name"].startswith(device_prefix)
+    }
+    kernels = [e for e in events if e.get("ph") == "X" and e.get("pid") in device_pids]
+    if not kernels:
+        return {"device_events": 0}
+    thread_names = {
+        (e["pid"], e["tid"]): e["args"]["name"] for e in events
+        if e.get("ph") == "M" and e.get("name") == "thread_name" and e.get("pid") in device_pids
+    }
+    by_thread = collections.defaultdict(lambda: [0, 0.0])
+    for e in kernels:
+        by_thread[thread_names.get((e["pid"], e["tid"]), str(e["tid"]))][0] += 1
+        by_thread[thread_names.get((e["pid"], e["tid"]), str(e["tid"]))][1] += e["dur"]
+    busy_us = sum(e["dur"] for e in kernels)
+    span_us = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
+    by_name = collections.defaultdict(lambda: [0, 0.0])
+    for e in kernels:
+        by_name[e["name"][:80]][0] += 1
+        by_name[e["name"][:80]][1] += e["dur"]
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:15]
+    return {
+        "device_events": len(kernels),
+        "events_per_update": len(kernels) / updates,
+        "busy_us_per_update": busy_us / updates,
+        "span_us_per_update": span_us / updates,
+        "busy_share": busy_us / span_us,
+        "threads": {
+            name: {"events_per_update": n / updates, "busy_us_per_update": t / updates}
+            for name, (n, t) in by_thread.items()
+        },
+        "top_kernels": [
+            {"name": name, "count_per_update": n / updates, "us_per_update": t / updates}
+            for name, (n, t) in top
+        ],
     }
 
 
@@ -109,15 +182,22 @@ def main(argv: list[str] | None = None) -> dict:
         default="canonical",
         help="canonical: ConvReluPool (custom-VJP convolutions, the default); lax: nn.Conv",
     )
+    parser.add_argument("--flat_optimizer", action="store_true", help="Adam on raveled params")
+    parser.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
+    parser.add_argument("--tag", default="", help="variant name for the results file")
+    parser.add_argument("--trace", default="", help="profile one 1-seed scan into this folder")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
 
     conv_name = {"canonical": "ConvReluPool", "lax": "nn.Conv"}[args.conv]
     print(f"backend {jax.default_backend()}, encoder layers: {conv_name}", flush=True)
     print(HEADER, flush=True)
+    config = SACConfig(
+        batch_size=args.batch, encoder_conv=args.conv, flat_optimizer=args.flat_optimizer
+    )
     rows = []
     for num_seeds in map(int, args.seeds.split(",")):
-        row = measure(num_seeds, args.updates, args.batch, args.repeats, args.conv)
+        row = measure(num_seeds, args.updates, args.repeats, config, args.unroll)
         rows.append(row)
         print(format_row(row), flush=True)
 
@@ -125,10 +205,16 @@ def main(argv: list[str] | None = None) -> dict:
         "image_shape": list(IMAGE_SHAPE),
         "action_dim": ACTION_DIM,
         "encoder_layers": conv_name,
+        "flat_optimizer": args.flat_optimizer,
         "repeats": args.repeats,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "rows": rows,
     }
+    if args.trace:
+        payload["profile"] = profile(args.trace, args.updates, config, args.unroll)
+        print(json.dumps(payload["profile"], indent=1), flush=True)
     name = "sac_update" if args.conv == "canonical" else f"sac_update-{args.conv}"
+    name += f"-{args.tag}" if args.tag else ""
     kwargs = {} if args.out is None else {"out_dir": args.out}
     path = write_results(name, payload, **kwargs)
     print(f"wrote {path}")
