@@ -211,7 +211,10 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
     }
     if args.trace:
-        payload["profile"] = profile(args.trace, args.updates, config, args.unroll)
+        try:
+            payload["profile"] = profile(args.trace, args.updates, config, args.unroll)
+        except Exception as e:  # e.g. no CUPTI on this machine: keep the timings
+            payload["profile"] = {"error": repr(e)[:300]}
         print(json.dumps(payload["profile"], indent=1), flush=True)
     name = "sac_update" if args.conv == "canonical" else f"sac_update-{args.conv}"
     name += f"-{args.tag}" if args.tag else ""
