@@ -10,6 +10,7 @@
 # each part under its own time limit so that a slow part cannot starve the ones before it:
 #   bash benchmarks/gpu_session.sh all      # sac, then train, then envs
 #   bash benchmarks/gpu_session.sh probe    # SAC update profile and variants, every task's envs
+#   bash benchmarks/gpu_session.sh speed    # bf16 encoders, run_all, 120x180 tabletop envs
 # Results go to $OUT (copied back) and benchmarks/results/ on the device.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -46,6 +47,16 @@ case "${1:-envs}" in
       --repeats=2 --out="$out" 2>&1 | tee "$out/env_throughput.log"
     timeout 70 python3 benchmarks/env_throughput.py --tasks=pushing --impls=jax --tag=jax \
       --nums=2048,8192 --steps=50 --repeats=2 --out="$out" 2>&1 | tee -a "$out/env_throughput.log" ;;
+  speed)  # bf16 encoders, then the three-way comparison (run_all), then 120x180 tabletop envs
+    sac() { timeout 50 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --out="$out" "$@" \
+      2>&1 | tee -a "$out/sac_update.log"; }
+    sac --seeds=1,5 --encoder_dtype=bfloat16 --tag=bf16
+    sac --seeds=1 --encoder_dtype=bfloat16 --conv=lax --tag=bf16
+    timeout 330 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \
+      --out="$out" > "$out/run_all.log" 2>&1; tail -40 "$out/run_all.log"
+    timeout $((${BUDGET_S:-450} - SECONDS)) python3 benchmarks/env_throughput.py \
+      --tasks=close_drawer --impls=jax,warp --nums=256,2048 --steps=50 --repeats=2 --tag=tabletop \
+      --out="$out" 2>&1 | tee "$out/env_throughput.log" ;;
   all)
     budget=${BUDGET_S:-480}
     timeout 130 python3 benchmarks/sac_update.py --seeds=1,5 --updates=200 --repeats=2 \

@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
         default="canonical",
         help="canonical: ConvReluPool (custom-VJP convolutions, the default); lax: nn.Conv",
     )
+    parser.add_argument("--encoder_dtype", default="float32", help="convolutions' compute type")
     parser.add_argument("--flat_optimizer", action="store_true", help="Adam on raveled params")
     parser.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
     parser.add_argument("--tag", default="", help="variant name for the results file")
@@ -193,7 +194,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"backend {jax.default_backend()}, encoder layers: {conv_name}", flush=True)
     print(HEADER, flush=True)
     config = SACConfig(
-        batch_size=args.batch, encoder_conv=args.conv, flat_optimizer=args.flat_optimizer
+        batch_size=args.batch,
+        encoder_conv=args.conv,
+        encoder_dtype=args.encoder_dtype,
+        flat_optimizer=args.flat_optimizer,
     )
     rows = []
     for num_seeds in map(int, args.seeds.split(",")):
@@ -206,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         "action_dim": ACTION_DIM,
         "encoder_layers": conv_name,
         "flat_optimizer": args.flat_optimizer,
+        "encoder_dtype": args.encoder_dtype,
         "repeats": args.repeats,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "rows": rows,

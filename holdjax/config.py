@@ -23,6 +23,7 @@ from holdjax.sac.update import SACConfig
 
 CONFIGS_PACKAGE = "configs"
 OBSERVATIONS = ("pixels", "state")
+ENCODER_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,9 @@ class TrainConfig:
     tau: float = 5e-3
     batch_size: int = 256
     aug_pad: int = 4
+    # The SAC encoders' convolution compute type: "float32" (the reference's) or "bfloat16"
+    # (half the bytes; parameters, MLPs and losses stay float32).
+    encoder_dtype: str = "float32"
 
     # Output.
     out: str = ""  # "" -> $HOLD_TOP_DIR/hold_policies/<name> or runs/<name>
@@ -142,6 +146,7 @@ class TrainConfig:
             tau=self.tau,
             batch_size=self.batch_size,
             aug_pad=self.aug_pad,
+            encoder_dtype=self.encoder_dtype,
         )
 
     @property
@@ -178,6 +183,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.updates_per_step < 0:
             raise ValueError("updates_per_step must be positive (or 0 for the device default)")
+        if self.encoder_dtype not in ENCODER_DTYPES:
+            raise ValueError(f"unknown encoder_dtype {self.encoder_dtype!r}; valid: "
+                             f"{', '.join(ENCODER_DTYPES)}")
         return self
 
 

@@ -442,3 +442,45 @@ def test_encoder_layers_match_nn_conv(size):
 def test_encoder_rejects_unknown_conv():
     with pytest.raises(ValueError, match="unknown encoder conv 'cudnn'"):
         networks.Encoder(conv="cudnn").init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+def test_bfloat16_encoder_keeps_float32_params_and_features():
+    """encoder_dtype="bfloat16" computes the convolutions in bf16 (both layer kinds): the same
+    parameters, float32 features within bf16 rounding of the float32 encoder's."""
+    images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 16, 16, 3)), jnp.float32)
+    for conv in networks.ENCODER_CONVS:
+        encoder = networks.Encoder(conv=conv)
+        params = encoder.init(jax.random.key(0), images)
+        features = encoder.apply(params, images)
+        bf16_encoder = networks.Encoder(conv=conv, dtype="bfloat16")
+        jax.tree.map(np.testing.assert_array_equal, bf16_encoder.init(jax.random.key(0), images),
+                     params)
+        bf16_features = bf16_encoder.apply(params, images)
+        assert bf16_features.dtype == jnp.float32
+        scale = float(jnp.abs(features).max())
+        np.testing.assert_allclose(bf16_features, features, atol=2e-2 * scale)
+
+
+def test_flat_optimizer_gives_the_per_leaf_update():
+    """flat_optimizer ravels each network's parameters for Adam: same update up to rounding."""
+    obs_shape = (16, 16, 3)
+    k = jax.random.split(jax.random.key(1), 4)
+    images = jax.random.randint(k[0], (2, 8, *obs_shape), 0, 256).astype(jnp.uint8)
+    batch = replay.Transition(
+        obs=images[0],
+        action=jax.random.uniform(k[1], (8, ACTION_DIM), minval=-1, maxval=1),
+        reward=jax.random.normal(k[2], (8,)),
+        next_obs=images[1],
+        done=jnp.zeros((8,)),
+    )
+    results = []
+    for flat in (False, True):
+        config = SACConfig(hidden_sizes=(32, 32), flat_optimizer=flat)
+        state = init_sac(jax.random.key(0), obs_shape, ACTION_DIM, config)
+        for key in jax.random.split(k[3], 2):
+            state, _ = jax.jit(sac_update, static_argnames="config")(state, batch, key, config)
+        results.append((state.actor_params, state.critic_params, state.log_alpha))
+    jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-6), *results)
+    num_critic_params = sum(x.size for x in jax.tree.leaves(state.critic_params))
+    moments = [x for x in jax.tree.leaves(state.critic_opt_state) if x.ndim]
+    assert [x.shape for x in moments] == [(num_critic_params,)] * 2  # Adam's mu and nu, raveled

@@ -30,32 +30,35 @@ class Encoder(nn.Module):
     ``conv="canonical"`` (default): each layer is a `ConvReluPool`, whose convolutions run fast
     inside `lax.scan` on XLA:CPU (17-44x) and also on an H200 (801 against 694 updates/s;
     benchmarks/NOTES.md). ``conv="lax"``: `nn.Conv`, ReLU, `max_pool_2x2`, with the same
-    parameters and values, kept to compare against.
+    parameters and values, kept to compare against. ``dtype`` is the convolutions' compute
+    type (parameters stay float32; features come out float32 for the MLPs).
     """
 
     filters: Sequence[int] = (8, 8)
     kernel_size: int = 5
     conv: str = "canonical"
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         chex.assert_rank(images, 4)
         if self.conv not in ENCODER_CONVS:
             raise ValueError(f"unknown encoder conv {self.conv!r}; valid: {ENCODER_CONVS}")
-        x = images
+        x = images.astype(self.dtype)
         for i, num_filters in enumerate(self.filters):
             if self.conv == "canonical":
-                x = ConvReluPool(num_filters, self.kernel_size, name=f"Conv_{i}")(x)
+                x = ConvReluPool(num_filters, self.kernel_size, self.dtype, name=f"Conv_{i}")(x)
             else:
                 x = nn.Conv(
                     num_filters,
                     (self.kernel_size, self.kernel_size),
                     padding="SAME",
                     kernel_init=glorot_uniform,
+                    dtype=self.dtype,
                     name=f"Conv_{i}",
                 )(x)
                 x = max_pool_2x2(nn.relu(x))
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], -1).astype(jnp.float32)
 
 
 class ConvReluPool(nn.Module):
@@ -69,13 +72,14 @@ class ConvReluPool(nn.Module):
 
     features: int
     kernel_size: int
+    dtype: str = "float32"  # compute type; parameters are float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         size = (self.kernel_size, self.kernel_size)
         kernel = self.param("kernel", glorot_uniform, (*size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)  # as nn.Conv does
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         if x.shape[1] % 2 or x.shape[2] % 2:
             return max_pool_2x2(nn.relu(conv_same(x, kernel) + bias))
         return nn.relu(conv_same_blocked(x, kernel) + bias).max(axis=3)
@@ -272,6 +276,7 @@ class Critic(nn.Module):
     encoder_filters: Sequence[int] = (8, 8)
     encoder_kernel_size: int = 5
     encoder_conv: str = "canonical"
+    encoder_dtype: str = "float32"
     from_pixels: bool = True
 
     @nn.compact
@@ -281,7 +286,7 @@ class Critic(nn.Module):
         features = obs
         if self.from_pixels:
             features = Encoder(self.encoder_filters, self.encoder_kernel_size, self.encoder_conv,
-                               name="encoder")(obs)
+                               self.encoder_dtype, name="encoder")(obs)
         features_and_action = jnp.concatenate([features, action], axis=-1)
         q_values = jnp.stack(
             [MLP(self.hidden_sizes, 1, name=f"q{i}")(features_and_action)[:, 0] for i in (1, 2)]
@@ -298,6 +303,7 @@ class Actor(nn.Module):
     encoder_filters: Sequence[int] = (8, 8)
     encoder_kernel_size: int = 5
     encoder_conv: str = "canonical"
+    encoder_dtype: str = "float32"
     from_pixels: bool = True
 
     @nn.compact
@@ -305,7 +311,7 @@ class Actor(nn.Module):
         features = obs
         if self.from_pixels:
             features = Encoder(self.encoder_filters, self.encoder_kernel_size, self.encoder_conv,
-                               name="encoder")(obs)
+                               self.encoder_dtype, name="encoder")(obs)
         chex.assert_rank(features, 2)
         mean_and_log_std = MLP(self.hidden_sizes, 2 * self.action_dim, name="torso")(features)
         mean, log_std = jnp.split(mean_and_log_std, 2, axis=-1)
@@ -326,6 +332,7 @@ def make_networks(
     encoder_filters: Sequence[int] = (8, 8),
     encoder_kernel_size: int = 5,
     encoder_conv: str = "canonical",
+    encoder_dtype: str = "float32",
 ) -> SACNetworks:
     """Actor and critic sharing one architecture description (each has its own encoder)."""
     shared = dict(
@@ -333,6 +340,7 @@ def make_networks(
         encoder_filters=tuple(encoder_filters),
         encoder_kernel_size=encoder_kernel_size,
         encoder_conv=encoder_conv,
+        encoder_dtype=encoder_dtype,
         from_pixels=from_pixels,
     )
     return SACNetworks(actor=Actor(action_dim=action_dim, **shared), critic=Critic(**shared))

@@ -32,6 +32,7 @@ class SACConfig:
     encoder_filters: tuple[int, ...] = (8, 8)
     encoder_kernel_size: int = 5
     encoder_conv: str = "canonical"  # or "lax" (nn.Conv), to compare; see networks.Encoder
+    encoder_dtype: str = "float32"  # the convolutions' compute type ("bfloat16" halves bytes)
     init_log_alpha: float = 0.0
     # Adam on each network's parameters raveled into one vector: one fused kernel per
     # optimizer instead of one per leaf (fewer launches on a GPU); same values up to rounding.
@@ -61,6 +62,7 @@ def networks_for(config: SACConfig, action_dim: int, from_pixels: bool) -> SACNe
         config.encoder_filters,
         config.encoder_kernel_size,
         config.encoder_conv,
+        config.encoder_dtype,
     )
 
 
