@@ -10,8 +10,11 @@ the host and fed to the device. This script does the same with the tools of this
 
 - physics: holdjax's pushing scene (its MJCF) stepped by `mujoco.mj_step` (C engine), the
   hand's mocap target moved and clipped as `holdjax.envs.pushing` does;
-- rendering: `mujoco.Renderer` (OpenGL: EGL by default, ``MUJOCO_GL`` to change), 48x48 from
-  the task camera, mirrored as the reference's frames are;
+- rendering: `mujoco.Renderer` (OpenGL: EGL, else OSMesa, or ``MUJOCO_GL``), 48x48 from
+  the task camera, mirrored as the reference's frames are. Where no OpenGL library loads (the
+  GPU machines here have no libEGL) ``--renderer=auto`` renders the one world with holdjax's
+  MJX renderer instead (pose copied to the device, one jitted render, image copied back);
+  ``renderer`` in the results says which ran;
 - reward: HOLD-C (random weights at the configured size, default ResNet-50 at 256 px) jitted
   at batch 1 against the goal image embedded once, or the sparse success reward;
 - policy and update: holdjax's SAC networks and `sac_update`, jitted, fed numpy batches.
@@ -32,16 +35,18 @@ import os
 import sys
 import time
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless OpenGL; read when mujoco is imported
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from headless_gl import choose_mujoco_gl  # noqa: E402
+
+choose_mujoco_gl()  # read when mujoco is imported
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import add_holdc_arguments, holdc_config, write_results  # noqa: E402
 
+from holdjax import envs  # noqa: E402
 from holdjax.envs import make_task, pushing  # noqa: E402
 from holdjax.envs.goal_images import load_goal_image  # noqa: E402
 from holdjax.reward import holdc  # noqa: E402
@@ -55,11 +60,24 @@ PARTS = ("policy", "physics", "render", "reward", "replay", "update")
 class OneWorld:
     """holdjax's pushing task on MuJoCo's C engine, one world, as the reference steps it."""
 
-    def __init__(self, rng: np.random.Generator):
+    def __init__(self, rng: np.random.Generator, renderer: str = "auto"):
         self.task = make_task("pushing")
         self.model = self.task.mj_model
         self.data = mujoco.MjData(self.model)
-        self.renderer = mujoco.Renderer(self.model, *self.task.image_shape)
+        self.renderer_name, self.render = "opengl", self.render_opengl
+        try:
+            if renderer == "mjx":
+                raise RuntimeError("--renderer=mjx")
+            self.renderer = mujoco.Renderer(self.model, *self.task.image_shape)
+        except Exception as e:  # no OpenGL here (e.g. MUJOCO_GL=disabled)
+            if renderer == "opengl":
+                raise RuntimeError(f"mujoco.Renderer is unavailable: {e!r}; try "
+                                   "--renderer=mjx or set MUJOCO_GL") from e
+            env = envs.make("pushing")
+            render_one = jax.jit(lambda qpos, hand: env.render_worlds(qpos[None], hand[None])[0])
+            self.renderer_name = "mjx"
+            self.render = lambda: np.asarray(render_one(
+                jnp.asarray(self.data.qpos), jnp.asarray(self.data.mocap_pos[self.mocap])))
         self.rng = rng
         self.mocap = self.task.hand_target_mocap
         self.puck = self.task.puck_qpos
@@ -81,7 +99,7 @@ class OneWorld:
         for _ in range(self.task.substeps):
             mujoco.mj_step(self.model, self.data)
 
-    def render(self) -> np.ndarray:
+    def render_opengl(self) -> np.ndarray:
         self.renderer.update_scene(self.data, camera=self.task.camera)
         return np.ascontiguousarray(self.renderer.render()[:, ::-1])  # mirrored, as the reference
 
@@ -126,7 +144,7 @@ def reward_model(args, goal: np.ndarray):
 
 def run(args) -> dict:
     rng = np.random.default_rng(0)
-    world = OneWorld(rng)
+    world = OneWorld(rng, args.renderer)
     reward_of = reward_model(args, load_goal_image("pushing"))
     sac_config = SACConfig(batch_size=args.batch_size)
     obs_shape = (*world.task.image_shape, 3)
@@ -172,6 +190,7 @@ def run(args) -> dict:
         "env_steps_per_s": args.steps / wall,
         "parts_ms": {part: 1e3 * s / args.steps for part, s in seconds.items()},
         "mujoco_gl": os.environ["MUJOCO_GL"],
+        "renderer": world.renderer_name,
         "batch_size": args.batch_size,
         "holdc": None if reward_of is None else {
             "layers": args.holdc_layers, "filters": args.holdc_filters,
@@ -187,11 +206,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=300 if gpu else 20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=20 if gpu else 3)
     parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--renderer", choices=("auto", "opengl", "mjx"), default="auto",
+                        help="auto: mujoco.Renderer (OpenGL) when it loads, else holdjax's MJX")
     add_holdc_arguments(parser)
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     result = run(args)
-    print(f"reference loop, pushing, reward {args.reward}: "
+    print(f"reference loop, pushing, reward {args.reward}, {result['renderer']} renderer: "
           f"{result['env_steps_per_s']:.1f} env steps/s; ms per step: "
           + ", ".join(f"{k} {v:.2f}" for k, v in result["parts_ms"].items()), flush=True)
     kwargs = {"out_dir": args.out} if args.out else {}

@@ -21,20 +21,18 @@ error and the others still run.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 
-# The reference loop renders with OpenGL: choose the headless platform before any import
-# loads mujoco (reference_loop.py does the same when run alone).
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from headless_gl import choose_mujoco_gl  # noqa: E402
+
+choose_mujoco_gl()  # before any import loads mujoco: the reference loop renders with OpenGL
+
 import brax_sac  # noqa: E402
 import fused_step  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import reference_loop  # noqa: E402
 from common import write_results  # noqa: E402
 
