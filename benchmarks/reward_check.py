@@ -1,0 +1,87 @@
+"""How well holdjax's demo-trained HOLD-C ranks frames, against the L2 pixel baseline.
+
+    python benchmarks/reward_check.py --task=pushing                 # the default settings
+    python benchmarks/reward_check.py --task=pushing --seeds=0,1 --steps=4000
+
+For each training seed: trains a model with `holdjax.reward.train` (this device's default
+settings, ``--steps`` and ``--image_size`` overriding), scores it with `holdjax.reward.check`
+(``spearman_time`` on held-out expert episodes, ``spearman_state`` on random-policy frames),
+and scores the reference's L2 pixel distance on the same episodes. Writes
+``benchmarks/results/reward_check-<task>[-<tag>]-<device>.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from common import write_results  # noqa: E402
+
+from holdjax.reward import check, l2  # noqa: E402
+from holdjax.reward import train as reward_train  # noqa: E402
+
+
+class L2Model:
+    """The L2 baseline behind the interface `check` scores (``to_goals``)."""
+
+    def to_goals(self, goals: jax.Array):
+        return jax.jit(lambda frames: l2.l2_distance(frames, goals))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="pushing")
+    parser.add_argument("--seeds", default="0", help="training seeds, comma-separated")
+    parser.add_argument("--steps", type=int, default=0, help="training steps (0: default)")
+    parser.add_argument("--image_size", type=int, default=0, help="input size (0: default)")
+    parser.add_argument("--check_seed", type=int, default=1, help="the check episodes' seed")
+    parser.add_argument("--tag", default="", help="variant name for the results file")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+
+    overrides = {k: v for k, v in (("steps", args.steps), ("image_size", args.image_size)) if v}
+    env = reward_train.task_env(args.task)
+    rows = []
+    for seed in map(int, args.seeds.split(",")):
+        config = reward_train.default_config(args.task, seed=seed, **overrides)
+        with tempfile.TemporaryDirectory() as model_dir:
+            info = reward_train.train(config, model_dir)
+            start = time.perf_counter()
+            scores = check.evaluate(reward_train.load_model(model_dir), env,
+                                    seed=args.check_seed)
+        rows.append({"model": "holdc", "seed": seed, "layers": config.layers,
+                     "filters": config.filters, "image_size": config.image_size,
+                     "steps": config.steps, "render_s": info["render_s"],
+                     "train_s": info["train_s"], "final_loss": info["final_loss"],
+                     "check_s": round(time.perf_counter() - start, 1), **scores})
+    rows.append({"model": "l2", **check.evaluate(L2Model(), env, seed=args.check_seed)})
+
+    print(f"{'model':>6} {'seed':>4} {'steps':>6} {'spearman_time':>14} {'spearman_state':>15}")
+    for row in rows:
+        print(f"{row['model']:>6} {row.get('seed', '-'):>4} {row.get('steps', '-'):>6} "
+              f"{row['spearman_time']:>14.3f} {row['spearman_state']:>15.3f}")
+    holdc_rows = [r for r in rows if r["model"] == "holdc"]
+    payload = {
+        "task": args.task,
+        "check_seed": args.check_seed,
+        "rows": rows,
+        "holdc_mean_spearman_time": sum(r["spearman_time"] for r in holdc_rows) / len(holdc_rows),
+        "holdc_mean_spearman_state": sum(r["spearman_state"] for r in holdc_rows)
+        / len(holdc_rows),
+    }
+    name = f"reward_check-{args.task}" + (f"-{args.tag}" if args.tag else "")
+    kwargs = {"out_dir": args.out} if args.out else {}
+    print("wrote", write_results(name, payload, **kwargs))
+    return payload
+
+
+if __name__ == "__main__":
+    jnp.zeros(())  # initialise the backend before the defaults are chosen
+    main()
