@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
         metrics_path = args.metrics
     summary = summarize(read_metrics(metrics_path), config)
     summary["flags"] = train_flags
-    summary["time_limit_s"] = args.time_limit
+    if args.metrics is None:  # a summarised run's limit is not known here
+        summary["time_limit_s"] = args.time_limit
     device = args.device or device_name()
     out_dir = args.results or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     path = write_results(f"train-{config.run_name}", summary, out_dir=out_dir, device=device)
