@@ -1,5 +1,7 @@
 """Behaviour of the batched task environments (physics impl 'jax', the fast one on CPUs)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,9 @@ from holdjax.envs.__main__ import main as envs_cli
 from holdjax.envs.base import image_to_float, sanitize_action
 
 TASKS = envs.TASKS
+# Worlds per batch in the pushing tests: one size, so that they share one compiled reset and
+# one compiled step (compiling them again for each batch size cost ~20 s a size on the CI).
+WORLDS = 4
 
 
 def world(state, i):
@@ -40,54 +45,65 @@ def test_image_to_float_range():
 
 def test_pushing_reset_distribution_and_determinism(pushing):
     env, reset, _ = pushing
-    state = reset(jax.random.PRNGKey(0), 64)
-    puck = np.asarray(state.state[:, 3:6])
+
+    def reset_64(seed):
+        """64 worlds: 16 resets of WORLDS worlds, from keys split off one seed."""
+        keys = jax.random.split(jax.random.PRNGKey(seed), 64 // WORLDS)
+        states = [reset(key, WORLDS) for key in keys]
+        return {name: np.concatenate([getattr(s, name) for s in states])
+                for name in ("state", "obs", "success", "done", "step_count")}
+
+    state = reset_64(0)
+    puck = state["state"][:, 3:6]
     assert np.all(np.abs(puck[:, 0]) <= 0.1) and puck[:, 0].std() > 0.03
     np.testing.assert_allclose(puck[:, 1], 0.6, atol=1e-5)
-    np.testing.assert_allclose(state.state[:, 0:3], np.tile([0, 0.2, 0.07], (64, 1)), atol=1e-4)
-    assert not state.success.any() and not state.done.any()
-    assert (state.step_count == 0).all()
-    again = reset(jax.random.PRNGKey(0), 64)
-    np.testing.assert_array_equal(state.state, again.state)
-    np.testing.assert_array_equal(state.obs, again.obs)
-    other = reset(jax.random.PRNGKey(1), 64)
-    assert not np.allclose(state.state[:, 3], other.state[:, 3])
+    np.testing.assert_allclose(state["state"][:, 0:3], np.tile([0, 0.2, 0.07], (64, 1)),
+                               atol=1e-4)
+    assert not state["success"].any() and not state["done"].any()
+    assert (state["step_count"] == 0).all()
+    again = reset_64(0)
+    np.testing.assert_array_equal(state["state"], again["state"])
+    np.testing.assert_array_equal(state["obs"], again["obs"])
+    other = reset_64(1)
+    assert not np.allclose(state["state"][:, 3], other["state"][:, 3])
+    # Worlds of one reset differ from each other too (each draws with its own key).
+    assert len(set(state["state"][:WORLDS, 3].tolist())) == WORLDS
 
 
 def test_pushing_observation_image(pushing):
     env, reset, _ = pushing
-    state = reset(jax.random.PRNGKey(0), 4)
-    assert state.obs.shape == (4, 48, 48, 3) and state.obs.dtype == jnp.uint8
+    state = reset(jax.random.PRNGKey(0), WORLDS)
+    assert state.obs.shape == (WORLDS, 48, 48, 3) and state.obs.dtype == jnp.uint8
     obs = np.asarray(state.obs)
     assert obs.min() < 60 and obs.max() > 100  # not blank: dark goal square, grey table
     # The red mug is visible: some pixels are strongly red.
     red = (obs[..., 0].astype(int) - obs[..., 1]) > 80
-    assert red.reshape(4, -1).any(axis=1).all()
+    assert red.reshape(WORLDS, -1).any(axis=1).all()
 
 
 def test_pushing_step_semantics(pushing):
     env, reset, step = pushing
-    state = reset(jax.random.PRNGKey(0), 4)
-    right = step(state, jnp.tile(jnp.array([1.0, 1.0]), (4, 1)))
+    state = reset(jax.random.PRNGKey(0), WORLDS)
+    right = step(state, jnp.tile(jnp.array([1.0, 1.0]), (WORLDS, 1)))
     # First step: mocap (0, 0.2, 0.07) + 0.02 -> clipped into y >= 0.3, z held toward 0.05.
-    np.testing.assert_allclose(right.state[:, 6:8], np.tile([0.02, 0.3], (4, 1)), atol=1e-6)
+    np.testing.assert_allclose(right.state[:, 6:8], np.tile([0.02, 0.3], (WORLDS, 1)), atol=1e-6)
     assert (right.step_count == 1).all() and not right.done.any()
     # Out-of-range actions are clipped: 5.0 acts as 1.0.
-    clipped = step(state, jnp.full((4, 2), 5.0))
+    clipped = step(state, jnp.full((WORLDS, 2), 5.0))
     np.testing.assert_allclose(clipped.state, right.state, atol=1e-6)
     # NaN actions are treated as "no motion" and never reach the physics state.
-    nan = step(state, jnp.full((4, 2), jnp.nan))
-    still = step(state, jnp.zeros((4, 2)))
+    nan = step(state, jnp.full((WORLDS, 2), jnp.nan))
+    still = step(state, jnp.zeros((WORLDS, 2)))
     np.testing.assert_array_equal(nan.state, still.state)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(nan.data) if x.dtype.kind == "f")
 
 
 def test_batched_step_equals_single_world_step(pushing):
     env, reset, step = pushing
-    state = reset(jax.random.PRNGKey(3), 3)
-    actions = jax.random.uniform(jax.random.PRNGKey(4), (3, 2), minval=-1, maxval=1)
+    state = reset(jax.random.PRNGKey(3), WORLDS)
+    actions = jax.random.uniform(jax.random.PRNGKey(4), (WORLDS, 2), minval=-1, maxval=1)
     batched = step(state, actions)
-    for i in range(3):
+    for i in range(WORLDS):
         single = step(world(state, i), actions[i : i + 1])
         np.testing.assert_allclose(single.state, batched.state[i : i + 1], atol=1e-5)
         np.testing.assert_array_equal(single.obs, batched.obs[i : i + 1])
@@ -95,9 +111,9 @@ def test_batched_step_equals_single_world_step(pushing):
 
 def test_episode_ends_at_time_limit(pushing):
     env, reset, step = pushing
-    state = reset(jax.random.PRNGKey(0), 2)
+    state = reset(jax.random.PRNGKey(0), WORLDS)
     state = state.replace(step_count=state.step_count + env.episode_length - 1)
-    state = step(state, jnp.zeros((2, 2)))
+    state = step(state, jnp.zeros((WORLDS, 2)))
     assert state.done.all()
 
 
@@ -135,12 +151,21 @@ def test_expert_succeeds_and_random_fails(task):
     assert random["success_rate"] <= 0.125, random
 
 
+@functools.cache
+def world_at(xml_file: str):
+    """One world posed at (qpos, hand), forward pass done: jitted once per scene file (the
+    three DVD tabletop tasks share one scene and its reset, so they share this program)."""
+    task = next(t for t in TASKS if envs.make_task(t).xml_file == xml_file)
+    env, _, _ = jitted(task)
+    return jax.jit(functools.partial(env._world_at, num_envs=1))
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_goal_worlds_are_solved(task):
-    env, _, _ = jitted(task)
-    for name, (qpos, hand) in env.task.goal_worlds().items():
-        data = jax.jit(env._world_at, static_argnums=2)(qpos, hand, 1)
-        metrics = env.task.evaluate(env.task.observe(data))
+    task = envs.make_task(task)
+    for name, (qpos, hand) in task.goal_worlds().items():
+        data = world_at(task.xml_file)(qpos, hand)
+        metrics = task.evaluate(task.observe(data))
         assert int(metrics["subgoal"]) >= 1, name
 
 
