@@ -1,8 +1,10 @@
-"""Behaviour of the DVD tabletop tasks cup_forward and faucet_right (physics impl 'jax').
+"""Behaviour of the DVD tabletop tasks cup_forward and faucet_right (physics impl 'jax'), and
+the expert and random success rates of all three (close_drawer's too).
 
-Both tasks share one scene, reset and state layout, so one compiled physics-only episode
-(no rendering, the slow part on a CPU) serves both: the task picks the expert and the
-success criterion. The CLI's success rates are checked for every task in test_envs.py.
+The tasks share one scene, reset and state layout, so one compiled physics-only episode
+serves them all: the task picks the expert and the success criterion. Compiling the CLI's
+rendered rollouts (tests/test_envs.py, pushing and drawer_open) for each tabletop task and
+policy instead cost about 25 s each on the CI machine.
 """
 
 import functools
@@ -17,8 +19,11 @@ from holdjax import envs
 from holdjax.envs import tabletop
 from holdjax.envs.base import sanitize_action
 
-TASKS = ("cup_forward", "faucet_right")
+TASKS = ("close_drawer", "cup_forward", "faucet_right")
 WORLDS = 16
+# Random actions' success bound: close_drawer's is that of the CLI check (test_envs.py) it
+# had before; random pushes move the mug or turn the faucet more often.
+RANDOM_MAX_SUCCESS = {"close_drawer": 0.125, "cup_forward": 0.25, "faucet_right": 0.25}
 # Awkward starts the expert must recover from: (task, hand position).
 HARD_STARTS = (
     ("cup_forward", (0.01, 0.665, 0.015)),  # in front of the mug
@@ -131,7 +136,7 @@ def test_faucet_expert_turns_the_handle_right_to_its_goal():
 @pytest.mark.parametrize("name", TASKS)
 def test_random_actions_mostly_fail(name):
     _, success = run(name, expert_weight=0.0, seed=1)
-    assert success.any(axis=0).mean() <= 0.25
+    assert success.any(axis=0).mean() <= RANDOM_MAX_SUCCESS[name]
 
 
 def test_cup_forward_success_and_dense_reward():
@@ -179,7 +184,7 @@ def test_camera_images_are_120x180_and_mirrored():
     right half of the mirrored image, the mug (x = 0) in the middle."""
     env, tasks, _ = scene()
     worlds = []
-    for name in TASKS:
+    for name in ("cup_forward", "faucet_right"):
         (qpos, hand), = tasks[name].goal_worlds().values()
         worlds += [(tasks[name].start_qpos(hand=hand), hand), (qpos, hand)]
     images = np.asarray(jax.jit(env.render_worlds)(jnp.stack([q for q, _ in worlds]),
