@@ -236,21 +236,27 @@ def test_random_shift_is_independent_per_sample():
 # update -----------------------------------------------------------------------------------
 
 
+def random_image_batch(key: jax.Array, obs_shape: tuple[int, ...], size: int = 8):
+    """A replay batch of random uint8 images, actions in [-1, 1] and normal rewards."""
+    k = jax.random.split(key, 3)
+    images = jax.random.randint(k[0], (2, size, *obs_shape), 0, 256).astype(jnp.uint8)
+    return replay.Transition(
+        obs=images[0],
+        action=jax.random.uniform(k[1], (size, ACTION_DIM), minval=-1, maxval=1),
+        reward=jax.random.normal(k[2], (size,)),
+        next_obs=images[1],
+        done=jnp.zeros((size,)),
+    )
+
+
 def test_sac_update_changes_params_and_stays_finite():
     config = SACConfig(hidden_sizes=(32, 32))
     obs_shape = (16, 16, 3)
     state = init_sac(jax.random.key(0), obs_shape, ACTION_DIM, config)
-    k = jax.random.split(jax.random.key(1), 4)
-    images = jax.random.randint(k[0], (2, 8, *obs_shape), 0, 256).astype(jnp.uint8)
-    batch = replay.Transition(
-        obs=images[0],
-        action=jax.random.uniform(k[1], (8, ACTION_DIM), minval=-1, maxval=1),
-        reward=jax.random.normal(k[2], (8,)),
-        next_obs=images[1],
-        done=jnp.zeros((8,)),
-    )
+    batch_key, update_key = jax.random.split(jax.random.key(1))
+    batch = random_image_batch(batch_key, obs_shape)
     update = jax.jit(sac_update, static_argnames="config")
-    new_state, metrics = update(state, batch, k[3], config=config)
+    new_state, metrics = update(state, batch, update_key, config=config)
 
     assert int(new_state.step) == 1
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(new_state))
@@ -464,20 +470,13 @@ def test_bfloat16_encoder_keeps_float32_params_and_features():
 def test_flat_optimizer_gives_the_per_leaf_update():
     """flat_optimizer ravels each network's parameters for Adam: same update up to rounding."""
     obs_shape = (16, 16, 3)
-    k = jax.random.split(jax.random.key(1), 4)
-    images = jax.random.randint(k[0], (2, 8, *obs_shape), 0, 256).astype(jnp.uint8)
-    batch = replay.Transition(
-        obs=images[0],
-        action=jax.random.uniform(k[1], (8, ACTION_DIM), minval=-1, maxval=1),
-        reward=jax.random.normal(k[2], (8,)),
-        next_obs=images[1],
-        done=jnp.zeros((8,)),
-    )
+    batch_key, update_key = jax.random.split(jax.random.key(1))
+    batch = random_image_batch(batch_key, obs_shape)
     results = []
     for flat in (False, True):
         config = SACConfig(hidden_sizes=(32, 32), flat_optimizer=flat)
         state = init_sac(jax.random.key(0), obs_shape, ACTION_DIM, config)
-        for key in jax.random.split(k[3], 2):
+        for key in jax.random.split(update_key, 2):
             state, _ = jax.jit(sac_update, static_argnames="config")(state, batch, key, config)
         results.append((state.actor_params, state.critic_params, state.log_alpha))
     jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-6), *results)
