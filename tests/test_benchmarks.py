@@ -10,7 +10,10 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import common  # noqa: E402
 import fused_step  # noqa: E402
+import headless_gl  # noqa: E402
 import reference_loop  # noqa: E402
+import run_all  # noqa: E402
+import sample_efficiency  # noqa: E402
 import train_run  # noqa: E402
 
 from holdjax.config import config_from_args  # noqa: E402
@@ -103,6 +106,72 @@ def test_reference_world_follows_holdjax_pushing():
     assert not world.success()
     world.data.qpos[world.puck:world.puck + 2] = np.asarray(reference_loop.pushing.GOAL)
     assert world.success()
+
+
+def test_reference_world_renders_without_opengl():
+    """Where OpenGL is missing the loop renders its one world with holdjax's MJX renderer:
+    the same camera and orientation as mujoco.Renderer's frame, up to shading."""
+    opengl = reference_loop.OneWorld(np.random.default_rng(0), "opengl")
+    mjx = reference_loop.OneWorld(np.random.default_rng(0), "mjx")
+    assert (opengl.renderer_name, mjx.renderer_name) == ("opengl", "mjx")
+    frame, mjx_frame = opengl.reset(), mjx.reset()
+    assert mjx_frame.shape == frame.shape and mjx_frame.dtype == np.uint8
+    difference = np.abs(frame.astype(int) - mjx_frame.astype(int)).mean()
+    assert difference < 15  # measured 7.6; flipped upside down it is 29
+
+
+def test_choose_mujoco_gl_falls_back_to_disabled(monkeypatch):
+    monkeypatch.delenv("MUJOCO_GL")
+    monkeypatch.setattr(headless_gl.ctypes.util, "find_library", lambda name: None)
+    assert headless_gl.choose_mujoco_gl() == "disabled"
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")  # the user's choice stands
+    assert headless_gl.choose_mujoco_gl() == "osmesa"
+
+
+def test_run_all_ratios_and_failed_parts(tmp_path, monkeypatch):
+    """run_all's own logic on canned parts: the ratios to the reference loop, and a failing
+    part recorded with its error while the others still count."""
+    rows = [{"reward": "holdc", "ratio": "1", "env_steps_per_s": 600.0},
+            {"reward": "holdc", "ratio": "1", "env_steps_per_s": 650.0},
+            {"reward": "holdc", "ratio": "0.0625", "env_steps_per_s": 6500.0}]
+    monkeypatch.setattr(run_all.fused_step, "main", lambda argv: {"rows": rows})
+    monkeypatch.setattr(run_all.reference_loop, "main", lambda argv: {"env_steps_per_s": 65.0})
+
+    def brax_fails(argv):
+        raise RuntimeError("no brax here")
+
+    monkeypatch.setattr(run_all.brax_sac, "main", brax_fails)
+    summary = run_all.main([f"--out={tmp_path}"])
+    assert summary["ratio_fused_to_reference_one_update"] == pytest.approx(10.0)
+    assert summary["ratio_fused_to_reference_0.0625"] == pytest.approx(100.0)
+    assert summary["ratio_holdjax_to_brax_steps_per_s"] is None
+    written = json.loads(next(tmp_path.glob("run_all-*.json")).read_text())
+    assert "no brax here" in written["brax_sac"]["error"]
+
+
+def test_sample_efficiency_rows(tmp_path, monkeypatch):
+    """One train_run per (N, ratio) with the right update ratio; steps and seconds to the
+    success level from the mean over seeds."""
+    calls = []
+
+    def fake_run(argv):
+        calls.append(argv)
+        curve = [{"env_steps": 1000, "wall_s": 10.0, "eval_success_rate": [0.2, 0.2]},
+                 {"env_steps": 2000, "wall_s": 20.0, "eval_success_rate": [0.5, 0.2]}]
+        return {"env_steps_per_seed": 2000, "wall_s": 20.0, "curve": curve,
+                "best_eval_success_per_seed": [0.5, 0.2],
+                "final_eval_success_per_seed": [0.5, 0.2]}
+
+    monkeypatch.setattr(sample_efficiency.train_run, "main", fake_run)
+    result = sample_efficiency.main(["--nums=4,16", "--ratios=1,fused", "--level=0.3",
+                                     f"--results={tmp_path}", "--observation=state"])
+    per_step = [next(float(f.split("=")[1]) for f in argv
+                     if f.startswith("--updates_per_step=")) for argv in calls]
+    assert per_step == [1.0, 0.25, 1.0, 1 / 16]
+    assert all("--reward=dense" in argv and "--observation=state" in argv for argv in calls)
+    row = result["rows"][0]
+    assert (row["env_steps_to_0.3"], row["wall_s_to_0.3"]) == (2000, 20.0)
+    assert row["best_eval_success_mean"] == pytest.approx(0.35)
 
 
 def test_brax_sac_writes_well_formed_results(tmp_path, monkeypatch):
