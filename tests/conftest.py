@@ -1,9 +1,13 @@
 """Shared fixtures: environments are built once per test session (building and compiling
 them is the slow part on the CPU)."""
 
+import concurrent.futures
 import functools
 import gc
 import os
+import subprocess
+import sys
+import threading
 
 # benchmarks/reference_loop.py renders through OpenGL; mujoco reads this when first imported.
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -29,6 +33,51 @@ def jitted(task: str, impl: str = "jax"):
 @pytest.fixture(scope="session")
 def pushing():
     return jitted("pushing")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Lane:
+    """Runs Python processes one at a time beside the tests; a test module hands it work it
+    needs later (a whole training run, say) and goes on meanwhile.
+
+    Most of the suite's time is XLA compilation, which keeps one core busy: the lane's
+    process compiles on the other core of a 2-core machine. One process at a time bounds
+    the memory. ``close`` (at the end of the module) cancels what has not started and stops
+    what still runs: its result is no longer wanted (tests that need one wait for it).
+    """
+
+    def __init__(self):
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._lock = threading.Lock()
+        self._running: subprocess.Popen | None = None
+        self._closed = False
+
+    def submit(self, *args: str, env: dict | None = None) -> concurrent.futures.Future:
+        """Runs ``python *args`` in the repository root with ``env`` added to the environment.
+        A future of its stdout; the future raises, showing stderr, if the process fails."""
+        command = [sys.executable, *args]
+        return self._pool.submit(self._run, command, dict(os.environ, **(env or {})))
+
+    def _run(self, command: list[str], env: dict) -> str:
+        with self._lock:
+            if self._closed:
+                raise concurrent.futures.CancelledError
+            self._running = subprocess.Popen(command, cwd=ROOT, env=env, text=True,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout, stderr = self._running.communicate()
+        if self._running.returncode:
+            raise RuntimeError(f"{' '.join(command[:3])}... exited with "
+                               f"{self._running.returncode}:\n{stderr[-5000:]}")
+        return stdout
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._running is not None and self._running.poll() is None:
+                self._running.kill()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture(autouse=True, scope="module")

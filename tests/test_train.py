@@ -3,12 +3,11 @@
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from conftest import Lane
 
 from holdjax import checkpoint
 from holdjax.config import TrainConfig, config_from_args
@@ -31,8 +30,55 @@ def params_of(run_dir, config):
     return state.sac
 
 
+# A training run in its own process: the config's fields as JSON and the number of devices
+# the process must see (the XLA flags force them); prints train()'s record as JSON.
+TRAIN_SCRIPT = """
+import json, sys
+import jax
+from holdjax.config import TrainConfig
+from holdjax.train import train
+fields, devices = json.loads(sys.argv[1]), int(sys.argv[2])
+assert jax.device_count() == devices, jax.devices()
+config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+print(json.dumps(train(config, quiet=True)))
+"""
+TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+
+
 @pytest.fixture(scope="module")
-def two_seed_run(tmp_path_factory):
+def background_runs(tmp_path_factory):
+    """Runs that tests compare with or inspect, trained one after another in other processes
+    while this one trains the two-seed run and goes on with the tests (conftest.Lane):
+    name -> (config, future of the run's record). Each costs about a minute of compilation.
+    single: seed 1 alone; sharded: the two-seed run over two devices; state: observation=state.
+    """
+    root = tmp_path_factory.mktemp("background")
+    runs = {
+        "single": (dataclasses.replace(TINY, seed=TINY.seed + 1), 1),
+        "sharded": (dataclasses.replace(TINY, seeds=2), 2),
+        # Two seeds: the state trainer is then also the one test_missing_and_mismatched_...
+        # asks for (the two-seed run's config with observation=state), compiled once.
+        "state": (dataclasses.replace(TINY, seeds=2, observation="state"), 1),
+    }
+    lane = Lane()
+    futures = {}
+    for name, (config, devices) in runs.items():
+        config = dataclasses.replace(config, out=str(root / name))
+        fields = json.dumps(dataclasses.asdict(config))
+        futures[name] = config, lane.submit("-c", TRAIN_SCRIPT, fields, str(devices),
+                                            env=TWO_DEVICES if devices == 2 else None)
+    yield futures
+    lane.close()
+
+
+def background_run(background_runs, name):
+    """(config, record) of a background run, once it has finished."""
+    config, future = background_runs[name]
+    return config, json.loads(future.result().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def two_seed_run(tmp_path_factory, background_runs):
     out = str(tmp_path_factory.mktemp("runs") / "two_seeds")
     config = dataclasses.replace(TINY, seeds=2, out=out)
     record = train(config, quiet=True)
@@ -60,15 +106,14 @@ def test_fused_epoch_changes_parameters(two_seed_run):
     assert all(jax.tree.leaves(changed))
 
 
-def test_seeds_differ_and_each_equals_its_single_seed_run(two_seed_run, tmp_path):
+def test_seeds_differ_and_each_equals_its_single_seed_run(two_seed_run, background_runs):
     config, _ = two_seed_run
     both = params_of(config.out_dir, config)
     first, second = (jax.tree.map(lambda x, k=k: np.asarray(x[k]), both.critic_params)
                      for k in range(2))
     assert not np.allclose(jax.tree.leaves(first)[0], jax.tree.leaves(second)[0])
-    single = dataclasses.replace(config, seeds=1, seed=config.seed + 1,
-                                 out=str(tmp_path / "single"))
-    train(single, quiet=True)
+    single, _ = background_run(background_runs, "single")  # seeds=1, seed=config.seed + 1
+    assert single == dataclasses.replace(config, seeds=1, seed=config.seed + 1, out=single.out)
     alone = params_of(single.out_dir, single)
     for a, b in zip(jax.tree.leaves(second), jax.tree.leaves(alone.critic_params), strict=True):
         np.testing.assert_allclose(a, np.asarray(b)[0], rtol=2e-4, atol=2e-5)
@@ -98,20 +143,6 @@ def test_plot_draws_curves(two_seed_run, tmp_path):
     assert os.path.getsize(path) > 1000
 
 
-def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, tmp_path):
-    config, _ = two_seed_run
-    with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
-        train(dataclasses.replace(config, out=str(tmp_path / "nothing")), resume=True)
-    with pytest.raises(checkpoint.CheckpointError, match="num_envs: saved 4, requested 8"):
-        train(dataclasses.replace(config, num_envs=8), resume=True)
-    with pytest.raises(checkpoint.CheckpointError, match="observation: saved"):
-        train(dataclasses.replace(config, observation="state"), resume=True)
-    with pytest.raises(checkpoint.CheckpointError, match="already holds checkpoints"):
-        train(config)
-    with pytest.raises(SystemExit):
-        evaluate_cli([f"--run={tmp_path}", "--json"])
-
-
 def test_config_flags():
     config, rest = config_from_args(["--config=fig3a_pushing_sac", "--seeds=5",
                                      "--timeouts_as_terminal=true", "--resume"])
@@ -136,24 +167,6 @@ def test_bad_train_flags_exit_with_a_message(flag, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_two_devices_give_the_same_result(two_seed_run, tmp_path):
-    """Seeds sharded over two forced host devices train exactly as on one device."""
-    config, _ = two_seed_run
-    out = str(tmp_path / "sharded")
-    script = (
-        "import dataclasses, jax; from holdjax.train import train; "
-        "from tests.test_train import TINY; assert jax.device_count() == 2; "
-        f"train(dataclasses.replace(TINY, seeds=2, out={out!r}), quiet=True)"
-    )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=root)
-    sharded, single = params_of(out, config), params_of(config.out_dir, config)
-    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
-
-
 def test_holdc_reward_from_a_released_format_checkpoint(tmp_path):
     """A tiny HOLD-C in the released checkpoint's format drives a short training run."""
     from test_holdc import hold_rewards_state, random_flat_variables, write_checkpoint
@@ -174,6 +187,17 @@ def test_holdc_reward_from_a_released_format_checkpoint(tmp_path):
         get_trainer(dataclasses.replace(config, reward_checkpoint=str(tmp_path / "none")))
 
 
+# After the holdc test, by when the sharded run (second in the background) has finished.
+def test_two_devices_give_the_same_result(two_seed_run, background_runs):
+    """Seeds sharded over two forced host devices train exactly as on one device."""
+    config, _ = two_seed_run
+    sharded, _ = background_run(background_runs, "sharded")  # its process saw two devices
+    assert sharded == dataclasses.replace(config, out=sharded.out)
+    sharded, single = params_of(sharded.out_dir, config), params_of(config.out_dir, config)
+    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+
+
 def test_run_config_round_trips_through_json(tmp_path):
     config = dataclasses.replace(TINY, distance_type="sq_eucl_huber",
                                  distance_params=(1.0, 2.0, 0.5), out=str(tmp_path))
@@ -182,16 +206,16 @@ def test_run_config_round_trips_through_json(tmp_path):
     assert restored == config and hash(restored) == hash(config)
 
 
-def test_state_observation_run_trains_evaluates_and_saves(tmp_path):
+def test_state_observation_run_trains_evaluates_and_saves(background_runs):
     """observation=state: float state vectors in policy and replay, no camera while training,
     parameters change, metrics, checkpoint, eval video and the evaluate CLI all work."""
-    config = dataclasses.replace(TINY, observation="state", out=str(tmp_path / "state"))
-    record = train(config, quiet=True)
+    config, record = background_run(background_runs, "state")
+    assert config.observation == "state" and config.seeds == 2
     trainer = get_trainer(config)
     initial, replay = trainer.init(config.seed)
     assert trainer.obs_shape == (trainer.env.task.state_dim,)
     assert initial.env.obs.size == 0  # the env skipped rendering
-    assert replay.data.obs.shape == (1, config.replay_capacity, trainer.env.task.state_dim)
+    assert replay.data.obs.shape == (2, config.replay_capacity, trainer.env.task.state_dim)
     assert replay.data.obs.dtype == np.float32
     assert "encoder" not in initial.sac.actor_params["params"]
     lines = open(os.path.join(config.out_dir, "metrics.jsonl")).read().splitlines()
@@ -204,6 +228,25 @@ def test_state_observation_run_trains_evaluates_and_saves(tmp_path):
     assert os.path.exists(os.path.join(config.out_dir, "videos", "eval_epoch0002.mp4"))
     result = evaluate_cli([f"--run={config.out_dir}", "--episodes=2", "--json"])
     assert result["step"] == 2 and 0.0 <= result["success_rate"] <= 1.0
+
+
+# After the state test, whose trainer is the one the observation mismatch below asks for.
+def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, tmp_path):
+    config, _ = two_seed_run
+    with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
+        train(dataclasses.replace(config, out=str(tmp_path / "nothing")), resume=True)
+    # train() builds and initialises the requested run's trainer before it reads the saved
+    # config: one mismatch goes through train() (a trainer compiled anyway), the other
+    # straight to the check it calls (a num_envs=8 trainer would compile for it alone).
+    with pytest.raises(checkpoint.CheckpointError, match="observation: saved"):
+        train(dataclasses.replace(config, observation="state"), resume=True)
+    saved = checkpoint.read_config(config.out_dir, TrainConfig)
+    with pytest.raises(checkpoint.CheckpointError, match="num_envs: saved 4, requested 8"):
+        checkpoint.check_resumable(saved, dataclasses.replace(config, num_envs=8))
+    with pytest.raises(checkpoint.CheckpointError, match="already holds checkpoints"):
+        train(config)
+    with pytest.raises(SystemExit):
+        evaluate_cli([f"--run={tmp_path}", "--json"])
 
 
 def test_bad_observation_fails_clearly():
