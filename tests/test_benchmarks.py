@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import Lane
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import common  # noqa: E402
-import fused_step  # noqa: E402
 import headless_gl  # noqa: E402
 import reference_loop  # noqa: E402
 import run_all  # noqa: E402
@@ -69,22 +69,25 @@ def test_write_results_names_the_device(tmp_path):
 
 
 TINY_HOLDC = ["--holdc_layers=18", "--holdc_filters=2", "--holdc_crop_size=32"]
+FUSED_STEP_ARGS = ["--rewards=holdc,holdr", "--nums=2", "--ratios=1", "--iterations=2",
+                   "--repeats=1", "--batch_size=8", *TINY_HOLDC]
+FUSED_STEP_SCRIPT = """
+import json, sys
+sys.path.insert(0, "benchmarks")
+import fused_step
+print(json.dumps(fused_step.main(sys.argv[1:])))
+"""
 
 
-def test_fused_step_smoke(tmp_path):
-    """A HOLD-C row has its rate and every part of the step; holdr is reported, not run.
-    (One trainer only: each costs about a minute of compilation on a CI machine.)"""
-    result = fused_step.main(["--rewards=holdc,holdr", "--nums=2", "--ratios=1",
-                              "--iterations=2", "--repeats=1", "--batch_size=8",
-                              f"--out={tmp_path}", *TINY_HOLDC])
-    (row,) = result["rows"]
-    assert row["reward"] == "holdc" and row["ratio"] == "1"
-    assert row["updates_per_fused_step"] == 2  # the reference's one update per env step
-    assert row["env_steps_per_s"] > 0 and row["compile_s"] >= 0
-    assert all(row[f"{part}_ms"] > 0 for part in
-               ("physics_and_render", "render", "reward", "updates"))
-    assert "holdr" in result["skipped"]
-    assert json.loads(next(tmp_path.glob("fused_step-*.json")).read_text())["rows"]
+@pytest.fixture(scope="module", autouse=True)
+def fused_step_run(tmp_path_factory):
+    """(out folder, future of fused_step.main's result): the smoke run of fused_step.py, in a
+    background process (conftest.Lane) started with the module, which compiles a HOLD-C
+    trainer (about a minute) while the other tests here run."""
+    out = tmp_path_factory.mktemp("fused_step")
+    lane = Lane()
+    yield out, lane.submit("-c", FUSED_STEP_SCRIPT, *FUSED_STEP_ARGS, f"--out={out}")
+    lane.close()
 
 
 def test_reference_loop_smoke(tmp_path):
@@ -203,3 +206,19 @@ def test_brax_sac_writes_well_formed_results(tmp_path, monkeypatch):
         assert [len(curve) for curve in result["curves"]] == [2]
     assert written["ratio_holdjax_to_brax_steps_per_s"] == pytest.approx(
         written["holdjax"]["env_steps_per_s"] / written["brax"]["env_steps_per_s"])
+
+
+# Last in the module: by now the background process has run it (see fused_step_run).
+def test_fused_step_smoke(fused_step_run):
+    """A HOLD-C row has its rate and every part of the step; holdr is reported, not run.
+    (One trainer only: each costs about a minute of compilation on a CI machine.)"""
+    out, future = fused_step_run
+    result = json.loads(future.result().strip().splitlines()[-1])
+    (row,) = result["rows"]
+    assert row["reward"] == "holdc" and row["ratio"] == "1"
+    assert row["updates_per_fused_step"] == 2  # the reference's one update per env step
+    assert row["env_steps_per_s"] > 0 and row["compile_s"] >= 0
+    assert all(row[f"{part}_ms"] > 0 for part in
+               ("physics_and_render", "render", "reward", "updates"))
+    assert "holdr" in result["skipped"]
+    assert json.loads(next(out.glob("fused_step-*.json")).read_text())["rows"]
