@@ -45,21 +45,39 @@ print(json.dumps(train(config, quiet=True)))
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
 
 
+# The two-seed run (and its twins below) score frames with HOLD-C, a tiny network in the
+# released checkpoint's format: one trainer then serves both the trainer's tests and the
+# HOLD-C reward's (test_holdc_reward_...); each trainer costs about a minute to compile.
+HOLDC = dict(reward="holdc", holdc_layers=18, holdc_filters=2, holdc_embedding_size=4,
+             holdc_crop_size=32, distance_normalizer=5.0)
+
+
 @pytest.fixture(scope="module")
-def background_runs(tmp_path_factory):
-    """Runs that tests compare with or inspect, trained one after another in other processes
-    while this one trains the two-seed run and goes on with the tests (conftest.Lane):
-    name -> (config, future of the run's record). Each costs about a minute of compilation.
-    single: seed 1 alone; sharded: the two-seed run over two devices; state: observation=state.
-    """
+def holdc_checkpoint(tmp_path_factory):
+    """A released-format (scenic) HOLD-C checkpoint file with random weights."""
+    from test_holdc import hold_rewards_state, random_flat_variables, write_checkpoint
+
+    folder = tmp_path_factory.mktemp("holdc")
+    return write_checkpoint(str(folder / "checkpoint_7"),
+                            hold_rewards_state(random_flat_variables(18)))
+
+
+def two_seed_config(holdc_checkpoint, **changes):
+    return dataclasses.replace(TINY, seeds=2, reward_checkpoint=os.path.dirname(
+        holdc_checkpoint), **HOLDC, **changes)
+
+
+@pytest.fixture(scope="module")
+def background_runs(tmp_path_factory, holdc_checkpoint):
+    """Runs the tests compare with the two-seed run, trained one after another in another
+    process while this one trains the two-seed run and goes on with the tests
+    (conftest.Lane): name -> (config, future of the run's record). single: its seed 1
+    alone; sharded: the same two seeds over two devices."""
+    config = two_seed_config(holdc_checkpoint)
+    get_trainer(config)  # converts the HOLD-C checkpoint, before other processes read it
     root = tmp_path_factory.mktemp("background")
-    runs = {
-        "single": (dataclasses.replace(TINY, seed=TINY.seed + 1), 1),
-        "sharded": (dataclasses.replace(TINY, seeds=2), 2),
-        # Two seeds: the state trainer is then also the one test_missing_and_mismatched_...
-        # asks for (the two-seed run's config with observation=state), compiled once.
-        "state": (dataclasses.replace(TINY, seeds=2, observation="state"), 1),
-    }
+    runs = {"single": (dataclasses.replace(config, seeds=1, seed=config.seed + 1), 1),
+            "sharded": (config, 2)}
     lane = Lane()
     futures = {}
     for name, (config, devices) in runs.items():
@@ -78,11 +96,18 @@ def background_run(background_runs, name):
 
 
 @pytest.fixture(scope="module")
-def two_seed_run(tmp_path_factory, background_runs):
-    out = str(tmp_path_factory.mktemp("runs") / "two_seeds")
-    config = dataclasses.replace(TINY, seeds=2, out=out)
+def two_seed_run(tmp_path_factory, holdc_checkpoint, background_runs):
+    config = two_seed_config(holdc_checkpoint,
+                             out=str(tmp_path_factory.mktemp("runs") / "two_seeds"))
     record = train(config, quiet=True)
     return config, record
+
+
+@pytest.fixture(scope="module")
+def state_run(tmp_path_factory):
+    config = dataclasses.replace(TINY, observation="state",
+                                 out=str(tmp_path_factory.mktemp("runs") / "state"))
+    return config, train(config, quiet=True)
 
 
 def test_run_writes_metrics_checkpoints_video(two_seed_run):
@@ -167,35 +192,20 @@ def test_bad_train_flags_exit_with_a_message(flag, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_holdc_reward_from_a_released_format_checkpoint(tmp_path):
-    """A tiny HOLD-C in the released checkpoint's format drives a short training run."""
-    from test_holdc import hold_rewards_state, random_flat_variables, write_checkpoint
-
-    ckpt = write_checkpoint(str(tmp_path / "checkpoint_7"), hold_rewards_state(
-        random_flat_variables(18)))
-    config = dataclasses.replace(
-        TINY, reward="holdc", reward_checkpoint=str(tmp_path), holdc_layers=18,
-        holdc_filters=2, holdc_embedding_size=4, holdc_crop_size=32, distance_normalizer=5.0,
-        num_epochs=1, out=str(tmp_path / "run"))
-    record = train(config, quiet=True)
+def test_holdc_reward_from_a_released_format_checkpoint(two_seed_run, holdc_checkpoint,
+                                                      tmp_path):
+    """A tiny HOLD-C in the released checkpoint's format drives a short training run (the
+    two-seed run's)."""
+    config, record = two_seed_run
+    assert config.reward == "holdc" and config.reward_checkpoint == os.path.dirname(
+        holdc_checkpoint)
     assert np.all(np.isfinite(record["critic_loss"]))
-    assert os.path.isdir(ckpt + ".orbax")  # converted once, restored from orbax afterwards
+    assert os.path.isdir(holdc_checkpoint + ".orbax")  # converted once, restored afterwards
     trainer = get_trainer(config)
     distances = trainer.reward_fn.distance(trainer.reward_fn.goals)
     assert distances.shape == (1, 1) and float(trainer.reward_fn.baselines[0]) < 1e-3
     with pytest.raises(FileNotFoundError, match="released HOLD-C checkpoint"):
         get_trainer(dataclasses.replace(config, reward_checkpoint=str(tmp_path / "none")))
-
-
-# After the holdc test, by when the sharded run (second in the background) has finished.
-def test_two_devices_give_the_same_result(two_seed_run, background_runs):
-    """Seeds sharded over two forced host devices train exactly as on one device."""
-    config, _ = two_seed_run
-    sharded, _ = background_run(background_runs, "sharded")  # its process saw two devices
-    assert sharded == dataclasses.replace(config, out=sharded.out)
-    sharded, single = params_of(sharded.out_dir, config), params_of(config.out_dir, config)
-    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
 
 
 def test_run_config_round_trips_through_json(tmp_path):
@@ -206,16 +216,15 @@ def test_run_config_round_trips_through_json(tmp_path):
     assert restored == config and hash(restored) == hash(config)
 
 
-def test_state_observation_run_trains_evaluates_and_saves(background_runs):
+def test_state_observation_run_trains_evaluates_and_saves(state_run):
     """observation=state: float state vectors in policy and replay, no camera while training,
     parameters change, metrics, checkpoint, eval video and the evaluate CLI all work."""
-    config, record = background_run(background_runs, "state")
-    assert config.observation == "state" and config.seeds == 2
+    config, record = state_run
     trainer = get_trainer(config)
     initial, replay = trainer.init(config.seed)
     assert trainer.obs_shape == (trainer.env.task.state_dim,)
     assert initial.env.obs.size == 0  # the env skipped rendering
-    assert replay.data.obs.shape == (2, config.replay_capacity, trainer.env.task.state_dim)
+    assert replay.data.obs.shape == (1, config.replay_capacity, trainer.env.task.state_dim)
     assert replay.data.obs.dtype == np.float32
     assert "encoder" not in initial.sac.actor_params["params"]
     lines = open(os.path.join(config.out_dir, "metrics.jsonl")).read().splitlines()
@@ -230,16 +239,28 @@ def test_state_observation_run_trains_evaluates_and_saves(background_runs):
     assert result["step"] == 2 and 0.0 <= result["success_rate"] <= 1.0
 
 
-# After the state test, whose trainer is the one the observation mismatch below asks for.
-def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, tmp_path):
+# After the state test, by when the sharded run (second in the background) has finished.
+def test_two_devices_give_the_same_result(two_seed_run, background_runs):
+    """Seeds sharded over two forced host devices train exactly as on one device."""
+    config, _ = two_seed_run
+    sharded, _ = background_run(background_runs, "sharded")  # its process saw two devices
+    assert sharded == dataclasses.replace(config, out=sharded.out)
+    sharded, single = params_of(sharded.out_dir, config), params_of(config.out_dir, config)
+    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+
+
+def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, state_run, tmp_path):
     config, _ = two_seed_run
     with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
         train(dataclasses.replace(config, out=str(tmp_path / "nothing")), resume=True)
     # train() builds and initialises the requested run's trainer before it reads the saved
-    # config: one mismatch goes through train() (a trainer compiled anyway), the other
-    # straight to the check it calls (a num_envs=8 trainer would compile for it alone).
-    with pytest.raises(checkpoint.CheckpointError, match="observation: saved"):
-        train(dataclasses.replace(config, observation="state"), resume=True)
+    # config: one mismatch goes through train() with a trainer compiled anyway (the two-seed
+    # run's, asked to resume the state run), the other straight to the check train() makes
+    # (a num_envs=8 trainer would compile for it alone).
+    with pytest.raises(checkpoint.CheckpointError,
+                       match="observation: saved 'state', requested 'pixels'"):
+        train(dataclasses.replace(config, out=state_run[0].out_dir), resume=True)
     saved = checkpoint.read_config(config.out_dir, TrainConfig)
     with pytest.raises(checkpoint.CheckpointError, match="num_envs: saved 4, requested 8"):
         checkpoint.check_resumable(saved, dataclasses.replace(config, num_envs=8))
