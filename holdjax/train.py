@@ -218,12 +218,12 @@ class Trainer:
         replay = jax.vmap(insert)(replay, transitions)
         env_steps = state.env_steps + self.num_envs
 
+        # Until the buffer holds min_replay transitions (by default one episode) the updates
+        # run and are discarded: a select, unlike lax.cond, lets XLA update the learner in
+        # place (an update under cond cost 14% more on the CPU; benchmarks/NOTES.md).
         ready = replay.size[0] >= self.min_replay
-        sac, metrics = jax.lax.cond(
-            ready,
-            lambda: jax.vmap(self._updates)(state.sac, replay, update_key),
-            lambda: (state.sac, self._zero_metrics()),
-        )
+        updated, metrics = jax.vmap(self._updates)(state.sac, replay, update_key)
+        sac = jax.tree.map(lambda new, old: jnp.where(ready, new, old), updated, state.sac)
         episode_return = state.episode_return + reward
         finished = env_state.done
         out = {
@@ -264,10 +264,6 @@ class Trainer:
         keys = jax.ShapeDtypeStruct((self.num_seeds, 2), jnp.uint32)
         sac, replay = jax.eval_shape(self._new_learners, keys)
         return jax.eval_shape(jax.vmap(self._updates), sac, replay, keys)[1]
-
-    def _zero_metrics(self):
-        """NaN metrics of the right shapes for iterations before training starts."""
-        return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), self._metric_shapes)
 
     def _train_epoch(self, state: TrainState, replay: ReplayBuffer):
         (state, replay), out = jax.lax.scan(
