@@ -13,9 +13,10 @@ render (``env.step``), render alone, reward, and the fused step's updates. Peak 
 is read from the device where it reports one (GPUs; XLA:CPU does not).
 
 ``holdc`` is HOLD-C with random weights at the configured size (default ResNet-50, 256 px),
-stored in the converted (orbax) form the trainer restores: speed does not depend on the
-weights. ``holdr`` is listed in the results as not wired into the trainer yet.
-Writes ``benchmarks/results/fused_step-<device>.json`` and prints a table.
+``holdr`` HOLD-R with random weights (``--holdr_size``: the released ViViT-Large factorised
+encoder at 256 px, or a tiny one for smoke tests); both are stored in the converted (orbax)
+form the trainer restores: speed does not depend on the weights.
+Writes ``benchmarks/results/fused_step[-<tag>]-<device>.json`` and prints a table.
 """
 
 from __future__ import annotations
@@ -34,19 +35,24 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import add_holdc_arguments, holdc_config, timed, write_results  # noqa: E402
 
 from holdjax.config import TrainConfig  # noqa: E402
-from holdjax.reward import holdc, scenic_checkpoint  # noqa: E402
+from holdjax.reward import holdc, holdr, scenic_checkpoint  # noqa: E402
 from holdjax.train import get_trainer  # noqa: E402
 
-WIRED_REWARDS = ("sparse", "dense", "l2", "holdc")
+HOLDR_SIZES = {
+    "large": holdr.HoldRConfig(),  # hold-rewards' released ViViT-L
+    "tiny": holdr.HoldRConfig(hidden_size=32, patch_size=(8, 8, 1), spatial_layers=1,
+                              spatial_heads=2, spatial_mlp_dim=64, temporal_layers=1,
+                              temporal_heads=2, temporal_mlp_dim=64, crop_size=32),
+}
 
 
-def random_holdc_checkpoint(model: holdc.HoldCConfig, directory: str) -> str:
-    """A directory the trainer loads as a HOLD-C checkpoint: a ``checkpoint_0`` placeholder
-    and its converted orbax copy ``checkpoint_0.orbax`` holding random weights."""
+def random_checkpoint(variables: dict, directory: str) -> str:
+    """A directory the trainer loads as a released checkpoint: a ``checkpoint_0``
+    placeholder and its converted orbax copy ``checkpoint_0.orbax`` holding ``variables``."""
     os.makedirs(directory, exist_ok=True)
     placeholder = os.path.join(directory, "checkpoint_0")
     open(placeholder, "w").close()
-    scenic_checkpoint.save_orbax(placeholder + ".orbax", holdc.random_variables(model))
+    scenic_checkpoint.save_orbax(placeholder + ".orbax", variables)
     return directory
 
 
@@ -122,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3 if gpu else 1)
     parser.add_argument("--batch_size", type=int, default=256)
     add_holdc_arguments(parser)
+    parser.add_argument("--holdr_size", choices=sorted(HOLDR_SIZES), default="large")
+    parser.add_argument("--tag", default="", help="variant name for the results file")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
 
@@ -131,22 +139,21 @@ def main(argv: list[str] | None = None) -> dict:
                        holdc_embedding_size=model.embedding_size,
                        holdc_crop_size=model.crop_size, reward_dtype=model.dtype)
     rewards = args.rewards.split(",")
-    if "holdc" in rewards:
-        base = dataclasses.replace(base, reward_checkpoint=random_holdc_checkpoint(
-            model, tempfile.mkdtemp(prefix="holdc_random_")))
-    rows, skipped = [], {}
+    random_variables = {"holdc": lambda: holdc.random_variables(model),
+                        "holdr": lambda: holdr.random_variables(HOLDR_SIZES[args.holdr_size])}
+    checkpoints = {name: random_checkpoint(draw(), tempfile.mkdtemp(prefix=f"{name}_random_"))
+                   for name, draw in random_variables.items() if name in rewards}
+    rows = []
     print(f"{'reward':>6} {'N':>5} {'ratio':>7} {'env steps/s':>12} {'updates/s':>10} "
           f"{'step ms':>8} {'phys+rend':>9} {'reward':>7} {'updates':>8} {'compile s':>9}",
           flush=True)
     for reward in rewards:
-        if reward not in WIRED_REWARDS:
-            skipped[reward] = "not wired into the trainer yet"
-            print(f"{reward:>6}  skipped: {skipped[reward]}", flush=True)
-            continue
+        config = dataclasses.replace(base, reward_checkpoint=checkpoints.get(reward, ""))
         for num_envs in map(int, args.nums.split(",")):
             for ratio in args.ratios.split(","):
                 try:
-                    row = measure(base, reward, num_envs, ratio, args.iterations, args.repeats)
+                    row = measure(config, reward, num_envs, ratio, args.iterations,
+                                  args.repeats)
                 except Exception as e:  # e.g. out of memory at large N: record and go on
                     row = {"reward": reward, "num_envs": num_envs, "ratio": ratio,
                            "error": repr(e)[:300]}
@@ -155,9 +162,13 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"task": "pushing", "iterations": args.iterations, "batch_size": args.batch_size,
                "holdc": {"layers": args.holdc_layers, "filters": args.holdc_filters,
                          "crop_size": args.holdc_crop_size, "dtype": args.reward_dtype},
-               "rows": rows, "skipped": skipped}
+               "holdr": {"size": args.holdr_size, "dtype": args.reward_dtype,
+                         **{k: v for k, v in dataclasses.asdict(
+                             HOLDR_SIZES[args.holdr_size]).items() if k != "dtype"}},
+               "rows": rows}
     kwargs = {"out_dir": args.out} if args.out else {}
-    print("wrote", write_results("fused_step", payload, **kwargs))
+    name = "fused_step" + (f"-{args.tag}" if args.tag else "")
+    print("wrote", write_results(name, payload, **kwargs))
     return payload
 
 

@@ -32,13 +32,15 @@ class TrainConfig:
 
     name: str = ""  # run name; "" -> "<task>_<reward>"
     task: str = "pushing"
-    reward: str = "sparse"  # sparse | dense | l2 | holdc
+    reward: str = "sparse"  # sparse | dense | l2 | holdc | holdr | r3m
     # What policy, critics and replay see: the camera image (the reference's) or the
     # task's low-dimensional state (no rendering unless the reward scores images).
     observation: str = "pixels"  # pixels | state
 
-    # Distance model (holdc): the released checkpoint and its architecture.
-    reward_checkpoint: str = ""  # "" -> $HOLD_TOP_DIR/hold/holdc/checkpoint
+    # Distance models: the released checkpoint (HOLD-R's architecture is read from it; R3M's
+    # model.pt) and HOLD-C's architecture.
+    # "" -> $HOLD_TOP_DIR/hold/<holdc|holdr>/checkpoint, R3M: $HOLD_TOP_DIR/r3m/r3m_50/model.pt
+    reward_checkpoint: str = ""
     holdc_layers: int = 50
     holdc_filters: int = 64
     holdc_embedding_size: int = 32

@@ -32,8 +32,7 @@ from holdjax import checkpoint, envs
 from holdjax.config import TrainConfig, config_from_args
 from holdjax.envs.base import EnvState, ManipulationEnv
 from holdjax.reward import RewardFunction, make_reward
-from holdjax.reward.base import DISTANCE_REWARDS
-from holdjax.reward.shaping import ShapingState
+from holdjax.reward.base import DISTANCE_REWARDS, RewardState
 from holdjax.sac import networks as sac_networks
 from holdjax.sac.replay import (
     ReplayBuffer,
@@ -59,7 +58,7 @@ class TrainState:
 
     sac: SACState  # (K, ...)
     env: EnvState  # (K * N, ...) worlds, seed-major
-    reward: ShapingState  # (K * N,)
+    reward: RewardState  # (K * N,) worlds
     episode_return: jax.Array  # (K * N,) training reward summed over the current episode
     key: jax.Array  # (K, 2) per-seed PRNG keys
     env_steps: jax.Array  # () environment steps taken per seed
@@ -158,7 +157,7 @@ class Trainer:
         return self.env.reset_with_keys(keys.reshape(-1, keys.shape[-1]))
 
     # ---- policy input --------------------------------------------------------------------
-    def policy_obs(self, env_state: EnvState, reward_state: ShapingState) -> jax.Array:
+    def policy_obs(self, env_state: EnvState, reward_state: RewardState) -> jax.Array:
         """Policy input as stored in replay: the float state vector, or the uint8 frame with
         the current subgoal image on the channels."""
         if self.config.observation == "state":

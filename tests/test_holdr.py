@@ -2,6 +2,7 @@
 numpy forward pass written from the architecture, not from the module."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -226,10 +227,10 @@ def test_history_init_repeats_and_push_shifts():
     history = push(push(history, new[0]), new[1])
     for got, want in zip(np.moveaxis(np.asarray(history), 1, 0), [first, *new], strict=True):
         np.testing.assert_array_equal(got, want)  # oldest first, newest last
-    fresh = _frames(20, (2, 4, 4, 3))
-    reset = holdr.reset_history(history, fresh, jnp.array([True, False]))
-    np.testing.assert_array_equal(reset[0], np.repeat(np.asarray(fresh[:1]), 3, axis=0))
-    np.testing.assert_array_equal(reset[1], history[1])
+    features = jnp.arange(6.0).reshape(2, 3)  # per-frame features shift the same way
+    kept = push(holdr.init_history(features, 3), features + 10)
+    np.testing.assert_array_equal(kept[:, 0], features)
+    np.testing.assert_array_equal(kept[:, 2], features + 10)
 
 
 def _without(tree, *keys):
@@ -255,3 +256,105 @@ def _without(tree, *keys):
 def test_mismatched_tree_names_the_leaf(mutate, leaf):
     with pytest.raises(ValueError, match=leaf.replace("(", r"\(").replace(")", r"\)")):
         holdr.variables_from_scenic(mutate(scenic_tree()), CONFIG)
+
+
+def test_config_read_from_parameter_shapes():
+    assert holdr.HoldRConfig.from_params(scenic_tree()) == CONFIG
+    released = holdr.variable_shapes(holdr.HoldRConfig())["params"]
+    assert holdr.HoldRConfig.from_params(released) == holdr.HoldRConfig()
+    assert holdr.HoldRConfig.from_params(released, dtype=jnp.bfloat16).dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="no leaf TemporalTransformer/posembed_input"):
+        holdr.HoldRConfig.from_params({k: v for k, v in scenic_tree().items()
+                                       if k != "TemporalTransformer"})
+
+
+def test_frame_features_path_equals_whole_clip():
+    """Encoding each frame once and regressing from kept features gives the clip's value."""
+    variables = holdr.variables_from_scenic(scenic_tree(), CONFIG)
+    model = holdr.HoldRDistance(CONFIG, variables)
+    history, goals = _frames(8, (3, FRAMES - 1, 36, 44, 3)), _frames(9, (2, 36, 44, 3))
+    features = model.features(history.reshape(-1, 36, 44, 3)).reshape(3, FRAMES - 1, HIDDEN)
+    got = model.to_goals(goals)(features)
+    assert got.shape == (3, 2)
+    for g in range(2):
+        want = holdr.predict_time_to_goal(variables, history, goals[g], CONFIG)
+        np.testing.assert_allclose(got[:, g], want, rtol=1e-4, atol=1e-5)
+
+
+def test_tubelets_spanning_frames_are_refused_per_frame():
+    config = holdr.HoldRConfig(**{**vars(CONFIG), "patch_size": (PATCH, PATCH, 2)})
+    with pytest.raises(ValueError, match="one-frame tubelets"):
+        holdr.HoldRDistance(config, {})
+
+
+def test_random_variables_match_the_model_and_give_finite_output():
+    variables = holdr.random_variables(CONFIG, seed=1)
+    shapes = holdr.variable_shapes(CONFIG)
+    assert jax.tree.map(np.shape, variables) == jax.tree.map(lambda s: s.shape, shapes)
+    out = holdr.predict_time_to_goal(variables, _frames(10, (2, FRAMES - 1, 32, 32, 3)),
+                                     _frames(11, (32, 32, 3)), CONFIG)
+    assert np.all(np.isfinite(out)) and float(jnp.abs(out).max()) > 0
+
+
+# --- the released checkpoint's file, and HOLD-R as the reward --------------------------------
+
+
+def released_state(params: dict) -> dict:
+    """A train state dict as hold-rewards' HOLD-R (flax.optim era) saves it; ViViT has no
+    batch statistics, so its model state is empty."""
+    return {"global_step": 3,
+            "optimizer": {"target": params, "state": {"step": 3}},
+            "model_state": {}, "rng": np.array([0, 42], np.uint32)}
+
+
+def write_released_checkpoint(path, params) -> str:
+    from flax import serialization
+
+    with open(path, "wb") as f:
+        f.write(serialization.msgpack_serialize(released_state(params)))
+    return str(path)
+
+
+def test_load_released_checkpoint_reads_architecture_and_converts_once(tmp_path):
+    from holdjax.reward import scenic_checkpoint as sc
+
+    write_released_checkpoint(tmp_path / "checkpoint_3", scenic_tree())
+    model = sc.load_holdr(str(tmp_path))
+    assert model.config == CONFIG and model.history_length == FRAMES - 1
+    assert os.path.isdir(tmp_path / "checkpoint_3.orbax")
+    again = sc.load_holdr(str(tmp_path))  # from the orbax copy
+    for a, b in ((model.variables, scenic_tree()), (again.variables, scenic_tree())):
+        jax.tree.map(np.testing.assert_array_equal, a["params"], b)
+    (tmp_path / "other").mkdir()
+    write_released_checkpoint(tmp_path / "other" / "checkpoint_1", _without(
+        scenic_tree(), "SpatialTransformer", "encoderblock_1", "MlpBlock_0"))
+    with pytest.raises(sc.CheckpointMismatchError,
+                       match="missing leaf SpatialTransformer/encoderblock_1/MlpBlock_0"):
+        sc.load_holdr(str(tmp_path / "other"))
+
+
+def test_reward_scores_each_worlds_last_frames_against_the_goal():
+    """HOLD-R as a training reward: the history starts as the reset frame repeated, each step
+    pushes the new frame, and the reward is the shaped regression of exactly those frames."""
+    from types import SimpleNamespace
+
+    from holdjax.reward.base import FrameHistory, RewardFunction
+    from holdjax.reward.shaping import ShapingConfig
+
+    variables = holdr.variables_from_scenic(scenic_tree(), CONFIG)
+    model = holdr.HoldRDistance(CONFIG, variables)
+    goals = _frames(30, (1, 32, 32, 3))
+    fn = RewardFunction("holdr", ShapingConfig(normalizer=5.0, env_weight=0.0), goals,
+                        model.to_goals(goals), FrameHistory(model.features, FRAMES - 1))
+    baseline = holdr.baseline_time_to_goal(variables, goals, CONFIG)
+    np.testing.assert_allclose(fn.baselines, baseline, rtol=1e-4, atol=1e-5)
+    frames = [_frames(31 + t, (2, 32, 32, 3)) for t in range(4)]
+    state = fn.init(SimpleNamespace(obs=frames[0], reward=jnp.zeros(2)))
+    assert state.history.shape == (2, FRAMES - 1, HIDDEN)
+    seen = [frames[0]] * (FRAMES - 1)
+    for t in range(1, 4):
+        reward, state = fn(SimpleNamespace(obs=frames[t], reward=jnp.zeros(2)), state)
+        seen = [*seen[1:], frames[t]]
+        time = holdr.predict_time_to_goal(variables, jnp.stack(seen, 1), goals[0], CONFIG)
+        want = -jnp.maximum(0.0, time - baseline[0]) / 5.0
+        np.testing.assert_allclose(reward, want, rtol=1e-4, atol=1e-5)

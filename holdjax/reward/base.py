@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 
@@ -9,23 +10,46 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from holdjax.envs.base import EnvState, ManipulationEnv
 from holdjax.envs.goal_images import load_goal_image
-from holdjax.reward import l2, shaping
+from holdjax.reward import holdr, l2, shaping
 
-DISTANCE_REWARDS = ("l2", "holdc")
+DISTANCE_REWARDS = ("l2", "holdc", "holdr", "r3m")
 REWARDS = ("sparse", "dense", *DISTANCE_REWARDS)
+MODEL_NAMES = {"holdc": "HOLD-C", "holdr": "HOLD-R"}
 
-# frames (N, H, W, 3) uint8 -> (N, G) distances to the run's fixed goal images
+# The model's input (uint8 frames (N, H, W, 3), or history features (N, L, F)) -> (N, G)
+# distances to the run's fixed goal images.
 DistanceToGoals = Callable[[jax.Array], jax.Array]
 
 
+@dataclasses.dataclass(frozen=True)
+class FrameHistory:
+    """How a model that reads each world's recent frames (HOLD-R) keeps them: ``features``
+    maps new uint8 frames (N, H, W, 3) to what is kept per frame (N, F); ``length`` frames
+    are kept, oldest first, padded at an episode's start by repeating its first frame."""
+
+    features: Callable[[jax.Array], jax.Array]
+    length: int
+
+
+@struct.dataclass
+class RewardState:
+    """Each world's reward state: the shaping's, and for history models the kept features
+    of its last frames (N, L, F); None for single-frame models."""
+
+    shaping: shaping.ShapingState
+    history: jax.Array | None = None
+
+
 class RewardFunction:
-    """Scores each world's frame after a step; its per-world state is a ShapingState."""
+    """Scores each world's frame (or recent frames) after a step; its per-world state is a
+    :class:`RewardState`."""
 
     def __init__(self, kind: str, config: shaping.ShapingConfig, goals: np.ndarray,
-                 distance: DistanceToGoals | None = None):
+                 distance: DistanceToGoals | None = None, history: FrameHistory | None = None):
         if kind not in REWARDS:
             raise ValueError(f"unknown reward {kind!r}; valid rewards: {', '.join(REWARDS)}")
         chex.assert_rank(goals, 4)
@@ -37,66 +61,99 @@ class RewardFunction:
         if kind in DISTANCE_REWARDS and distance is None:
             raise ValueError(f"reward {kind!r} needs its distance model")
         self.distance = distance
-        # The baseline: the model's distance of each goal to itself, computed once.
-        self.baselines = (
-            jnp.diagonal(self.distance(self.goals)) if self.distance else jnp.zeros(len(goals)))
+        self.history = history
+        # The baseline: the model's distance of each goal to itself (as history: the goal
+        # repeated), computed once.
+        self.baselines = (jnp.diagonal(self.distance(self._model_input(self.goals, None)[0]))
+                          if self.distance else jnp.zeros(len(goals)))
 
     @property
     def num_goals(self) -> int:
         return self.goals.shape[0]
 
-    def init(self, env_state: EnvState) -> shaping.ShapingState:
+    def init(self, env_state: EnvState) -> RewardState:
         """Reward state at an episode's start (its reset frames)."""
         num_worlds = env_state.obs.shape[0]
-        state = shaping.init_shaping(self.config, num_worlds, self.num_goals)
+        state = RewardState(shaping.init_shaping(self.config, num_worlds, self.num_goals))
+        if self.history is not None:
+            state = state.replace(history=self._model_input(env_state.obs, None)[1])
         if self.distance is not None and self.config.subtract_prev_distance:
-            _, scored, _ = self._shape(env_state, state)
-            state = state.replace(prev=scored.prev)
+            _, scored = self._shape(env_state, state)
+            state = state.replace(shaping=state.shaping.replace(prev=scored.shaping.prev))
         return state
 
-    def __call__(
-        self, env_state: EnvState, state: shaping.ShapingState
-    ) -> tuple[jax.Array, shaping.ShapingState]:
+    def __call__(self, env_state: EnvState,
+                 state: RewardState) -> tuple[jax.Array, RewardState]:
         """Rewards (N,) for the frames in ``env_state`` (the observation after the step)."""
         if self.kind == "sparse":
             return env_state.reward, state
         if self.kind == "dense":
             return env_state.dense_reward, state
-        reward, state, _ = self._shape(env_state, state)
-        return reward, state
+        return self._shape(env_state, state)
 
-    def goal_image(self, state: shaping.ShapingState) -> jax.Array:
+    def goal_image(self, state: RewardState) -> jax.Array:
         """Each world's current subgoal image (N, H, W, 3), for goal-conditioned policies."""
-        return self.goals[state.subtask]
+        return self.goals[state.shaping.subtask]
+
+    def _model_input(self, frames: jax.Array,
+                     history: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+        """(what the distance model scores, the new history) for new frames: the frames
+        themselves, or the history with their features pushed (started when None)."""
+        if self.history is None:
+            return frames, None
+        features = self.history.features(frames)
+        history = (holdr.init_history(features, self.history.length) if history is None
+                   else holdr.push_history(history, features))
+        return history, history
 
     def _shape(self, env_state, state):
-        distances = self.distance(env_state.obs)
-        return shaping.shape_reward(self.config, distances, self.baselines,
-                                    env_state.reward, state)
+        model_input, history = self._model_input(env_state.obs, state.history)
+        reward, shaped, _ = shaping.shape_reward(self.config, self.distance(model_input),
+                                                 self.baselines, env_state.reward,
+                                                 state.shaping)
+        return reward, RewardState(shaped, history)
 
 
 def l2_to_goals(goals: jax.Array) -> DistanceToGoals:
     return lambda frames: l2.l2_distance(frames, goals)
 
 
-def released_holdc_checkpoint(path: str) -> str | None:
-    """The released HOLD-C checkpoint file: at ``path`` (which must exist) when given, else
-    at ``$HOLD_TOP_DIR/hold/holdc/checkpoint`` if present, else None."""
+def released_checkpoint(path: str, model: str = "holdc") -> str | None:
+    """The released ``model`` (holdc or holdr) checkpoint file: at ``path`` (which must exist)
+    when given, else at ``$HOLD_TOP_DIR/hold/<model>/checkpoint`` if present, else None."""
     from holdjax.reward import scenic_checkpoint
 
     if path:
         try:
             return scenic_checkpoint.find_checkpoint(path)
         except FileNotFoundError as e:
+            fallback = ("$HOLD_TOP_DIR's copy or, without one, holdjax's demo-trained model"
+                        if model == "holdc" else "$HOLD_TOP_DIR's copy")
             raise FileNotFoundError(
-                f"{e}. --reward_checkpoint names the released HOLD-C checkpoint "
-                "(hold/holdc/checkpoint from the HOLD release, see README); leave it empty to "
-                "use $HOLD_TOP_DIR's copy or, without one, holdjax's demo-trained model"
-            ) from None
+                f"{e}. --reward_checkpoint names the released {MODEL_NAMES[model]} checkpoint "
+                f"(hold/{model}/checkpoint from the HOLD release, see README); leave it empty "
+                f"to use {fallback}") from None
     try:
-        return scenic_checkpoint.find_checkpoint(scenic_checkpoint.default_checkpoint_path())
+        return scenic_checkpoint.find_checkpoint(
+            scenic_checkpoint.default_checkpoint_path(model))
     except FileNotFoundError:
         return None
+
+
+def holdr_model(config):
+    """The released HOLD-R model (there is no demo-trained stand-in: holdjax trains HOLD-C
+    only), its architecture read from the checkpoint."""
+    from holdjax.reward import scenic_checkpoint
+
+    source = released_checkpoint(config.reward_checkpoint, "holdr")
+    if source is None:
+        raise FileNotFoundError(
+            "reward holdr needs the released HOLD-R checkpoint: put it at "
+            "$HOLD_TOP_DIR/hold/holdr/checkpoint or pass --reward_checkpoint=PATH (download "
+            "locations in the README); holdjax can train only a HOLD-C stand-in "
+            "(--reward=holdc)")
+    print(f"reward holdr: released HOLD-R checkpoint {source}", file=sys.stderr)
+    return scenic_checkpoint.load_holdr(source, dtype=jnp.dtype(config.reward_dtype))
 
 
 def holdc_to_goals(config, task: str, goals: jax.Array) -> DistanceToGoals:
@@ -109,7 +166,7 @@ def holdc_to_goals(config, task: str, goals: jax.Array) -> DistanceToGoals:
 
     distance = dict(distance_type=config.distance_type, distance_params=config.distance_params,
                     dtype=config.reward_dtype)
-    source = released_holdc_checkpoint(config.reward_checkpoint)
+    source = released_checkpoint(config.reward_checkpoint)
     if source is None:
         path = reward_train.ensure_default_model(task)
         print(f"reward holdc: holdjax's demo-trained HOLD-C {path} (trained on rendered robot "
@@ -126,6 +183,17 @@ def holdc_to_goals(config, task: str, goals: jax.Array) -> DistanceToGoals:
     return model.to_goals(goals)
 
 
+def r3m_model(config):
+    """The public R3M ResNet (figure 5's baseline: ResNet-50) from ``--reward_checkpoint`` or
+    its default location (:func:`holdjax.reward.r3m.default_weights_path`); no torch needed."""
+    from holdjax.reward import r3m
+
+    model = r3m.load_r3m(config.reward_checkpoint or None, dtype=config.reward_dtype)
+    print(f"reward r3m: R3M ResNet-{model.config.num_layers} from "
+          f"{config.reward_checkpoint or r3m.default_weights_path()}", file=sys.stderr)
+    return model
+
+
 def make_reward(config, env: ManipulationEnv) -> RewardFunction:
     """The reward ``config.reward`` for ``env``, with the task's committed goal images;
     ``config`` is a :class:`holdjax.config.TrainConfig`."""
@@ -134,6 +202,13 @@ def make_reward(config, env: ManipulationEnv) -> RewardFunction:
         raise ValueError(
             f"goal images are {goals.shape[1:3]} but the env renders {env.image_shape}; "
             "render matching goal images or use the task's image size")
-    distance = (holdc_to_goals(config, env.task.name, jnp.asarray(goals))
-                if config.reward == "holdc" else None)
+    if config.reward == "holdr":
+        model = holdr_model(config)
+        return RewardFunction("holdr", config.shaping, goals, model.to_goals(jnp.asarray(goals)),
+                              FrameHistory(model.features, model.history_length))
+    distance = None
+    if config.reward == "holdc":
+        distance = holdc_to_goals(config, env.task.name, jnp.asarray(goals))
+    elif config.reward == "r3m":
+        distance = r3m_model(config).to_goals(jnp.asarray(goals))
     return RewardFunction(config.reward, config.shaping, goals, distance)

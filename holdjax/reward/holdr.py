@@ -62,6 +62,44 @@ class HoldRConfig:
         fh, fw, _ = self.patch_size
         return (self.crop_size // fh) * (self.crop_size // fw)
 
+    @classmethod
+    def from_params(cls, params: dict, **overrides) -> HoldRConfig:
+        """The architecture a scenic-layout parameter tree describes, read from its leaf
+        shapes (the released checkpoint stores no config); ``overrides`` set the rest
+        (``dtype``, ``zero_centering``). Raises ValueError naming a leaf it needs but lacks;
+        :func:`variables_from_scenic` then checks every leaf against the result."""
+        flat = {_path(k): np.shape(v) for k, v in
+                flax.traverse_util.flatten_dict(flax.core.unfreeze(params)).items()}
+
+        def shape(path):
+            if path not in flat:
+                raise ValueError(f"not a HOLD-R (ViViT) parameter tree: no leaf {path}")
+            return flat[path]
+
+        def layers(encoder):
+            return len({k.split("/")[1] for k in flat
+                        if k.startswith(f"{encoder}/encoderblock_")})
+
+        def block(encoder, leaf):
+            return shape(f"{encoder}/encoderblock_0/{leaf}")
+
+        ft, fh, fw, _, hidden = shape("embedding/kernel")
+        spatial_tokens = shape("SpatialTransformer/posembed_input/pos_embedding")[1] - 1
+        temporal_tokens = shape("TemporalTransformer/posembed_input/pos_embedding")[1] - 1
+        side = round(spatial_tokens ** 0.5)
+        attention = "MultiHeadDotProductAttention_0/query/kernel"
+        sizes = dict(
+            hidden_size=hidden, patch_size=(fh, fw, ft),
+            spatial_layers=layers("SpatialTransformer"),
+            spatial_heads=block("SpatialTransformer", attention)[1],
+            spatial_mlp_dim=block("SpatialTransformer", "MlpBlock_0/Dense_0/kernel")[1],
+            temporal_layers=layers("TemporalTransformer"),
+            temporal_heads=block("TemporalTransformer", attention)[1],
+            temporal_mlp_dim=block("TemporalTransformer", "MlpBlock_0/Dense_0/kernel")[1],
+            num_frames=temporal_tokens * ft, crop_size=side * fh,
+            num_outputs=shape("output_projection/kernel")[1])
+        return cls(**{**sizes, **overrides})
+
 
 # --- preprocessing and frame history ---------------------------------------------------------
 
@@ -78,26 +116,17 @@ def preprocess(frames: jax.Array, crop_size: int, zero_centering: bool = True) -
     return x * 2.0 - 1.0 if zero_centering else x
 
 
-def init_history(first_frames: jax.Array, length: int) -> jax.Array:
-    """(N, H, W, 3) -> (N, length, H, W, 3): the reset frame repeated, as the reference pads
-    its history at an episode's start."""
-    chex.assert_rank(first_frames, 4)
-    return jnp.repeat(first_frames[:, None], length, axis=1)
+def init_history(first: jax.Array, length: int) -> jax.Array:
+    """(N, ...) -> (N, length, ...): each world's reset frame (or its features) repeated, as
+    the reference pads its history at an episode's start."""
+    chex.assert_rank(first, {2, 3, 4})
+    return jnp.repeat(first[:, None], length, axis=1)
 
 
-def push_history(history: jax.Array, frames: jax.Array) -> jax.Array:
-    """Drops each world's oldest frame and appends its newest (N, H, W, 3); oldest first."""
-    chex.assert_rank([history, frames], [5, 4])
-    chex.assert_equal_shape([history[:, 0], frames])
-    return jnp.concatenate([history[:, 1:], frames[:, None]], axis=1)
-
-
-def reset_history(history: jax.Array, frames: jax.Array, reset: jax.Array) -> jax.Array:
-    """Re-pads the worlds where ``reset`` (N,) holds with their new first frame; keeps the
-    rest. For auto-resetting batches, where worlds start episodes at different steps."""
-    chex.assert_rank([history, frames, reset], [5, 4, 1])
-    fresh = init_history(frames, history.shape[1])
-    return jnp.where(reset[:, None, None, None, None], fresh, history)
+def push_history(history: jax.Array, new: jax.Array) -> jax.Array:
+    """Drops each world's oldest entry and appends its newest (N, ...); oldest first."""
+    chex.assert_equal_shape([history[:, 0], new])
+    return jnp.concatenate([history[:, 1:], new[:, None]], axis=1)
 
 
 # --- the model, in scenic's layout -----------------------------------------------------------
@@ -166,36 +195,55 @@ class Encoder(nn.Module):
         return nn.LayerNorm(name="encoder_norm")(x)
 
 
-def _with_cls(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
-    """Prepends the zero-initialised class token ``cls_<name>`` to tokens (B, L, D)."""
-    cls = module.param(f"cls_{name}", nn.initializers.zeros, (1, 1, x.shape[-1]), jnp.float32)
+def _with_cls(cls: jax.Array, x: jax.Array) -> jax.Array:
+    """Prepends the class token ``cls`` (1, 1, D) to tokens (B, L, D)."""
     cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
     return jnp.concatenate([cls, x], axis=1)
 
 
 class HoldR(nn.Module):
     """ViViT factorised encoder: a spatial transformer per frame (its class token is the
-    frame's summary), a temporal transformer over those, a linear head on its class token."""
+    frame's summary), a temporal transformer over those, a linear head on its class token.
+
+    The two halves are also methods of their own (``frame_tokens``, ``regress``): with
+    one-frame tubelets a frame's summary does not depend on the other frames, so the fused
+    step encodes each new frame once and keeps the summaries of the last few as history."""
 
     config: HoldRConfig
 
-    @nn.compact
+    def setup(self):
+        cfg = self.config
+        fh, fw, ft = cfg.patch_size
+        zeros = nn.initializers.zeros
+        self.embedding = nn.Conv(cfg.hidden_size, (ft, fh, fw), strides=(ft, fh, fw),
+                                 padding="VALID", dtype=cfg.dtype)
+        self.cls_SpatialTransformer = self.param(
+            "cls_SpatialTransformer", zeros, (1, 1, cfg.hidden_size), jnp.float32)
+        self.SpatialTransformer = Encoder(cfg.spatial_layers, cfg.spatial_mlp_dim,
+                                          cfg.spatial_heads, cfg.dtype)
+        self.cls_TemporalTransformer = self.param(
+            "cls_TemporalTransformer", zeros, (1, 1, cfg.hidden_size), jnp.float32)
+        self.TemporalTransformer = Encoder(cfg.temporal_layers, cfg.temporal_mlp_dim,
+                                           cfg.temporal_heads, cfg.dtype)
+        self.output_projection = nn.Dense(cfg.num_outputs, kernel_init=zeros)
+
     def __call__(self, clip: jax.Array) -> jax.Array:
         """Preprocessed clip (N, T, S, S, 3) -> (N, num_outputs) float32."""
-        cfg = self.config
+        return self.regress(self.frame_tokens(clip))
+
+    def frame_tokens(self, clip: jax.Array) -> jax.Array:
+        """Preprocessed clip (N, T, S, S, 3) -> the spatial class tokens (N, T / ft, D)."""
         chex.assert_rank(clip, 5)
-        fh, fw, ft = cfg.patch_size
-        x = nn.Conv(cfg.hidden_size, (ft, fh, fw), strides=(ft, fh, fw), padding="VALID",
-                    dtype=cfg.dtype, name="embedding")(clip.astype(cfg.dtype))
+        x = self.embedding(clip.astype(self.config.dtype))
         n, t, h, w, d = x.shape
-        x = _with_cls(self, "SpatialTransformer", x.reshape(n * t, h * w, d))
-        x = Encoder(cfg.spatial_layers, cfg.spatial_mlp_dim, cfg.spatial_heads, cfg.dtype,
-                    name="SpatialTransformer")(x)[:, 0]
-        x = _with_cls(self, "TemporalTransformer", x.reshape(n, t, d))
-        x = Encoder(cfg.temporal_layers, cfg.temporal_mlp_dim, cfg.temporal_heads, cfg.dtype,
-                    name="TemporalTransformer")(x)[:, 0]
-        return nn.Dense(cfg.num_outputs, kernel_init=nn.initializers.zeros,
-                        name="output_projection")(x)
+        x = _with_cls(self.cls_SpatialTransformer, x.reshape(n * t, h * w, d))
+        return self.SpatialTransformer(x)[:, 0].reshape(n, t, d)
+
+    def regress(self, tokens: jax.Array) -> jax.Array:
+        """Per-frame tokens (N, T / ft, D) -> (N, num_outputs) float32."""
+        chex.assert_rank(tokens, 3)
+        x = _with_cls(self.cls_TemporalTransformer, tokens.astype(self.config.dtype))
+        return self.output_projection(self.TemporalTransformer(x)[:, 0])
 
 
 def _dummy_clip(config: HoldRConfig) -> jax.Array:
@@ -210,6 +258,26 @@ def init_variables(key: jax.Array, config: HoldRConfig) -> dict:
 def variable_shapes(config: HoldRConfig) -> dict:
     """The variables' shapes and dtypes, without allocating them."""
     return jax.eval_shape(HoldR(config).init, jax.random.key(0), _dummy_clip(config))
+
+
+def random_variables(config: HoldRConfig, seed: int = 0) -> dict:
+    """A random stand-in for checkpoint variables (benchmarks, smoke runs), drawn with numpy
+    so that no init is compiled: kernels with variance 1 / fan-in, unit LayerNorm scales,
+    small position embeddings, zero biases and class tokens."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            # attention's query/key/value kernels are (D, heads, head_dim): fan-in D
+            qkv = len(leaf.shape) == 3 and path[-2].key != "out"
+            fan_in = leaf.shape[0] if qkv else int(np.prod(leaf.shape[:-1]))
+            return rng.normal(0.0, fan_in**-0.5, leaf.shape).astype(leaf.dtype)
+        if name == "pos_embedding":
+            return rng.normal(0.0, 0.02, leaf.shape).astype(leaf.dtype)
+        return (np.ones if name == "scale" else np.zeros)(leaf.shape, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, variable_shapes(config))
 
 
 # --- inference -------------------------------------------------------------------------------
@@ -238,6 +306,67 @@ def baseline_time_to_goal(variables: dict, goals: jax.Array, config: HoldRConfig
     chex.assert_rank(goals, 4)
     history = init_history(goals, config.history_length)
     return predict_time_to_goal(variables, history, goals, config)
+
+
+# --- the fused step's form: one spatial pass per new frame ------------------------------------
+
+
+def _check_one_frame_tubelets(config: HoldRConfig) -> None:
+    if config.patch_size[2] != 1:
+        raise ValueError(
+            f"per-frame features need one-frame tubelets (patch_size time 1, as the released "
+            f"HOLD-R); this model's tubelets span {config.patch_size[2]} frames")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def frame_features(config: HoldRConfig, variables: dict, frames: jax.Array) -> jax.Array:
+    """The spatial transformer's summary (N, D) float32 of each uint8 frame (N, H, W, 3):
+    what a world's history keeps per frame."""
+    _check_one_frame_tubelets(config)
+    chex.assert_rank(frames, 4)
+    clip = preprocess(frames[:, None], config.crop_size, config.zero_centering)
+    tokens = HoldR(config).apply(variables, clip, method=HoldR.frame_tokens)
+    return tokens[:, 0].astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def time_to_goals(config: HoldRConfig, variables: dict, history: jax.Array,
+                  goal_features: jax.Array) -> jax.Array:
+    """Regressed time (N, G) from each world's history of frame features (N, T-1, D), oldest
+    first, to each goal (G, D): the temporal transformer and head only. Equal to
+    :func:`predict_time_to_goal` on the frames themselves."""
+    n, length, d = history.shape
+    chex.assert_equal(length, config.history_length)
+    chex.assert_shape(goal_features, (None, d))
+
+    def to_goal(goal):
+        tokens = jnp.concatenate([history, jnp.broadcast_to(goal, (n, 1, d))], axis=1)
+        return HoldR(config).apply(variables, tokens, method=HoldR.regress)[:, 0]
+
+    return jax.vmap(to_goal, out_axes=1)(goal_features).astype(jnp.float32)
+
+
+class HoldRDistance:
+    """A HOLD-R model bound to its variables. The reward keeps, per world, the features of
+    its last ``history_length`` frames (:meth:`features`); ``to_goals`` scores them."""
+
+    def __init__(self, config: HoldRConfig, variables: dict):
+        _check_one_frame_tubelets(config)
+        self.config = config
+        self.variables = variables
+
+    @property
+    def history_length(self) -> int:
+        return self.config.history_length
+
+    def features(self, frames: jax.Array) -> jax.Array:
+        return frame_features(self.config, self.variables, frames)
+
+    def to_goals(self, goals: jax.Array):
+        """history features (N, T-1, D) -> (N, G) time to ``goals`` (G, H, W, 3), whose
+        features are computed only here."""
+        return functools.partial(time_to_goals, self.config, self.variables,
+                                 goal_features=self.features(goals))
 
 
 # --- loading scenic checkpoints --------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Import of the released HOLD-C scenic checkpoint, without TensorFlow or scenic.
+"""Import of the released HOLD-C and HOLD-R scenic checkpoints, without TensorFlow or scenic.
 
 scenic saves its train state with ``flax.training.checkpoints.save_checkpoint``: a file
 ``<workdir>/checkpoint_<step>`` holding the msgpack of the state dict. hold-rewards' state
@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization, traverse_util
 
-from holdjax.reward import holdc
+from holdjax.reward import holdc, holdr
 
 CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 
@@ -32,14 +32,15 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's variables do not match the model they are loaded into."""
 
 
-def default_checkpoint_path() -> str:
-    """Where the reference keeps the HOLD-C checkpoint: ``$HOLD_TOP_DIR/hold/holdc/checkpoint``."""
+def default_checkpoint_path(model: str = "holdc") -> str:
+    """Where the reference keeps a released checkpoint: ``$HOLD_TOP_DIR/hold/<model>/checkpoint``
+    (``model`` is holdc or holdr)."""
     top = os.environ.get("HOLD_TOP_DIR")
     if not top:
         raise FileNotFoundError(
-            "HOLD_TOP_DIR is not set: set it to the directory holding hold/holdc/checkpoint "
-            "(the released HOLD-C checkpoint), or pass the checkpoint path explicitly")
-    return os.path.join(top, "hold", "holdc", "checkpoint")
+            f"HOLD_TOP_DIR is not set: set it to the directory holding hold/{model}/checkpoint "
+            "(the released checkpoint), or pass the checkpoint path explicitly")
+    return os.path.join(top, "hold", model, "checkpoint")
 
 
 def find_checkpoint(path: str) -> str:
@@ -48,7 +49,7 @@ def find_checkpoint(path: str) -> str:
     if os.path.isfile(path):
         return path
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"no HOLD-C checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint at {path}")
     steps = {int(m.group(1)): name for name in os.listdir(path)
              if (m := CHECKPOINT_NAME.fullmatch(name))}
     if not steps:
@@ -91,22 +92,28 @@ def _flat(tree: dict) -> dict:
     return traverse_util.flatten_dict(tree, sep="/")
 
 
-def match_variables(restored: dict, expected: dict) -> dict:
-    """``restored`` as float32 numpy arrays, after checking its leaves against ``expected``
-    (arrays or shape structs) one by one; the error lists every offending leaf."""
-    got, want = _flat(restored), _flat(expected)
-    problems = [f"missing leaf {k} (expected shape {tuple(want[k].shape)})"
+HOLDC_MODEL = "the HOLD-C model (check num_layers, num_filters and embedding_size)"
+
+
+def leaf_problems(got: dict[str, tuple], want: dict[str, tuple]) -> list[str]:
+    """Every missing, extra and mis-shaped leaf of ``got`` against ``want`` (name -> shape)."""
+    problems = [f"missing leaf {k} (expected shape {want[k]})"
                 for k in sorted(want.keys() - got.keys())]
-    problems += [f"extra leaf {k} (shape {np.shape(got[k])})"
-                 for k in sorted(got.keys() - want.keys())]
-    problems += [f"mis-shaped leaf {k}: checkpoint {np.shape(got[k])}, "
-                 f"model {tuple(want[k].shape)}"
-                 for k in sorted(got.keys() & want.keys())
-                 if np.shape(got[k]) != tuple(want[k].shape)]
+    problems += [f"extra leaf {k} (shape {got[k]})" for k in sorted(got.keys() - want.keys())]
+    problems += [f"mis-shaped leaf {k}: checkpoint {got[k]}, model {want[k]}"
+                 for k in sorted(got.keys() & want.keys()) if got[k] != want[k]]
+    return problems
+
+
+def match_variables(restored: dict, expected: dict, model: str = HOLDC_MODEL) -> dict:
+    """``restored`` as numpy arrays of ``expected``'s dtypes, after checking its leaves against
+    ``expected`` (arrays or shape structs) one by one; the error lists every offending leaf."""
+    got, want = _flat(restored), _flat(expected)
+    problems = leaf_problems({k: tuple(np.shape(v)) for k, v in got.items()},
+                             {k: tuple(v.shape) for k, v in want.items()})
     if problems:
         raise CheckpointMismatchError(
-            "checkpoint does not match the HOLD-C model (check num_layers, num_filters and "
-            "embedding_size):\n  " + "\n  ".join(problems))
+            f"checkpoint does not match {model}:\n  " + "\n  ".join(problems))
     flat = {k: np.asarray(got[k], dtype=want[k].dtype) for k in want}
     return traverse_util.unflatten_dict(flat, sep="/")
 
@@ -124,16 +131,21 @@ def save_orbax(directory: str, variables: dict) -> None:
         checkpointer.wait_until_finished()
 
 
-def restore_orbax(directory: str, config: holdc.HoldCConfig) -> dict:
-    """Variables saved by :func:`save_orbax`, checked against the model's shapes."""
-    target = holdc.abstract_variables(config)
+def restore_variables(directory: str, target: dict, model: str) -> dict:
+    """Variables saved by :func:`save_orbax`, restored into ``target``'s shapes (abstract
+    variables) and checked leaf by leaf; ``model`` names what they should fit in errors."""
     with ocp.StandardCheckpointer() as checkpointer:
         try:
             restored = checkpointer.restore(os.path.abspath(directory), target)
         except (ValueError, KeyError) as e:
             raise CheckpointMismatchError(
-                f"orbax checkpoint {directory} does not match the HOLD-C model: {e}") from e
-    return match_variables(restored, target)
+                f"orbax checkpoint {directory} does not match {model}: {e}") from e
+    return match_variables(restored, target, model)
+
+
+def restore_orbax(directory: str, config: holdc.HoldCConfig) -> dict:
+    """HOLD-C variables saved by :func:`save_orbax`, checked against the model's shapes."""
+    return restore_variables(directory, holdc.abstract_variables(config), HOLDC_MODEL)
 
 
 def load_holdc_variables(config: holdc.HoldCConfig, path: str | None = None,
@@ -155,3 +167,29 @@ def load_holdc(config: holdc.HoldCConfig | None = None, path: str | None = None,
     """The released HOLD-C distance model, ready to score frames against goals."""
     config = config or holdc.HoldCConfig()
     return holdc.HoldCDistance(config, load_holdc_variables(config, path, orbax_dir))
+
+
+def load_holdr(path: str | None = None, orbax_dir: str | None = None,
+               **overrides) -> holdr.HoldRDistance:
+    """The released HOLD-R model from the scenic checkpoint at ``path`` (default: the
+    reference's location), converted to an orbax copy (``<checkpoint file>.orbax``) on first
+    use as HOLD-C's is. Its architecture is read from the parameter shapes
+    (:meth:`holdr.HoldRConfig.from_params`), since the checkpoint stores no config;
+    ``overrides`` set ``dtype``."""
+    source = find_checkpoint(path or default_checkpoint_path("holdr"))
+    orbax_dir = orbax_dir or source + ".orbax"
+    converted = os.path.isdir(orbax_dir)
+    if converted:
+        with ocp.StandardCheckpointer() as checkpointer:
+            params = checkpointer.restore(os.path.abspath(orbax_dir))["params"]
+    else:
+        params = train_state_variables(read_train_state(source))["params"]
+    try:
+        config = holdr.HoldRConfig.from_params(params, **overrides)
+        variables = holdr.variables_from_scenic(params, config)
+    except ValueError as e:
+        raise CheckpointMismatchError(
+            f"{orbax_dir if converted else source} is not a HOLD-R checkpoint: {e}") from None
+    if not converted:
+        save_orbax(orbax_dir, jax.tree.map(np.asarray, variables))
+    return holdr.HoldRDistance(config, variables)
