@@ -11,6 +11,7 @@
 #   bash benchmarks/gpu_session.sh all      # sac, then train, then envs
 #   bash benchmarks/gpu_session.sh probe    # SAC update profile and variants, every task's envs
 #   bash benchmarks/gpu_session.sh speed    # bf16 encoders, run_all, 120x180 tabletop envs
+#   bash benchmarks/gpu_session.sh next     # run_all, HOLD-R fused step, dense pushing (bf16)
 # Results go to $OUT (copied back) and benchmarks/results/ on the device.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -22,7 +23,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 dense_pushing() {
   timeout $(($1 + 20)) python3 benchmarks/train_run.py --time_limit="$1" --results="$out" \
     --config=pushing_dense --seeds=1 --num_envs=64 --epoch_length=5000 --total_steps=400000 \
-    --path_save_frequency=0 --checkpoint_frequency=1000 --out=/tmp/pushing_dense \
+    --path_save_frequency=0 --checkpoint_frequency=1000 --out=/tmp/pushing_dense "${@:2}" \
     > "$out/train.log" 2>&1
   tail -30 "$out/train.log"
 }
@@ -57,6 +58,14 @@ case "${1:-envs}" in
     timeout $((${BUDGET_S:-450} - SECONDS)) python3 benchmarks/env_throughput.py \
       --tasks=close_drawer --impls=jax,warp --nums=256,2048 --steps=50 --repeats=2 --tag=tabletop \
       --out="$out" 2>&1 | tee "$out/env_throughput.log" ;;
+  next)  # what no GPU call has measured yet: run_all's ratios (issue 5), HOLD-R's fused step
+    # (issue 4), then the dense run (bf16 encoders) to the end of the call's budget
+    timeout 300 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \
+      --out="$out" > "$out/run_all.log" 2>&1; tail -40 "$out/run_all.log"
+    timeout 150 python3 benchmarks/fused_step.py --rewards=holdr --nums=64,512 \
+      --ratios=default --tag=holdr --out="$out" 2>&1 | tee "$out/fused_step_holdr.log"
+    dense_pushing $((${BUDGET_S:-560} - SECONDS - 20)) --encoder_dtype=bfloat16 \
+      --name=pushing_dense_bf16 ;;
   all)
     budget=${BUDGET_S:-480}
     timeout 130 python3 benchmarks/sac_update.py --seeds=1,5 --updates=200 --repeats=2 \
