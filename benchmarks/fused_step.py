@@ -9,8 +9,11 @@ updates) is timed: the first call (compilation included) separately, then the be
 ``--repeats``. Ratio ``1`` is the reference's one update per environment step (N updates per
 fused step); ``default`` is the config's own (one update per step on a GPU, one per fused step
 on a CPU). Then the same step in parts, each jitted alone over the epoch's states: physics +
-render (``env.step``), render alone, reward, and the fused step's updates. Peak device memory
-is read from the device where it reports one (GPUs; XLA:CPU does not).
+render (``env.step``), render alone, reward, and the fused step's updates; for HOLD-C and
+HOLD-R also the network alone on the step's already-preprocessed frames, and
+``reward_over_network``, the reward part's time over it (issue 4 asks HOLD-C's to stay
+within 2: cropping, resizing and shaping must not dominate). Peak device memory is read from
+the device where it reports one (GPUs; XLA:CPU does not).
 
 ``holdc`` is HOLD-C with random weights at the configured size (default ResNet-50, 256 px),
 ``holdr`` HOLD-R with random weights (``--holdr_size``: the released ViViT-Large factorised
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import tempfile
@@ -61,8 +65,27 @@ def peak_memory_bytes() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def time_parts(trainer, state, replay, repeats: int) -> dict:
-    """Milliseconds per fused step of its parts, each jitted alone on the run's states."""
+def network_alone(reward: str, holdc_model: holdc.HoldCConfig, holdr_model: holdr.HoldRConfig,
+                  variables: dict):
+    """(prepare, run) for the reward network's own forward pass on a step's frames, or None:
+    ``prepare`` crops, resizes and normalises (untimed), ``run`` is the network alone: what
+    the reward's cost per step is compared with (HOLD-C's embedding; HOLD-R's one spatial
+    pass per frame, the bulk of its per-step cost)."""
+    if reward == "holdc":
+        net = holdc.build_model(holdc_model)
+        return (functools.partial(holdc.preprocess, holdc_model),
+                jax.jit(lambda images: net.apply(variables, images.astype(holdc_model.dtype))))
+    if reward == "holdr":
+        size = holdr_model.crop_size
+        return (lambda frames: holdr.preprocess(frames[:, None], size),
+                jax.jit(lambda clip: holdr.HoldR(holdr_model).apply(
+                    variables, clip, method=holdr.HoldR.frame_tokens)))
+    return None
+
+
+def time_parts(trainer, state, replay, repeats: int, network=None) -> dict:
+    """Milliseconds per fused step of its parts, each jitted alone on the run's states, and
+    of the reward network alone (``network``: see :func:`network_alone`)."""
     env, reward_fn, n = trainer.env, trainer.reward_fn, trainer.num_envs
     actions = jax.random.uniform(jax.random.key(0), (n, env.action_dim), minval=-1, maxval=1)
     step = jax.jit(env.step)
@@ -76,11 +99,18 @@ def time_parts(trainer, state, replay, repeats: int) -> dict:
         "reward": lambda: reward(state.env, state.reward)[0],
         "updates": lambda: updates(state.sac, replay, keys)[0].step,
     }
-    return {f"{name}_ms": 1e3 * timed(fn, repeats)[1] for name, fn in parts.items()}
+    if network is not None:
+        prepare, run = network
+        inputs = jax.block_until_ready(jax.jit(prepare)(state.env.obs))
+        parts["reward_network"] = lambda: run(inputs)
+    times = {f"{name}_ms": 1e3 * timed(fn, repeats)[1] for name, fn in parts.items()}
+    if network is not None:
+        times["reward_over_network"] = times["reward_ms"] / times["reward_network_ms"]
+    return times
 
 
 def measure(base: TrainConfig, reward: str, num_envs: int, ratio: str, iterations: int,
-            repeats: int) -> dict:
+            repeats: int, network=None) -> dict:
     config = dataclasses.replace(
         base, reward=reward, num_envs=num_envs, epoch_length=iterations * num_envs,
         updates_per_step=0.0 if ratio == "default" else float(ratio),
@@ -110,7 +140,7 @@ def measure(base: TrainConfig, reward: str, num_envs: int, ratio: str, iteration
         "fused_step_ms": 1e3 * best / iterations,
         "build_and_init_s": build_s,
         "compile_s": first - best,
-        **time_parts(trainer, carry["state"], carry["replay"], repeats),
+        **time_parts(trainer, carry["state"], carry["replay"], repeats, network),
         "peak_memory_bytes": peak_memory_bytes(),
     }
     return row
@@ -139,10 +169,13 @@ def main(argv: list[str] | None = None) -> dict:
                        holdc_embedding_size=model.embedding_size,
                        holdc_crop_size=model.crop_size, reward_dtype=model.dtype)
     rewards = args.rewards.split(",")
-    random_variables = {"holdc": lambda: holdc.random_variables(model),
-                        "holdr": lambda: holdr.random_variables(HOLDR_SIZES[args.holdr_size])}
-    checkpoints = {name: random_checkpoint(draw(), tempfile.mkdtemp(prefix=f"{name}_random_"))
-                   for name, draw in random_variables.items() if name in rewards}
+    holdr_model = dataclasses.replace(HOLDR_SIZES[args.holdr_size],
+                                      dtype=jnp.dtype(args.reward_dtype))
+    draws = {"holdc": lambda: holdc.random_variables(model),
+             "holdr": lambda: holdr.random_variables(holdr_model)}
+    variables = {name: draw() for name, draw in draws.items() if name in rewards}
+    checkpoints = {name: random_checkpoint(v, tempfile.mkdtemp(prefix=f"{name}_random_"))
+                   for name, v in variables.items()}
     rows = []
     print(f"{'reward':>6} {'N':>5} {'ratio':>7} {'env steps/s':>12} {'updates/s':>10} "
           f"{'step ms':>8} {'phys+rend':>9} {'reward':>7} {'updates':>8} {'compile s':>9}",
@@ -152,8 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
         for num_envs in map(int, args.nums.split(",")):
             for ratio in args.ratios.split(","):
                 try:
+                    network = network_alone(reward, model, holdr_model,
+                                            variables.get(reward))
                     row = measure(config, reward, num_envs, ratio, args.iterations,
-                                  args.repeats)
+                                  args.repeats, network)
                 except Exception as e:  # e.g. out of memory at large N: record and go on
                     row = {"reward": reward, "num_envs": num_envs, "ratio": ratio,
                            "error": repr(e)[:300]}

@@ -222,5 +222,7 @@ def test_fused_step_smoke(fused_step_run):
     assert row["updates_per_fused_step"] == 2  # the reference's one update per env step
     assert row["env_steps_per_s"] > 0 and row["compile_s"] >= 0
     assert all(row[f"{part}_ms"] > 0 for part in
-               ("physics_and_render", "render", "reward", "updates"))
+               ("physics_and_render", "render", "reward", "updates", "reward_network"))
+    assert row["reward_over_network"] == pytest.approx(
+        row["reward_ms"] / row["reward_network_ms"])
     assert json.loads(next(out.glob("fused_step-*.json")).read_text())["rows"]
