@@ -72,6 +72,9 @@ class TrainConfig:
     # accelerator; 1 / num_envs (one update per fused step) on a CPU, where a batch-256
     # image update takes ~0.1-0.4 s and the reference's ratio would take days.
     updates_per_step: float = 0.0
+    # SAC updates unrolled per step of the fused step's update scan. 0 = auto: 4 on an
+    # accelerator (9% more updates/s on an H100, twice the compile time), 1 on a CPU.
+    update_unroll: int = 0
     initial_random_steps: int = 1000
     learning_starts: int = 0  # transitions per seed before updates; 0 -> one episode
     replay_size: int = 0  # 0 -> min(1e6, num_epochs * epoch_length), as the reference
@@ -130,6 +133,14 @@ class TrainConfig:
         return 1.0 / self.num_envs if jax.default_backend() == "cpu" else 1.0
 
     @property
+    def resolved_update_unroll(self) -> int:
+        if self.update_unroll:
+            return self.update_unroll
+        import jax
+
+        return 1 if jax.default_backend() == "cpu" else 4
+
+    @property
     def updates_per_iteration(self) -> int:
         return max(1, round(self.resolved_updates_per_step * self.num_envs))
 
@@ -183,6 +194,8 @@ class TrainConfig:
                      "eval_episodes", "checkpoint_frequency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.update_unroll < 0:
+            raise ValueError("update_unroll must be >= 1 (or 0 for the device default)")
         if self.updates_per_step < 0:
             raise ValueError("updates_per_step must be positive (or 0 for the device default)")
         if self.encoder_dtype not in ENCODER_DTYPES:

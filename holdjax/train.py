@@ -254,7 +254,7 @@ class Trainer:
             return sac_update(sac, batch, update_key, self.config.sac)
 
         keys = jax.random.split(key, self.config.updates_per_iteration)
-        sac, metrics = jax.lax.scan(one, sac, keys)
+        sac, metrics = jax.lax.scan(one, sac, keys, unroll=self.config.resolved_update_unroll)
         return sac, jax.tree.map(jnp.mean, metrics)
 
     @functools.cached_property

@@ -184,6 +184,16 @@ def test_config_flags():
         config_from_args(["--reward=holdz"])[0].validate()
 
 
+def test_update_unroll_device_default(monkeypatch):
+    """Unrolled update scans pay off on an accelerator, not in CPU compile time."""
+    assert TrainConfig().resolved_update_unroll == 1  # this CPU
+    assert TrainConfig(update_unroll=2).resolved_update_unroll == 2
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert TrainConfig().resolved_update_unroll == 4
+    with pytest.raises(ValueError, match="update_unroll"):
+        TrainConfig(update_unroll=-1).validate()
+
+
 @pytest.mark.parametrize("flag", ["--task=stacking", "--bogus=1", "--num_envs=0"])
 def test_bad_train_flags_exit_with_a_message(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
