@@ -134,7 +134,7 @@ def _frames(seed, shape):
 
 
 def test_output_shape_and_jit():
-    variables = holdr.init_variables(jax.random.key(0), CONFIG)
+    variables = holdr.random_variables(CONFIG)
     history, goal = _frames(1, (3, FRAMES - 1, 40, 48, 3)), _frames(2, (40, 48, 3))
     predict = jax.jit(holdr.predict_time_to_goal, static_argnames="config")
     out = predict(variables, history, goal, config=CONFIG)

@@ -250,11 +250,6 @@ def _dummy_clip(config: HoldRConfig) -> jax.Array:
     return jnp.zeros((1, config.num_frames, config.crop_size, config.crop_size, 3), jnp.float32)
 
 
-def init_variables(key: jax.Array, config: HoldRConfig) -> dict:
-    """Freshly initialised variables (scenic's initialisers), for tests and smoke runs."""
-    return HoldR(config).init(key, _dummy_clip(config))
-
-
 def variable_shapes(config: HoldRConfig) -> dict:
     """The variables' shapes and dtypes, without allocating them."""
     return jax.eval_shape(HoldR(config).init, jax.random.key(0), _dummy_clip(config))
