@@ -33,6 +33,7 @@ from holdjax.config import TrainConfig, config_from_args
 from holdjax.envs.base import EnvState, ManipulationEnv
 from holdjax.reward import RewardFunction, make_reward
 from holdjax.reward.base import DISTANCE_REWARDS, RewardState
+from holdjax.reward.scenic_checkpoint import CheckpointMismatchError
 from holdjax.sac import networks as sac_networks
 from holdjax.sac.replay import (
     ReplayBuffer,
@@ -460,7 +461,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"writing to {config.out_dir}", file=sys.stderr)
     try:
         return train(config, resume=resume)
-    except (FileNotFoundError, checkpoint.CheckpointError, TrainingDiverged) as e:
+    except (FileNotFoundError, checkpoint.CheckpointError, CheckpointMismatchError,
+            TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -297,3 +297,17 @@ def test_holdr_without_its_released_checkpoint_fails_clearly(monkeypatch, tmp_pa
         get_trainer(config)
     with pytest.raises(FileNotFoundError, match="names the released HOLD-R checkpoint"):
         get_trainer(dataclasses.replace(config, reward_checkpoint=str(tmp_path / "none")))
+
+
+def test_train_cli_reports_a_mismatched_released_checkpoint(tmp_path, capsys):
+    """A released-format checkpoint that lacks a leaf stops the CLI with a message naming it."""
+    from test_holdr import _without, scenic_tree, write_released_checkpoint
+
+    write_released_checkpoint(tmp_path / "checkpoint_1",
+                              _without(scenic_tree(), "TemporalTransformer", "encoder_norm"))
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli(["--reward=holdr", f"--reward_checkpoint={tmp_path}", "--num_envs=2",
+                   f"--out={tmp_path / 'run'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "not a HOLD-R checkpoint" in err and "TemporalTransformer/encoder_norm" in err
