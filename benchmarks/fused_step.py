@@ -182,11 +182,10 @@ def main(argv: list[str] | None = None) -> dict:
           flush=True)
     for reward in rewards:
         config = dataclasses.replace(base, reward_checkpoint=checkpoints.get(reward, ""))
+        network = network_alone(reward, model, holdr_model, variables.get(reward))
         for num_envs in map(int, args.nums.split(",")):
             for ratio in args.ratios.split(","):
                 try:
-                    network = network_alone(reward, model, holdr_model,
-                                            variables.get(reward))
                     row = measure(config, reward, num_envs, ratio, args.iterations,
                                   args.repeats, network)
                 except Exception as e:  # e.g. out of memory at large N: record and go on

@@ -74,13 +74,12 @@ class RewardFunction:
     def init(self, env_state: EnvState) -> RewardState:
         """Reward state at an episode's start (its reset frames)."""
         num_worlds = env_state.obs.shape[0]
-        state = RewardState(shaping.init_shaping(self.config, num_worlds, self.num_goals))
-        if self.history is not None:
-            state = state.replace(history=self._model_input(env_state.obs, None)[1])
+        model_input, history = self._model_input(env_state.obs, None)
+        state = shaping.init_shaping(self.config, num_worlds, self.num_goals)
         if self.distance is not None and self.config.subtract_prev_distance:
-            _, scored = self._shape(env_state, state)
-            state = state.replace(shaping=state.shaping.replace(prev=scored.shaping.prev))
-        return state
+            _, scored = self._shape(model_input, env_state.reward, state)
+            state = state.replace(prev=scored.prev)
+        return RewardState(state, history)
 
     def __call__(self, env_state: EnvState,
                  state: RewardState) -> tuple[jax.Array, RewardState]:
@@ -89,7 +88,9 @@ class RewardFunction:
             return env_state.reward, state
         if self.kind == "dense":
             return env_state.dense_reward, state
-        return self._shape(env_state, state)
+        model_input, history = self._model_input(env_state.obs, state.history)
+        reward, shaped = self._shape(model_input, env_state.reward, state.shaping)
+        return reward, RewardState(shaped, history)
 
     def goal_image(self, state: RewardState) -> jax.Array:
         """Each world's current subgoal image (N, H, W, 3), for goal-conditioned policies."""
@@ -98,7 +99,8 @@ class RewardFunction:
     def _model_input(self, frames: jax.Array,
                      history: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
         """(what the distance model scores, the new history) for new frames: the frames
-        themselves, or the history with their features pushed (started when None)."""
+        themselves, or the history with their features pushed (started, padded with them,
+        when None)."""
         if self.history is None:
             return frames, None
         features = self.history.features(frames)
@@ -106,12 +108,11 @@ class RewardFunction:
                    else holdr.push_history(history, features))
         return history, history
 
-    def _shape(self, env_state, state):
-        model_input, history = self._model_input(env_state.obs, state.history)
+    def _shape(self, model_input: jax.Array, env_reward: jax.Array,
+               state: shaping.ShapingState) -> tuple[jax.Array, shaping.ShapingState]:
         reward, shaped, _ = shaping.shape_reward(self.config, self.distance(model_input),
-                                                 self.baselines, env_state.reward,
-                                                 state.shaping)
-        return reward, RewardState(shaped, history)
+                                                 self.baselines, env_reward, state)
+        return reward, shaped
 
 
 def l2_to_goals(goals: jax.Array) -> DistanceToGoals:

@@ -458,7 +458,9 @@ def load_r3m(path: str | None = None, config: R3MConfig | None = None,
                       traverse_util.flatten_dict(dict(tree), sep="/").items()}
             config = R3MConfig.from_shapes(shapes, **overrides)
         return R3MDistance(config, restore_orbax(converted, config))
+    state = convnet_state_dict(read_torch_checkpoint(path))  # the file is read once
     if config is None:
-        state = convnet_state_dict(read_torch_checkpoint(path))
         config = R3MConfig.from_shapes({k: np.shape(v) for k, v in state.items()}, **overrides)
-    return R3MDistance(config, convert_to_orbax(path, converted, config))
+    variables = variables_from_state_dict(state, config)
+    save_orbax(converted, variables)
+    return R3MDistance(config, variables)
