@@ -63,10 +63,12 @@ def main(argv: list[str] | None = None) -> dict:
                      "check_s": round(time.perf_counter() - start, 1), **scores})
     rows.append({"model": "l2", **check.evaluate(L2Model(), env, seed=args.check_seed)})
 
-    print(f"{'model':>6} {'seed':>4} {'steps':>6} {'spearman_time':>14} {'spearman_state':>15}")
+    print(f"{'model':>6} {'seed':>4} {'steps':>6} {'spearman_time':>14} {'spearman_state':>15}"
+          "  per subgoal")
     for row in rows:
+        subgoals = " ".join(f"{x:.3f}" for x in row.get("spearman_time_subgoals", []))
         print(f"{row['model']:>6} {row.get('seed', '-'):>4} {row.get('steps', '-'):>6} "
-              f"{row['spearman_time']:>14.3f} {row['spearman_state']:>15.3f}")
+              f"{row['spearman_time']:>14.3f} {row['spearman_state']:>15.3f}  {subgoals}")
     holdc_rows = [r for r in rows if r["model"] == "holdc"]
     payload = {
         "task": args.task,

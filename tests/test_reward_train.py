@@ -148,6 +148,59 @@ def test_object_to_goal_distance():
                                [0.0, 0.05], atol=1e-6)
 
 
+def test_time_to_reach_against_hand_computed_values():
+    distance = np.array([[5.0, 4.0, 6.0, 1.0, 0.0, 9.0],
+                         [3.0, 2.0, 1.0, 0.0, 0.0, 0.0],
+                         [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    reached = np.array([[0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0]], bool)
+    # Episode 0 from step 1: distances 4, 6, 1, 0 against 3, 2, 1, 0 steps left -> 0.8;
+    # episode 1 reaches at step 3 but begins at 2 (too close to score); episode 2 never.
+    mean, scored = check.time_to_reach(distance, reached, np.array([1, 2, 0]))
+    assert scored == 1
+    np.testing.assert_allclose(mean, 0.8)
+    mean, scored = check.time_to_reach(distance[:2], reached[:2], np.array([0, 0]))
+    assert scored == 2
+    np.testing.assert_allclose(mean, (check.spearman([5, 4, 6, 1, 0], [4, 3, 2, 1, 0]) + 1) / 2)
+    assert np.isnan(check.time_to_reach(distance[2:], reached[2:], np.array([0]))[0])
+
+
+class ChannelDistance:
+    """Stand-in model: a frame's distance to goal k is its first pixel's channel k."""
+
+    def to_goals(self, goals):
+        return lambda frames: frames[:, 0, 0, :goals.shape[0]].astype(jnp.float32)
+
+
+def test_score_segments_expert_episodes_by_subgoal():
+    """drawer_open has two goal images: subgoal k's correlation runs from the step the
+    expert first satisfied subgoal k - 1 (or its start) to the step it first satisfies k."""
+    env = rt.task_env("drawer_open")
+    frames = np.zeros((3, 8, 1, 1, 3), np.uint8)
+    frames[0, :, 0, 0, 0] = [9, 8, 7, 6, 0, 0, 0, 0]  # to subgoal 1: falls until step 3
+    frames[0, :, 0, 0, 1] = [0, 0, 0, 5, 4, 3, 2, 2]  # to subgoal 2: falls from 3 to 6
+    frames[1, :, 0, 0, 1] = [0, 0, 1, 3, 2, 4, 0, 0]
+    frames[2, :, 0, 0, 1] = 10 - np.arange(8)  # random world: tracks the drawer's distance
+    subgoal = np.array([[0, 0, 0, 1, 1, 1, 2, 2], [0, 1, 1, 1, 1, 2, 2, 2], [0] * 8])
+    qpos = np.zeros((3, 8, env.task.mj_model.nq), np.float32)
+    qpos[2, :, env.task.drawer_qpos] = -0.02 * np.arange(8)
+    footage = rt.Footage(frames=frames, success=subgoal == 2, subgoal=subgoal, qpos=qpos)
+    script = rt.Script(random_until=np.array([0, 2, 0]), expert_until=np.array([8, 8, 3]),
+                       speed=np.ones(3), noise=np.zeros(3))
+    result = check.score(ChannelDistance(), env, footage, script, episodes=2)
+    # Episode 1 starts (step 2) after it first reached subgoal 1 (step 1): not scored for
+    # subgoal 1; for subgoal 2 it counts from step 2 to its success at step 5.
+    assert result["expert_episodes_scored_subgoals"] == [1, 2]
+    np.testing.assert_allclose(result["spearman_time_subgoals"],
+                               [1.0, (1.0 + check.spearman([1, 3, 2, 4], [3, 2, 1, 0])) / 2])
+    # The final goal image over whole episodes, from each start to its success.
+    whole = [check.spearman([0, 0, 0, 5, 4, 3, 2], np.arange(6, -1, -1)),
+             check.spearman([1, 3, 2, 4], [3, 2, 1, 0])]
+    np.testing.assert_allclose(result["spearman_time"], np.mean(whole))
+    assert result["expert_episodes_scored"] == 2
+    assert result["state_frames"] == 4
+    np.testing.assert_allclose(result["spearman_state"], 1.0)
+
+
 def test_make_reward_uses_the_default_model_training_it_first(tiny_model, tmp_path,
                                                                monkeypatch, capsys):
     """No released checkpoint under HOLD_TOP_DIR: make_reward trains the default model

@@ -13,6 +13,12 @@ folder, read as ResNet-50). Two Spearman rank correlations, both positive for a 
   task's final goal image and the true number of steps left until the first success, over
   the expert's frames up to it; per episode, averaged over the episodes that succeed (as
   hold-rewards' per-video metric).
+- ``spearman_time_subgoals`` (tasks with several goal images, e.g. ``drawer_open``, whose
+  reward scores each world against its current subgoal image): per subgoal k, the same
+  correlation between the distance to image k and the steps left until the state first
+  satisfies subgoal k (``EnvState.subgoal >= k``), over the expert's frames from when it
+  first satisfied subgoal k - 1 (its start for the first); the fair test of such a task,
+  since its frames before subgoal k - 1 are scored against another image.
 - ``spearman_state``: on random-policy frames from varied states (each world follows the
   expert for U{0..T} steps, then acts uniformly at random; only the random phase's frames
   count), between the model's distance to the goal image and the true distance of the
@@ -80,15 +86,30 @@ def object_to_goal(env: ManipulationEnv, qpos: np.ndarray) -> np.ndarray:
     return np.linalg.norm(qpos[..., adr:adr + dims] - goal, axis=-1)
 
 
-def distances_to_goal(model: holdc.HoldCDistance, goal: np.ndarray,
-                      frames: np.ndarray) -> np.ndarray:
-    """Distance of every frame (..., S, S, 3) to ``goal`` (H, W, 3), in fixed-size chunks."""
-    to_goal = model.to_goals(jnp.asarray(goal)[None])
+def distances_to_goals(model: holdc.HoldCDistance, goals: np.ndarray,
+                       frames: np.ndarray) -> np.ndarray:
+    """Distance (..., G) of every frame (..., S, S, 3) to each of ``goals`` (G, H, W, 3),
+    in fixed-size chunks."""
+    to_goals = model.to_goals(jnp.asarray(goals))
     flat = frames.reshape(-1, *frames.shape[-3:])
     padded = np.concatenate([flat, np.repeat(flat[:1], -len(flat) % EMBED_CHUNK, axis=0)])
-    out = [np.asarray(to_goal(jnp.asarray(padded[i:i + EMBED_CHUNK])))[:, 0]
+    out = [np.asarray(to_goals(jnp.asarray(padded[i:i + EMBED_CHUNK])))
            for i in range(0, len(padded), EMBED_CHUNK)]
-    return np.concatenate(out)[:len(flat)].reshape(frames.shape[:-3])
+    return np.concatenate(out)[:len(flat)].reshape(*frames.shape[:-3], len(goals))
+
+
+def time_to_reach(distance: np.ndarray, reached: np.ndarray,
+                  begin: np.ndarray) -> tuple[float, int]:
+    """(mean over episodes, episodes scored) of the Spearman correlation between
+    ``distance`` (E, T) and the steps left until ``reached`` (E, T) first holds, over each
+    episode's frames from ``begin`` (E,) up to that step; an episode counts if it gets
+    there at least two steps after ``begin``."""
+    per_episode = []
+    for d, r, b in zip(distance, reached, begin, strict=True):
+        first = int(np.argmax(r[b:])) + b
+        if r[b:].any() and first - b >= 2:
+            per_episode.append(spearman(d[b:first + 1], first - np.arange(b, first + 1)))
+    return (float(np.mean(per_episode)) if per_episode else float("nan")), len(per_episode)
 
 
 def check_scripts(key: jax.Array, experts: int, randoms: int,
@@ -122,25 +143,32 @@ def evaluate(model: holdc.HoldCDistance, env: ManipulationEnv, episodes: int = 3
 def score(model: holdc.HoldCDistance, env: ManipulationEnv, footage: reward_train.Footage,
           script: reward_train.Script, episodes: int) -> dict:
     """The metrics on ``footage`` of :func:`check_scripts`'s worlds."""
-    goal = load_goal_image(list(env.task.goal_worlds())[-1])
-    dist = distances_to_goal(model, goal, footage.frames)
-    per_episode = []
-    for i in range(episodes):
-        start, success = int(script.random_until[i]), footage.success[i]
-        first = int(success.argmax())
-        if success.any() and first - start >= 2:  # the expert's frames up to its success
-            steps = np.arange(start, first + 1)
-            per_episode.append(spearman(dist[i, start:first + 1], first - steps))
+    goals = np.stack([load_goal_image(name) for name in env.task.goal_worlds()])
+    dist = distances_to_goals(model, goals, footage.frames)
+    final = dist[..., -1]
+    starts = np.asarray(script.random_until[:episodes])
+    spearman_time, scored = time_to_reach(final[:episodes], footage.success[:episodes], starts)
     switch = script.expert_until[episodes:]
     random_phase = np.arange(dist.shape[1])[None, :] > switch[:, None]
     true_distance = object_to_goal(env, footage.qpos[episodes:])
-    return {
-        "spearman_time": float(np.mean(per_episode)) if per_episode else float("nan"),
-        "spearman_state": spearman(dist[episodes:][random_phase], true_distance[random_phase]),
+    result = {
+        "spearman_time": spearman_time,
+        "spearman_state": spearman(final[episodes:][random_phase], true_distance[random_phase]),
         "expert_episodes": episodes,
-        "expert_episodes_scored": len(per_episode),
+        "expert_episodes_scored": scored,
         "state_frames": int(random_phase.sum()),
     }
+    if len(goals) > 1:
+        subgoal = np.asarray(footage.subgoal[:episodes])
+        per_subgoal = []
+        for k in range(1, len(goals) + 1):
+            previous = subgoal >= k - 1
+            begin = np.where(previous.any(axis=1), previous.argmax(axis=1), 0)
+            per_subgoal.append(time_to_reach(dist[:episodes, :, k - 1], subgoal >= k,
+                                             np.maximum(begin, starts)))
+        result["spearman_time_subgoals"] = [value for value, _ in per_subgoal]
+        result["expert_episodes_scored_subgoals"] = [count for _, count in per_subgoal]
+    return result
 
 
 def load_any(path: str) -> holdc.HoldCDistance:

@@ -170,6 +170,7 @@ class Footage:
 
     frames: jax.Array  # (N, T + 1, S, S, 3) uint8 central square crops of the camera image
     success: jax.Array  # (N, T + 1) bool
+    subgoal: jax.Array  # (N, T + 1) int32 subgoals the state satisfies (EnvState.subgoal)
     qpos: jax.Array  # (N, T + 1, nq) float32 physics positions (for object-to-goal checks)
 
 
@@ -208,7 +209,7 @@ def record(env: ManipulationEnv, script: Script, key: jax.Array) -> Footage:
     state = env.reset(reset_key, num_worlds)
 
     def observe(state):
-        return holdc.central_crop(state.obs), state.success, state.data.qpos
+        return holdc.central_crop(state.obs), state.success, state.subgoal, state.data.qpos
 
     def body(state, step_key):
         state = env.step(state, scripted_actions(env, script, state, step_key))
@@ -216,9 +217,10 @@ def record(env: ManipulationEnv, script: Script, key: jax.Array) -> Footage:
 
     _, steps = jax.lax.scan(body, state, jax.random.split(policy_key, env.episode_length))
     first = observe(state)
-    frames, success, qpos = (jnp.concatenate([f[None], s], axis=0).swapaxes(0, 1)
-                             for f, s in zip(first, steps, strict=True))
-    return Footage(frames=frames, success=success, qpos=qpos.astype(jnp.float32))
+    frames, success, subgoal, qpos = (jnp.concatenate([f[None], s], axis=0).swapaxes(0, 1)
+                                      for f, s in zip(first, steps, strict=True))
+    return Footage(frames=frames, success=success, subgoal=subgoal,
+                   qpos=qpos.astype(jnp.float32))
 
 
 @functools.cache
