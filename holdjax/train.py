@@ -65,6 +65,20 @@ class TrainState:
     env_steps: jax.Array  # () environment steps taken per seed
 
 
+def over_seeds(fn, num_seeds: int):
+    """``fn`` mapped over the leading seed axis of its arguments and results: vmapped, or
+    with one seed the axis indexed away and put back, since XLA:CPU runs a state-based
+    update 3-7% slower as a batch-1 vmap than as plain matmuls (benchmarks/NOTES.md)."""
+    if num_seeds > 1:
+        return jax.vmap(fn)
+
+    def one_seed(*args):
+        out = fn(*jax.tree.map(lambda x: x[0], args))
+        return jax.tree.map(lambda x: x[None], out)
+
+    return one_seed
+
+
 class Trainer:
     """The jitted pieces of one run, built from its config."""
 
@@ -186,19 +200,6 @@ class Trainer:
     def flat(self, x: jax.Array) -> jax.Array:
         return x.reshape(self.num_seeds * self.num_envs, *x.shape[2:])
 
-    def over_seeds(self, fn):
-        """``fn`` mapped over the leading seed axis of its arguments and results: vmapped, or
-        with one seed the axis indexed away and put back, since XLA:CPU runs a state-based
-        update 3-7% slower as a batch-1 vmap than as plain matmuls (benchmarks/NOTES.md)."""
-        if self.num_seeds > 1:
-            return jax.vmap(fn)
-
-        def one_seed(*args):
-            out = fn(*jax.tree.map(lambda x: x[0], args))
-            return jax.tree.map(lambda x: x[None], out)
-
-        return one_seed
-
     # ---- the fused step ---------------------------------------------------------------------
     def _iteration(self, carry, _):
         state, replay = carry
@@ -215,7 +216,7 @@ class Trainer:
             uniform = jax.random.uniform(random_key, action.shape, minval=-1.0, maxval=1.0)
             return jnp.where(state.env_steps < self.config.initial_random_steps, uniform, action)
 
-        actions = self.over_seeds(act)(state.sac, obs_k, act_key)
+        actions = over_seeds(act, self.num_seeds)(state.sac, obs_k, act_key)
         env_state = self.env.step(state.env, self.flat(actions))
         reward, reward_state = self.reward_fn(env_state, state.reward)
         next_obs = self.policy_obs(env_state, reward_state)
@@ -228,14 +229,14 @@ class Trainer:
             next_obs=self.per_seed(next_obs),
             done=self.per_seed(terminal.astype(jnp.float32)),
         )
-        replay = self.over_seeds(insert)(replay, transitions)
+        replay = over_seeds(insert, self.num_seeds)(replay, transitions)
         env_steps = state.env_steps + self.num_envs
 
         # Until the buffer holds min_replay transitions (by default one episode) the updates
         # run and are discarded: a select, unlike lax.cond, lets XLA update the learner in
         # place (an update under cond cost 14% more on the CPU; benchmarks/NOTES.md).
         ready = replay.size[0] >= self.min_replay
-        updated, metrics = self.over_seeds(self._updates)(state.sac, replay, update_key)
+        updated, metrics = over_seeds(self._updates, self.num_seeds)(state.sac, replay, update_key)
         sac = jax.tree.map(lambda new, old: jnp.where(ready, new, old), updated, state.sac)
         episode_return = state.episode_return + reward
         finished = env_state.done

@@ -13,7 +13,7 @@ from holdjax import checkpoint
 from holdjax.config import TrainConfig, config_from_args
 from holdjax.evaluate import main as evaluate_cli
 from holdjax.plot import plot_runs
-from holdjax.train import get_trainer, train
+from holdjax.train import get_trainer, over_seeds, train
 from holdjax.train import main as train_cli
 
 TINY = TrainConfig(
@@ -129,6 +129,20 @@ def test_fused_epoch_changes_parameters(two_seed_run):
     changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
                            initial.sac.actor_params, trained.actor_params)
     assert all(jax.tree.leaves(changed))
+
+
+def test_over_seeds_equals_vmap_with_and_without_a_seed_axis_to_map():
+    def fn(tree, x):
+        return {"scaled": tree["a"] * x}, (x @ tree["a"]).sum()
+
+    for seeds in (1, 3):
+        tree = {"a": jax.numpy.arange(seeds * 4.0).reshape(seeds, 2, 2)}
+        x = jax.numpy.linspace(-1.0, 1.0, seeds * 2 * 2).reshape(seeds, 2, 2)
+        mapped, expected = over_seeds(fn, seeds)(tree, x), jax.vmap(fn)(tree, x)
+        assert jax.tree.structure(mapped) == jax.tree.structure(expected)
+        for a, b in zip(jax.tree.leaves(mapped), jax.tree.leaves(expected), strict=True):
+            assert a.shape == b.shape and a.shape[0] == seeds
+            np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_seeds_differ_and_each_equals_its_single_seed_run(two_seed_run, background_runs):
