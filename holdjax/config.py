@@ -38,7 +38,8 @@ class TrainConfig:
     observation: str = "pixels"  # pixels | state
 
     # Distance models: the released checkpoint (HOLD-R's architecture is read from it; R3M's
-    # model.pt) and HOLD-C's architecture.
+    # model.pt; for HOLD-C also a holdjax.reward.train model directory) and HOLD-C's
+    # released architecture.
     # "" -> $HOLD_TOP_DIR/hold/<holdc|holdr>/checkpoint, R3M: $HOLD_TOP_DIR/r3m/r3m_50/model.pt
     reward_checkpoint: str = ""
     holdc_layers: int = 50

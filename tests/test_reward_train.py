@@ -14,7 +14,7 @@ import pytest
 
 from holdjax.config import TrainConfig
 from holdjax.envs.goal_images import load_goal_image
-from holdjax.reward import base, check, holdc
+from holdjax.reward import base, check, holdc, holdr, shaping
 from holdjax.reward import train as rt
 
 TINY = rt.RewardTrainConfig(
@@ -132,8 +132,9 @@ def test_check_json_and_tiny_model_ranks_held_out_expert_frames(tiny_model, caps
                          "--random_episodes=16", "--num_envs=32", "--json"])
     printed = json.loads(capsys.readouterr().out)
     assert printed == result
-    assert {"task", "model", "spearman_time", "spearman_state"} <= printed.keys()
+    assert {"task", "reward", "model", "spearman_time", "spearman_state"} <= printed.keys()
     assert printed["task"] == "pushing" and printed["model"] == os.path.abspath(out)
+    assert printed["reward"] == "holdc"
     assert printed["expert_episodes_scored"] >= 12 and printed["state_frames"] > 500
     assert printed["spearman_time"] > 0.5, printed
     assert -1.0 <= printed["spearman_state"] <= 1.0
@@ -164,11 +165,9 @@ def test_time_to_reach_against_hand_computed_values():
     assert np.isnan(check.time_to_reach(distance[2:], reached[2:], np.array([0]))[0])
 
 
-class ChannelDistance:
-    """Stand-in model: a frame's distance to goal k is its first pixel's channel k."""
-
-    def to_goals(self, goals):
-        return lambda frames: frames[:, 0, 0, :goals.shape[0]].astype(jnp.float32)
+def channel_distance(frames):
+    """Stand-in model: a frame's distance to subgoal k is its first pixel's channel k."""
+    return frames[:, 0, 0, :2].astype(jnp.float32)
 
 
 def test_score_segments_expert_episodes_by_subgoal():
@@ -186,7 +185,9 @@ def test_score_segments_expert_episodes_by_subgoal():
     footage = rt.Footage(frames=frames, success=subgoal == 2, subgoal=subgoal, qpos=qpos)
     script = rt.Script(random_until=np.array([0, 2, 0]), expert_until=np.array([8, 8, 3]),
                        speed=np.ones(3), noise=np.zeros(3))
-    result = check.score(ChannelDistance(), env, footage, script, episodes=2)
+    goals = np.stack([load_goal_image(name) for name in env.task.goal_worlds()])
+    reward_fn = base.RewardFunction("holdc", shaping.ShapingConfig(), goals, channel_distance)
+    result = check.score(reward_fn, env, footage, script, episodes=2)
     # Episode 1 starts (step 2) after it first reached subgoal 1 (step 1): not scored for
     # subgoal 1; for subgoal 2 it counts from step 2 to its success at step 5.
     assert result["expert_episodes_scored_subgoals"] == [1, 2]
@@ -199,6 +200,40 @@ def test_score_segments_expert_episodes_by_subgoal():
     assert result["expert_episodes_scored"] == 2
     assert result["state_frames"] == 4
     np.testing.assert_allclose(result["spearman_state"], 1.0)
+
+
+def test_history_model_sees_each_frame_with_the_ones_before_it_as_in_training():
+    """HOLD-R's check input at step t is the history training keeps after step t: the reset
+    frame's features repeated, then pushed one per step."""
+    weights = jnp.array([1.0, 10.0, 100.0])
+    history = base.FrameHistory(lambda f: f[:, 0, 0, :1].astype(jnp.float32), length=3)
+    reward_fn = base.RewardFunction("holdr", shaping.ShapingConfig(),
+                                    np.zeros((1, 1, 1, 3), np.uint8),
+                                    lambda h: (h[:, :, 0] @ weights)[:, None], history)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 5, 1, 1, 3), dtype=np.uint8)
+    expected, kept = [], None
+    for t in range(5):
+        features = history.features(jnp.asarray(frames[:, t]))
+        kept = (holdr.init_history(features, 3) if kept is None
+                else holdr.push_history(kept, features))
+        expected.append(reward_fn.distance(kept))
+    np.testing.assert_allclose(check.distances_to_goals(reward_fn, frames),
+                               np.stack(expected, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(check.distances_to_goals(reward_fn, frames)[:, 0, 0],
+                               111.0 * frames[:, 0, 0, 0, 0])
+
+
+def test_check_scores_the_l2_baseline_and_names_missing_weights(tmp_path, monkeypatch, capsys):
+    result = check.main(["--task=pushing", "--reward=l2", "--episodes=4",
+                         "--random_episodes=4", "--num_envs=32", "--json"])
+    assert result["reward"] == "l2" and result["model"] is None
+    assert result["expert_episodes_scored"] >= 3 and -1.0 <= result["spearman_state"] <= 1.0
+    monkeypatch.setenv("HOLD_TOP_DIR", str(tmp_path))
+    with pytest.raises(SystemExit, match="released HOLD-R checkpoint"):
+        check.main(["--task=pushing", "--reward=holdr"])
+    with pytest.raises(SystemExit):
+        check.main(["--task=pushing", f"--model={tmp_path}/missing"])
+    assert "no model at" in capsys.readouterr().err
 
 
 def test_make_reward_uses_the_default_model_training_it_first(tiny_model, tmp_path,

@@ -49,7 +49,8 @@ class RewardFunction:
     :class:`RewardState`."""
 
     def __init__(self, kind: str, config: shaping.ShapingConfig, goals: np.ndarray,
-                 distance: DistanceToGoals | None = None, history: FrameHistory | None = None):
+                 distance: DistanceToGoals | None = None, history: FrameHistory | None = None,
+                 source: str | None = None):
         if kind not in REWARDS:
             raise ValueError(f"unknown reward {kind!r}; valid rewards: {', '.join(REWARDS)}")
         chex.assert_rank(goals, 4)
@@ -62,6 +63,7 @@ class RewardFunction:
             raise ValueError(f"reward {kind!r} needs its distance model")
         self.distance = distance
         self.history = history
+        self.source = source  # where the distance model's weights came from, if anywhere
         # The baseline: the model's distance of each goal to itself (as history: the goal
         # repeated), computed once.
         self.baselines = (jnp.diagonal(self.distance(self._model_input(self.goals, None)[0]))
@@ -143,7 +145,7 @@ def released_checkpoint(path: str, model: str = "holdc") -> str | None:
 
 def holdr_model(config):
     """The released HOLD-R model (there is no demo-trained stand-in: holdjax trains HOLD-C
-    only), its architecture read from the checkpoint."""
+    only), its architecture read from the checkpoint, and the checkpoint's path."""
     from holdjax.reward import scenic_checkpoint
 
     source = released_checkpoint(config.reward_checkpoint, "holdr")
@@ -154,26 +156,32 @@ def holdr_model(config):
             "locations in the README); holdjax can train only a HOLD-C stand-in "
             "(--reward=holdc)")
     print(f"reward holdr: released HOLD-R checkpoint {source}", file=sys.stderr)
-    return scenic_checkpoint.load_holdr(source, dtype=jnp.dtype(config.reward_dtype))
+    return scenic_checkpoint.load_holdr(source, dtype=jnp.dtype(config.reward_dtype)), source
 
 
-def holdc_to_goals(config, task: str, goals: jax.Array) -> DistanceToGoals:
-    """The run's HOLD-C model with the goals embedded once, here: the released checkpoint
-    when there is one, else holdjax's demo-trained model of ``task`` (trained first if it
-    does not exist yet). ``config.holdc_*`` describe the released network only; the demo
-    model's architecture is read from its own ``model.json``."""
+def holdc_to_goals(config, task: str, goals: jax.Array) -> tuple[DistanceToGoals, str]:
+    """The run's HOLD-C model with the goals embedded once, here, and where it came from:
+    ``--reward_checkpoint`` (a released checkpoint, or a model directory written by
+    ``holdjax.reward.train``), else the released checkpoint under ``$HOLD_TOP_DIR``, else
+    holdjax's demo-trained model of ``task`` (trained first if it does not exist yet).
+    ``config.holdc_*`` describe the released network only; a demo model's architecture is
+    read from its own ``model.json``."""
     from holdjax.reward import holdc, scenic_checkpoint
     from holdjax.reward import train as reward_train
 
     distance = dict(distance_type=config.distance_type, distance_params=config.distance_params,
                     dtype=config.reward_dtype)
+    if reward_train.model_exists(config.reward_checkpoint):
+        source = config.reward_checkpoint
+        print(f"reward holdc: holdjax's demo-trained HOLD-C {source}", file=sys.stderr)
+        return reward_train.load_model(source, **distance).to_goals(goals), source
     source = released_checkpoint(config.reward_checkpoint)
     if source is None:
-        path = reward_train.ensure_default_model(task)
-        print(f"reward holdc: holdjax's demo-trained HOLD-C {path} (trained on rendered robot "
+        source = reward_train.ensure_default_model(task)
+        print(f"reward holdc: holdjax's demo-trained HOLD-C {source} (trained on rendered robot "
               "demonstrations; the released one would be read from "
               "$HOLD_TOP_DIR/hold/holdc/checkpoint)", file=sys.stderr)
-        model = reward_train.load_model(path, **distance)
+        model = reward_train.load_model(source, **distance)
     else:
         print(f"reward holdc: released HOLD-C checkpoint {source}", file=sys.stderr)
         model_config = holdc.HoldCConfig(
@@ -181,18 +189,19 @@ def holdc_to_goals(config, task: str, goals: jax.Array) -> DistanceToGoals:
             embedding_size=config.holdc_embedding_size, crop_size=config.holdc_crop_size,
             **distance)
         model = scenic_checkpoint.load_holdc(model_config, source)
-    return model.to_goals(goals)
+    return model.to_goals(goals), source
 
 
 def r3m_model(config):
     """The public R3M ResNet (figure 5's baseline: ResNet-50) from ``--reward_checkpoint`` or
-    its default location (:func:`holdjax.reward.r3m.default_weights_path`); no torch needed."""
+    its default location (:func:`holdjax.reward.r3m.default_weights_path`), and that path; no
+    torch needed."""
     from holdjax.reward import r3m
 
-    model = r3m.load_r3m(config.reward_checkpoint or None, dtype=config.reward_dtype)
-    print(f"reward r3m: R3M ResNet-{model.config.num_layers} from "
-          f"{config.reward_checkpoint or r3m.default_weights_path()}", file=sys.stderr)
-    return model
+    source = config.reward_checkpoint or r3m.default_weights_path()
+    model = r3m.load_r3m(source, dtype=config.reward_dtype)
+    print(f"reward r3m: R3M ResNet-{model.config.num_layers} from {source}", file=sys.stderr)
+    return model, source
 
 
 def make_reward(config, env: ManipulationEnv) -> RewardFunction:
@@ -204,12 +213,13 @@ def make_reward(config, env: ManipulationEnv) -> RewardFunction:
             f"goal images are {goals.shape[1:3]} but the env renders {env.image_shape}; "
             "render matching goal images or use the task's image size")
     if config.reward == "holdr":
-        model = holdr_model(config)
+        model, source = holdr_model(config)
         return RewardFunction("holdr", config.shaping, goals, model.to_goals(jnp.asarray(goals)),
-                              FrameHistory(model.features, model.history_length))
-    distance = None
+                              FrameHistory(model.features, model.history_length), source)
+    distance, source = None, None
     if config.reward == "holdc":
-        distance = holdc_to_goals(config, env.task.name, jnp.asarray(goals))
+        distance, source = holdc_to_goals(config, env.task.name, jnp.asarray(goals))
     elif config.reward == "r3m":
-        distance = r3m_model(config).to_goals(jnp.asarray(goals))
-    return RewardFunction(config.reward, config.shaping, goals, distance)
+        model, source = r3m_model(config)
+        distance = model.to_goals(jnp.asarray(goals))
+    return RewardFunction(config.reward, config.shaping, goals, distance, source=source)

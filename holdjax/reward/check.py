@@ -1,12 +1,18 @@
-"""Scores a HOLD-C reward model on freshly rendered episodes of its task.
+"""Scores a reward model on freshly rendered episodes of its task.
 
-    python -m holdjax.reward.check --task=pushing                  # the default model
+    python -m holdjax.reward.check --task=pushing                  # HOLD-C, as training picks it
     python -m holdjax.reward.check --task=pushing --model=PATH --json
+    python -m holdjax.reward.check --task=pushing --reward=l2      # the pixel baseline
 
-``--model`` is a model directory written by ``holdjax.reward.train`` (default: the task's
-default model) or a released scenic HOLD-C checkpoint (a ``checkpoint_<step>`` file or its
-folder, read as ResNet-50). Two Spearman rank correlations, both positive for a good model
-(1 = perfect ranking; the reward is the negated distance, so it correlates negatively):
+``--reward`` (``holdc``, ``holdr``, ``r3m`` or ``l2``) and ``--model`` pick the model as
+``python -m holdjax.train --reward=... --reward_checkpoint=...`` does: for HOLD-C a released
+scenic checkpoint (a ``checkpoint_<step>`` file or its folder) or a model directory written by
+``holdjax.reward.train``; without ``--model`` the released checkpoint under
+``$HOLD_TOP_DIR``, else the task's default demo-trained model (trained first if missing).
+The model's raw output is scored (its distance, or HOLD-R's predicted time to the goal,
+which sees each frame with the two before it, the first repeated at an episode's start, as
+in training). Spearman rank correlations, positive for a good model (1 = perfect ranking;
+the reward is the negated distance, so it correlates negatively):
 
 - ``spearman_time``: on held-out expert episodes (varied starts as in training, another
   seed, then the noise-free expert at full speed), between the model's distance to the
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import jax
@@ -37,10 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from holdjax import envs
+from holdjax.config import TrainConfig
 from holdjax.envs.base import ManipulationEnv
-from holdjax.envs.goal_images import load_goal_image
-from holdjax.reward import holdc, scenic_checkpoint
 from holdjax.reward import train as reward_train
+from holdjax.reward.base import DISTANCE_REWARDS, RewardFunction, make_reward
 
 # The object whose distance to its goal pose is each task's true progress: (joint, number
 # of leading qpos coordinates compared), e.g. the mug's x, y on the table.
@@ -51,7 +58,7 @@ OBJECT_JOINTS = {
     "cup_forward": ("mug", 2),
     "faucet_right": ("faucet_hinge", 1),
 }
-EMBED_CHUNK = 512  # frames embedded per call (one compiled shape)
+EMBED_CHUNK = 512  # frames (or histories) scored per call (one compiled shape)
 CHECK_STREAM = 2  # random stream of the check's episodes, unused by training
 
 
@@ -86,16 +93,29 @@ def object_to_goal(env: ManipulationEnv, qpos: np.ndarray) -> np.ndarray:
     return np.linalg.norm(qpos[..., adr:adr + dims] - goal, axis=-1)
 
 
-def distances_to_goals(model: holdc.HoldCDistance, goals: np.ndarray,
-                       frames: np.ndarray) -> np.ndarray:
-    """Distance (..., G) of every frame (..., S, S, 3) to each of ``goals`` (G, H, W, 3),
-    in fixed-size chunks."""
-    to_goals = model.to_goals(jnp.asarray(goals))
-    flat = frames.reshape(-1, *frames.shape[-3:])
-    padded = np.concatenate([flat, np.repeat(flat[:1], -len(flat) % EMBED_CHUNK, axis=0)])
-    out = [np.asarray(to_goals(jnp.asarray(padded[i:i + EMBED_CHUNK])))
+def in_chunks(fn, inputs: np.ndarray) -> np.ndarray:
+    """``fn`` over ``inputs`` (B, ...) in chunks of ``EMBED_CHUNK``, the last one padded."""
+    padded = np.concatenate([inputs, np.repeat(inputs[:1], -len(inputs) % EMBED_CHUNK, axis=0)])
+    out = [np.asarray(fn(jnp.asarray(padded[i:i + EMBED_CHUNK])))
            for i in range(0, len(padded), EMBED_CHUNK)]
-    return np.concatenate(out)[:len(flat)].reshape(*frames.shape[:-3], len(goals))
+    return np.concatenate(out)[:len(inputs)]
+
+
+def distances_to_goals(reward_fn: RewardFunction, frames: np.ndarray) -> np.ndarray:
+    """The reward model's distance (E, T, G) of every frame of the episodes ``frames``
+    (E, T, H, W, 3) to each of its goal images. A history model (HOLD-R) sees at step t the
+    features of steps t - L + 1 .. t, its reset frame standing in for steps before it, as
+    ``RewardFunction`` keeps them in training."""
+    episodes, length = frames.shape[:2]
+    flat = frames.reshape(-1, *frames.shape[2:])
+    if reward_fn.history is None:
+        return in_chunks(reward_fn.distance, flat).reshape(episodes, length, -1)
+    history_length = reward_fn.history.length
+    features = in_chunks(reward_fn.history.features, flat).reshape(episodes, length, -1)
+    steps = np.arange(length)[:, None] - history_length + 1 + np.arange(history_length)
+    histories = features[:, np.maximum(steps, 0)]  # (E, T, L, F)
+    return in_chunks(reward_fn.distance, histories.reshape(-1, *histories.shape[2:])
+                     ).reshape(episodes, length, -1)
 
 
 def time_to_reach(distance: np.ndarray, reached: np.ndarray,
@@ -129,22 +149,22 @@ def check_scripts(key: jax.Array, experts: int, randoms: int,
         speed=jnp.ones((n,)), noise=jnp.zeros((n,)))
 
 
-def evaluate(model: holdc.HoldCDistance, env: ManipulationEnv, episodes: int = 32,
+def evaluate(reward_fn: RewardFunction, env: ManipulationEnv, episodes: int = 32,
              random_episodes: int = 32, num_envs: int = 64, seed: int = 1) -> dict:
-    """spearman_time and spearman_state of ``model`` (see the module docstring)."""
+    """spearman_time and spearman_state of ``reward_fn``'s model (see the module docstring)."""
     key = jax.random.fold_in(jax.random.key(seed), CHECK_STREAM)
     script_key, render_key = jax.random.split(key)
     script = check_scripts(script_key, episodes, random_episodes, env.episode_length)
-    footage = reward_train.render_footage(env, script, render_key, num_envs,
+    footage = reward_train.render_footage(env, script, render_key, num_envs, crop=False,
                                           desc=f"{env.task.name}: rendering check episodes")
-    return score(model, env, footage, jax.device_get(script), episodes)
+    return score(reward_fn, env, footage, jax.device_get(script), episodes)
 
 
-def score(model: holdc.HoldCDistance, env: ManipulationEnv, footage: reward_train.Footage,
+def score(reward_fn: RewardFunction, env: ManipulationEnv, footage: reward_train.Footage,
           script: reward_train.Script, episodes: int) -> dict:
-    """The metrics on ``footage`` of :func:`check_scripts`'s worlds."""
-    goals = np.stack([load_goal_image(name) for name in env.task.goal_worlds()])
-    dist = distances_to_goals(model, goals, footage.frames)
+    """The metrics on ``footage`` (whole camera frames) of :func:`check_scripts`'s worlds."""
+    num_goals = reward_fn.num_goals
+    dist = distances_to_goals(reward_fn, footage.frames)
     final = dist[..., -1]
     starts = np.asarray(script.random_until[:episodes])
     spearman_time, scored = time_to_reach(final[:episodes], footage.success[:episodes], starts)
@@ -158,10 +178,10 @@ def score(model: holdc.HoldCDistance, env: ManipulationEnv, footage: reward_trai
         "expert_episodes_scored": scored,
         "state_frames": int(random_phase.sum()),
     }
-    if len(goals) > 1:
+    if num_goals > 1:
         subgoal = np.asarray(footage.subgoal[:episodes])
         per_subgoal = []
-        for k in range(1, len(goals) + 1):
+        for k in range(1, num_goals + 1):
             previous = subgoal >= k - 1
             begin = np.where(previous.any(axis=1), previous.argmax(axis=1), 0)
             per_subgoal.append(time_to_reach(dist[:episodes, :, k - 1], subgoal >= k,
@@ -171,20 +191,16 @@ def score(model: holdc.HoldCDistance, env: ManipulationEnv, footage: reward_trai
     return result
 
 
-def load_any(path: str) -> holdc.HoldCDistance:
-    """A holdjax model directory, else a released scenic checkpoint."""
-    if reward_train.model_exists(path):
-        return reward_train.load_model(path)
-    return scenic_checkpoint.load_holdc(path=path)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m holdjax.reward.check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="pushing", help=f"one of {', '.join(envs.TASKS)}")
-    parser.add_argument("--model", default="",
-                        help="model directory or released checkpoint (default: the task's "
-                             "default model, see holdjax.reward.train)")
+    parser.add_argument("--reward", default="holdc", choices=DISTANCE_REWARDS,
+                        help="the model to score")
+    parser.add_argument("--model", "--reward_checkpoint", dest="model", default="",
+                        help="its weights, as train's --reward_checkpoint (default: where "
+                             "training looks; for holdc the task's default demo-trained model "
+                             "when no released checkpoint is there)")
     parser.add_argument("--episodes", type=int, default=32, help="held-out expert episodes")
     parser.add_argument("--random_episodes", type=int, default=32,
                         help="episodes whose random phase gives the state frames")
@@ -200,19 +216,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("episodes", "random_episodes", "num_envs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    args.model = args.model or reward_train.default_model_dir(args.task)
-    if not os.path.exists(args.model):
-        parser.error(f"no model at {args.model}; train one with "
-                     f"`python -m holdjax.reward.train --task={args.task}` or pass --model")
+    if args.model and not os.path.exists(args.model):
+        parser.error(f"no model at {args.model}; for holdc train one with "
+                     f"`python -m holdjax.reward.train --task={args.task} --out={args.model}`")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
-    result = {"task": args.task, "model": os.path.abspath(args.model)}
-    result.update(evaluate(load_any(args.model), reward_train.task_env(args.task),
-                           args.episodes, args.random_episodes, args.num_envs, args.seed))
+    env = reward_train.task_env(args.task)
+    config = TrainConfig(task=args.task, reward=args.reward, reward_checkpoint=args.model)
+    try:
+        reward_fn = make_reward(config, env)
+    except (FileNotFoundError, ValueError) as e:  # missing weights, mismatched checkpoint
+        sys.exit(f"python -m holdjax.reward.check: error: {e}")
+    source = os.path.abspath(reward_fn.source) if reward_fn.source else None
+    result = {"task": args.task, "reward": args.reward, "model": source}
+    result.update(evaluate(reward_fn, env, args.episodes, args.random_episodes, args.num_envs,
+                           args.seed))
     result.update(seed=args.seed, wall_s=round(time.perf_counter() - start, 1))
     if args.json:
         print(json.dumps(result))

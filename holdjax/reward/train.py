@@ -169,6 +169,7 @@ class Footage:
     """Recorded episodes, world-major."""
 
     frames: jax.Array  # (N, T + 1, S, S, 3) uint8 central square crops of the camera image
+    # (training's input), or (N, T + 1, H, W, 3) whole camera images (the check's)
     success: jax.Array  # (N, T + 1) bool
     subgoal: jax.Array  # (N, T + 1) int32 subgoals the state satisfies (EnvState.subgoal)
     qpos: jax.Array  # (N, T + 1, nq) float32 physics positions (for object-to-goal checks)
@@ -202,14 +203,16 @@ def scripted_actions(env: ManipulationEnv, script: Script, state: EnvState,
     return jnp.where(use_expert[:, None], expert, uniform)
 
 
-def record(env: ManipulationEnv, script: Script, key: jax.Array) -> Footage:
-    """One episode in each of the script's worlds (jittable)."""
+def record(env: ManipulationEnv, script: Script, key: jax.Array, crop: bool = True) -> Footage:
+    """One episode in each of the script's worlds (jittable); frames cropped to their
+    central square when ``crop``."""
     num_worlds = script.speed.shape[0]
     reset_key, policy_key = jax.random.split(key)
     state = env.reset(reset_key, num_worlds)
 
     def observe(state):
-        return holdc.central_crop(state.obs), state.success, state.subgoal, state.data.qpos
+        frames = holdc.central_crop(state.obs) if crop else state.obs
+        return frames, state.success, state.subgoal, state.data.qpos
 
     def body(state, step_key):
         state = env.step(state, scripted_actions(env, script, state, step_key))
@@ -231,14 +234,15 @@ def task_env(task: str) -> ManipulationEnv:
 
 
 @functools.cache
-def _recorder(env: ManipulationEnv):
-    return jax.jit(functools.partial(record, env))
+def _recorder(env: ManipulationEnv, crop: bool):
+    return jax.jit(functools.partial(record, env, crop=crop))
 
 
 def render_footage(env: ManipulationEnv, script: Script, key: jax.Array, num_envs: int,
-                   desc: str = "rendering") -> Footage:
+                   desc: str = "rendering", crop: bool = True) -> Footage:
     """Episodes for every world of ``script``, ``num_envs`` at a time (the last batch padded,
-    so one compiled rollout serves all), as numpy arrays."""
+    so one compiled rollout serves all), as numpy arrays; frames as :func:`record`'s."""
+    crop = crop and env.image_shape[0] != env.image_shape[1]  # a square frame is its crop
     total = script.speed.shape[0]
     batches = -(-total // num_envs)
     padded = jax.tree.map(lambda x: jnp.resize(x, (batches * num_envs,)), script)
@@ -247,7 +251,7 @@ def render_footage(env: ManipulationEnv, script: Script, key: jax.Array, num_env
     for b in tqdm(range(batches), desc=desc, unit="batch", file=sys.stderr):
         part = jax.tree.map(operator.itemgetter(slice(b * num_envs, (b + 1) * num_envs)),
                             padded)
-        parts.append(jax.device_get(_recorder(env)(part, keys[b])))
+        parts.append(jax.device_get(_recorder(env, crop)(part, keys[b])))
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:total], *parts)
 
 
