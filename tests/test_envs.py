@@ -10,6 +10,7 @@ import pytest
 from conftest import Lane, jitted
 
 from holdjax import envs
+from holdjax.envs import drawer_open as drawer_module
 from holdjax.envs import pushing as pushing_module
 from holdjax.envs.base import image_to_float, sanitize_action
 
@@ -172,6 +173,36 @@ def test_pushing_success_threshold():
 
     assert success(0.0299) == (True, 1.0)
     assert success(0.0301) == (False, 0.0)
+
+
+def test_pushing_dense_reward_adds_success_to_the_distance_terms():
+    """dense = success - |puck - goal| - 0.5 |hand - puck|: crossing the success threshold
+    is worth 1, far more than the distance terms change there."""
+    task = pushing_module.Pushing()
+    goal = jnp.asarray(pushing_module.GOAL)
+
+    def dense(offset):
+        puck = goal + jnp.array([offset, 0.0])
+        state = jnp.zeros(9).at[0:2].set(puck - jnp.array([0.0, 0.04])).at[3:5].set(puck)
+        return float(task.evaluate(state)["dense_reward"])
+
+    assert dense(0.0) == pytest.approx(1.0 - 0.02, abs=1e-6)
+    assert dense(0.029) == pytest.approx(1.0 - 0.029 - 0.02, abs=1e-6)
+    assert dense(0.031) == pytest.approx(-0.031 - 0.02, abs=1e-6)
+
+
+def test_drawer_open_dense_reward_adds_success_to_reach_and_opening():
+    task = drawer_module.DrawerOpen()
+    handle = jnp.array([0.0, 0.6, 0.09])
+
+    def dense(opened, reach):
+        tips = handle + jnp.array([0.0, 0.0, reach])
+        state = jnp.zeros(11).at[0:3].set(tips).at[4].set(-opened).at[5:8].set(handle)
+        return float(task.evaluate(state)["dense_reward"])
+
+    assert dense(0.13, 0.01) == pytest.approx(1.0 + 0.13, abs=1e-6)  # open, hand on the bar
+    assert dense(0.11, 0.01) == pytest.approx(0.11, abs=1e-6)
+    assert dense(0.0, 0.15) == pytest.approx(-(0.15 - drawer_module.REACH_RADIUS), abs=1e-6)
 
 
 @functools.cache
