@@ -171,7 +171,7 @@ def holdc_to_goals(config, task: str, goals: jax.Array) -> tuple[DistanceToGoals
 
     distance = dict(distance_type=config.distance_type, distance_params=config.distance_params,
                     dtype=config.reward_dtype)
-    if reward_train.model_exists(config.reward_checkpoint):
+    if config.reward_checkpoint and reward_train.model_exists(config.reward_checkpoint):
         source = config.reward_checkpoint
         print(f"reward holdc: holdjax's demo-trained HOLD-C {source}", file=sys.stderr)
         return reward_train.load_model(source, **distance).to_goals(goals), source
