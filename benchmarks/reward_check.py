@@ -22,16 +22,8 @@ import jax.numpy as jnp
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import write_results  # noqa: E402
 
-from holdjax.config import TrainConfig  # noqa: E402
 from holdjax.reward import check  # noqa: E402
 from holdjax.reward import train as reward_train  # noqa: E402
-from holdjax.reward.base import RewardFunction, make_reward  # noqa: E402
-
-
-def reward_for(task: str, reward: str, model: str = "") -> RewardFunction:
-    """The reward as training builds it (the model ``check`` scores)."""
-    config = TrainConfig(task=task, reward=reward, reward_checkpoint=model)
-    return make_reward(config, reward_train.task_env(task))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,14 +46,14 @@ def main(argv: list[str] | None = None) -> dict:
         with tempfile.TemporaryDirectory() as model_dir:
             info = reward_train.train(config, model_dir)
             start = time.perf_counter()
-            scores = check.evaluate(reward_for(args.task, "holdc", model_dir), env,
+            scores = check.evaluate(check.reward_for(args.task, "holdc", model_dir), env,
                                     seed=args.check_seed)
         rows.append({"model": "holdc", "seed": seed, "layers": config.layers,
                      "filters": config.filters, "image_size": config.image_size,
                      "steps": config.steps, "render_s": info["render_s"],
                      "train_s": info["train_s"], "final_loss": info["final_loss"],
                      "check_s": round(time.perf_counter() - start, 1), **scores})
-    rows.append({"model": "l2", **check.evaluate(reward_for(args.task, "l2"), env,
+    rows.append({"model": "l2", **check.evaluate(check.reward_for(args.task, "l2"), env,
                                                  seed=args.check_seed)})
 
     print(f"{'model':>6} {'seed':>4} {'steps':>6} {'spearman_time':>14} {'spearman_state':>15}"

@@ -172,23 +172,23 @@ def holdc_to_goals(config, task: str, goals: jax.Array) -> tuple[DistanceToGoals
     distance = dict(distance_type=config.distance_type, distance_params=config.distance_params,
                     dtype=config.reward_dtype)
     if config.reward_checkpoint and reward_train.model_exists(config.reward_checkpoint):
-        source = config.reward_checkpoint
-        print(f"reward holdc: holdjax's demo-trained HOLD-C {source}", file=sys.stderr)
-        return reward_train.load_model(source, **distance).to_goals(goals), source
-    source = released_checkpoint(config.reward_checkpoint)
-    if source is None:
-        source = reward_train.ensure_default_model(task)
-        print(f"reward holdc: holdjax's demo-trained HOLD-C {source} (trained on rendered robot "
-              "demonstrations; the released one would be read from "
-              "$HOLD_TOP_DIR/hold/holdc/checkpoint)", file=sys.stderr)
-        model = reward_train.load_model(source, **distance)
+        source, released = config.reward_checkpoint, False
     else:
+        source = released_checkpoint(config.reward_checkpoint)
+        released = source is not None
+        source = source if released else reward_train.ensure_default_model(task)
+    if released:
         print(f"reward holdc: released HOLD-C checkpoint {source}", file=sys.stderr)
         model_config = holdc.HoldCConfig(
             num_layers=config.holdc_layers, num_filters=config.holdc_filters,
             embedding_size=config.holdc_embedding_size, crop_size=config.holdc_crop_size,
             **distance)
         model = scenic_checkpoint.load_holdc(model_config, source)
+    else:
+        print(f"reward holdc: holdjax's demo-trained HOLD-C {source} (trained on rendered robot "
+              "demonstrations; the released one would be read from "
+              "$HOLD_TOP_DIR/hold/holdc/checkpoint)", file=sys.stderr)
+        model = reward_train.load_model(source, **distance)
     return model.to_goals(goals), source
 
 

@@ -149,6 +149,13 @@ def check_scripts(key: jax.Array, experts: int, randoms: int,
         speed=jnp.ones((n,)), noise=jnp.zeros((n,)))
 
 
+def reward_for(task: str, reward: str, model: str = "") -> RewardFunction:
+    """The reward ``reward`` of ``task`` with its distance model loaded from ``model`` (as
+    train's ``--reward_checkpoint``; "" = where training looks), built as training builds it."""
+    config = TrainConfig(task=task, reward=reward, reward_checkpoint=model)
+    return make_reward(config, reward_train.task_env(task))
+
+
 def evaluate(reward_fn: RewardFunction, env: ManipulationEnv, episodes: int = 32,
              random_episodes: int = 32, num_envs: int = 64, seed: int = 1) -> dict:
     """spearman_time and spearman_state of ``reward_fn``'s model (see the module docstring)."""
@@ -225,16 +232,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
-    env = reward_train.task_env(args.task)
-    config = TrainConfig(task=args.task, reward=args.reward, reward_checkpoint=args.model)
     try:
-        reward_fn = make_reward(config, env)
+        reward_fn = reward_for(args.task, args.reward, args.model)
     except (FileNotFoundError, ValueError) as e:  # missing weights, mismatched checkpoint
         sys.exit(f"python -m holdjax.reward.check: error: {e}")
     source = os.path.abspath(reward_fn.source) if reward_fn.source else None
     result = {"task": args.task, "reward": args.reward, "model": source}
-    result.update(evaluate(reward_fn, env, args.episodes, args.random_episodes, args.num_envs,
-                           args.seed))
+    result.update(evaluate(reward_fn, reward_train.task_env(args.task), args.episodes,
+                           args.random_episodes, args.num_envs, args.seed))
     result.update(seed=args.seed, wall_s=round(time.perf_counter() - start, 1))
     if args.json:
         print(json.dumps(result))
