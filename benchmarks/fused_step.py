@@ -176,6 +176,14 @@ def main(argv: list[str] | None = None) -> dict:
     variables = {name: draw() for name, draw in draws.items() if name in rewards}
     checkpoints = {name: random_checkpoint(v, tempfile.mkdtemp(prefix=f"{name}_random_"))
                    for name, v in variables.items()}
+    settings = {"task": "pushing", "iterations": args.iterations, "batch_size": args.batch_size,
+                "holdc": {"layers": args.holdc_layers, "filters": args.holdc_filters,
+                          "crop_size": args.holdc_crop_size, "dtype": args.reward_dtype},
+                "holdr": {"size": args.holdr_size, "dtype": args.reward_dtype,
+                          **{k: v for k, v in dataclasses.asdict(
+                              HOLDR_SIZES[args.holdr_size]).items() if k != "dtype"}}}
+    kwargs = {"out_dir": args.out} if args.out else {}
+    name = "fused_step" + (f"-{args.tag}" if args.tag else "")
     rows = []
     print(f"{'reward':>6} {'N':>5} {'ratio':>7} {'env steps/s':>12} {'updates/s':>10} "
           f"{'step ms':>8} {'phys+rend':>9} {'reward':>7} {'updates':>8} {'compile s':>9}",
@@ -193,17 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
                            "error": repr(e)[:300]}
                 rows.append(row)
                 print(format_row(row), flush=True)
-    payload = {"task": "pushing", "iterations": args.iterations, "batch_size": args.batch_size,
-               "holdc": {"layers": args.holdc_layers, "filters": args.holdc_filters,
-                         "crop_size": args.holdc_crop_size, "dtype": args.reward_dtype},
-               "holdr": {"size": args.holdr_size, "dtype": args.reward_dtype,
-                         **{k: v for k, v in dataclasses.asdict(
-                             HOLDR_SIZES[args.holdr_size]).items() if k != "dtype"}},
-               "rows": rows}
-    kwargs = {"out_dir": args.out} if args.out else {}
-    name = "fused_step" + (f"-{args.tag}" if args.tag else "")
-    print("wrote", write_results(name, payload, **kwargs))
-    return payload
+                path = write_results(name, {**settings, "rows": rows}, **kwargs)  # so far
+    print("wrote", path)
+    return {**settings, "rows": rows}
 
 
 def format_row(row: dict) -> str:

@@ -12,6 +12,8 @@
 #   bash benchmarks/gpu_session.sh probe    # SAC update profile and variants, every task's envs
 #   bash benchmarks/gpu_session.sh speed    # bf16 encoders, run_all, 120x180 tabletop envs
 #   bash benchmarks/gpu_session.sh next     # run_all, HOLD-R fused step, dense pushing (bf16)
+#   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
+#   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
 # Results go to $OUT (copied back) and benchmarks/results/ on the device.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -66,6 +68,22 @@ case "${1:-envs}" in
       --ratios=default --tag=holdr --out="$out" 2>&1 | tee "$out/fused_step_holdr.log"
     dense_pushing $((${BUDGET_S:-560} - SECONDS - 20)) --encoder_dtype=bfloat16 \
       --name=pushing_dense_bf16 ;;
+  final)  # issue 5's ratios, then issue 4's accelerator-default model and HOLD-R's fused step;
+    # each part writes its results file as it goes, so a part cut short keeps what it measured
+    timeout 270 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \
+      --brax_steps=30000 --out="$out" > "$out/run_all.log" 2>&1; tail -40 "$out/run_all.log"
+    timeout 160 python3 benchmarks/reward_check.py --task=pushing --out="$out" 2>&1 \
+      | tee "$out/reward_check.log"
+    timeout $((${BUDGET_S:-560} - SECONDS)) python3 benchmarks/fused_step.py --rewards=holdr \
+      --nums=64,512 --ratios=default --iterations=3 --repeats=2 --tag=holdr --out="$out" 2>&1 \
+      | tee "$out/fused_step_holdr.log" ;;
+  fig3a)  # the reference's figure-3a HOLD-C run, 5 seeds at once (random released-size weights:
+    # a speed figure), stopped at the budget; the summary extrapolates nothing, it reports rates
+    timeout $((${BUDGET_S:-160} - SECONDS)) python3 benchmarks/train_run.py \
+      --time_limit=$((${BUDGET_S:-160} - SECONDS - 25)) --random_reward_weights \
+      --config=fig3a_pushing_holdc --seeds=5 --reward_dtype=bfloat16 --path_save_frequency=0 \
+      --checkpoint_frequency=1000 --out=/tmp/fig3a --results="$out" > "$out/fig3a.log" 2>&1
+    tail -30 "$out/fig3a.log" ;;
   all)
     budget=${BUDGET_S:-480}
     timeout 130 python3 benchmarks/sac_update.py --seeds=1,5 --updates=200 --repeats=2 \

@@ -49,6 +49,23 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+def summarize(parts: dict, fused_ratio: str, tiny: bool) -> dict:
+    """The rates and ratios that the parts measured so far give (None where one is missing)."""
+    rows = parts.get("fused_step", {}).get("rows", [])
+    loop_rate = parts.get("reference_loop", {}).get("env_steps_per_s")
+    one, more = best_rate(rows, "holdc", "1"), best_rate(rows, "holdc", fused_ratio)
+    return {
+        "fused_holdc_one_update_env_steps_per_s": one,
+        f"fused_holdc_{fused_ratio}_updates_env_steps_per_s": more,
+        "reference_loop_env_steps_per_s": loop_rate,
+        "ratio_fused_to_reference_one_update": ratio(one, loop_rate),
+        f"ratio_fused_to_reference_{fused_ratio}": ratio(more, loop_rate),
+        "ratio_holdjax_to_brax_steps_per_s":
+            parts.get("brax_sac", {}).get("ratio_holdjax_to_brax_steps_per_s"),
+        "tiny": tiny,
+    }
+
+
 def attempt(name: str, main, args: list[str]) -> dict:
     """``main(args)``, or ``{"error": ...}`` when it raises, so the other parts still run."""
     try:
@@ -67,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="updates per env step of the fused step's second setting")
     parser.add_argument("--fused_nums", default="1024", help="world counts of the fused step")
     parser.add_argument("--fused_rewards", default="sparse,holdc", help="the fused step's rewards")
+    parser.add_argument("--brax_steps", type=int, default=40_000,
+                        help="env steps per trainer in the brax comparison")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     out = [f"--out={args.out}"] if args.out else []
@@ -81,27 +100,17 @@ def main(argv: list[str] | None = None) -> dict:
         fused_args = [f"--rewards={args.fused_rewards}", f"--nums={args.fused_nums}", ratios,
                       "--iterations=4", "--repeats=2"]
         loop_args = ["--steps=200", "--warmup=10"]
-        brax_args = ["--num_envs=64", "--total_steps=40000", "--evals=4"]
+        brax_args = ["--num_envs=64", f"--total_steps={args.brax_steps}", "--evals=4"]
 
-    fused = attempt("fused_step", fused_step.main, fused_args + out)
-    loop = attempt("reference_loop", reference_loop.main, loop_args + out)
-    brax = attempt("brax_sac", brax_sac.main, brax_args + out)
-
-    rows = fused.get("rows", [])
-    loop_rate = loop.get("env_steps_per_s")
-    one, more = best_rate(rows, "holdc", "1"), best_rate(rows, "holdc", args.fused_ratio)
-    summary = {
-        "fused_holdc_one_update_env_steps_per_s": one,
-        f"fused_holdc_{args.fused_ratio}_updates_env_steps_per_s": more,
-        "reference_loop_env_steps_per_s": loop_rate,
-        "ratio_fused_to_reference_one_update": ratio(one, loop_rate),
-        f"ratio_fused_to_reference_{args.fused_ratio}": ratio(more, loop_rate),
-        "ratio_holdjax_to_brax_steps_per_s": brax.get("ratio_holdjax_to_brax_steps_per_s"),
-        "tiny": args.tiny,
-    }
     kwargs = {"out_dir": args.out} if args.out else {}
-    path = write_results("run_all", {**summary, "fused_step": fused, "reference_loop": loop,
-                                     "brax_sac": brax}, **kwargs)
+    parts = {}
+    for name, part_main, part_args in (("reference_loop", reference_loop.main, loop_args),
+                                       ("fused_step", fused_step.main, fused_args),
+                                       ("brax_sac", brax_sac.main, brax_args)):
+        parts[name] = attempt(name, part_main, part_args + out)
+        # Written after every part, so that a call cut short keeps what it measured.
+        summary = summarize(parts, args.fused_ratio, args.tiny)
+        path = write_results("run_all", {**summary, **parts}, **kwargs)
     print(f"\n{jax.devices()[0].device_kind}: pushing, env steps/s")
     for name, value in summary.items():
         if isinstance(value, float):

@@ -69,6 +69,24 @@ def summarize(records: list[dict], config: TrainConfig) -> dict:
     return summary
 
 
+def random_released_checkpoint(config: TrainConfig) -> str:
+    """A released-checkpoint folder holding random weights of the size ``config`` names."""
+    from fused_step import random_checkpoint
+
+    from holdjax.reward import holdc, holdr
+
+    if config.reward == "holdc":
+        variables = holdc.random_variables(holdc.HoldCConfig(
+            num_layers=config.holdc_layers, num_filters=config.holdc_filters,
+            embedding_size=config.holdc_embedding_size, crop_size=config.holdc_crop_size,
+            dtype=config.reward_dtype))
+    elif config.reward == "holdr":
+        variables = holdr.random_variables(holdr.HoldRConfig(dtype=config.reward_dtype))
+    else:
+        raise ValueError(f"--random_reward_weights needs reward holdc or holdr, not {config.reward}")
+    return random_checkpoint(variables, tempfile.mkdtemp(prefix=f"{config.reward}_random_"))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,12 +94,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--metrics", default=None, help="summarise this metrics.jsonl only")
     parser.add_argument("--device", default=None, help="device name for --metrics")
     parser.add_argument("--results", default=None, help="results folder")
+    parser.add_argument("--random_reward_weights", action="store_true",
+                        help="score with random weights of the released HOLD-C/HOLD-R size: "
+                             "a speed figure without the released files (learning is moot)")
     args, train_flags = parser.parse_known_args(argv)
     config, rest = config_from_args(train_flags)
     if rest:
         parser.error(f"unknown flags: {', '.join('--' + k for k in rest)}")
     config.validate()
 
+    if args.random_reward_weights:
+        train_flags.append(f"--reward_checkpoint={random_released_checkpoint(config)}")
     if args.metrics is None:
         if not config.out:
             train_flags.append(f"--out={tempfile.mkdtemp(prefix='train_run_')}/{config.run_name}")
@@ -96,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics_path = args.metrics
     summary = summarize(read_metrics(metrics_path), config)
     summary["flags"] = train_flags
+    summary["random_reward_weights"] = args.random_reward_weights
     if args.metrics is None:  # a summarised run's limit is not known here
         summary["time_limit_s"] = args.time_limit
     device = args.device or device_name()
