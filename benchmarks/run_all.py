@@ -21,6 +21,7 @@ error and the others still run.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 
@@ -49,17 +50,30 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+def render_free_rate(loop: dict) -> float | None:
+    """The reference loop's env steps/s were its render free: the bound that favours the
+    reference most, whichever renderer it had (the MJX fallback costs far more per frame
+    than OpenGL)."""
+    rate, render_ms = loop.get("env_steps_per_s"), loop.get("parts_ms", {}).get("render")
+    return None if rate is None or render_ms is None else 1e3 / (1e3 / rate - render_ms)
+
+
 def summarize(parts: dict, fused_ratio: str, tiny: bool) -> dict:
     """The rates and ratios that the parts measured so far give (None where one is missing)."""
     rows = parts.get("fused_step", {}).get("rows", [])
-    loop_rate = parts.get("reference_loop", {}).get("env_steps_per_s")
+    loop = parts.get("reference_loop", {})
+    loop_rate, free_rate = loop.get("env_steps_per_s"), render_free_rate(loop)
     one, more = best_rate(rows, "holdc", "1"), best_rate(rows, "holdc", fused_ratio)
     return {
         "fused_holdc_one_update_env_steps_per_s": one,
         f"fused_holdc_{fused_ratio}_updates_env_steps_per_s": more,
         "reference_loop_env_steps_per_s": loop_rate,
+        "reference_loop_renderer": loop.get("renderer"),
+        "reference_loop_render_free_env_steps_per_s": free_rate,
         "ratio_fused_to_reference_one_update": ratio(one, loop_rate),
         f"ratio_fused_to_reference_{fused_ratio}": ratio(more, loop_rate),
+        "ratio_fused_to_render_free_reference_one_update": ratio(one, free_rate),
+        f"ratio_fused_to_render_free_reference_{fused_ratio}": ratio(more, free_rate),
         "ratio_holdjax_to_brax_steps_per_s":
             parts.get("brax_sac", {}).get("ratio_holdjax_to_brax_steps_per_s"),
         "tiny": tiny,
@@ -87,7 +101,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--brax_steps", type=int, default=40_000,
                         help="env steps per trainer in the brax comparison")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--resummarize", default=None, metavar="RUN_ALL_JSON",
+                        help="only recompute the summary of this results file from its parts")
     args = parser.parse_args(argv)
+    if args.resummarize:
+        return resummarize(args.resummarize)
     out = [f"--out={args.out}"] if args.out else []
     ratios = f"--ratios=1,{args.fused_ratio}"
     if args.tiny:
@@ -111,12 +129,35 @@ def main(argv: list[str] | None = None) -> dict:
         # Written after every part, so that a call cut short keeps what it measured.
         summary = summarize(parts, args.fused_ratio, args.tiny)
         path = write_results("run_all", {**summary, **parts}, **kwargs)
-    print(f"\n{jax.devices()[0].device_kind}: pushing, env steps/s")
-    for name, value in summary.items():
-        if isinstance(value, float):
-            print(f"  {name:<42} {value:>12.1f}")
+    print_table(jax.devices()[0].device_kind, summary)
     print("wrote", path)
     return summary
+
+
+PART_NAMES = ("reference_loop", "fused_step", "brax_sac")
+
+
+def resummarize(path: str) -> dict:
+    """Rewrite the summary of a run_all results file (e.g. copied back from the GPU machine)
+    from the parts it holds, after this script's summary gained a figure."""
+    with open(path) as f:
+        stored = json.load(f)
+    parts = {name: stored[name] for name in PART_NAMES if name in stored}
+    ratios = [r["ratio"] for r in parts.get("fused_step", {}).get("rows", []) if r["ratio"] != "1"]
+    summary = summarize(parts, ratios[0] if ratios else "0.0625", stored.get("tiny", False))
+    stored.update(summary)
+    with open(path, "w") as f:
+        json.dump(stored, f, indent=1)
+    print_table(stored.get("device", "?"), summary)
+    print("rewrote", path)
+    return summary
+
+
+def print_table(device: str, summary: dict) -> None:
+    print(f"\n{device}: pushing, env steps/s")
+    for name, value in summary.items():
+        if isinstance(value, float):
+            print(f"  {name:<50} {value:>12.1f}")
 
 
 if __name__ == "__main__":

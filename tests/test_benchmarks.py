@@ -139,18 +139,30 @@ def test_run_all_ratios_and_failed_parts(tmp_path, monkeypatch):
             {"reward": "holdc", "ratio": "1", "env_steps_per_s": 650.0},
             {"reward": "holdc", "ratio": "0.0625", "env_steps_per_s": 6500.0}]
     monkeypatch.setattr(run_all.fused_step, "main", lambda argv: {"rows": rows})
-    monkeypatch.setattr(run_all.reference_loop, "main", lambda argv: {"env_steps_per_s": 65.0})
+    loop = {"env_steps_per_s": 50.0, "parts_ms": {"render": 10.0, "update": 5.0}}
+    monkeypatch.setattr(run_all.reference_loop, "main", lambda argv: loop)
 
     def brax_fails(argv):
         raise RuntimeError("no brax here")
 
     monkeypatch.setattr(run_all.brax_sac, "main", brax_fails)
     summary = run_all.main([f"--out={tmp_path}"])
-    assert summary["ratio_fused_to_reference_one_update"] == pytest.approx(10.0)
-    assert summary["ratio_fused_to_reference_0.0625"] == pytest.approx(100.0)
+    assert summary["ratio_fused_to_reference_one_update"] == pytest.approx(13.0)
+    assert summary["ratio_fused_to_reference_0.0625"] == pytest.approx(130.0)
+    # 20 ms a step less its 10 ms render: 100 steps/s with rendering free.
+    assert summary["reference_loop_render_free_env_steps_per_s"] == pytest.approx(100.0)
+    assert summary["ratio_fused_to_render_free_reference_one_update"] == pytest.approx(6.5)
     assert summary["ratio_holdjax_to_brax_steps_per_s"] is None
-    written = json.loads(next(tmp_path.glob("run_all-*.json")).read_text())
+    path = next(tmp_path.glob("run_all-*.json"))
+    written = json.loads(path.read_text())
     assert "no brax here" in written["brax_sac"]["error"]
+
+    # A file written before a figure existed gains it from its stored parts.
+    del written["ratio_fused_to_render_free_reference_0.0625"]
+    path.write_text(json.dumps(written))
+    assert run_all.main([f"--resummarize={path}"]) == summary
+    assert json.loads(path.read_text())["ratio_fused_to_render_free_reference_0.0625"] == \
+        pytest.approx(65.0)
 
 
 def test_sample_efficiency_rows(tmp_path, monkeypatch):
