@@ -3,7 +3,7 @@
     python benchmarks/reward_check.py --task=pushing                 # the default settings
     python benchmarks/reward_check.py --task=pushing --seeds=0,1 --steps=4000
 
-For each training seed: trains a model with `holdjax.reward.train` (this device's default
+For each training seed: trains a model with `holdjax.reward.train` (the default
 settings, ``--steps`` and ``--image_size`` overriding), scores it with `holdjax.reward.check`
 (``spearman_time`` on held-out expert episodes, ``spearman_state`` on random-policy frames),
 and scores the reference's L2 pixel distance on the same episodes. Writes
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     env = reward_train.task_env(args.task)
     rows = []
     for seed in map(int, args.seeds.split(",")):
-        config = reward_train.default_config(args.task, seed=seed, **overrides)
+        config = reward_train.RewardTrainConfig(task=args.task, seed=seed, **overrides)
         with tempfile.TemporaryDirectory() as model_dir:
             info = reward_train.train(config, model_dir)
             start = time.perf_counter()
