@@ -15,7 +15,16 @@
 #   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
 #   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
 # Results go to $OUT (copied back) and benchmarks/results/ on the device.
+# OpenGL for the reference loop (the machine has no libEGL; without it the loop renders with
+# MJX, 22 ms a frame): stage the libraries here once per checkout with the device README's
+# recipe (apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2
+# into .gl/, ignored by git) and carry ".gl" beside ".device/rest" in the fourth call.
 set -uo pipefail
+if compgen -G ".gl/*.deb" > /dev/null; then  # unpacked into / (these few libraries only)
+  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+  [ -f $vendor ] && export __EGL_VENDOR_LIBRARY_FILENAMES=${__EGL_VENDOR_LIBRARY_FILENAMES:-$vendor}
+fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 out=${OUT:-benchmarks/results}

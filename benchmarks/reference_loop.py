@@ -14,7 +14,9 @@ the host and fed to the device. This script does the same with the tools of this
   the task camera, mirrored as the reference's frames are. Where no OpenGL library loads (the
   GPU machines here have no libEGL) ``--renderer=auto`` renders the one world with holdjax's
   MJX renderer instead (pose copied to the device, one jitted render, image copied back);
-  ``renderer`` in the results says which ran;
+  ``renderer`` in the results says which ran. That fallback does not favour the reference
+  (22 ms a frame on an H100, a whole batched-render launch for one world), so `run_all.py`
+  also reports the ratios against this loop with its render free;
 - reward: HOLD-C (random weights at the configured size, default ResNet-50 at 256 px) jitted
   at batch 1 against the goal image embedded once, or the sparse success reward;
 - policy and update: holdjax's SAC networks and `sac_update`, jitted, fed numpy batches.
