@@ -83,7 +83,8 @@ def random_released_checkpoint(config: TrainConfig) -> str:
     elif config.reward == "holdr":
         variables = holdr.random_variables(holdr.HoldRConfig(dtype=config.reward_dtype))
     else:
-        raise ValueError(f"--random_reward_weights needs reward holdc or holdr, not {config.reward}")
+        raise ValueError("--random_reward_weights needs reward holdc or holdr, "
+                         f"not {config.reward}")
     return random_checkpoint(variables, tempfile.mkdtemp(prefix=f"{config.reward}_random_"))
 
 

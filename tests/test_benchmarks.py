@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 from conftest import Lane
@@ -12,6 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "ben
 import common  # noqa: E402
 import headless_gl  # noqa: E402
 import reference_loop  # noqa: E402
+import reward_comparison  # noqa: E402
 import run_all  # noqa: E402
 import sample_efficiency  # noqa: E402
 import train_run  # noqa: E402
@@ -188,6 +190,57 @@ def test_sample_efficiency_rows(tmp_path, monkeypatch):
     row = result["rows"][0]
     assert (row["env_steps_to_0.3"], row["wall_s_to_0.3"]) == (2000, 20.0)
     assert row["best_eval_success_mean"] == pytest.approx(0.35)
+
+
+def test_random_released_checkpoint_loads_at_the_configured_size():
+    """--random_reward_weights: a folder the trainer reads as the released HOLD-C checkpoint,
+    holding weights of the size the config names."""
+    from holdjax.reward import base, holdc, scenic_checkpoint
+
+    config, _ = config_from_args(["--reward=holdc", "--holdc_layers=18", "--holdc_filters=2",
+                                  "--holdc_crop_size=32"])
+    source = base.released_checkpoint(train_run.random_released_checkpoint(config))
+    model = holdc.HoldCConfig(num_layers=18, num_filters=2, crop_size=32)
+    variables = scenic_checkpoint.load_holdc_variables(model, source)
+    shapes = jax.tree.map(lambda leaf: leaf.shape, holdc.abstract_variables(model))
+    assert jax.tree.map(lambda leaf: leaf.shape, variables) == shapes
+    with pytest.raises(ValueError, match="needs reward holdc or holdr"):
+        train_run.random_released_checkpoint(config_from_args(["--reward=dense"])[0])
+
+
+def test_reward_comparison_at_equal_env_steps(tmp_path, monkeypatch):
+    """Each config trained under the same flags; success means over seeds per eval, over all
+    evals and over the last ones; the distance reward beats the baseline only on both."""
+    curves = {"fig3a_pushing_sac": [[0.0, 0.0], [0.0, 0.1], [0.2, 0.0]],
+              "fig3a_pushing_holdc": [[0.0, 0.2], [0.4, 0.2], [0.6, 0.8]],
+              "fig5a_pushing_l2": [[0.4, 0.4], [0.0, 0.0], [0.0, 0.0]]}
+    calls = []
+
+    def fake_run(argv):
+        calls.append(argv)
+        config = next(f.split("=")[1] for f in argv if f.startswith("--config="))
+        curve = [{"env_steps": 1000 * (i + 1), "wall_s": 1.0, "eval_success_rate": s}
+                 for i, s in enumerate(curves[config])]
+        return {"reward": config.split("_")[-1], "seeds": 2, "completed": True, "wall_s": 3.0,
+                "curve": curve, "final_eval_success_per_seed": curve[-1]["eval_success_rate"]}
+
+    monkeypatch.setattr(reward_comparison.train_run, "main", fake_run)
+    configs = "--configs=fig3a_pushing_sac,fig3a_pushing_holdc,fig5a_pushing_l2"
+    result = reward_comparison.main([configs, "--last=2", "--seeds=2", f"--results={tmp_path}"])
+    assert all("--seeds=2" in argv for argv in calls)
+    sac, holdc, l2 = result["rows"]
+    assert sac["mean_success_per_eval"] == pytest.approx([0.0, 0.05, 0.1])
+    assert sac["mean_success_all_evals"] == pytest.approx(0.05)
+    assert holdc["mean_success_last_evals"] == pytest.approx(0.5)
+    assert holdc["beats_baseline"] and "beats_baseline" not in sac
+    assert not l2["beats_baseline"]  # better over all evals (0.133), worse over the last two
+    written = json.loads(next(tmp_path.glob("reward_comparison-*.json")).read_text())
+    assert written["rows"][1]["beats_baseline"]
+
+    curves["fig5a_pushing_l2"] = curves["fig5a_pushing_l2"][:2]  # stopped early: unequal steps
+    with pytest.raises(ValueError, match="different env steps"):
+        reward_comparison.main(["--configs=fig3a_pushing_sac,fig5a_pushing_l2",
+                                f"--results={tmp_path}"])
 
 
 def test_brax_sac_writes_well_formed_results(tmp_path, monkeypatch):

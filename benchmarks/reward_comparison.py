@@ -1,0 +1,88 @@
+"""Figure 3a's question: does a distance reward beat the sparse one at equal environment steps?
+
+    python benchmarks/reward_comparison.py --seeds=3 --total_steps=60000 --observation=state \
+        --updates_per_step=1 --epoch_length=5000        # a CPU: state policy, HOLD-C on frames
+    python benchmarks/reward_comparison.py --seeds=5    # a GPU: the paper's pixel runs
+
+Trains each of ``--configs`` (default: figure 3a's plain SAC and its HOLD-C run) with
+`train_run.py` under the same flags (every flag not listed here is a `python -m holdjax.train`
+flag) and compares eval success, the environment's success under the mean action, at equal
+env steps: per eval the mean over seeds, and over the run its mean over all evals (area
+under the curve) and over the last ``--last`` evals. The first config is the baseline; every
+other gets ``beats_baseline`` when both of its figures exceed the baseline's. With
+``--observation=state`` the policy and critics see the task's state while the distance reward
+still scores the rendered frames, which makes the comparison affordable on a CPU; the paper's
+policies see pixels. Writes ``benchmarks/results/reward_comparison[-<tag>]-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import train_run  # noqa: E402
+from common import write_results  # noqa: E402
+
+
+def success_figures(curve: list[dict], last: int) -> dict:
+    """Mean eval success over seeds per eval, its mean over the run and over the last evals."""
+    per_eval = [float(np.mean(point["eval_success_rate"])) for point in curve]
+    return {"mean_success_per_eval": per_eval,
+            "mean_success_all_evals": float(np.mean(per_eval)),
+            "mean_success_last_evals": float(np.mean(per_eval[-last:]))}
+
+
+def compare(rows: list[dict]) -> list[dict]:
+    """Marks each row after the first with whether it beats the first (the baseline) on both
+    figures; their curves must share env steps, or the comparison is not at equal steps."""
+    base = rows[0]
+    for row in rows[1:]:
+        if row["env_steps"] != base["env_steps"]:
+            raise ValueError(f"{row['config']} and {base['config']} were evaluated at different "
+                             "env steps; give both the same schedule flags")
+        row["beats_baseline"] = all(row[k] > base[k] for k in
+                                    ("mean_success_all_evals", "mean_success_last_evals"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="fig3a_pushing_sac,fig3a_pushing_holdc",
+                        help="configs to train, the baseline first")
+    parser.add_argument("--last", type=int, default=3, help="evals at the end to average")
+    parser.add_argument("--tag", default="", help="variant name for the results file")
+    parser.add_argument("--results", default=None, help="results folder")
+    args, train_flags = parser.parse_known_args(argv)
+
+    rows = []
+    for config in args.configs.split(","):
+        summary = train_run.main([f"--config={config}", *train_flags,
+                                  "--path_save_frequency=0", "--results=/tmp"])
+        rows.append({"config": config, "reward": summary["reward"],
+                     "seeds": summary["seeds"], "completed": summary["completed"],
+                     "wall_s": summary["wall_s"],
+                     "env_steps": [point["env_steps"] for point in summary["curve"]],
+                     "final_eval_success_per_seed": summary["final_eval_success_per_seed"],
+                     **success_figures(summary["curve"], args.last)})
+    compare(rows)
+
+    print(f"{'config':>24} {'reward':>7} {'all evals':>9} {'last ' + str(args.last):>7} "
+          f"{'beats':>6}  mean success per eval")
+    for r in rows:
+        curve = " ".join(f"{s:.2f}" for s in r["mean_success_per_eval"])
+        print(f"{r['config']:>24} {r['reward']:>7} {r['mean_success_all_evals']:>9.3f} "
+              f"{r['mean_success_last_evals']:>7.3f} {str(r.get('beats_baseline', '-')):>6}  "
+              f"{curve}")
+    payload = {"flags": train_flags, "last": args.last, "rows": rows}
+    name = "reward_comparison" + (f"-{args.tag}" if args.tag else "")
+    kwargs = {"out_dir": args.results} if args.results else {}
+    print("wrote", write_results(name, payload, **kwargs))
+    return payload
+
+
+if __name__ == "__main__":
+    main()
