@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_session.sh all      # sac, then train, then envs
 #   bash benchmarks/gpu_session.sh probe    # SAC update profile and variants, every task's envs
 #   bash benchmarks/gpu_session.sh speed    # bf16 encoders, run_all, 120x180 tabletop envs
-#   bash benchmarks/gpu_session.sh next     # run_all, HOLD-R fused step, dense pushing (bf16)
+#   bash benchmarks/gpu_session.sh next     # run_all (GL loop, brax), small demo model, HOLD-R 512
 #   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
 #   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
 # Results go to $OUT (copied back) and benchmarks/results/ on the device.
@@ -69,14 +69,15 @@ case "${1:-envs}" in
     timeout $((${BUDGET_S:-450} - SECONDS)) python3 benchmarks/env_throughput.py \
       --tasks=close_drawer --impls=jax,warp --nums=256,2048 --steps=50 --repeats=2 --tag=tabletop \
       --out="$out" 2>&1 | tee "$out/env_throughput.log" ;;
-  next)  # what no GPU call has measured yet: run_all's ratios (issue 5), HOLD-R's fused step
-    # (issue 4), then the dense run (bf16 encoders) to the end of the call's budget
-    timeout 300 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \
-      --out="$out" > "$out/run_all.log" 2>&1; tail -40 "$out/run_all.log"
-    timeout 150 python3 benchmarks/fused_step.py --rewards=holdr --nums=64,512 \
-      --ratios=default --tag=holdr --out="$out" 2>&1 | tee "$out/fused_step_holdr.log"
-    dense_pushing $((${BUDGET_S:-560} - SECONDS - 20)) --encoder_dtype=bfloat16 \
-      --name=pushing_dense_bf16 ;;
+  next)  # what no GPU call has measured yet: run_all with an OpenGL reference loop (carry .gl)
+    # and brax's part inside the limit, the small default demo model's check, HOLD-R at 512
+    timeout 400 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \
+      --brax_steps=20000 --out="$out" > "$out/run_all.log" 2>&1; tail -40 "$out/run_all.log"
+    timeout 60 python3 benchmarks/reward_check.py --task=pushing --tag=default --out="$out" 2>&1 \
+      | tail -5 | tee "$out/reward_check.log"
+    timeout $((${BUDGET_S:-560} - SECONDS)) python3 benchmarks/fused_step.py --rewards=holdr \
+      --nums=512 --ratios=0.0625 --iterations=3 --repeats=2 --tag=holdr512 --out="$out" 2>&1 \
+      | tee "$out/fused_step_holdr.log" ;;
   final)  # issue 5's ratios, then issue 4's accelerator-default model and HOLD-R's fused step;
     # each part writes its results file as it goes, so a part cut short keeps what it measured
     timeout 270 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \
