@@ -53,7 +53,7 @@ from brax.training.agents.sac import networks as brax_sac_networks
 from brax.training.agents.sac import train as brax_sac
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import RESULTS_DIR, write_results  # noqa: E402
+from common import write_results  # noqa: E402
 
 from holdjax import envs  # noqa: E402
 from holdjax.config import TrainConfig  # noqa: E402
@@ -236,7 +236,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--tau", type=float, default=5e-3)
     parser.add_argument("--impl", default="auto", help="MJX physics impl, for both")
     parser.add_argument("--tag", default="", help="variant name for the results file")
-    parser.add_argument("--out", default=RESULTS_DIR, help="results folder")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     if args.evals < 2:
         parser.error("--evals must be at least 2 (the first epoch includes compilation)")
@@ -272,8 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_holdjax_to_brax_steps_per_s": (results["holdjax"]["env_steps_per_s"]
                                               / results["brax"]["env_steps_per_s"]),
     }
-    path = write_results("brax_sac" + (f"-{args.tag}" if args.tag else ""), payload,
-                         out_dir=args.out)
+    path = write_results("brax_sac", payload, out_dir=args.out, tag=args.tag)
     print(f"{config.task}, state, dense: N={config.num_envs}, {payload['settings']['total_steps']}"
           f" env steps x {config.seeds} seed(s), {config.updates_per_iteration} updates per "
           f"{config.num_envs} env steps, on {jax.devices()[0].device_kind}")

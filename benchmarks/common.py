@@ -46,13 +46,16 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     return first, best
 
 
-def write_results(name: str, payload: dict, out_dir: str = RESULTS_DIR,
-                  device: str | None = None) -> str:
-    """Writes ``<out_dir>/<name>-<device>.json`` with device and versions; returns the path.
+def write_results(name: str, payload: dict, out_dir: str | None = None,
+                  device: str | None = None, tag: str = "") -> str:
+    """Writes ``<out_dir>/<name>[-<tag>]-<device>.json`` (``out_dir`` default: RESULTS_DIR)
+    with device and versions; returns the path.
 
     ``device`` names the machine for figures measured elsewhere (then platform and versions
     are this machine's, which summarised them, and the file says so).
     """
+    out_dir = out_dir or RESULTS_DIR
+    name = f"{name}-{tag}" if tag else name
     os.makedirs(out_dir, exist_ok=True)
     elsewhere = {} if device is None else {"measured_on": device, "summarised_here": True}
     payload = {

@@ -67,7 +67,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     rows = []
-    kwargs = {"out_dir": args.out} if args.out else {}
     for task in args.tasks.split(","):
         for impl in args.impls.split(","):
             for n in map(int, args.nums.split(",")):
@@ -78,8 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append(row)
                 print(format_row(row), flush=True)
                 # Rewritten after every row, so a run stopped at a time limit keeps its rows.
-                name = "env_throughput" + (f"-{args.tag}" if args.tag else "")
-                path = write_results(name, summarize(rows), **kwargs)
+                path = write_results("env_throughput", summarize(rows), out_dir=args.out,
+                                     tag=args.tag)
     print("wrote", path)
     return summarize(rows)
 

@@ -182,8 +182,6 @@ def main(argv: list[str] | None = None) -> dict:
                 "holdr": {"size": args.holdr_size, "dtype": args.reward_dtype,
                           **{k: v for k, v in dataclasses.asdict(
                               HOLDR_SIZES[args.holdr_size]).items() if k != "dtype"}}}
-    kwargs = {"out_dir": args.out} if args.out else {}
-    name = "fused_step" + (f"-{args.tag}" if args.tag else "")
     rows = []
     print(f"{'reward':>6} {'N':>5} {'ratio':>7} {'env steps/s':>12} {'updates/s':>10} "
           f"{'step ms':>8} {'phys+rend':>9} {'reward':>7} {'updates':>8} {'compile s':>9}",
@@ -201,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
                            "error": repr(e)[:300]}
                 rows.append(row)
                 print(format_row(row), flush=True)
-                path = write_results(name, {**settings, "rows": rows}, **kwargs)  # so far
+                path = write_results("fused_step", {**settings, "rows": rows},  # so far
+                                     out_dir=args.out, tag=args.tag)
     print("wrote", path)
     return {**settings, "rows": rows}
 

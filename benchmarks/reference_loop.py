@@ -217,8 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"reference loop, pushing, reward {args.reward}, {result['renderer']} renderer: "
           f"{result['env_steps_per_s']:.1f} env steps/s; ms per step: "
           + ", ".join(f"{k} {v:.2f}" for k, v in result["parts_ms"].items()), flush=True)
-    kwargs = {"out_dir": args.out} if args.out else {}
-    print("wrote", write_results("reference_loop", result, **kwargs))
+    print("wrote", write_results("reference_loop", result, out_dir=args.out))
     return result
 
 

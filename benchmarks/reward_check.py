@@ -71,9 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
         "holdc_mean_spearman_state": sum(r["spearman_state"] for r in holdc_rows)
         / len(holdc_rows),
     }
-    name = f"reward_check-{args.task}" + (f"-{args.tag}" if args.tag else "")
-    kwargs = {"out_dir": args.out} if args.out else {}
-    print("wrote", write_results(name, payload, **kwargs))
+    print("wrote", write_results(f"reward_check-{args.task}", payload, out_dir=args.out,
+                                 tag=args.tag))
     return payload
 
 

@@ -78,9 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['mean_success_last_evals']:>7.3f} {str(r.get('beats_baseline', '-')):>6}  "
               f"{curve}")
     payload = {"flags": train_flags, "last": args.last, "rows": rows}
-    name = "reward_comparison" + (f"-{args.tag}" if args.tag else "")
-    kwargs = {"out_dir": args.results} if args.results else {}
-    print("wrote", write_results(name, payload, **kwargs))
+    print("wrote", write_results("reward_comparison", payload, out_dir=args.results,
+                                 tag=args.tag))
     return payload
 
 

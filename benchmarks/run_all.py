@@ -120,7 +120,6 @@ def main(argv: list[str] | None = None) -> dict:
         loop_args = ["--steps=200", "--warmup=10"]
         brax_args = ["--num_envs=64", f"--total_steps={args.brax_steps}", "--evals=4"]
 
-    kwargs = {"out_dir": args.out} if args.out else {}
     parts = {}
     for name, part_main, part_args in (("reference_loop", reference_loop.main, loop_args),
                                        ("fused_step", fused_step.main, fused_args),
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         parts[name] = attempt(name, part_main, part_args + out)
         # Written after every part, so that a call cut short keeps what it measured.
         summary = summarize(parts, args.fused_ratio, args.tiny)
-        path = write_results("run_all", {**summary, **parts}, **kwargs)
+        path = write_results("run_all", {**summary, **parts}, out_dir=args.out)
     print_table(jax.devices()[0].device_kind, summary)
     print("wrote", path)
     return summary

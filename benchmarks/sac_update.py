@@ -222,9 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
             payload["profile"] = {"error": repr(e)[:300]}
         print(json.dumps(payload["profile"], indent=1), flush=True)
     name = "sac_update" if args.conv == "canonical" else f"sac_update-{args.conv}"
-    name += f"-{args.tag}" if args.tag else ""
-    kwargs = {} if args.out is None else {"out_dir": args.out}
-    path = write_results(name, payload, **kwargs)
+    path = write_results(name, payload, out_dir=args.out, tag=args.tag)
     print(f"wrote {path}")
     return payload
 

@@ -75,9 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['final_eval_success_mean']:>5.2f} {str(r[f'env_steps_to_{args.level}']):>14} "
               f"{str(r[f'wall_s_to_{args.level}']):>10}")
     payload = {"flags": train_flags, "level": args.level, "rows": rows}
-    name = "sample_efficiency" + (f"-{args.tag}" if args.tag else "")
-    kwargs = {"out_dir": args.results} if args.results else {}
-    print("wrote", write_results(name, payload, **kwargs))
+    print("wrote", write_results("sample_efficiency", payload, out_dir=args.results,
+                                 tag=args.tag))
     return payload
 
 

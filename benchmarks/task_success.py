@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> None:
                             f"--episodes={args.episodes}", f"--impl={args.impl}", "--json"])
             row["wall_s_with_compile"] = round(time.perf_counter() - start, 2)
             rows.append(row)
-    name = "task_success" + (f"-{args.tag}" if args.tag else "")
-    print("wrote", write_results(name, {"rows": rows}))
+    print("wrote", write_results("task_success", {"rows": rows}, tag=args.tag))
 
 
 if __name__ == "__main__":

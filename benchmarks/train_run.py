@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.metrics is None:  # a summarised run's limit is not known here
         summary["time_limit_s"] = args.time_limit
     device = args.device or device_name()
-    out_dir = args.results or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    path = write_results(f"train-{config.run_name}", summary, out_dir=out_dir, device=device)
+    path = write_results(f"train-{config.run_name}", summary, out_dir=args.results, device=device)
     print(json.dumps({k: v for k, v in summary.items() if k != "curve"}, indent=1))
     print("wrote", path)
     return summary
