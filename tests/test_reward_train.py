@@ -84,6 +84,27 @@ def test_spearman_against_hand_computed_values():
     assert np.isnan(check.spearman([1, 1, 1], [1, 2, 3]))
 
 
+def test_wandering_worlds_hold_their_random_actions():
+    """Worlds after the experts and random ones draw a random action every ``wander_hold``
+    steps and hold it in between; random worlds draw one every step."""
+    env = rt.task_env("pushing")
+    config = rt.RewardTrainConfig(expert_episodes=1, random_episodes=1, wander_episodes=2,
+                                  wander_hold=3)
+    script = rt.sample_scripts(config, jax.random.key(0), env.episode_length)
+    assert np.asarray(script.action_hold).tolist() == [1, 1, 3, 3]
+    assert np.asarray(script.random_until).tolist()[1:] == [env.episode_length] * 3
+    state = env.reset(jax.random.key(1), 4)
+    held = jnp.full((4, env.action_dim), 0.5)
+    for t in range(4):
+        at_t = state.replace(step_count=jnp.full((4,), t, jnp.int32))
+        actions, to_hold = rt.scripted_actions(env, script, at_t, jax.random.key(t), held)
+        actions = np.asarray(actions)
+        np.testing.assert_array_equal(actions[1:], np.asarray(to_hold)[1:])
+        assert not np.any(actions[1] == 0.5)  # random: fresh every step
+        assert np.all(actions[2:] == 0.5) == (t % 3 != 0)  # wandering: held between draws
+        assert np.all(np.abs(actions[1:]) <= 1.0)
+
+
 def test_config_errors_name_the_fix():
     with pytest.raises(ValueError, match="valid tasks: .*pushing"):
         rt.RewardTrainConfig(task="stacking")
@@ -91,6 +112,8 @@ def test_config_errors_name_the_fix():
         rt.RewardTrainConfig(layers=18, image_size=32)
     with pytest.raises(ValueError, match="neg_radius must exceed"):
         rt.RewardTrainConfig(pos_radius=4, neg_radius=4)
+    with pytest.raises(ValueError, match="wander_hold must be at least 1"):
+        rt.RewardTrainConfig(wander_hold=0)
     with pytest.raises(SystemExit):
         rt.parse_args(["--task=stacking"])
     config, out = rt.parse_args(["--steps=7", "--out=/tmp/x"])
@@ -182,7 +205,7 @@ def test_score_segments_expert_episodes_by_subgoal():
     qpos[2, :, env.task.drawer_qpos] = -0.02 * np.arange(8)
     footage = rt.Footage(frames=frames, success=subgoal == 2, subgoal=subgoal, qpos=qpos)
     script = rt.Script(random_until=np.array([0, 2, 0]), expert_until=np.array([8, 8, 3]),
-                       speed=np.ones(3), noise=np.zeros(3))
+                       speed=np.ones(3), noise=np.zeros(3), action_hold=np.ones(3, int))
     goals = np.stack([load_goal_image(name) for name in env.task.goal_worlds()])
     reward_fn = base.RewardFunction("holdc", shaping.ShapingConfig(), goals, channel_distance)
     result = check.score(reward_fn, env, footage, script, episodes=2)

@@ -146,7 +146,7 @@ def check_scripts(key: jax.Array, experts: int, randoms: int,
     return reward_train.Script(
         random_until=jnp.where(is_expert, starts, 0).astype(jnp.int32),
         expert_until=jnp.where(is_expert, episode_length, switches).astype(jnp.int32),
-        speed=jnp.ones((n,)), noise=jnp.zeros((n,)))
+        speed=jnp.ones((n,)), noise=jnp.zeros((n,)), action_hold=jnp.ones((n,), jnp.int32))
 
 
 def reward_for(task: str, reward: str, model: str = "") -> RewardFunction:

@@ -76,6 +76,12 @@ class RewardTrainConfig:
     # Non-expert footage: 192 rather than 64 random episodes lifted the worst of three
     # training seeds' spearman_time from 0.89 to 0.93 (benchmarks/NOTES.md).
     random_episodes: int = 192
+    # Wandering episodes: uniform random actions each held for ``wander_hold`` steps, so the
+    # arm crosses the workspace in strides (random episodes' arm stays near its start) and
+    # the model sees its poses with the object anywhere (benchmarks/NOTES.md: a HOLD-C policy
+    # parked the arm where the goal image has it, a pose the model had not seen).
+    wander_episodes: int = 0
+    wander_hold: int = 10
     num_envs: int = 64  # worlds rendered at once
     max_random_start: int = 10  # random actions for U{0..this} steps before the expert
     min_speed: float = 0.5  # expert actions scaled by U(min_speed, 1)
@@ -102,9 +108,12 @@ class RewardTrainConfig:
         for name in ("expert_episodes", "num_envs", "steps", "clips", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.random_episodes < 0:
-            raise ValueError(f"random_episodes must be >= 0, got {self.random_episodes}")
-        if self.clips > self.expert_episodes + self.random_episodes:
+        for name in ("random_episodes", "wander_episodes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.wander_hold < 1:
+            raise ValueError(f"wander_hold must be at least 1, got {self.wander_hold}")
+        if self.clips > self.expert_episodes + self.random_episodes + self.wander_episodes:
             raise ValueError("clips (distinct episodes per batch) exceeds the episodes")
         if self.layers not in holdc.BLOCK_SIZES:
             raise ValueError(f"layers {self.layers} not in {sorted(holdc.BLOCK_SIZES)}")
@@ -145,12 +154,14 @@ def default_model_dir(task: str) -> str:
 class Script:
     """Per-world behaviour of a scripted rollout: uniform random actions before
     ``random_until``, then the expert (scaled by ``speed``, plus noise of std ``noise``)
-    until ``expert_until``, then random actions again."""
+    until ``expert_until``, then random actions again; each random action is drawn at a
+    step that is a multiple of ``action_hold`` and held until the next."""
 
     random_until: jax.Array  # (N,) int32
     expert_until: jax.Array  # (N,) int32
     speed: jax.Array  # (N,) float32
     noise: jax.Array  # (N,) float32
+    action_hold: jax.Array  # (N,) int32, 1: a fresh random action every step
 
 
 @struct.dataclass
@@ -164,32 +175,39 @@ class Footage:
     qpos: jax.Array  # (N, T + 1, nq) float32 physics positions (for object-to-goal checks)
 
 
-def sample_scripts(config: RewardTrainConfig, key: jax.Array, experts: int, randoms: int,
-                   episode_length: int) -> Script:
-    """``experts`` demonstration worlds with varied starts, speeds and noise, then
-    ``randoms`` worlds acting at random throughout."""
+def sample_scripts(config: RewardTrainConfig, key: jax.Array, episode_length: int) -> Script:
+    """``config.expert_episodes`` demonstration worlds with varied starts, speeds and noise,
+    then ``random_episodes`` worlds acting at random throughout, then ``wander_episodes``
+    worlds acting at random with each action held ``wander_hold`` steps."""
     start, speed, noise = jax.random.split(key, 3)
-    n = experts + randoms
+    experts = config.expert_episodes
+    n = experts + config.random_episodes + config.wander_episodes
     random_start = jax.random.randint(start, (n,), 0, config.max_random_start + 1)
-    is_expert = jnp.arange(n) < experts
+    world = jnp.arange(n)
+    is_expert = world < experts
     return Script(
         random_until=jnp.where(is_expert, random_start, episode_length).astype(jnp.int32),
         expert_until=jnp.full((n,), episode_length, jnp.int32),
         speed=jax.random.uniform(speed, (n,), minval=config.min_speed, maxval=1.0),
         noise=jax.random.uniform(noise, (n,), maxval=config.max_noise),
+        action_hold=jnp.where(world >= experts + config.random_episodes, config.wander_hold,
+                              1).astype(jnp.int32),
     )
 
 
-def scripted_actions(env: ManipulationEnv, script: Script, state: EnvState,
-                     key: jax.Array) -> jax.Array:
+def scripted_actions(env: ManipulationEnv, script: Script, state: EnvState, key: jax.Array,
+                     held: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(the worlds' actions, their random actions to hold), ``held`` being the last step's."""
     shape = (state.step_count.shape[0], env.action_dim)
     noise_key, random_key = jax.random.split(key)
     expert = jax.vmap(env.task.expert_action)(state.state) * script.speed[:, None]
     expert = expert + script.noise[:, None] * jax.random.normal(noise_key, shape)
-    uniform = jax.random.uniform(random_key, shape, minval=-1.0, maxval=1.0)
     t = state.step_count
+    fresh = (t % script.action_hold == 0)[:, None]
+    uniform = jnp.where(fresh, jax.random.uniform(random_key, shape, minval=-1.0, maxval=1.0),
+                        held)
     use_expert = (t >= script.random_until) & (t < script.expert_until)
-    return jnp.where(use_expert[:, None], expert, uniform)
+    return jnp.where(use_expert[:, None], expert, uniform), uniform
 
 
 def record(env: ManipulationEnv, script: Script, key: jax.Array, crop: bool = True) -> Footage:
@@ -203,11 +221,15 @@ def record(env: ManipulationEnv, script: Script, key: jax.Array, crop: bool = Tr
         frames = holdc.central_crop(state.obs) if crop else state.obs
         return frames, state.success, state.subgoal, state.data.qpos
 
-    def body(state, step_key):
-        state = env.step(state, scripted_actions(env, script, state, step_key))
-        return state, observe(state)
+    def body(carry, step_key):
+        state, held = carry
+        actions, held = scripted_actions(env, script, state, step_key, held)
+        state = env.step(state, actions)
+        return (state, held), observe(state)
 
-    _, steps = jax.lax.scan(body, state, jax.random.split(policy_key, env.episode_length))
+    held = jnp.zeros((num_worlds, env.action_dim))
+    _, steps = jax.lax.scan(body, (state, held),
+                            jax.random.split(policy_key, env.episode_length))
     first = observe(state)
     frames, success, subgoal, qpos = (jnp.concatenate([f[None], s], axis=0).swapaxes(0, 1)
                                       for f, s in zip(first, steps, strict=True))
@@ -379,8 +401,7 @@ def train_step(config: RewardTrainConfig, demos: Demos,
 
 def demonstrations(config: RewardTrainConfig, env: ManipulationEnv, key: jax.Array) -> Demos:
     """Renders the training footage."""
-    script = sample_scripts(config, key, config.expert_episodes, config.random_episodes,
-                            env.episode_length)
+    script = sample_scripts(config, key, env.episode_length)
     footage = render_footage(env, script, jax.random.fold_in(key, 1), config.num_envs,
                              desc=f"{config.task}: rendering demos")
     lengths = usable_lengths(footage, config, config.expert_episodes)
