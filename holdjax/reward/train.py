@@ -77,9 +77,9 @@ class RewardTrainConfig:
     # training seeds' spearman_time from 0.89 to 0.93 (benchmarks/NOTES.md).
     random_episodes: int = 192
     # Wandering episodes: uniform random actions each held for ``wander_hold`` steps, so the
-    # arm crosses the workspace in strides (random episodes' arm stays near its start) and
-    # the model sees its poses with the object anywhere (benchmarks/NOTES.md: a HOLD-C policy
-    # parked the arm where the goal image has it, a pose the model had not seen).
+    # arm crosses the workspace in strides (random episodes' arm stays near its start). Tried
+    # against a HOLD-C policy that parks the arm where the goal image has it: 192 of them
+    # raised the check's scores but did not stop the parking (benchmarks/NOTES.md), so off.
     wander_episodes: int = 0
     wander_hold: int = 10
     num_envs: int = 64  # worlds rendered at once
