@@ -6,6 +6,7 @@ The tiny model (ResNet-8, 4 filters, 32 px) is trained once for the module."""
 import dataclasses
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -93,11 +94,14 @@ def test_wandering_worlds_hold_their_random_actions():
     script = rt.sample_scripts(config, jax.random.key(0), env.episode_length)
     assert np.asarray(script.action_hold).tolist() == [1, 1, 3, 3]
     assert np.asarray(script.random_until).tolist()[1:] == [env.episode_length] * 3
-    state = env.reset(jax.random.key(1), 4)
+    # scripted_actions reads a state's step count and task state only; one compile serves.
+    act = jax.jit(lambda t, key, held: rt.scripted_actions(
+        env, script, types.SimpleNamespace(step_count=jnp.full((4,), t, jnp.int32),
+                                           state=jnp.zeros((4, env.task.state_dim))),
+        key, held))
     held = jnp.full((4, env.action_dim), 0.5)
     for t in range(4):
-        at_t = state.replace(step_count=jnp.full((4,), t, jnp.int32))
-        actions, to_hold = rt.scripted_actions(env, script, at_t, jax.random.key(t), held)
+        actions, to_hold = act(t, jax.random.key(t), held)
         actions = np.asarray(actions)
         np.testing.assert_array_equal(actions[1:], np.asarray(to_hold)[1:])
         assert not np.any(actions[1] == 0.5)  # random: fresh every step
