@@ -37,6 +37,8 @@ import jax.numpy as jnp  # noqa: E402
 import reference_loop  # noqa: E402
 from common import write_results  # noqa: E402
 
+PART_NAMES = ("reference_loop", "fused_step", "brax_sac")  # in the order they run
+DEFAULT_FUSED_RATIO = "0.0625"
 TINY_HOLDC = ["--holdc_layers=18", "--holdc_filters=2", "--holdc_crop_size=32"]
 
 
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="smoke-test sizes")
-    parser.add_argument("--fused_ratio", default="0.0625",
+    parser.add_argument("--fused_ratio", default=DEFAULT_FUSED_RATIO,
                         help="updates per env step of the fused step's second setting")
     parser.add_argument("--fused_nums", default="1024", help="world counts of the fused step")
     parser.add_argument("--fused_rewards", default="sparse,holdc", help="the fused step's rewards")
@@ -121,9 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
         brax_args = ["--num_envs=64", f"--total_steps={args.brax_steps}", "--evals=4"]
 
     parts = {}
-    for name, part_main, part_args in (("reference_loop", reference_loop.main, loop_args),
-                                       ("fused_step", fused_step.main, fused_args),
-                                       ("brax_sac", brax_sac.main, brax_args)):
+    part_runs = {"reference_loop": (reference_loop.main, loop_args),
+                 "fused_step": (fused_step.main, fused_args),
+                 "brax_sac": (brax_sac.main, brax_args)}
+    for name in PART_NAMES:
+        part_main, part_args = part_runs[name]
         parts[name] = attempt(name, part_main, part_args + out)
         # Written after every part, so that a call cut short keeps what it measured.
         summary = summarize(parts, args.fused_ratio, args.tiny)
@@ -133,9 +137,6 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-PART_NAMES = ("reference_loop", "fused_step", "brax_sac")
-
-
 def resummarize(path: str) -> dict:
     """Rewrite the summary of a run_all results file (e.g. copied back from the GPU machine)
     from the parts it holds, after this script's summary gained a figure."""
@@ -143,7 +144,8 @@ def resummarize(path: str) -> dict:
         stored = json.load(f)
     parts = {name: stored[name] for name in PART_NAMES if name in stored}
     ratios = [r["ratio"] for r in parts.get("fused_step", {}).get("rows", []) if r["ratio"] != "1"]
-    summary = summarize(parts, ratios[0] if ratios else "0.0625", stored.get("tiny", False))
+    summary = summarize(parts, ratios[0] if ratios else DEFAULT_FUSED_RATIO,
+                        stored.get("tiny", False))
     stored.update(summary)
     with open(path, "w") as f:
         json.dump(stored, f, indent=1)

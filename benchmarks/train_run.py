@@ -74,12 +74,10 @@ def random_released_checkpoint(config: TrainConfig) -> str:
     from fused_step import random_checkpoint
 
     from holdjax.reward import holdc, holdr
+    from holdjax.reward.base import released_holdc_config
 
     if config.reward == "holdc":
-        variables = holdc.random_variables(holdc.HoldCConfig(
-            num_layers=config.holdc_layers, num_filters=config.holdc_filters,
-            embedding_size=config.holdc_embedding_size, crop_size=config.holdc_crop_size,
-            dtype=config.reward_dtype))
+        variables = holdc.random_variables(released_holdc_config(config))
     elif config.reward == "holdr":
         variables = holdr.random_variables(holdr.HoldRConfig(dtype=config.reward_dtype))
     else:

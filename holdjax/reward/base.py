@@ -159,6 +159,22 @@ def holdr_model(config):
     return scenic_checkpoint.load_holdr(source, dtype=jnp.dtype(config.reward_dtype)), source
 
 
+def distance_settings(config) -> dict:
+    """The run's distance settings, which apply to every HOLD-C model (released or not)."""
+    return dict(distance_type=config.distance_type, distance_params=config.distance_params,
+                dtype=config.reward_dtype)
+
+
+def released_holdc_config(config):
+    """The released HOLD-C network that the run's ``holdc_*`` fields describe."""
+    from holdjax.reward import holdc
+
+    return holdc.HoldCConfig(
+        num_layers=config.holdc_layers, num_filters=config.holdc_filters,
+        embedding_size=config.holdc_embedding_size, crop_size=config.holdc_crop_size,
+        **distance_settings(config))
+
+
 def holdc_to_goals(config, task: str, goals: jax.Array) -> tuple[DistanceToGoals, str]:
     """The run's HOLD-C model with the goals embedded once, here, and where it came from:
     ``--reward_checkpoint`` (a released checkpoint, or a model directory written by
@@ -166,11 +182,9 @@ def holdc_to_goals(config, task: str, goals: jax.Array) -> tuple[DistanceToGoals
     holdjax's demo-trained model of ``task`` (trained first if it does not exist yet).
     ``config.holdc_*`` describe the released network only; a demo model's architecture is
     read from its own ``model.json``."""
-    from holdjax.reward import holdc, scenic_checkpoint
+    from holdjax.reward import scenic_checkpoint
     from holdjax.reward import train as reward_train
 
-    distance = dict(distance_type=config.distance_type, distance_params=config.distance_params,
-                    dtype=config.reward_dtype)
     if config.reward_checkpoint and reward_train.model_exists(config.reward_checkpoint):
         source, released = config.reward_checkpoint, False
     else:
@@ -179,16 +193,12 @@ def holdc_to_goals(config, task: str, goals: jax.Array) -> tuple[DistanceToGoals
         source = source if released else reward_train.ensure_default_model(task)
     if released:
         print(f"reward holdc: released HOLD-C checkpoint {source}", file=sys.stderr)
-        model_config = holdc.HoldCConfig(
-            num_layers=config.holdc_layers, num_filters=config.holdc_filters,
-            embedding_size=config.holdc_embedding_size, crop_size=config.holdc_crop_size,
-            **distance)
-        model = scenic_checkpoint.load_holdc(model_config, source)
+        model = scenic_checkpoint.load_holdc(released_holdc_config(config), source)
     else:
         print(f"reward holdc: holdjax's demo-trained HOLD-C {source} (trained on rendered robot "
               "demonstrations; the released one would be read from "
               "$HOLD_TOP_DIR/hold/holdc/checkpoint)", file=sys.stderr)
-        model = reward_train.load_model(source, **distance)
+        model = reward_train.load_model(source, **distance_settings(config))
     return model.to_goals(goals), source
 
 
