@@ -61,6 +61,9 @@ def world(state, i):
 def test_unknown_task_names_the_valid_ones():
     with pytest.raises(ValueError, match="valid tasks: .*pushing"):
         envs.make_task("stacking")
+    with pytest.raises(ValueError, match="valid tasks: .*pushing"):
+        envs.task_class("stacking")
+    assert envs.task_class("pushing").episode_length == 100
 
 
 def test_unknown_impl_is_rejected():

@@ -16,15 +16,21 @@ def _task_classes() -> dict[str, type[Task]]:
 TASKS = tuple(_task_classes())
 
 
-def make_task(name: str, timestep: float | None = None) -> Task:
-    """The task called ``name``; unknown names raise an error listing the valid ones.
-
-    ``timestep`` overrides the physics timestep (the control period stays the reference's).
-    """
+def task_class(name: str) -> type[Task]:
+    """The class of task ``name`` (its constants, without building its model); unknown names
+    raise an error listing the valid ones."""
     classes = _task_classes()
     if name not in classes:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(classes)}")
-    return classes[name](timestep)
+    return classes[name]
+
+
+def make_task(name: str, timestep: float | None = None) -> Task:
+    """The task called ``name``.
+
+    ``timestep`` overrides the physics timestep (the control period stays the reference's).
+    """
+    return task_class(name)(timestep)
 
 
 def make(
@@ -41,5 +47,5 @@ def make(
 
 __all__ = [
     "TASKS", "EnvState", "ManipulationEnv", "Task", "image_to_float", "make", "make_task",
-    "sanitize_action",
+    "sanitize_action", "task_class",
 ]

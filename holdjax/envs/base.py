@@ -129,6 +129,10 @@ class Task(abc.ABC):
         adr = self.mj_model.jnt_qposadr[self.mj_model.joint("hand_x").id]
         return slice(int(adr), int(adr) + 3)
 
+    def place_hand(self, qpos: jax.Array, hand: jax.Array) -> jax.Array:
+        """``qpos`` with the hand's slide joints putting the hand at ``hand`` (3,)."""
+        return qpos.at[self.hand_qpos_slice].set(hand - self.mj_model.body_pos[self.hand_body])
+
 
 def success_metrics(
     success: jax.Array, dense_reward: jax.Array, subgoal: jax.Array | None = None
@@ -228,8 +232,12 @@ class ManipulationEnv:
 
     def reset_with_keys(self, keys: jax.Array) -> EnvState:
         """Fresh episodes, world i drawn with ``keys[i]`` (N, 2)."""
-        num_envs = keys.shape[0]
-        data = jax.vmap(lambda k: self._world_at(*self.task.init_world(k), num_envs))(keys)
+        return self.reset_at(*jax.vmap(self.task.init_world)(keys))
+
+    def reset_at(self, qpos: jax.Array, hand_mocap: jax.Array) -> EnvState:
+        """Fresh episodes from given worlds: positions ``qpos`` (N, nq), hand target (N, 3)."""
+        num_envs = qpos.shape[0]
+        data = jax.vmap(functools.partial(self._world_at, num_envs=num_envs))(qpos, hand_mocap)
         return self._finish(data, jnp.zeros((num_envs,), jnp.int32))
 
     def step(self, state: EnvState, action: jax.Array) -> EnvState:

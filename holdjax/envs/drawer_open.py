@@ -121,7 +121,7 @@ class DrawerOpen(Task):
         for stem, opened, dy in poses:
             qpos = jnp.asarray(self.mj_model.qpos0).at[self.drawer_qpos].set(-opened)
             hand = jnp.array([0.0, HANDLE_CLOSED_Y - opened + dy, _Z_HOOK])
-            qpos = qpos.at[self.hand_qpos_slice].set(hand - self.mj_model.body_pos[self.hand_body])
+            qpos = self.place_hand(qpos, hand)
             worlds[stem] = (qpos, hand)
         return worlds
 

@@ -84,7 +84,7 @@ class Pushing(Task):
         puck = jnp.array([GOAL[0], GOAL[1], PUCK_HALF_HEIGHT, 1.0, 0.0, 0.0, 0.0])
         qpos = qpos.at[self.puck_qpos : self.puck_qpos + 7].set(puck)
         hand = jnp.array([GOAL[0], GOAL[1] - _CONTACT_OFFSET, HAND_LOW[2]])
-        qpos = qpos.at[self.hand_qpos_slice].set(hand - self.mj_model.body_pos[self.hand_body])
+        qpos = self.place_hand(qpos, hand)
         return {"pushing": (qpos, hand)}
 
     def expert_action(self, state):

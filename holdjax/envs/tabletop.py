@@ -91,7 +91,7 @@ class TabletopTask(Task):
     def start_qpos(self, hand=HAND_START, mug=MUG_START, drawer=DRAWER_START, faucet=0.0):
         """qpos of the scene with the hand at ``hand`` (its mocap target must match)."""
         qpos = jnp.asarray(self.mj_model.qpos0)
-        qpos = qpos.at[self.hand_qpos_slice].set(hand - self.mj_model.body_pos[self.hand_body])
+        qpos = self.place_hand(qpos, hand)
         qpos = qpos.at[self.mug_qpos : self.mug_qpos + 7].set(jnp.concatenate([mug, UPRIGHT]))
         qpos = qpos.at[self.drawer_qpos].set(drawer)
         return qpos.at[self.faucet_qpos].set(faucet)
