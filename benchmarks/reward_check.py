@@ -3,16 +3,18 @@
     python benchmarks/reward_check.py --task=pushing                 # the default settings
     python benchmarks/reward_check.py --task=pushing --seeds=0,1 --steps=4000
 
-For each training seed: trains a model with `holdjax.reward.train` (the default
-settings, ``--steps`` and ``--image_size`` overriding), scores it with `holdjax.reward.check`
-(``spearman_time`` on held-out expert episodes, ``spearman_state`` on random-policy frames),
-and scores the reference's L2 pixel distance on the same episodes. Writes
+For each training seed: trains a model with `holdjax.reward.train` (the default settings,
+every ``--<field>`` of its RewardTrainConfig overriding), scores it with
+`holdjax.reward.check` (``spearman_time`` on held-out expert episodes, ``spearman_state`` on
+random-policy frames, ``goal_pose_below_success`` on start scenes with the hand at the goal
+image's pose), and scores the reference's L2 pixel distance on the same episodes. Writes
 ``benchmarks/results/reward_check-<task>[-<tag>]-<device>.json`` and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -31,14 +33,17 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="pushing")
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated")
-    parser.add_argument("--steps", type=int, default=0, help="training steps (0: default)")
-    parser.add_argument("--image_size", type=int, default=0, help="input size (0: default)")
+    for field in dataclasses.fields(reward_train.RewardTrainConfig):
+        if field.name not in ("task", "seed"):
+            parser.add_argument(f"--{field.name}", type=type(field.default), default=None,
+                                help=f"training setting (default: {field.default})")
     parser.add_argument("--check_seed", type=int, default=1, help="the check episodes' seed")
     parser.add_argument("--tag", default="", help="variant name for the results file")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
 
-    overrides = {k: v for k, v in (("steps", args.steps), ("image_size", args.image_size)) if v}
+    fields = {f.name for f in dataclasses.fields(reward_train.RewardTrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     env = reward_train.task_env(args.task)
     rows = []
     for seed in map(int, args.seeds.split(",")):
@@ -57,15 +62,17 @@ def main(argv: list[str] | None = None) -> dict:
                                                  seed=args.check_seed)})
 
     print(f"{'model':>6} {'seed':>4} {'steps':>6} {'spearman_time':>14} {'spearman_state':>15}"
-          "  per subgoal")
+          f" {'goal_pose_below':>16}  per subgoal")
     for row in rows:
         subgoals = " ".join(f"{x:.3f}" for x in row.get("spearman_time_subgoals", []))
         print(f"{row['model']:>6} {row.get('seed', '-'):>4} {row.get('steps', '-'):>6} "
-              f"{row['spearman_time']:>14.3f} {row['spearman_state']:>15.3f}  {subgoals}")
+              f"{row['spearman_time']:>14.3f} {row['spearman_state']:>15.3f} "
+              f"{row.get('goal_pose_below_success', float('nan')):>16.3f}  {subgoals}")
     holdc_rows = [r for r in rows if r["model"] == "holdc"]
     payload = {
         "task": args.task,
         "check_seed": args.check_seed,
+        "overrides": overrides,
         "rows": rows,
         "holdc_mean_spearman_time": sum(r["spearman_time"] for r in holdc_rows) / len(holdc_rows),
         "holdc_mean_spearman_state": sum(r["spearman_state"] for r in holdc_rows)

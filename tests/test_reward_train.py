@@ -4,6 +4,7 @@ held-out expert frames), the check CLI's JSON and the default-model wiring of ma
 The tiny model (ResNet-8, 4 filters, 32 px) is trained once for the module."""
 
 import dataclasses
+import functools
 import json
 import os
 import types
@@ -61,6 +62,12 @@ def test_triplet_sampling_respects_the_radii():
         np.testing.assert_array_equal(got[:, 0, 0, 1], timesteps)
         clips = timesteps.reshape(6, 16)
         assert (np.diff(clips, axis=1) == 1).all()  # consecutive frames
+        # Strided clips: 6 frames 3 steps apart, within the usable frames too.
+        got, strided, strided_ids = rt.sample_clips(jax.random.key(seed), demos, 6, 6, 3)
+        np.testing.assert_array_equal(got[:, 0, 0, 1], strided)
+        strided = np.asarray(strided).reshape(6, 6)
+        assert (np.diff(strided, axis=1) == 3).all()
+        assert (strided[:, -1] < lengths[np.asarray(strided_ids).reshape(6, 6)[:, 0]]).all()
         assert (clips[:, -1] < lengths[ids.reshape(6, 16)[:, 0]]).all()  # usable frames only
         positives, negatives = rt.triplet_masks(timesteps, ids, 2, 4)
         same = np.asarray(ids)[:, None] == np.asarray(ids)[None, :]
@@ -91,7 +98,7 @@ def test_wandering_worlds_hold_their_random_actions():
     env = rt.task_env("pushing")
     config = rt.RewardTrainConfig(expert_episodes=1, random_episodes=1, wander_episodes=2,
                                   wander_hold=3)
-    script = rt.sample_scripts(config, jax.random.key(0), env.episode_length)
+    script = rt.sample_scripts(config, jax.random.key(0), env.task)
     assert np.asarray(script.action_hold).tolist() == [1, 1, 3, 3]
     assert np.asarray(script.random_until).tolist()[1:] == [env.episode_length] * 3
     # scripted_actions reads a state's step count and task state only; one compile serves.
@@ -109,6 +116,46 @@ def test_wandering_worlds_hold_their_random_actions():
         assert np.all(np.abs(actions[1:]) <= 1.0)
 
 
+def test_usable_lengths_cut_demonstrations_after_success_and_cover_a_clip():
+    config = rt.RewardTrainConfig(expert_episodes=2, goal_pose_episodes=1, random_episodes=1,
+                                  success_tail=3, clip_length=6, clip_stride=2)
+    assert config.clip_span == 11 and config.step_radii == (4, 8)
+    success = np.zeros((4, 30), bool)
+    success[0, 20:] = True  # cut 3 frames after its first success: 24 frames
+    success[1, 2:] = True  # succeeds early: still one clip's span, 11 frames
+    success[2, 25:] = True  # goal-pose worlds are demonstrations too: 29 frames
+    success[3, 5:] = True  # random worlds are kept whole
+    footage = rt.Footage(frames=None, success=success, subgoal=None, qpos=None)
+    lengths = rt.usable_lengths(footage, config, config.demonstrations)
+    assert lengths.tolist() == [24, 11, 29, 30]
+
+
+def test_goal_pose_worlds_start_with_the_hand_near_a_goal_image_pose():
+    """Goal-pose worlds come after the experts and before the random ones, start from the
+    task's reset with only the hand moved (within the noise of the goal image's hand), and
+    then follow the expert like the experts."""
+    env = rt.task_env("pushing")
+    config = rt.RewardTrainConfig(expert_episodes=2, goal_pose_episodes=3, random_episodes=1,
+                                  goal_pose_noise=0.04)
+    script = jax.device_get(rt.sample_scripts(config, jax.random.key(0), env.task))
+    assert script.from_start_hand.tolist() == [False, False, True, True, True, False]
+    assert config.demonstrations == 5 and config.episodes == 6
+    assert (script.random_until[:5] <= config.max_random_start).all()
+    assert script.random_until[5] == env.episode_length
+    (_, goal_hand), = env.task.goal_worlds().values()
+    offsets = script.start_hand[2:5] - np.asarray(goal_hand)
+    assert (np.abs(offsets) <= 0.04).all() and np.abs(offsets).max() > 0.01
+    key = jax.random.key(1)
+    state = jax.device_get(jax.jit(functools.partial(rt.start_states, env))(script, key))
+    plain = jax.device_get(jax.jit(env.reset, static_argnums=1)(key, 6))
+    hand, puck = state.state[:, 0:3], state.state[:, 3:6]
+    np.testing.assert_allclose(puck, plain.state[:, 3:6], atol=1e-6)  # the same scenes
+    np.testing.assert_allclose(state.state[[0, 1, 5]], plain.state[[0, 1, 5]], atol=1e-6)
+    np.testing.assert_array_equal(state.obs[[0, 1, 5]], plain.obs[[0, 1, 5]])
+    np.testing.assert_allclose(hand[2:5], script.start_hand[2:5], atol=1e-5)
+    assert (state.step_count == 0).all() and not state.success.any()
+
+
 def test_config_errors_name_the_fix():
     with pytest.raises(ValueError, match="valid tasks: .*pushing"):
         rt.RewardTrainConfig(task="stacking")
@@ -118,6 +165,12 @@ def test_config_errors_name_the_fix():
         rt.RewardTrainConfig(pos_radius=4, neg_radius=4)
     with pytest.raises(ValueError, match="wander_hold must be at least 1"):
         rt.RewardTrainConfig(wander_hold=0)
+    with pytest.raises(ValueError, match="goal_pose_noise must be >= 0"):
+        rt.RewardTrainConfig(goal_pose_noise=-0.1)
+    with pytest.raises(ValueError, match="clip_stride must be at least 1"):
+        rt.RewardTrainConfig(clip_stride=0)
+    with pytest.raises(ValueError, match="pushing episodes have 101 frames"):
+        rt.RewardTrainConfig(clip_length=16, clip_stride=7)
     with pytest.raises(SystemExit):
         rt.parse_args(["--task=stacking"])
     config, out = rt.parse_args(["--steps=7", "--out=/tmp/x"])
@@ -209,10 +262,18 @@ def test_score_segments_expert_episodes_by_subgoal():
     qpos[2, :, env.task.drawer_qpos] = -0.02 * np.arange(8)
     footage = rt.Footage(frames=frames, success=subgoal == 2, subgoal=subgoal, qpos=qpos)
     script = rt.Script(random_until=np.array([0, 2, 0]), expert_until=np.array([8, 8, 3]),
-                       speed=np.ones(3), noise=np.zeros(3), action_hold=np.ones(3, int))
+                       speed=np.ones(3), noise=np.zeros(3), action_hold=np.ones(3, int),
+                       start_hand=np.zeros((3, 3)), from_start_hand=np.zeros(3, bool))
     goals = np.stack([load_goal_image(name) for name in env.task.goal_worlds()])
     reward_fn = base.RewardFunction("holdc", shaping.ShapingConfig(), goals, channel_distance)
-    result = check.score(reward_fn, env, footage, script, episodes=2)
+    goal_pose = np.zeros((4, 1, 1, 3), np.uint8)
+    goal_pose[:, 0, 0, 1] = [1, 3, 5, 0]
+    result = check.score(reward_fn, env, footage, script, episodes=2, goal_pose=goal_pose)
+    # First successes (steps 6 and 5) are at distances 2 and 4 to the final image: median 3;
+    # two of the four goal-pose frames score below it.
+    assert result["first_success_distance_median"] == 3.0
+    assert result["goal_pose_below_success"] == 0.5
+    assert result["goal_pose_distance_median"] == 2.0
     # Episode 1 starts (step 2) after it first reached subgoal 1 (step 1): not scored for
     # subgoal 1; for subgoal 2 it counts from step 2 to its success at step 5.
     assert result["expert_episodes_scored_subgoals"] == [1, 2]
@@ -225,6 +286,20 @@ def test_score_segments_expert_episodes_by_subgoal():
     assert result["expert_episodes_scored"] == 2
     assert result["state_frames"] == 4
     np.testing.assert_allclose(result["spearman_state"], 1.0)
+
+
+def test_goal_pose_frames_move_only_the_hand():
+    """The goal world's scene with the hand at the goal pose renders the goal image; the
+    other offsets move the hand, and each start scene gets all of them."""
+    env = rt.task_env("pushing")
+    (qpos, _), = env.task.goal_worlds().values()
+    start = jax.device_get(env.reset(jax.random.key(0), 1).data.qpos)
+    frames = check.goal_pose_frames(env, np.stack([np.asarray(qpos), start[0]]), num_envs=16)
+    offsets = len(check.GOAL_POSE_OFFSETS)
+    assert frames.shape == (2 * offsets, *env.image_shape, 3) and offsets == 9
+    centre = int(np.flatnonzero((check.GOAL_POSE_OFFSETS == 0).all(axis=1))[0])
+    np.testing.assert_array_equal(frames[centre], load_goal_image("pushing"))
+    assert len({f.tobytes() for f in frames}) == 2 * offsets
 
 
 def test_history_model_sees_each_frame_with_the_ones_before_it_as_in_training():

@@ -29,6 +29,12 @@ the reward is the negated distance, so it correlates negatively):
   expert for U{0..T} steps, then acts uniformly at random; only the random phase's frames
   count), between the model's distance to the goal image and the true distance of the
   task's object (``OBJECT_JOINTS``) to its pose in the goal image, pooled over frames.
+- ``goal_pose_below_success`` (0 is best): the share of frames showing the held-out expert
+  episodes' start scenes with only the hand moved to the final goal image's hand pose (and
+  to 8 poses 4 cm around it) that the model scores closer to that goal image than the median
+  of the experts' first-success frames. A model that reads the hand more than the task's
+  object scores such frames as solved, and a policy can then hold its hand there instead
+  of solving the task (benchmarks/NOTES.md, pushing).
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ OBJECT_JOINTS = {
     "cup_forward": ("mug", 2),
     "faucet_right": ("faucet_hinge", 1),
 }
+# Hand offsets (metres) around the goal image's hand pose for goal_pose_below_success.
+GOAL_POSE_OFFSETS = np.array([[dx, dy, 0.0] for dx in (-0.04, 0.0, 0.04)
+                              for dy in (-0.04, 0.0, 0.04)], np.float32)
 EMBED_CHUNK = 512  # frames (or histories) scored per call (one compiled shape)
 CHECK_STREAM = 2  # random stream of the check's episodes, unused by training
 
@@ -132,6 +141,22 @@ def time_to_reach(distance: np.ndarray, reached: np.ndarray,
     return (float(np.mean(per_episode)) if per_episode else float("nan")), len(per_episode)
 
 
+def goal_pose_frames(env: ManipulationEnv, qpos: np.ndarray, num_envs: int) -> np.ndarray:
+    """Renders of the scenes ``qpos`` (E, nq) with the hand moved to the final goal image's
+    hand pose plus each of ``GOAL_POSE_OFFSETS`` (K): (E * K, H, W, 3), scene-major."""
+    *_, (_, goal_hand) = env.task.goal_worlds().values()
+    hands = jnp.asarray(goal_hand)[None] + GOAL_POSE_OFFSETS  # (K, 3)
+    scenes = np.repeat(np.asarray(qpos), len(hands), axis=0)
+    hands = jnp.tile(hands, (len(qpos), 1))
+    posed = jax.vmap(env.task.place_hand)(jnp.asarray(scenes), hands)
+    render = jax.jit(env.render_worlds)
+    total = len(scenes)
+    padded = -(-total // num_envs) * num_envs
+    posed, hands = (jnp.resize(x, (padded, x.shape[1])) for x in (posed, hands))
+    return np.concatenate([jax.device_get(render(posed[i:i + num_envs], hands[i:i + num_envs]))
+                           for i in range(0, padded, num_envs)])[:total]
+
+
 def check_scripts(key: jax.Array, experts: int, randoms: int,
                   episode_length: int) -> reward_train.Script:
     """``experts`` worlds that start as the training demonstrations do (up to
@@ -146,7 +171,8 @@ def check_scripts(key: jax.Array, experts: int, randoms: int,
     return reward_train.Script(
         random_until=jnp.where(is_expert, starts, 0).astype(jnp.int32),
         expert_until=jnp.where(is_expert, episode_length, switches).astype(jnp.int32),
-        speed=jnp.ones((n,)), noise=jnp.zeros((n,)), action_hold=jnp.ones((n,), jnp.int32))
+        speed=jnp.ones((n,)), noise=jnp.zeros((n,)), action_hold=jnp.ones((n,), jnp.int32),
+        start_hand=jnp.zeros((n, 3)), from_start_hand=jnp.zeros((n,), bool))
 
 
 def reward_for(task: str, reward: str, model: str = "") -> RewardFunction:
@@ -164,12 +190,15 @@ def evaluate(reward_fn: RewardFunction, env: ManipulationEnv, episodes: int = 32
     script = check_scripts(script_key, episodes, random_episodes, env.episode_length)
     footage = reward_train.render_footage(env, script, render_key, num_envs, crop=False,
                                           desc=f"{env.task.name}: rendering check episodes")
-    return score(reward_fn, env, footage, jax.device_get(script), episodes)
+    posed = goal_pose_frames(env, footage.qpos[:episodes, 0], num_envs)
+    return score(reward_fn, env, footage, jax.device_get(script), episodes, posed)
 
 
 def score(reward_fn: RewardFunction, env: ManipulationEnv, footage: reward_train.Footage,
-          script: reward_train.Script, episodes: int) -> dict:
-    """The metrics on ``footage`` (whole camera frames) of :func:`check_scripts`'s worlds."""
+          script: reward_train.Script, episodes: int,
+          goal_pose: np.ndarray | None = None) -> dict:
+    """The metrics on ``footage`` (whole camera frames) of :func:`check_scripts`'s worlds,
+    and ``goal_pose_below_success`` on ``goal_pose`` (:func:`goal_pose_frames`) if given."""
     num_goals = reward_fn.num_goals
     dist = distances_to_goals(reward_fn, footage.frames)
     final = dist[..., -1]
@@ -185,6 +214,14 @@ def score(reward_fn: RewardFunction, env: ManipulationEnv, footage: reward_train
         "expert_episodes_scored": scored,
         "state_frames": int(random_phase.sum()),
     }
+    succeeded = footage.success[:episodes].any(axis=1)
+    if goal_pose is not None and succeeded.any():
+        first = footage.success[:episodes].argmax(axis=1)
+        solved = np.median(final[:episodes][succeeded, first[succeeded]])
+        posed = distances_to_goals(reward_fn, goal_pose[:, None])[:, 0, -1]
+        result.update(goal_pose_below_success=float(np.mean(posed < solved)),
+                      goal_pose_distance_median=float(np.median(posed)),
+                      first_success_distance_median=float(solved))
     if num_goals > 1:
         subgoal = np.asarray(footage.subgoal[:episodes])
         per_subgoal = []

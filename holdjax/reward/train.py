@@ -48,7 +48,7 @@ from flax import struct
 from tqdm import tqdm
 
 from holdjax import envs
-from holdjax.envs.base import EnvState, ManipulationEnv
+from holdjax.envs.base import EnvState, ManipulationEnv, Task
 from holdjax.reward import holdc, scenic_checkpoint
 
 MODEL_FILE = "model.json"
@@ -82,6 +82,11 @@ class RewardTrainConfig:
     # raised the check's scores but did not stop the parking (benchmarks/NOTES.md), so off.
     wander_episodes: int = 0
     wander_hold: int = 10
+    # Goal-pose episodes: experts whose hand starts where a goal image has it (plus uniform
+    # noise of up to goal_pose_noise metres per axis) with the scene at its random start, so
+    # that the footage shows that pose with the task unsolved, many steps before success.
+    goal_pose_episodes: int = 0
+    goal_pose_noise: float = 0.05
     num_envs: int = 64  # worlds rendered at once
     max_random_start: int = 10  # random actions for U{0..this} steps before the expert
     min_speed: float = 0.5  # expert actions scaled by U(min_speed, 1)
@@ -90,7 +95,8 @@ class RewardTrainConfig:
     # Optimisation.
     steps: int = 2000
     clips: int = 4  # episodes per batch ...
-    clip_length: int = 16  # ... each giving this many consecutive frames
+    clip_length: int = 16  # ... each giving this many frames,
+    clip_stride: int = 1  # ... this many steps apart (radii count clip frames, not steps)
     learning_rate: float = 1e-3  # peak; linear warm-up then cosine decay
     warmup_steps: int = 100
     pos_radius: int = 2  # hold-rewards' holdc/resnet50.py
@@ -105,15 +111,23 @@ class RewardTrainConfig:
             raise ValueError("neg_radius must exceed pos_radius")
         if self.clip_length <= self.neg_radius:
             raise ValueError("clip_length must exceed neg_radius, or clips hold no negatives")
-        for name in ("expert_episodes", "num_envs", "steps", "clips", "image_size"):
+        frames = envs.task_class(self.task).episode_length + 1
+        if self.clip_stride >= 1 and self.clip_span > frames:
+            raise ValueError(f"a clip spans {self.clip_span} steps ((clip_length - 1) x "
+                             f"clip_stride + 1) but {self.task} episodes have {frames} frames; "
+                             "shorten the clips or their stride")
+        for name in ("expert_episodes", "num_envs", "steps", "clips", "image_size",
+                     "clip_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("random_episodes", "wander_episodes"):
+        for name in ("random_episodes", "wander_episodes", "goal_pose_episodes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.wander_hold < 1:
             raise ValueError(f"wander_hold must be at least 1, got {self.wander_hold}")
-        if self.clips > self.expert_episodes + self.random_episodes + self.wander_episodes:
+        if self.goal_pose_noise < 0:
+            raise ValueError(f"goal_pose_noise must be >= 0, got {self.goal_pose_noise}")
+        if self.clips > self.episodes:
             raise ValueError("clips (distinct episodes per batch) exceeds the episodes")
         if self.layers not in holdc.BLOCK_SIZES:
             raise ValueError(f"layers {self.layers} not in {sorted(holdc.BLOCK_SIZES)}")
@@ -123,6 +137,26 @@ class RewardTrainConfig:
                 f"image_size {self.image_size} leaves ResNet-{self.layers}'s last stage 1x1, "
                 "where its stride-2 shortcut sees only the image's (constant) corner and "
                 f"training stalls at the margin; use image_size >= {smallest}")
+
+    @property
+    def episodes(self) -> int:
+        return (self.expert_episodes + self.goal_pose_episodes + self.random_episodes
+                + self.wander_episodes)
+
+    @property
+    def clip_span(self) -> int:
+        """Steps of footage one clip covers."""
+        return (self.clip_length - 1) * self.clip_stride + 1
+
+    @property
+    def step_radii(self) -> tuple[int, int]:
+        """(positive, negative) radius in steps of footage: the radii count clip frames."""
+        return self.pos_radius * self.clip_stride, self.neg_radius * self.clip_stride
+
+    @property
+    def demonstrations(self) -> int:
+        """Episodes of the expert (plain and goal-pose), cut short after success."""
+        return self.expert_episodes + self.goal_pose_episodes
 
     @property
     def model(self) -> holdc.HoldCConfig:
@@ -162,6 +196,8 @@ class Script:
     speed: jax.Array  # (N,) float32
     noise: jax.Array  # (N,) float32
     action_hold: jax.Array  # (N,) int32, 1: a fresh random action every step
+    start_hand: jax.Array  # (N, 3) float32 where the hand starts ...
+    from_start_hand: jax.Array  # (N,) bool ... in these worlds (else the task's reset)
 
 
 @struct.dataclass
@@ -175,23 +211,30 @@ class Footage:
     qpos: jax.Array  # (N, T + 1, nq) float32 physics positions (for object-to-goal checks)
 
 
-def sample_scripts(config: RewardTrainConfig, key: jax.Array, episode_length: int) -> Script:
+def sample_scripts(config: RewardTrainConfig, key: jax.Array, task: Task) -> Script:
     """``config.expert_episodes`` demonstration worlds with varied starts, speeds and noise,
-    then ``random_episodes`` worlds acting at random throughout, then ``wander_episodes``
-    worlds acting at random with each action held ``wander_hold`` steps."""
+    then ``goal_pose_episodes`` more whose hand starts near a goal image's hand pose, then
+    ``random_episodes`` worlds acting at random throughout, then ``wander_episodes`` worlds
+    acting at random with each action held ``wander_hold`` steps."""
     start, speed, noise = jax.random.split(key, 3)
-    experts = config.expert_episodes
-    n = experts + config.random_episodes + config.wander_episodes
+    goal_key, offset_key = jax.random.split(jax.random.fold_in(key, 2))
+    demos, n = config.demonstrations, config.episodes
     random_start = jax.random.randint(start, (n,), 0, config.max_random_start + 1)
     world = jnp.arange(n)
-    is_expert = world < experts
+    goal_hands = jnp.stack([hand for _, hand in task.goal_worlds().values()])
+    offsets = jax.random.uniform(offset_key, (n, 3), minval=-config.goal_pose_noise,
+                                 maxval=config.goal_pose_noise)
     return Script(
-        random_until=jnp.where(is_expert, random_start, episode_length).astype(jnp.int32),
-        expert_until=jnp.full((n,), episode_length, jnp.int32),
+        random_until=jnp.where(world < demos, random_start,
+                               task.episode_length).astype(jnp.int32),
+        expert_until=jnp.full((n,), task.episode_length, jnp.int32),
         speed=jax.random.uniform(speed, (n,), minval=config.min_speed, maxval=1.0),
         noise=jax.random.uniform(noise, (n,), maxval=config.max_noise),
-        action_hold=jnp.where(world >= experts + config.random_episodes, config.wander_hold,
+        action_hold=jnp.where(world >= demos + config.random_episodes, config.wander_hold,
                               1).astype(jnp.int32),
+        start_hand=(goal_hands[jax.random.randint(goal_key, (n,), 0, len(goal_hands))]
+                    + offsets).astype(jnp.float32),
+        from_start_hand=(world >= config.expert_episodes) & (world < demos),
     )
 
 
@@ -210,12 +253,22 @@ def scripted_actions(env: ManipulationEnv, script: Script, state: EnvState, key:
     return jnp.where(use_expert[:, None], expert, uniform), uniform
 
 
+def start_states(env: ManipulationEnv, script: Script, key: jax.Array) -> EnvState:
+    """Each world's first state: ``env.reset(key, N)``'s, with the hand moved to
+    ``script.start_hand`` in the worlds ``script.from_start_hand`` marks."""
+    num_worlds = script.speed.shape[0]
+    qpos, hand = jax.vmap(env.task.init_world)(jax.random.split(key, num_worlds))
+    moved = script.from_start_hand[:, None]
+    qpos = jnp.where(moved, jax.vmap(env.task.place_hand)(qpos, script.start_hand), qpos)
+    return env.reset_at(qpos, jnp.where(moved, script.start_hand, hand))
+
+
 def record(env: ManipulationEnv, script: Script, key: jax.Array, crop: bool = True) -> Footage:
     """One episode in each of the script's worlds (jittable); frames cropped to their
     central square when ``crop``."""
     num_worlds = script.speed.shape[0]
     reset_key, policy_key = jax.random.split(key)
-    state = env.reset(reset_key, num_worlds)
+    state = start_states(env, script, reset_key)
 
     def observe(state):
         frames = holdc.central_crop(state.obs) if crop else state.obs
@@ -256,7 +309,8 @@ def render_footage(env: ManipulationEnv, script: Script, key: jax.Array, num_env
     crop = crop and env.image_shape[0] != env.image_shape[1]  # a square frame is its crop
     total = script.speed.shape[0]
     batches = -(-total // num_envs)
-    padded = jax.tree.map(lambda x: jnp.resize(x, (batches * num_envs,)), script)
+    padded = jax.tree.map(lambda x: jnp.resize(x, (batches * num_envs, *x.shape[1:])),
+                          script)
     parts = []
     keys = jax.random.split(key, batches)
     for b in tqdm(range(batches), desc=desc, unit="batch", file=sys.stderr):
@@ -272,7 +326,7 @@ def usable_lengths(footage: Footage, config: RewardTrainConfig, experts: int) ->
     num_episodes, num_frames = footage.success.shape
     succeeded = footage.success.any(axis=1)
     first = np.where(succeeded, footage.success.argmax(axis=1), num_frames)
-    lengths = np.clip(first + 1 + config.success_tail, config.clip_length, num_frames)
+    lengths = np.clip(first + 1 + config.success_tail, config.clip_span, num_frames)
     return np.where(np.arange(num_episodes) < experts, lengths, num_frames).astype(np.int32)
 
 
@@ -344,16 +398,16 @@ class TrainState:
     key: jax.Array
 
 
-def sample_clips(key: jax.Array, demos: Demos, clips: int,
-                 clip_length: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``clips`` distinct random episodes, ``clip_length`` consecutive frames each from a
-    random offset within their usable frames: frames (B, S, S, 3), timesteps (B,), episode
-    ids (B,), with B = clips * clip_length."""
+def sample_clips(key: jax.Array, demos: Demos, clips: int, clip_length: int,
+                 stride: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``clips`` distinct random episodes, ``clip_length`` frames ``stride`` steps apart
+    each from a random offset within their usable frames: frames (B, S, S, 3), timesteps
+    (B,), episode ids (B,), with B = clips * clip_length."""
     episode_key, offset_key = jax.random.split(key)
     episodes = jax.random.choice(episode_key, demos.lengths.shape[0], (clips,), replace=False)
-    room = demos.lengths[episodes] - clip_length + 1
+    room = demos.lengths[episodes] - (clip_length - 1) * stride
     offsets = jnp.floor(jax.random.uniform(offset_key, (clips,)) * room).astype(jnp.int32)
-    timesteps = offsets[:, None] + jnp.arange(clip_length)[None, :]
+    timesteps = offsets[:, None] + stride * jnp.arange(clip_length)[None, :]
     frames = demos.frames[episodes[:, None], timesteps]
     ids = jnp.broadcast_to(episodes[:, None], timesteps.shape)
     return (frames.reshape(-1, *frames.shape[2:]), timesteps.reshape(-1), ids.reshape(-1))
@@ -380,7 +434,8 @@ def train_step(config: RewardTrainConfig, demos: Demos,
                state: TrainState) -> tuple[TrainState, jax.Array]:
     """One Adam step on a freshly sampled batch of clips; returns the new state and loss."""
     key, sample_key = jax.random.split(state.key)
-    frames, timesteps, ids = sample_clips(sample_key, demos, config.clips, config.clip_length)
+    frames, timesteps, ids = sample_clips(sample_key, demos, config.clips, config.clip_length,
+                                          config.clip_stride)
     images = holdc.preprocess(config.model, frames)
     model = holdc.build_model(config.model)
 
@@ -388,8 +443,7 @@ def train_step(config: RewardTrainConfig, demos: Demos,
         embeddings, updates = model.apply(
             {"params": params, "batch_stats": state.batch_stats}, images, train=True,
             mutable=["batch_stats"])
-        loss, _ = triplet_loss(embeddings, timesteps, ids, config.pos_radius,
-                               config.neg_radius, config.margin)
+        loss, _ = triplet_loss(embeddings, timesteps, ids, *config.step_radii, config.margin)
         return loss, updates["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -401,18 +455,18 @@ def train_step(config: RewardTrainConfig, demos: Demos,
 
 def demonstrations(config: RewardTrainConfig, env: ManipulationEnv, key: jax.Array) -> Demos:
     """Renders the training footage."""
-    script = sample_scripts(config, key, env.episode_length)
+    script = sample_scripts(config, key, env.task)
     footage = render_footage(env, script, jax.random.fold_in(key, 1), config.num_envs,
                              desc=f"{config.task}: rendering demos")
-    lengths = usable_lengths(footage, config, config.expert_episodes)
+    lengths = usable_lengths(footage, config, config.demonstrations)
     return Demos(frames=jnp.asarray(footage.frames), lengths=jnp.asarray(lengths))
 
 
 def fit(config: RewardTrainConfig, demos: Demos, quiet: bool = False) -> tuple[dict, list]:
     """Trains on ``demos``; returns the variables {'params', 'batch_stats'} and the losses
     (one per 10 steps)."""
-    if int(demos.lengths.min()) < config.clip_length:
-        raise ValueError(f"episodes shorter than clip_length {config.clip_length}")
+    if int(demos.lengths.min()) < config.clip_span:
+        raise ValueError(f"episodes shorter than a clip's span, {config.clip_span} frames")
     state = init_state(config, jax.random.key(config.seed))
     losses = []
     bar = tqdm(range(config.steps), desc=f"{config.task}: HOLD-C", unit="step",
