@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     fields = {f.name for f in dataclasses.fields(reward_train.RewardTrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in fields - {"task", "seed"} and v is not None}
     env = reward_train.task_env(args.task)
     rows = []
     for seed in map(int, args.seeds.split(",")):

@@ -20,8 +20,9 @@ from holdjax.reward import base, check, holdc, holdr, shaping
 from holdjax.reward import train as rt
 
 TINY = rt.RewardTrainConfig(
-    task="pushing", layers=8, filters=4, embedding_size=8, image_size=32, expert_episodes=24,
-    random_episodes=8, num_envs=32, steps=300, clips=4, clip_length=16, warmup_steps=20)
+    task="pushing", layers=8, filters=4, embedding_size=8, image_size=32, expert_episodes=16,
+    goal_pose_episodes=8, random_episodes=8, num_envs=32, steps=300, clips=4, clip_length=16,
+    warmup_steps=20)
 
 
 def test_triplet_loss_against_hand_computed_value():
@@ -96,8 +97,8 @@ def test_wandering_worlds_hold_their_random_actions():
     """Worlds after the experts and random ones draw a random action every ``wander_hold``
     steps and hold it in between; random worlds draw one every step."""
     env = rt.task_env("pushing")
-    config = rt.RewardTrainConfig(expert_episodes=1, random_episodes=1, wander_episodes=2,
-                                  wander_hold=3)
+    config = rt.RewardTrainConfig(expert_episodes=1, goal_pose_episodes=0, random_episodes=1,
+                                  wander_episodes=2, wander_hold=3)
     script = rt.sample_scripts(config, jax.random.key(0), env.task)
     assert np.asarray(script.action_hold).tolist() == [1, 1, 3, 3]
     assert np.asarray(script.random_until).tolist()[1:] == [env.episode_length] * 3
@@ -128,6 +129,26 @@ def test_usable_lengths_cut_demonstrations_after_success_and_cover_a_clip():
     footage = rt.Footage(frames=None, success=success, subgoal=None, qpos=None)
     lengths = rt.usable_lengths(footage, config, config.demonstrations)
     assert lengths.tolist() == [24, 11, 29, 30]
+
+
+def test_first_reached_frames_and_embedding_scale():
+    """Each demonstration's first frame satisfying subgoal k + 1 is paired with goal image k;
+    random episodes and never-reached goals give none. Scaling the head scales distances."""
+    subgoal = np.array([[0, 1, 1, 2, 2], [0, 0, 1, 1, 1], [0, 0, 0, 0, 0], [2, 2, 2, 2, 2]])
+    frames = (10 * np.arange(4)[:, None] + np.arange(5)[None]).astype(np.uint8)
+    footage = rt.Footage(frames=np.broadcast_to(frames[..., None, None, None], (4, 5, 1, 1, 3)),
+                         success=subgoal == 2, subgoal=subgoal, qpos=None)
+    reached = rt.first_reached(footage, demonstrations=3, num_goals=2)
+    assert reached.frames[:, 0, 0, 0].tolist() == [1, 12, 3] and reached.goal.tolist() == [0, 0, 1]
+    config = holdc.HoldCConfig(num_layers=8, num_filters=4, embedding_size=8, crop_size=32)
+    variables = holdc.random_variables(config)
+    images = jnp.asarray(load_goal_image("pushing"))[None].repeat(2, 0)
+    images = images.at[1].set(255 - images[1])
+    base_distance = holdc.distance(config, variables, images[:1], images[1:])
+    scaled = holdc.distance(config, rt.scale_embeddings(variables, 2.5), images[:1], images[1:])
+    np.testing.assert_allclose(scaled, 2.5 * base_distance, rtol=1e-5)
+    with pytest.raises(ValueError, match="solved_distance=0"):
+        rt.median_reached_distance(TINY, variables, rt.first_reached(footage, 0, 2), images)
 
 
 def test_goal_pose_worlds_start_with_the_hand_near_a_goal_image_pose():
@@ -165,6 +186,8 @@ def test_config_errors_name_the_fix():
         rt.RewardTrainConfig(pos_radius=4, neg_radius=4)
     with pytest.raises(ValueError, match="wander_hold must be at least 1"):
         rt.RewardTrainConfig(wander_hold=0)
+    with pytest.raises(ValueError, match="solved_distance must be >= 0"):
+        rt.RewardTrainConfig(solved_distance=-1.0)
     with pytest.raises(ValueError, match="goal_pose_noise must be >= 0"):
         rt.RewardTrainConfig(goal_pose_noise=-0.1)
     with pytest.raises(ValueError, match="clip_stride must be at least 1"):
@@ -181,12 +204,19 @@ def test_config_errors_name_the_fix():
 def tiny_model(tmp_path_factory):
     """A tiny HOLD-C trained on rendered pushing demos, saved as train's output."""
     env = rt.task_env("pushing")
-    demos = rt.demonstrations(TINY, env, jax.random.key(TINY.seed))
+    demos, reached = rt.demonstrations(TINY, env, jax.random.key(TINY.seed))
     assert demos.frames.shape == (32, 101, 48, 48, 3)
     lengths = np.asarray(demos.lengths)
-    assert (lengths[:24] < 101).all() and (lengths[24:] == 101).all()  # experts cut at success
+    # Demonstrations (plain and goal-pose) are cut after success; random episodes are whole.
+    assert (lengths[:24] < 101).sum() >= 20 and (lengths[24:] == 101).all()
+    assert len(reached.goal) >= (lengths[:24] < 101).sum() and (reached.goal == 0).all()
     variables, losses = rt.fit(TINY, demos, quiet=True)
     assert np.mean(losses[-5:]) < 0.5 * losses[0]
+    # Scaled so that the first successes lie at distance solved_distance (1) from the goal.
+    goals = load_goal_image("pushing")[None]
+    variables, scale = rt.calibrate(TINY, variables, reached, goals)
+    assert scale["distance_scale"] == pytest.approx(1.0 / scale["solved_distance_unscaled"])
+    assert rt.median_reached_distance(TINY, variables, reached, goals) == pytest.approx(1.0)
     out = str(tmp_path_factory.mktemp("tiny") / "holdc")
     rt.save_model(out, TINY, variables, {"task": "pushing"})
     return out, variables
@@ -216,6 +246,9 @@ def test_check_json_and_tiny_model_ranks_held_out_expert_frames(tiny_model, caps
     assert printed["expert_episodes_scored"] >= 12 and printed["state_frames"] > 500
     assert printed["spearman_time"] > 0.5, printed
     assert -1.0 <= printed["spearman_state"] <= 1.0
+    assert 0.0 <= printed["goal_pose_below_success"] <= 1.0
+    # The check's own episodes' first successes lie near the calibrated distance 1.
+    assert 0.5 < printed["first_success_distance_median"] < 2.0
 
 
 def test_object_to_goal_distance():

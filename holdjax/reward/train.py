@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from holdjax import envs
 from holdjax.envs.base import EnvState, ManipulationEnv, Task
+from holdjax.envs.goal_images import load_goal_image
 from holdjax.reward import holdc, scenic_checkpoint
 
 MODEL_FILE = "model.json"
@@ -85,7 +86,9 @@ class RewardTrainConfig:
     # Goal-pose episodes: experts whose hand starts where a goal image has it (plus uniform
     # noise of up to goal_pose_noise metres per axis) with the scene at its random start, so
     # that the footage shows that pose with the task unsolved, many steps before success.
-    goal_pose_episodes: int = 0
+    # Together with strided clips they widened the gap between such frames and a first
+    # success in pushing's model (reward.check's goal_pose_below_success; benchmarks/NOTES.md).
+    goal_pose_episodes: int = 128
     goal_pose_noise: float = 0.05
     num_envs: int = 64  # worlds rendered at once
     max_random_start: int = 10  # random actions for U{0..this} steps before the expert
@@ -96,12 +99,22 @@ class RewardTrainConfig:
     steps: int = 2000
     clips: int = 4  # episodes per batch ...
     clip_length: int = 16  # ... each giving this many frames,
-    clip_stride: int = 1  # ... this many steps apart (radii count clip frames, not steps)
+    # ... this many steps apart (the radii count clip frames, not steps). Stride 3: a clip
+    # spans 46 steps, most of a pushing demonstration, as the released config's 32-frame
+    # clips span most of a short human video; it raised pushing's spearman_time
+    # (benchmarks/NOTES.md).
+    clip_stride: int = 3
     learning_rate: float = 1e-3  # peak; linear warm-up then cosine decay
     warmup_steps: int = 100
     pos_radius: int = 2  # hold-rewards' holdc/resnet50.py
     neg_radius: int = 4
     margin: float = 0.2
+    # Scale: the triplet loss fixes distances only up to a factor, while the reference's
+    # reward settings (normaliser 5 for pushing, subtask threshold 1 for drawer_open) assume
+    # the released model's, where reaching a goal image scores about 1. After training the
+    # embedding is scaled so that the demonstrations' first frames reaching each goal image
+    # lie at this median distance from it (0: unscaled).
+    solved_distance: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
@@ -125,6 +138,9 @@ class RewardTrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.wander_hold < 1:
             raise ValueError(f"wander_hold must be at least 1, got {self.wander_hold}")
+        if self.solved_distance < 0:
+            raise ValueError(f"solved_distance must be >= 0 (0: unscaled), got "
+                             f"{self.solved_distance}")
         if self.goal_pose_noise < 0:
             raise ValueError(f"goal_pose_noise must be >= 0, got {self.goal_pose_noise}")
         if self.clips > self.episodes:
@@ -453,13 +469,66 @@ def train_step(config: RewardTrainConfig, demos: Demos,
                       key=key), loss
 
 
-def demonstrations(config: RewardTrainConfig, env: ManipulationEnv, key: jax.Array) -> Demos:
-    """Renders the training footage."""
+@struct.dataclass
+class Reached:
+    """The demonstrations' first frames reaching each goal image: what the scale is set by."""
+
+    frames: jax.Array  # (M, S, S, 3) uint8
+    goal: jax.Array  # (M,) int32 index of the goal image each one reaches
+
+
+def first_reached(footage: Footage, demonstrations: int, num_goals: int) -> Reached:
+    """For goal image k (0-based) of ``num_goals``, every one of the first ``demonstrations``
+    episodes' first frame whose state satisfies subgoal k + 1 (success, for one goal)."""
+    frames, goals = [], []
+    for k in range(num_goals):
+        reached = np.asarray(footage.subgoal[:demonstrations]) >= k + 1
+        episodes = np.flatnonzero(reached.any(axis=1))
+        frames.append(np.asarray(footage.frames)[episodes, reached[episodes].argmax(axis=1)])
+        goals.append(np.full(len(episodes), k, np.int32))
+    return Reached(frames=np.concatenate(frames), goal=np.concatenate(goals))
+
+
+def demonstrations(config: RewardTrainConfig, env: ManipulationEnv,
+                   key: jax.Array) -> tuple[Demos, Reached]:
+    """Renders the training footage; also returns its first frames reaching each goal."""
     script = sample_scripts(config, key, env.task)
     footage = render_footage(env, script, jax.random.fold_in(key, 1), config.num_envs,
                              desc=f"{config.task}: rendering demos")
     lengths = usable_lengths(footage, config, config.demonstrations)
-    return Demos(frames=jnp.asarray(footage.frames), lengths=jnp.asarray(lengths))
+    reached = first_reached(footage, config.demonstrations, env.task.num_subgoals)
+    return Demos(frames=jnp.asarray(footage.frames), lengths=jnp.asarray(lengths)), reached
+
+
+def scale_embeddings(variables: dict, factor: float) -> dict:
+    """``variables`` with the embedding head scaled by ``factor``, which scales every
+    Euclidean distance between embeddings by ``factor``."""
+    head = variables["params"]["output_projection"]
+    params = {**variables["params"],
+              "output_projection": jax.tree.map(lambda x: x * factor, head)}
+    return {**variables, "params": params}
+
+
+def median_reached_distance(config: RewardTrainConfig, variables: dict, reached: Reached,
+                            goals: np.ndarray) -> float:
+    """Median Euclidean distance of the first frames reaching each goal image to it."""
+    if len(reached.goal) == 0:
+        raise ValueError("no demonstration reached a goal image, so the distance scale is "
+                         "undefined; render more expert_episodes or set solved_distance=0")
+    model = dataclasses.replace(config.model, distance_type="eucl")
+    dist = np.concatenate([np.asarray(holdc.distance(model, variables, reached.frames[i:i + 512],
+                                                     jnp.asarray(goals)))
+                           for i in range(0, len(reached.goal), 512)])
+    return float(np.median(dist[np.arange(len(dist)), reached.goal]))
+
+
+def calibrate(config: RewardTrainConfig, variables: dict, reached: Reached,
+              goals: np.ndarray) -> tuple[dict, dict]:
+    """(variables scaled to ``config.solved_distance``, what model.json records of it)."""
+    solved = median_reached_distance(config, variables, reached, goals)
+    factor = config.solved_distance / solved if config.solved_distance else 1.0
+    return (scale_embeddings(variables, factor),
+            {"solved_distance_unscaled": solved, "distance_scale": factor})
 
 
 def fit(config: RewardTrainConfig, demos: Demos, quiet: bool = False) -> tuple[dict, list]:
@@ -518,13 +587,16 @@ def train(config: RewardTrainConfig, out: str, quiet: bool = False) -> dict:
     """Renders the footage, trains, saves to ``out``; returns what ``model.json`` records."""
     start = time.perf_counter()
     env = task_env(config.task)
-    demos = demonstrations(config, env, jax.random.key(config.seed))
+    demos, reached = demonstrations(config, env, jax.random.key(config.seed))
     render_s = time.perf_counter() - start
     variables, losses = fit(config, demos, quiet)
+    goals = np.stack([load_goal_image(name) for name in env.task.goal_worlds()])
+    variables, scale = calibrate(config, variables, reached, goals)
     info = {
         "task": config.task,
         "frames": int(demos.lengths.sum()),
         "final_loss": float(np.mean(losses[-10:])),
+        **scale,
         "render_s": round(render_s, 1),
         "train_s": round(time.perf_counter() - start - render_s, 1),
         "device": jax.devices()[0].device_kind,
