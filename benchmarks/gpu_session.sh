@@ -73,7 +73,7 @@ case "${1:-envs}" in
     # and brax's part inside the limit, the small default demo model's check, HOLD-R at 512
     timeout 400 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \
       --brax_steps=20000 --out="$out" > "$out/run_all.log" 2>&1; tail -40 "$out/run_all.log"
-    timeout 60 python3 benchmarks/reward_check.py --task=pushing --tag=default --out="$out" 2>&1 \
+    timeout 90 python3 benchmarks/reward_check.py --task=pushing --tag=default --out="$out" 2>&1 \
       | tail -5 | tee "$out/reward_check.log"
     timeout $((${BUDGET_S:-560} - SECONDS)) python3 benchmarks/fused_step.py --rewards=holdr \
       --nums=512 --ratios=0.0625 --iterations=3 --repeats=2 --tag=holdr512 --out="$out" 2>&1 \
