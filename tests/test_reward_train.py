@@ -326,8 +326,10 @@ def test_goal_pose_frames_move_only_the_hand():
     other offsets move the hand, and each start scene gets all of them."""
     env = rt.task_env("pushing")
     (qpos, _), = env.task.goal_worlds().values()
-    start = jax.device_get(env.reset(jax.random.key(0), 1).data.qpos)
-    frames = check.goal_pose_frames(env, np.stack([np.asarray(qpos), start[0]]), num_envs=16)
+    start, _ = env.task.init_world(jax.random.key(0))  # a start scene (no render, no compile)
+    # 32 worlds at a time, as the check CLI's test renders them: one compile serves both.
+    frames = check.goal_pose_frames(env, np.stack([np.asarray(qpos), np.asarray(start)]),
+                                    num_envs=32)
     offsets = len(check.GOAL_POSE_OFFSETS)
     assert frames.shape == (2 * offsets, *env.image_shape, 3) and offsets == 9
     centre = int(np.flatnonzero((check.GOAL_POSE_OFFSETS == 0).all(axis=1))[0])
@@ -388,7 +390,14 @@ def test_make_reward_uses_the_default_model_training_it_first(tiny_model, tmp_pa
     reward_fn = base.make_reward(config, env)
     assert trained == [("pushing", default)]
     assert "demo-trained HOLD-C" in capsys.readouterr().err
+    capsys.readouterr()
     base.make_reward(config, env)  # exists now: no second training
     assert len(trained) == 1
+    # It was trained with the tiny settings, not the defaults: make_reward says so.
+    err = capsys.readouterr().err
+    assert "no longer the defaults" in err and "expert_episodes" in err and "--overwrite" in err
+    assert rt.stale_settings(default) == sorted(
+        k for k, v in dataclasses.asdict(TINY).items()
+        if v != getattr(rt.RewardTrainConfig(), k) and k != "seed")
     assert float(reward_fn.baselines[0]) < 1e-3
     assert reward_fn.distance(reward_fn.goals).shape == (1, 1)

@@ -40,6 +40,7 @@ the reward is the negated distance, so it correlates negatively):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -141,6 +142,13 @@ def time_to_reach(distance: np.ndarray, reached: np.ndarray,
     return (float(np.mean(per_episode)) if per_episode else float("nan")), len(per_episode)
 
 
+@functools.cache
+def _world_renderer(env: ManipulationEnv):
+    """One compiled ``render_worlds`` per env, as training's rollouts are (a compile costs
+    tens of seconds on a CPU)."""
+    return jax.jit(env.render_worlds)
+
+
 def goal_pose_frames(env: ManipulationEnv, qpos: np.ndarray, num_envs: int) -> np.ndarray:
     """Renders of the scenes ``qpos`` (E, nq) with the hand moved to the final goal image's
     hand pose plus each of ``GOAL_POSE_OFFSETS`` (K): (E * K, H, W, 3), scene-major."""
@@ -149,7 +157,7 @@ def goal_pose_frames(env: ManipulationEnv, qpos: np.ndarray, num_envs: int) -> n
     scenes = np.repeat(np.asarray(qpos), len(hands), axis=0)
     hands = jnp.tile(hands, (len(qpos), 1))
     posed = jax.vmap(env.task.place_hand)(jnp.asarray(scenes), hands)
-    render = jax.jit(env.render_worlds)
+    render = _world_renderer(env)
     total = len(scenes)
     padded = -(-total // num_envs) * num_envs
     posed, hands = (jnp.resize(x, (padded, x.shape[1])) for x in (posed, hands))

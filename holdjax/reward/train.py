@@ -614,7 +614,21 @@ def ensure_default_model(task: str) -> str:
               f"training holdjax's demo-trained HOLD-C for {task} first "
               "(python -m holdjax.reward.train)", file=sys.stderr)
         train(RewardTrainConfig(task=task), path)
+    elif (stale := stale_settings(path)):
+        print(f"reward holdc: the default model at {path} was trained with settings that are no "
+              f"longer the defaults ({', '.join(stale)}); it is used as it is, and "
+              f"`python -m holdjax.reward.train --task={task} --overwrite` retrains it",
+              file=sys.stderr)
     return path
+
+
+def stale_settings(path: str) -> list[str]:
+    """The training settings of the model at ``path`` (its model.json) that differ from the
+    current defaults for its task, e.g. a default model trained by an older holdjax."""
+    with open(os.path.join(path, MODEL_FILE)) as f:
+        used = json.load(f)["train"]
+    defaults = dataclasses.asdict(RewardTrainConfig(task=used["task"]))
+    return sorted(k for k, v in defaults.items() if k != "seed" and used.get(k) != v)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RewardTrainConfig, str]:
