@@ -237,6 +237,16 @@ def test_committed_goal_images_match_a_fresh_render(task):
         assert np.abs(committed.astype(int) - image).max() <= 2, name
 
 
+def test_load_goal_images_stacks_a_tasks_subgoal_images_in_order():
+    from holdjax.envs.goal_images import load_goal_image, load_goal_images
+
+    task = envs.make_task("drawer_open")
+    images = load_goal_images(task)
+    assert images.shape == (2, *task.image_shape, 3) and images.dtype == np.uint8
+    for image, name in zip(images, ("drawer_open_step1", "drawer_open_step2"), strict=True):
+        np.testing.assert_array_equal(image, load_goal_image(name))
+
+
 def test_success_metrics_defaults_subgoal_to_success():
     from holdjax.envs.base import success_metrics
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from holdjax.config import TrainConfig
-from holdjax.envs.goal_images import load_goal_image
+from holdjax.envs.goal_images import load_goal_image, load_goal_images
 from holdjax.reward import base, check, holdc, holdr, shaping
 from holdjax.reward import train as rt
 
@@ -297,7 +297,7 @@ def test_score_segments_expert_episodes_by_subgoal():
     script = rt.Script(random_until=np.array([0, 2, 0]), expert_until=np.array([8, 8, 3]),
                        speed=np.ones(3), noise=np.zeros(3), action_hold=np.ones(3, int),
                        start_hand=np.zeros((3, 3)), from_start_hand=np.zeros(3, bool))
-    goals = np.stack([load_goal_image(name) for name in env.task.goal_worlds()])
+    goals = load_goal_images(env.task)
     reward_fn = base.RewardFunction("holdc", shaping.ShapingConfig(), goals, channel_distance)
     goal_pose = np.zeros((4, 1, 1, 3), np.uint8)
     goal_pose[:, 0, 0, 1] = [1, 3, 5, 0]

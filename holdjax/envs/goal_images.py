@@ -45,6 +45,11 @@ def load_goal_image(name: str, directory: str = GOAL_IMAGES_DIR) -> np.ndarray:
     return np.load(path)
 
 
+def load_goal_images(task: envs.Task, directory: str = GOAL_IMAGES_DIR) -> np.ndarray:
+    """The committed goal images of ``task``, one per subgoal in order: (G, H, W, 3) uint8."""
+    return np.stack([load_goal_image(name, directory) for name in task.goal_worlds()])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m holdjax.envs.goal_images")
     parser.add_argument("--tasks", default=",".join(envs.TASKS))

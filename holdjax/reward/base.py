@@ -13,7 +13,7 @@ import numpy as np
 from flax import struct
 
 from holdjax.envs.base import EnvState, ManipulationEnv
-from holdjax.envs.goal_images import load_goal_image
+from holdjax.envs.goal_images import load_goal_images
 from holdjax.reward import holdr, l2, shaping
 
 DISTANCE_REWARDS = ("l2", "holdc", "holdr", "r3m")
@@ -217,7 +217,7 @@ def r3m_model(config):
 def make_reward(config, env: ManipulationEnv) -> RewardFunction:
     """The reward ``config.reward`` for ``env``, with the task's committed goal images;
     ``config`` is a :class:`holdjax.config.TrainConfig`."""
-    goals = np.stack([load_goal_image(name) for name in env.task.goal_worlds()])
+    goals = load_goal_images(env.task)
     if goals.shape[1:3] != env.image_shape:
         raise ValueError(
             f"goal images are {goals.shape[1:3]} but the env renders {env.image_shape}; "

@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from holdjax import envs
 from holdjax.envs.base import EnvState, ManipulationEnv, Task
-from holdjax.envs.goal_images import load_goal_image
+from holdjax.envs.goal_images import load_goal_images
 from holdjax.reward import holdc, scenic_checkpoint
 
 MODEL_FILE = "model.json"
@@ -590,7 +590,7 @@ def train(config: RewardTrainConfig, out: str, quiet: bool = False) -> dict:
     demos, reached = demonstrations(config, env, jax.random.key(config.seed))
     render_s = time.perf_counter() - start
     variables, losses = fit(config, demos, quiet)
-    goals = np.stack([load_goal_image(name) for name in env.task.goal_worlds()])
+    goals = load_goal_images(env.task)
     variables, scale = calibrate(config, variables, reached, goals)
     info = {
         "task": config.task,
