@@ -321,6 +321,18 @@ def test_score_segments_expert_episodes_by_subgoal():
     np.testing.assert_allclose(result["spearman_state"], 1.0)
 
 
+def test_in_chunks_pads_the_last_chunk_and_keeps_the_order():
+    calls = []
+
+    def fn(a, b):
+        calls.append(a.shape)
+        return a * 10 + b
+
+    a, b = np.arange(7), np.arange(7) % 3
+    np.testing.assert_array_equal(check.in_chunks(fn, a, b, chunk=3), a * 10 + b)
+    assert calls == [(3,)] * 3  # 7 rows: three calls of one shape
+
+
 def test_goal_pose_frames_move_only_the_hand():
     """The goal world's scene with the hand at the goal pose renders the goal image; the
     other offsets move the hand, and each start scene gets all of them."""

@@ -236,9 +236,8 @@ class ManipulationEnv:
 
     def reset_at(self, qpos: jax.Array, hand_mocap: jax.Array) -> EnvState:
         """Fresh episodes from given worlds: positions ``qpos`` (N, nq), hand target (N, 3)."""
-        num_envs = qpos.shape[0]
-        data = jax.vmap(functools.partial(self._world_at, num_envs=num_envs))(qpos, hand_mocap)
-        return self._finish(data, jnp.zeros((num_envs,), jnp.int32))
+        return self._finish(self._worlds_at(qpos, hand_mocap),
+                            jnp.zeros((qpos.shape[0],), jnp.int32))
 
     def step(self, state: EnvState, action: jax.Array) -> EnvState:
         """Advances every world by one control period; ``action`` is (N, action_dim)."""
@@ -250,8 +249,11 @@ class ManipulationEnv:
 
     def render_worlds(self, qpos: jax.Array, hand_pos: jax.Array) -> jax.Array:
         """Images of worlds posed at ``qpos`` (N, nq) with the hand target at (N, 3)."""
-        world_at = functools.partial(self._world_at, num_envs=qpos.shape[0])
-        return self.render(jax.vmap(world_at)(qpos, hand_pos))
+        return self.render(self._worlds_at(qpos, hand_pos))
+
+    def _worlds_at(self, qpos: jax.Array, hand_mocap: jax.Array) -> mjx.Data:
+        return jax.vmap(functools.partial(self._world_at, num_envs=qpos.shape[0]))(
+            qpos, hand_mocap)
 
     def _world_at(self, qpos: jax.Array, hand_mocap: jax.Array, num_envs: int) -> mjx.Data:
         if self.impl == "warp":  # Warp sizes its contact buffer for all worlds together

@@ -103,12 +103,14 @@ def object_to_goal(env: ManipulationEnv, qpos: np.ndarray) -> np.ndarray:
     return np.linalg.norm(qpos[..., adr:adr + dims] - goal, axis=-1)
 
 
-def in_chunks(fn, inputs: np.ndarray) -> np.ndarray:
-    """``fn`` over ``inputs`` (B, ...) in chunks of ``EMBED_CHUNK``, the last one padded."""
-    padded = np.concatenate([inputs, np.repeat(inputs[:1], -len(inputs) % EMBED_CHUNK, axis=0)])
-    out = [np.asarray(fn(jnp.asarray(padded[i:i + EMBED_CHUNK])))
-           for i in range(0, len(padded), EMBED_CHUNK)]
-    return np.concatenate(out)[:len(inputs)]
+def in_chunks(fn, *inputs: np.ndarray, chunk: int = EMBED_CHUNK) -> np.ndarray:
+    """``fn`` over ``inputs`` (each (B, ...)) in chunks of ``chunk`` along B, the last one
+    padded with copies of the first row, so that every call has one compiled shape."""
+    total = len(inputs[0])
+    padded = [np.concatenate([x, np.repeat(x[:1], -total % chunk, axis=0)]) for x in inputs]
+    out = [np.asarray(fn(*(jnp.asarray(x[i:i + chunk]) for x in padded)))
+           for i in range(0, len(padded[0]), chunk)]
+    return np.concatenate(out)[:total]
 
 
 def distances_to_goals(reward_fn: RewardFunction, frames: np.ndarray) -> np.ndarray:
@@ -157,12 +159,7 @@ def goal_pose_frames(env: ManipulationEnv, qpos: np.ndarray, num_envs: int) -> n
     scenes = np.repeat(np.asarray(qpos), len(hands), axis=0)
     hands = jnp.tile(hands, (len(qpos), 1))
     posed = jax.vmap(env.task.place_hand)(jnp.asarray(scenes), hands)
-    render = _world_renderer(env)
-    total = len(scenes)
-    padded = -(-total // num_envs) * num_envs
-    posed, hands = (jnp.resize(x, (padded, x.shape[1])) for x in (posed, hands))
-    return np.concatenate([jax.device_get(render(posed[i:i + num_envs], hands[i:i + num_envs]))
-                           for i in range(0, padded, num_envs)])[:total]
+    return in_chunks(_world_renderer(env), np.asarray(posed), np.asarray(hands), chunk=num_envs)
 
 
 def check_scripts(key: jax.Array, experts: int, randoms: int,
