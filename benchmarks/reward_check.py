@@ -33,18 +33,18 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="pushing")
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated")
-    for field in dataclasses.fields(reward_train.RewardTrainConfig):
-        if field.name not in ("task", "seed"):
-            parser.add_argument(f"--{field.name}", type=type(field.default), default=None,
-                                help=f"training setting (default: {field.default})")
+    settings = [f for f in dataclasses.fields(reward_train.RewardTrainConfig)
+                if f.name not in ("task", "seed")]  # both set above, per run
+    for field in settings:
+        parser.add_argument(f"--{field.name}", type=type(field.default), default=None,
+                            help=f"training setting (default: {field.default})")
     parser.add_argument("--check_seed", type=int, default=1, help="the check episodes' seed")
     parser.add_argument("--tag", default="", help="variant name for the results file")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
 
-    fields = {f.name for f in dataclasses.fields(reward_train.RewardTrainConfig)}
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in fields - {"task", "seed"} and v is not None}
+    overrides = {f.name: getattr(args, f.name) for f in settings
+                 if getattr(args, f.name) is not None}
     env = reward_train.task_env(args.task)
     rows = []
     for seed in map(int, args.seeds.split(",")):

@@ -124,15 +124,15 @@ class RewardTrainConfig:
             raise ValueError("neg_radius must exceed pos_radius")
         if self.clip_length <= self.neg_radius:
             raise ValueError("clip_length must exceed neg_radius, or clips hold no negatives")
-        frames = envs.task_class(self.task).episode_length + 1
-        if self.clip_stride >= 1 and self.clip_span > frames:
-            raise ValueError(f"a clip spans {self.clip_span} steps ((clip_length - 1) x "
-                             f"clip_stride + 1) but {self.task} episodes have {frames} frames; "
-                             "shorten the clips or their stride")
         for name in ("expert_episodes", "num_envs", "steps", "clips", "image_size",
                      "clip_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        frames = envs.task_class(self.task).episode_length + 1
+        if self.clip_span > frames:
+            raise ValueError(f"a clip spans {self.clip_span} steps ((clip_length - 1) x "
+                             f"clip_stride + 1) but {self.task} episodes have {frames} frames; "
+                             "shorten the clips or their stride")
         for name in ("random_episodes", "wander_episodes", "goal_pose_episodes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -480,11 +480,12 @@ class Reached:
 def first_reached(footage: Footage, demonstrations: int, num_goals: int) -> Reached:
     """For goal image k (0-based) of ``num_goals``, every one of the first ``demonstrations``
     episodes' first frame whose state satisfies subgoal k + 1 (success, for one goal)."""
+    subgoal, all_frames = np.asarray(footage.subgoal[:demonstrations]), footage.frames
     frames, goals = [], []
     for k in range(num_goals):
-        reached = np.asarray(footage.subgoal[:demonstrations]) >= k + 1
+        reached = subgoal >= k + 1
         episodes = np.flatnonzero(reached.any(axis=1))
-        frames.append(np.asarray(footage.frames)[episodes, reached[episodes].argmax(axis=1)])
+        frames.append(np.asarray(all_frames[episodes, reached[episodes].argmax(axis=1)]))
         goals.append(np.full(len(episodes), k, np.int32))
     return Reached(frames=np.concatenate(frames), goal=np.concatenate(goals))
 
@@ -516,8 +517,8 @@ def median_reached_distance(config: RewardTrainConfig, variables: dict, reached:
         raise ValueError("no demonstration reached a goal image, so the distance scale is "
                          "undefined; render more expert_episodes or set solved_distance=0")
     model = dataclasses.replace(config.model, distance_type="eucl")
-    dist = np.concatenate([np.asarray(holdc.distance(model, variables, reached.frames[i:i + 512],
-                                                     jnp.asarray(goals)))
+    to_goals = holdc.HoldCDistance(model, variables).to_goals(jnp.asarray(goals))
+    dist = np.concatenate([np.asarray(to_goals(reached.frames[i:i + 512]))
                            for i in range(0, len(reached.goal), 512)])
     return float(np.median(dist[np.arange(len(dist)), reached.goal]))
 
