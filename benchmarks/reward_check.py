@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import tempfile
 import time
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--check_seed", type=int, default=1, help="the check episodes' seed")
     parser.add_argument("--tag", default="", help="variant name for the results file")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--keep", default="",
+                        help="keep each trained model as <this>/seed<seed> (default: discarded), "
+                             "e.g. for train's --reward_checkpoint")
     args = parser.parse_args(argv)
 
     overrides = {f.name: getattr(args, f.name) for f in settings
@@ -49,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for seed in map(int, args.seeds.split(",")):
         config = reward_train.RewardTrainConfig(task=args.task, seed=seed, **overrides)
-        with tempfile.TemporaryDirectory() as model_dir:
+        with tempfile.TemporaryDirectory() as scratch:
+            model_dir = os.path.join(args.keep or scratch, f"seed{seed}")
             info = reward_train.train(config, model_dir)
             start = time.perf_counter()
             scores = check.evaluate(check.reward_for(args.task, "holdc", model_dir), env,

@@ -55,7 +55,9 @@ def test_triplet_sampling_respects_the_radii():
     e, t = np.meshgrid(np.arange(episodes), np.arange(length), indexing="ij")
     frames = np.broadcast_to(np.stack([e, t, t], -1)[:, :, None, None, :],
                              (episodes, length, 2, 2, 3)).astype(np.uint8)
-    demos = rt.Demos(frames=jnp.asarray(frames), lengths=lengths)
+    demos = rt.Demos(frames=jnp.asarray(frames), lengths=lengths,
+                     steps_to_goals=jnp.full((episodes, length, 1), -1.0),
+                     goals=jnp.zeros((1, 2, 2, 3), jnp.uint8))
     for seed in range(5):
         got, timesteps, ids = rt.sample_clips(jax.random.key(seed), demos, 6, 16)
         assert got.shape == (96, 2, 2, 3)
@@ -129,6 +131,31 @@ def test_usable_lengths_cut_demonstrations_after_success_and_cover_a_clip():
     footage = rt.Footage(frames=None, success=success, subgoal=None, qpos=None)
     lengths = rt.usable_lengths(footage, config, config.demonstrations)
     assert lengths.tolist() == [24, 11, 29, 30]
+
+
+def test_steps_to_goals_count_down_to_each_first_reach():
+    """Demonstrations count the steps to their first frame satisfying subgoal k + 1, then 0;
+    goals an episode never reaches, and every non-expert episode, are unknown (-1)."""
+    subgoal = np.array([[0, 1, 1, 2, 2], [0, 0, 0, 1, 1], [0, 0, 2, 2, 2]])
+    got = rt.steps_to_goals(subgoal, demonstrations=2, num_goals=2)
+    assert got.shape == (3, 5, 2) and got.dtype == np.float32
+    assert got[0, :, 0].tolist() == [1, 0, 0, 0, 0] and got[0, :, 1].tolist() == [3, 2, 1, 0, 0]
+    assert got[1, :, 0].tolist() == [3, 2, 1, 0, 0] and (got[1, :, 1] == -1).all()
+    assert (got[2] == -1).all()  # reaches both goals, but is not a demonstration
+
+
+def test_time_loss_against_hand_computed_values():
+    """Huber error (delta 1) of each frame's distance to each goal against 1 + steps / unit,
+    averaged over the known pairs only."""
+    goals = jnp.array([[0.0, 0.0], [10.0, 0.0]])
+    frames = jnp.array([[3.0, 4.0], [10.0, 1.0]])  # distances (5, 8.06) and (10.05, 1)
+    steps = jnp.array([[20.0, -1.0], [-1.0, 5.0]])  # targets 3 (error 2) and 1.5 (error 0.5)
+    loss = rt.time_loss(frames, goals, steps, time_unit=10.0)
+    np.testing.assert_allclose(loss, ((2 - 0.5) + 0.5 * 0.5**2) / 2, rtol=1e-5)
+    assert float(rt.time_loss(frames, goals, -jnp.ones((2, 2)), 10.0)) == 0.0
+    # The gradient reaches the embeddings, also at a frame that sits on its goal.
+    grad = jax.grad(rt.time_loss)(goals, goals, jnp.array([[0.0, -1], [-1, 10]]), 10.0)
+    assert np.isfinite(np.asarray(grad)).all()
 
 
 def test_first_reached_frames_and_embedding_scale():

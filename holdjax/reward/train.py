@@ -109,6 +109,13 @@ class RewardTrainConfig:
     pos_radius: int = 2  # hold-rewards' holdc/resnet50.py
     neg_radius: int = 4
     margin: float = 0.2
+    # Time-to-goal regression beside the triplet loss (0: off): each demonstration frame's
+    # distance to the goal image it heads for is pulled (Huber) towards 1 + its steps to
+    # reaching that image / time_unit. The triplet loss only orders distances, so a frame it
+    # never paired with a solved one (the hand on the goal image's pose, the object unmoved)
+    # can sit just beyond the solved frames; the regression puts it as far as its steps to go.
+    time_weight: float = 0.0
+    time_unit: float = 10.0
     # Scale: the triplet loss fixes distances only up to a factor, while the reference's
     # reward settings (normaliser 5 for pushing, subtask threshold 1 for drawer_open) assume
     # the released model's, where reaching a goal image scores about 1. After training the
@@ -141,6 +148,9 @@ class RewardTrainConfig:
         if self.solved_distance < 0:
             raise ValueError(f"solved_distance must be >= 0 (0: unscaled), got "
                              f"{self.solved_distance}")
+        if self.time_weight < 0 or self.time_unit <= 0:
+            raise ValueError(f"time_weight must be >= 0 and time_unit > 0, got "
+                             f"{self.time_weight} and {self.time_unit}")
         if self.goal_pose_noise < 0:
             raise ValueError(f"goal_pose_noise must be >= 0, got {self.goal_pose_noise}")
         if self.clips > self.episodes:
@@ -336,6 +346,22 @@ def render_footage(env: ManipulationEnv, script: Script, key: jax.Array, num_env
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:total], *parts)
 
 
+def steps_to_goals(subgoal: np.ndarray, demonstrations: int, num_goals: int) -> np.ndarray:
+    """(E, T + 1, G) float32: for frame t of one of the first ``demonstrations`` episodes,
+    the steps until the episode first satisfies subgoal k + 1 (0 from then on); -1 where the
+    episode never does, and in every later (non-expert) episode, whose time to go is unknown."""
+    subgoal = np.asarray(subgoal)
+    num_episodes, num_frames = subgoal.shape
+    t = np.arange(num_frames)
+    out = np.full((num_episodes, num_frames, num_goals), -1.0, np.float32)
+    for k in range(num_goals):
+        reached = subgoal >= k + 1
+        first = reached.argmax(axis=1)
+        known = reached.any(axis=1) & (np.arange(num_episodes) < demonstrations)
+        out[known, :, k] = np.maximum(first[known, None] - t[None, :], 0)
+    return out
+
+
 def usable_lengths(footage: Footage, config: RewardTrainConfig, experts: int) -> np.ndarray:
     """Frames per episode to train on: experts up to ``success_tail`` frames past their first
     success (at least one clip), random episodes whole."""
@@ -404,6 +430,8 @@ class Demos:
 
     frames: jax.Array  # (E, T + 1, S, S, 3) uint8
     lengths: jax.Array  # (E,) int32 usable frames per episode
+    steps_to_goals: jax.Array  # (E, T + 1, G) float32 steps to reaching each goal, -1 unknown
+    goals: jax.Array  # (G, S, S, 3) uint8 the goal images' central squares
 
 
 @struct.dataclass
@@ -427,6 +455,20 @@ def sample_clips(key: jax.Array, demos: Demos, clips: int, clip_length: int,
     frames = demos.frames[episodes[:, None], timesteps]
     ids = jnp.broadcast_to(episodes[:, None], timesteps.shape)
     return (frames.reshape(-1, *frames.shape[2:]), timesteps.reshape(-1), ids.reshape(-1))
+
+
+def time_loss(embeddings: jax.Array, goal_embeddings: jax.Array, steps_to_goals: jax.Array,
+              time_unit: float) -> jax.Array:
+    """Mean Huber error of the frames' Euclidean distances (B, G) to the goals' embeddings
+    against 1 + steps to go / ``time_unit``, over the (frame, goal) pairs whose steps to go
+    are known (>= 0); 0 when none is."""
+    chex.assert_rank([embeddings, goal_embeddings, steps_to_goals], 2)
+    chex.assert_shape(steps_to_goals, (embeddings.shape[0], goal_embeddings.shape[0]))
+    sq = jnp.sum(jnp.square(embeddings[:, None, :] - goal_embeddings[None, :, :]), axis=-1)
+    dist = jnp.sqrt(sq + 1e-12)
+    known = steps_to_goals >= 0
+    error = optax.huber_loss(dist, 1.0 + steps_to_goals / time_unit)
+    return jnp.sum(jnp.where(known, error, 0.0)) / jnp.maximum(known.sum(), 1)
 
 
 def make_optimizer(config: RewardTrainConfig) -> optax.GradientTransformation:
@@ -455,11 +497,20 @@ def train_step(config: RewardTrainConfig, demos: Demos,
     images = holdc.preprocess(config.model, frames)
     model = holdc.build_model(config.model)
 
+    if config.time_weight:  # the goal images share the batch, so one forward pass serves
+        images = jnp.concatenate([images, holdc.preprocess(config.model, demos.goals)])
+
     def loss_fn(params):
         embeddings, updates = model.apply(
             {"params": params, "batch_stats": state.batch_stats}, images, train=True,
             mutable=["batch_stats"])
-        loss, _ = triplet_loss(embeddings, timesteps, ids, *config.step_radii, config.margin)
+        frames_embedded = embeddings[:timesteps.shape[0]]
+        loss, _ = triplet_loss(frames_embedded, timesteps, ids, *config.step_radii,
+                               config.margin)
+        if config.time_weight:
+            loss += config.time_weight * time_loss(
+                frames_embedded, embeddings[timesteps.shape[0]:],
+                demos.steps_to_goals[ids, timesteps], config.time_unit)
         return loss, updates["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -497,8 +548,13 @@ def demonstrations(config: RewardTrainConfig, env: ManipulationEnv,
     footage = render_footage(env, script, jax.random.fold_in(key, 1), config.num_envs,
                              desc=f"{config.task}: rendering demos")
     lengths = usable_lengths(footage, config, config.demonstrations)
-    reached = first_reached(footage, config.demonstrations, env.task.num_subgoals)
-    return Demos(frames=jnp.asarray(footage.frames), lengths=jnp.asarray(lengths)), reached
+    num_goals = env.task.num_subgoals
+    reached = first_reached(footage, config.demonstrations, num_goals)
+    goals = holdc.central_crop(jnp.asarray(load_goal_images(env.task)))
+    return Demos(frames=jnp.asarray(footage.frames), lengths=jnp.asarray(lengths),
+                 steps_to_goals=jnp.asarray(steps_to_goals(footage.subgoal,
+                                                           config.demonstrations, num_goals)),
+                 goals=goals), reached
 
 
 def scale_embeddings(variables: dict, factor: float) -> dict:
