@@ -12,12 +12,16 @@ under the curve) and over the last ``--last`` evals. The first config is the bas
 other gets ``beats_baseline`` when both of its figures exceed the baseline's. With
 ``--observation=state`` the policy and critics see the task's state while the distance reward
 still scores the rendered frames, which makes the comparison affordable on a CPU; the paper's
-policies see pixels. Writes ``benchmarks/results/reward_comparison[-<tag>]-<device>.json``.
+policies see pixels. ``--pool=a.json,b.json`` compares the rows of earlier results trained on
+different ``--seed`` as one run over all their seeds, training nothing. Writes
+``benchmarks/results/reward_comparison[-<tag>]-<device>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 import numpy as np
@@ -48,6 +52,51 @@ def compare(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def seed_range(flags: list[str], seeds: int) -> range:
+    """The seeds a run trained: ``--seed`` (default 0) onwards, ``seeds`` of them."""
+    first = [int(f.split("=", 1)[1]) for f in flags if f.startswith("--seed=")]
+    return range(first[-1] if first else 0, (first[-1] if first else 0) + seeds)
+
+
+def pool(paths: list[str], configs: list[str], last: int) -> list[dict]:
+    """One row per config from earlier results of this script trained on other seeds: eval
+    success averaged over every seed of every file holding that config (each file's
+    per-eval means weighted by its seeds), so that runs made apart compare as one."""
+    found = {config: [] for config in configs}
+    for path in paths:
+        with open(path) as f:
+            result = json.load(f)
+        for row in result["rows"]:
+            if row["config"] in found:
+                found[row["config"]].append((path, result["flags"], row))
+    rows = []
+    for config, parts in found.items():
+        if not parts:
+            raise ValueError(f"no row of {config} in {', '.join(paths)}")
+        seeds = [seed_range(flags, row["seeds"]) for _, flags, row in parts]
+        trained = [s for r in seeds for s in r]
+        if len(set(trained)) < len(trained):
+            raise ValueError(f"{config}: the files share seeds ({trained}); pool runs made "
+                             "with different --seed")
+        steps = {tuple(row["env_steps"]) for _, _, row in parts}
+        if len(steps) > 1:
+            raise ValueError(f"{config}: the files evaluated at different env steps")
+        weights = np.array([row["seeds"] for _, _, row in parts], float)
+        per_eval = np.array([row["mean_success_per_eval"] for _, _, row in parts])
+        per_eval = (weights[:, None] * per_eval).sum(axis=0) / weights.sum()
+        rows.append({"config": config, "reward": parts[0][2]["reward"],
+                     "seeds": len(trained), "seed_list": sorted(trained),
+                     "env_steps": parts[0][2]["env_steps"],
+                     "final_eval_success_per_seed": [x for _, _, row in parts
+                                                     for x in row["final_eval_success_per_seed"]],
+                     "sources": [{"file": os.path.basename(path), "flags": flags}
+                                 for path, flags, _ in parts],
+                     "mean_success_per_eval": per_eval.tolist(),
+                     "mean_success_all_evals": float(per_eval.mean()),
+                     "mean_success_last_evals": float(per_eval[-last:].mean())})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,10 +105,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--last", type=int, default=3, help="evals at the end to average")
     parser.add_argument("--tag", default="", help="variant name for the results file")
     parser.add_argument("--results", default=None, help="results folder")
+    parser.add_argument("--pool", default="",
+                        help="comma-separated results files of this script, trained with the "
+                             "same flags on different --seed: compare their seeds together "
+                             "instead of training")
     args, train_flags = parser.parse_known_args(argv)
 
     rows = []
-    for config in args.configs.split(","):
+    if args.pool:
+        if train_flags:
+            parser.error(f"--pool trains nothing, so {' '.join(train_flags)} would be ignored")
+        rows = pool(args.pool.split(","), args.configs.split(","), args.last)
+        train_flags = sorted({f for r in rows for s in r["sources"] for f in s["flags"]
+                              if not f.startswith(("--seed=", "--seeds="))})
+    for config in [] if args.pool else args.configs.split(","):
         summary = train_run.main([f"--config={config}", *train_flags,
                                   "--path_save_frequency=0", "--results=/tmp"])
         rows.append({"config": config, "reward": summary["reward"],

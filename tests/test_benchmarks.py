@@ -243,6 +243,47 @@ def test_reward_comparison_at_equal_env_steps(tmp_path, monkeypatch):
                                 f"--results={tmp_path}"])
 
 
+def test_reward_comparison_pools_runs_made_on_other_seeds(tmp_path):
+    """Rows of earlier results on disjoint seeds average per eval, weighted by their seeds;
+    shared seeds, unequal env steps, a missing config and training flags are refused."""
+    def result(name, seed_flag, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps({"flags": ["--total_steps=2000", *seed_flag], "rows": [
+            {"config": c, "reward": c.split("_")[-1], "seeds": n, "env_steps": [1000, 2000],
+             "final_eval_success_per_seed": [curve[-1]] * n, "mean_success_per_eval": curve}
+            for c, n, curve in rows]}))
+        return str(path)
+
+    first = result("a.json", ["--seeds=3"], [("fig3a_pushing_sac", 3, [0.0, 0.3]),
+                                              ("fig3a_pushing_holdc", 3, [0.2, 0.1])])
+    second = result("b.json", ["--seed=3", "--seeds=1"], [("fig3a_pushing_sac", 1, [0.4, 0.7]),
+                                                           ("fig3a_pushing_holdc", 1, [0.6, 0.9])])
+    got = reward_comparison.main([f"--pool={first},{second}", "--last=1",
+                                  f"--results={tmp_path}", "--tag=pooled"])
+    sac, holdc = got["rows"]
+    assert sac["seed_list"] == holdc["seed_list"] == [0, 1, 2, 3]
+    assert sac["mean_success_per_eval"] == pytest.approx([0.1, 0.4])
+    assert holdc["mean_success_per_eval"] == pytest.approx([0.3, 0.3])
+    assert holdc["mean_success_all_evals"] == pytest.approx(0.3)
+    assert not holdc["beats_baseline"]  # ahead over all evals, behind at the last
+    assert [s["file"] for s in holdc["sources"]] == ["a.json", "b.json"]
+    assert got["flags"] == ["--total_steps=2000"]
+    with pytest.raises(ValueError, match="share seeds"):
+        reward_comparison.main([f"--pool={first},{first}", f"--results={tmp_path}"])
+    shorter = json.loads((tmp_path / "b.json").read_text())
+    for row in shorter["rows"]:
+        row["env_steps"] = [500, 1000]
+    (tmp_path / "c.json").write_text(json.dumps(shorter))
+    with pytest.raises(ValueError, match="different env steps"):
+        reward_comparison.main([f"--pool={first},{tmp_path / 'c.json'}",
+                                f"--results={tmp_path}"])
+    with pytest.raises(ValueError, match="no row of fig5a_pushing_l2"):
+        reward_comparison.main([f"--pool={first}", "--configs=fig5a_pushing_l2",
+                                f"--results={tmp_path}"])
+    with pytest.raises(SystemExit):
+        reward_comparison.main([f"--pool={first}", "--seeds=3"])
+
+
 def test_brax_sac_writes_well_formed_results(tmp_path, monkeypatch):
     """Both learners train and evaluate through the benchmark's own code (brax through the
     adapter and its wrappers) and the JSON holds every figure. The physics is a kinematic
