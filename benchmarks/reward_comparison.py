@@ -61,13 +61,15 @@ def seed_range(flags: list[str], seeds: int) -> range:
 def pool(paths: list[str], configs: list[str], last: int) -> list[dict]:
     """One row per config from earlier results of this script trained on other seeds: eval
     success averaged over every seed of every file holding that config (each file's
-    per-eval means weighted by its seeds), so that runs made apart compare as one."""
+    per-eval means weighted by its seeds), so that runs made apart compare as one. A path
+    ``file.json:config`` takes only that config's row from the file."""
     found = {config: [] for config in configs}
-    for path in paths:
+    for item in paths:
+        path, _, only = item.partition(":")
         with open(path) as f:
             result = json.load(f)
         for row in result["rows"]:
-            if row["config"] in found:
+            if row["config"] in found and only in ("", row["config"]):
                 found[row["config"]].append((path, result["flags"], row))
     rows = []
     for config, parts in found.items():
@@ -107,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results", default=None, help="results folder")
     parser.add_argument("--pool", default="",
                         help="comma-separated results files of this script, trained with the "
-                             "same flags on different --seed: compare their seeds together "
-                             "instead of training")
+                             "same flags on different --seed (file.json:config: only that "
+                             "config's row): compare their seeds together instead of training")
     args, train_flags = parser.parse_known_args(argv)
 
     rows = []

@@ -270,6 +270,11 @@ def test_reward_comparison_pools_runs_made_on_other_seeds(tmp_path):
     assert got["flags"] == ["--total_steps=2000"]
     with pytest.raises(ValueError, match="share seeds"):
         reward_comparison.main([f"--pool={first},{first}", f"--results={tmp_path}"])
+    # A file's row of one config only: the baseline from a, the HOLD-C row from b alone.
+    got = reward_comparison.main([f"--pool={first}:fig3a_pushing_sac,{second}", "--last=1",
+                                  f"--results={tmp_path}"])
+    assert got["rows"][1]["mean_success_per_eval"] == pytest.approx([0.6, 0.9])
+    assert got["rows"][0]["seed_list"] == [0, 1, 2, 3] and got["rows"][1]["seed_list"] == [3]
     shorter = json.loads((tmp_path / "b.json").read_text())
     for row in shorter["rows"]:
         row["env_steps"] = [500, 1000]
