@@ -114,7 +114,9 @@ class RewardTrainConfig:
     # reaching that image / time_unit. The triplet loss only orders distances, so a frame it
     # never paired with a solved one (the hand on the goal image's pose, the object unmoved)
     # can sit just beyond the solved frames; the regression puts it as far as its steps to go.
-    time_weight: float = 0.0
+    # On pushing it raised the check's scores (0.972 / 0.800 to 0.994 / 0.936, seed 0) and
+    # moved goal-pose frames from 1.7x to 3.4x a first success's distance (NOTES.md).
+    time_weight: float = 1.0
     time_unit: float = 10.0
     # Scale: the triplet loss fixes distances only up to a factor, while the reference's
     # reward settings (normaliser 5 for pushing, subtask threshold 1 for drawer_open) assume
