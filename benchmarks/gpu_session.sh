@@ -14,6 +14,7 @@
 #   bash benchmarks/gpu_session.sh next     # run_all (GL loop, brax), small demo model, HOLD-R 512
 #   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
 #   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
+#   bash benchmarks/gpu_session.sh compare  # figure 3a's sparse vs HOLD-C, state proxy, 10 seeds
 # Results go to $OUT (copied back) and benchmarks/results/ on the device.
 # OpenGL for the reference loop (the machine has no libEGL; without it the loop renders with
 # MJX, 22 ms a frame): stage the libraries here once per checkout with the device README's
@@ -94,6 +95,18 @@ case "${1:-envs}" in
       --config=fig3a_pushing_holdc --seeds=5 --reward_dtype=bfloat16 --path_save_frequency=0 \
       --checkpoint_frequency=1000 --out=/tmp/fig3a --results="$out" > "$out/fig3a.log" 2>&1
     tail -30 "$out/fig3a.log" ;;
+  compare)  # issue 4's figure-3a question with more seeds than a CPU affords: the CPU's
+    # state-policy proxy (NOTES.md), 10 seeds a reward, each its own file, then pooled
+    for config in fig3a_pushing_sac fig3a_pushing_holdc; do
+      timeout $(( (${BUDGET_S:-560} - SECONDS) / 2 )) python3 benchmarks/reward_comparison.py \
+        --configs=$config --seeds=10 --total_steps=60000 --observation=state \
+        --updates_per_step=1 --epoch_length=5000 --num_envs=16 --tag=state-60k-10seeds-$config \
+        --results="$out" 2>&1 | tail -3 | tee -a "$out/compare.log"
+    done
+    sparse=$(ls "$out"/reward_comparison-state-60k-10seeds-fig3a_pushing_sac-*.json)
+    holdc=$(ls "$out"/reward_comparison-state-60k-10seeds-fig3a_pushing_holdc-*.json)
+    python3 benchmarks/reward_comparison.py --pool="$sparse,$holdc" --tag=state-60k-10seeds \
+      --results="$out" 2>&1 | tail -4 | tee -a "$out/compare.log" ;;
   all)
     budget=${BUDGET_S:-480}
     timeout 130 python3 benchmarks/sac_update.py --seeds=1,5 --updates=200 --repeats=2 \
