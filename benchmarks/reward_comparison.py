@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "wall_s": summary["wall_s"],
                      "env_steps": [point["env_steps"] for point in summary["curve"]],
                      "final_eval_success_per_seed": summary["final_eval_success_per_seed"],
+                     "eval_success_per_seed": np.array(
+                         [point["eval_success_rate"] for point in summary["curve"]]).T.tolist(),
                      **success_figures(summary["curve"], args.last)})
     compare(rows)
 

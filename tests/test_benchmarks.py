@@ -230,6 +230,7 @@ def test_reward_comparison_at_equal_env_steps(tmp_path, monkeypatch):
     assert all("--seeds=2" in argv for argv in calls)
     sac, holdc, l2 = result["rows"]
     assert sac["mean_success_per_eval"] == pytest.approx([0.0, 0.05, 0.1])
+    assert sac["eval_success_per_seed"] == [[0.0, 0.0, 0.2], [0.0, 0.1, 0.0]]
     assert sac["mean_success_all_evals"] == pytest.approx(0.05)
     assert holdc["mean_success_last_evals"] == pytest.approx(0.5)
     assert holdc["beats_baseline"] and "beats_baseline" not in sac
