@@ -100,7 +100,8 @@ case "${1:-envs}" in
     for config in fig3a_pushing_sac fig3a_pushing_holdc; do
       timeout $(( (${BUDGET_S:-560} - SECONDS) / 2 )) python3 benchmarks/reward_comparison.py \
         --configs=$config --seeds=10 --total_steps=60000 --observation=state \
-        --updates_per_step=1 --epoch_length=5000 --num_envs=16 --tag=state-60k-10seeds-$config \
+        --updates_per_step=1 --epoch_length=5000 --num_envs=16 --distance_normalizer=10 \
+        --tag=state-60k-10seeds-$config \
         --results="$out" 2>&1 | tail -3 | tee -a "$out/compare.log"
     done
     sparse=$(ls "$out"/reward_comparison-state-60k-10seeds-fig3a_pushing_sac-*.json)
