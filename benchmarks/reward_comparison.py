@@ -54,8 +54,9 @@ def compare(rows: list[dict]) -> list[dict]:
 
 def seed_range(flags: list[str], seeds: int) -> range:
     """The seeds a run trained: ``--seed`` (default 0) onwards, ``seeds`` of them."""
-    first = [int(f.split("=", 1)[1]) for f in flags if f.startswith("--seed=")]
-    return range(first[-1] if first else 0, (first[-1] if first else 0) + seeds)
+    given = [int(f.split("=", 1)[1]) for f in flags if f.startswith("--seed=")]
+    first = given[-1] if given else 0
+    return range(first, first + seeds)
 
 
 def pool(paths: list[str], configs: list[str], last: int) -> list[dict]:
@@ -99,6 +100,20 @@ def pool(paths: list[str], configs: list[str], last: int) -> list[dict]:
     return rows
 
 
+def trained_row(config: str, train_flags: list[str], last: int) -> dict:
+    """Trains ``config`` with ``train_run.py`` under ``train_flags``; its row of the table."""
+    summary = train_run.main([f"--config={config}", *train_flags,
+                              "--path_save_frequency=0", "--results=/tmp"])
+    return {"config": config, "reward": summary["reward"],
+            "seeds": summary["seeds"], "completed": summary["completed"],
+            "wall_s": summary["wall_s"],
+            "env_steps": [point["env_steps"] for point in summary["curve"]],
+            "final_eval_success_per_seed": summary["final_eval_success_per_seed"],
+            "eval_success_per_seed": np.array(
+                [point["eval_success_rate"] for point in summary["curve"]]).T.tolist(),
+            **success_figures(summary["curve"], last)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,24 +128,15 @@ def main(argv: list[str] | None = None) -> dict:
                              "config's row): compare their seeds together instead of training")
     args, train_flags = parser.parse_known_args(argv)
 
-    rows = []
     if args.pool:
         if train_flags:
             parser.error(f"--pool trains nothing, so {' '.join(train_flags)} would be ignored")
         rows = pool(args.pool.split(","), args.configs.split(","), args.last)
         train_flags = sorted({f for r in rows for s in r["sources"] for f in s["flags"]
                               if not f.startswith(("--seed=", "--seeds="))})
-    for config in [] if args.pool else args.configs.split(","):
-        summary = train_run.main([f"--config={config}", *train_flags,
-                                  "--path_save_frequency=0", "--results=/tmp"])
-        rows.append({"config": config, "reward": summary["reward"],
-                     "seeds": summary["seeds"], "completed": summary["completed"],
-                     "wall_s": summary["wall_s"],
-                     "env_steps": [point["env_steps"] for point in summary["curve"]],
-                     "final_eval_success_per_seed": summary["final_eval_success_per_seed"],
-                     "eval_success_per_seed": np.array(
-                         [point["eval_success_rate"] for point in summary["curve"]]).T.tolist(),
-                     **success_figures(summary["curve"], args.last)})
+    else:
+        rows = [trained_row(config, train_flags, args.last)
+                for config in args.configs.split(",")]
     compare(rows)
 
     print(f"{'config':>24} {'reward':>7} {'all evals':>9} {'last ' + str(args.last):>7} "

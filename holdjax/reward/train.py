@@ -348,20 +348,22 @@ def render_footage(env: ManipulationEnv, script: Script, key: jax.Array, num_env
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:total], *parts)
 
 
+def first_reach(subgoal: np.ndarray, demonstrations: int, num_goals: int) -> np.ndarray:
+    """(E, G) int: the first frame at which each of the first ``demonstrations`` episodes
+    satisfies subgoal k + 1; -1 where it never does, and in every later (non-expert) episode."""
+    subgoal = np.asarray(subgoal)
+    reached = subgoal[:, :, None] >= np.arange(1, num_goals + 1)
+    demo = (np.arange(len(subgoal)) < demonstrations)[:, None]
+    return np.where(reached.any(axis=1) & demo, reached.argmax(axis=1), -1)
+
+
 def steps_to_goals(subgoal: np.ndarray, demonstrations: int, num_goals: int) -> np.ndarray:
     """(E, T + 1, G) float32: for frame t of one of the first ``demonstrations`` episodes,
     the steps until the episode first satisfies subgoal k + 1 (0 from then on); -1 where the
     episode never does, and in every later (non-expert) episode, whose time to go is unknown."""
-    subgoal = np.asarray(subgoal)
-    num_episodes, num_frames = subgoal.shape
-    t = np.arange(num_frames)
-    out = np.full((num_episodes, num_frames, num_goals), -1.0, np.float32)
-    for k in range(num_goals):
-        reached = subgoal >= k + 1
-        first = reached.argmax(axis=1)
-        known = reached.any(axis=1) & (np.arange(num_episodes) < demonstrations)
-        out[known, :, k] = np.maximum(first[known, None] - t[None, :], 0)
-    return out
+    first = first_reach(subgoal, demonstrations, num_goals)[:, None, :]
+    t = np.arange(np.shape(subgoal)[1])[None, :, None]
+    return np.where(first >= 0, np.maximum(first - t, 0), -1).astype(np.float32)
 
 
 def usable_lengths(footage: Footage, config: RewardTrainConfig, experts: int) -> np.ndarray:
@@ -391,9 +393,12 @@ def triplet_masks(timesteps: jax.Array, sequence_ids: jax.Array, pos_radius: int
     return positives, negatives
 
 
-def pairwise_sq_distances(embeddings: jax.Array) -> jax.Array:
-    chex.assert_rank(embeddings, 2)
-    return jnp.sum(jnp.square(embeddings[:, None, :] - embeddings[None, :, :]), axis=-1)
+def pairwise_sq_distances(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
+    """(A, B) squared Euclidean distances between the rows of ``a`` and of ``b`` (default
+    ``a``)."""
+    b = a if b is None else b
+    chex.assert_rank([a, b], 2)
+    return jnp.sum(jnp.square(a[:, None, :] - b[None, :, :]), axis=-1)
 
 
 def semi_hard_negatives(sq_dist: jax.Array, negatives: jax.Array) -> jax.Array:
@@ -466,8 +471,7 @@ def time_loss(embeddings: jax.Array, goal_embeddings: jax.Array, steps_to_goals:
     are known (>= 0); 0 when none is."""
     chex.assert_rank([embeddings, goal_embeddings, steps_to_goals], 2)
     chex.assert_shape(steps_to_goals, (embeddings.shape[0], goal_embeddings.shape[0]))
-    sq = jnp.sum(jnp.square(embeddings[:, None, :] - goal_embeddings[None, :, :]), axis=-1)
-    dist = jnp.sqrt(sq + 1e-12)
+    dist = jnp.sqrt(pairwise_sq_distances(embeddings, goal_embeddings) + 1e-12)
     known = steps_to_goals >= 0
     error = optax.huber_loss(dist, 1.0 + steps_to_goals / time_unit)
     return jnp.sum(jnp.where(known, error, 0.0)) / jnp.maximum(known.sum(), 1)
@@ -533,12 +537,11 @@ class Reached:
 def first_reached(footage: Footage, demonstrations: int, num_goals: int) -> Reached:
     """For goal image k (0-based) of ``num_goals``, every one of the first ``demonstrations``
     episodes' first frame whose state satisfies subgoal k + 1 (success, for one goal)."""
-    subgoal, all_frames = np.asarray(footage.subgoal[:demonstrations]), footage.frames
+    first = first_reach(footage.subgoal, demonstrations, num_goals)
     frames, goals = [], []
     for k in range(num_goals):
-        reached = subgoal >= k + 1
-        episodes = np.flatnonzero(reached.any(axis=1))
-        frames.append(np.asarray(all_frames[episodes, reached[episodes].argmax(axis=1)]))
+        episodes = np.flatnonzero(first[:, k] >= 0)
+        frames.append(np.asarray(footage.frames[episodes, first[episodes, k]]))
         goals.append(np.full(len(episodes), k, np.int32))
     return Reached(frames=np.concatenate(frames), goal=np.concatenate(goals))
 
@@ -649,8 +652,7 @@ def train(config: RewardTrainConfig, out: str, quiet: bool = False) -> dict:
     demos, reached = demonstrations(config, env, jax.random.key(config.seed))
     render_s = time.perf_counter() - start
     variables, losses = fit(config, demos, quiet)
-    goals = load_goal_images(env.task)
-    variables, scale = calibrate(config, variables, reached, goals)
+    variables, scale = calibrate(config, variables, reached, np.asarray(demos.goals))
     info = {
         "task": config.task,
         "frames": int(demos.lengths.sum()),
