@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from holdjax.reward import holdr
+from holdjax.reward import holdr, scenic_checkpoint
 
 HIDDEN, HEADS, PATCH, CROP, FRAMES = 32, 2, 8, 32, 4
 SPATIAL_MLP, TEMPORAL_MLP = 64, 48
@@ -161,7 +161,7 @@ def test_released_size_shapes():
 
 def test_scenic_tree_maps_leaf_for_leaf():
     tree = scenic_tree()
-    variables = holdr.variables_from_scenic(tree, CONFIG)
+    variables = scenic_checkpoint.holdr_variables(tree, CONFIG)
     got = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
     want = dict(jax.tree_util.tree_flatten_with_path(tree)[0])
     assert len(got) == len(want)
@@ -171,7 +171,7 @@ def test_scenic_tree_maps_leaf_for_leaf():
 
 def test_patch_and_position_embedding_match_hand_computation():
     p = scenic_tree()
-    variables = holdr.variables_from_scenic(p, CONFIG)
+    variables = scenic_checkpoint.holdr_variables(p, CONFIG)
     clip = np.random.default_rng(3).uniform(-1, 1, (2, FRAMES, CROP, CROP, 3)).astype(np.float32)
     _, state = holdr.HoldR(CONFIG).apply(variables, clip, capture_intermediates=True)
     embedded = state["intermediates"]["SpatialTransformer"]["posembed_input"]["__call__"][0]
@@ -184,7 +184,7 @@ def test_patch_and_position_embedding_match_hand_computation():
 
 def test_forward_matches_numpy_reference():
     p = scenic_tree()
-    variables = holdr.variables_from_scenic(p, CONFIG)
+    variables = scenic_checkpoint.holdr_variables(p, CONFIG)
     history, goal = _frames(4, (2, FRAMES - 1, 32, 40, 3)), _frames(5, (32, 40, 3))
     out = holdr.predict_time_to_goal(variables, history, goal, CONFIG)
     # The reference's input: centre crop (32x40 -> 32x32, 4 columns off each side), a resize
@@ -195,7 +195,7 @@ def test_forward_matches_numpy_reference():
 
 
 def test_bfloat16_close_to_float32():
-    variables = holdr.variables_from_scenic(scenic_tree(), CONFIG)
+    variables = scenic_checkpoint.holdr_variables(scenic_tree(), CONFIG)
     history, goal = _frames(6, (2, FRAMES - 1, 32, 32, 3)), _frames(7, (32, 32, 3))
     full = holdr.predict_time_to_goal(variables, history, goal, CONFIG)
     half = holdr.predict_time_to_goal(variables, history, goal,
@@ -245,17 +245,18 @@ def _without(tree, *keys):
 @pytest.mark.parametrize("mutate, leaf", [
     (lambda t: _without(t, "SpatialTransformer", "encoderblock_1", "MlpBlock_0", "Dense_1",
                         "bias"),
-     "missing leaf SpatialTransformer/encoderblock_1/MlpBlock_0/Dense_1/bias"),
+     "missing leaf params/SpatialTransformer/encoderblock_1/MlpBlock_0/Dense_1/bias"),
     (lambda t: {**t, "pre_logits": {"kernel": np.zeros((HIDDEN, HIDDEN))}},
-     "unexpected leaf pre_logits/kernel"),
+     "extra leaf params/pre_logits/kernel"),
     (lambda t: {**t, "TemporalTransformer": {
         **t["TemporalTransformer"],
         "posembed_input": {"pos_embedding": np.zeros((1, FRAMES, HIDDEN))}}},
-     "leaf TemporalTransformer/posembed_input/pos_embedding has shape (1, 4, 32)"),
+     "mis-shaped leaf params/TemporalTransformer/posembed_input/pos_embedding: checkpoint "
+     "(1, 4, 32)"),
 ])
 def test_mismatched_tree_names_the_leaf(mutate, leaf):
     with pytest.raises(ValueError, match=leaf.replace("(", r"\(").replace(")", r"\)")):
-        holdr.variables_from_scenic(mutate(scenic_tree()), CONFIG)
+        scenic_checkpoint.holdr_variables(mutate(scenic_tree()), CONFIG)
 
 
 def test_config_read_from_parameter_shapes():
@@ -270,7 +271,7 @@ def test_config_read_from_parameter_shapes():
 
 def test_frame_features_path_equals_whole_clip():
     """Encoding each frame once and regressing from kept features gives the clip's value."""
-    variables = holdr.variables_from_scenic(scenic_tree(), CONFIG)
+    variables = scenic_checkpoint.holdr_variables(scenic_tree(), CONFIG)
     model = holdr.HoldRDistance(CONFIG, variables)
     history, goals = _frames(8, (3, FRAMES - 1, 36, 44, 3)), _frames(9, (2, 36, 44, 3))
     features = model.features(history.reshape(-1, 36, 44, 3)).reshape(3, FRAMES - 1, HIDDEN)
@@ -329,7 +330,7 @@ def test_load_released_checkpoint_reads_architecture_and_converts_once(tmp_path)
     write_released_checkpoint(tmp_path / "other" / "checkpoint_1", _without(
         scenic_tree(), "SpatialTransformer", "encoderblock_1", "MlpBlock_0"))
     with pytest.raises(sc.CheckpointMismatchError,
-                       match="missing leaf SpatialTransformer/encoderblock_1/MlpBlock_0"):
+                       match="missing leaf params/SpatialTransformer/encoderblock_1/MlpBlock_0"):
         sc.load_holdr(str(tmp_path / "other"))
 
 
@@ -341,7 +342,7 @@ def test_reward_scores_each_worlds_last_frames_against_the_goal():
     from holdjax.reward.base import FrameHistory, RewardFunction
     from holdjax.reward.shaping import ShapingConfig
 
-    variables = holdr.variables_from_scenic(scenic_tree(), CONFIG)
+    variables = scenic_checkpoint.holdr_variables(scenic_tree(), CONFIG)
     model = holdr.HoldRDistance(CONFIG, variables)
     goals = _frames(30, (1, 32, 32, 3))
     fn = RewardFunction("holdr", ShapingConfig(normalizer=5.0, env_weight=0.0), goals,

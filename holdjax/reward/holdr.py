@@ -4,7 +4,8 @@ The model reads a clip of ``num_frames`` frames (the last ``num_frames - 1`` obs
 oldest first, then the goal image) and regresses the time left to reach the goal. Module and
 parameter names follow scenic's layout (``scenic/projects/vivit/model.py``: ``SpaceTimeViViT``
 as subclassed by hold-rewards' ``MultiOutputSpaceTimeViViT``), so that a released scenic
-checkpoint maps onto :class:`HoldR` leaf for leaf through :func:`variables_from_scenic`::
+checkpoint maps onto :class:`HoldR` leaf for leaf
+(:func:`holdjax.reward.scenic_checkpoint.holdr_variables`)::
 
     embedding/{kernel (t, h, w, 3, D), bias}       3-D conv tubelet embedding
     cls_SpatialTransformer (1, 1, D)               class token of the per-frame encoder
@@ -67,7 +68,7 @@ class HoldRConfig:
         """The architecture a scenic-layout parameter tree describes, read from its leaf
         shapes (the released checkpoint stores no config); ``overrides`` set the rest
         (``dtype``, ``zero_centering``). Raises ValueError naming a leaf it needs but lacks;
-        :func:`variables_from_scenic` then checks every leaf against the result."""
+        ``scenic_checkpoint.holdr_variables`` then checks every leaf against the result."""
         flat = {_path(k): np.shape(v) for k, v in
                 flax.traverse_util.flatten_dict(flax.core.unfreeze(params)).items()}
 
@@ -369,24 +370,3 @@ class HoldRDistance:
 
 def _path(keys: tuple) -> str:
     return "/".join(str(k) for k in keys)
-
-
-def variables_from_scenic(tree: Any, config: HoldRConfig) -> dict:
-    """Maps scenic's parameter tree (``train_state.optimizer.target``, a nested dict) onto
-    :class:`HoldR`'s variables ``{'params': ...}``. Raises ValueError naming every missing,
-    extra or mis-shaped leaf: a silent partial load would give a plausible-looking but wrong
-    reward."""
-    expected = flax.traverse_util.flatten_dict(variable_shapes(config)["params"])
-    given = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
-    problems = [f"missing leaf {_path(k)} {expected[k].shape}"
-                for k in sorted(expected.keys() - given.keys())]
-    problems += [f"unexpected leaf {_path(k)} {np.shape(given[k])}"
-                 for k in sorted(given.keys() - expected.keys())]
-    problems += [f"leaf {_path(k)} has shape {np.shape(given[k])}, expected {expected[k].shape}"
-                 for k in sorted(expected.keys() & given.keys())
-                 if tuple(np.shape(given[k])) != tuple(expected[k].shape)]
-    if problems:
-        raise ValueError("scenic tree does not match HOLD-R's layout for this config: "
-                         + "; ".join(problems))
-    params = {k: jnp.asarray(given[k], expected[k].dtype) for k in expected}
-    return {"params": flax.traverse_util.unflatten_dict(params)}

@@ -21,7 +21,7 @@ import re
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import serialization, traverse_util
+from flax import core, serialization, traverse_util
 
 from holdjax.reward import holdc, holdr
 
@@ -93,6 +93,7 @@ def _flat(tree: dict) -> dict:
 
 
 HOLDC_MODEL = "the HOLD-C model (check num_layers, num_filters and embedding_size)"
+HOLDR_MODEL = "HOLD-R's layout for the configuration its shapes describe"
 
 
 def leaf_problems(got: dict[str, tuple], want: dict[str, tuple]) -> list[str]:
@@ -122,6 +123,14 @@ def import_scenic_checkpoint(path: str, config: holdc.HoldCConfig) -> dict:
     """The model variables {'params', 'batch_stats'} of a scenic HOLD-C checkpoint."""
     variables = train_state_variables(read_train_state(path))
     return match_variables(variables, holdc.abstract_variables(config))
+
+
+def holdr_variables(params: dict, config: holdr.HoldRConfig) -> dict:
+    """HOLD-R's variables ``{'params': ...}`` from scenic's parameter tree
+    (``train_state.optimizer.target``), every leaf checked as HOLD-C's are: a silent partial
+    load would give a plausible-looking but wrong reward."""
+    return match_variables({"params": core.unfreeze(params)},
+                           holdr.variable_shapes(config), HOLDR_MODEL)
 
 
 def save_orbax(directory: str, variables: dict) -> None:
@@ -186,10 +195,10 @@ def load_holdr(path: str | None = None, orbax_dir: str | None = None,
         params = train_state_variables(read_train_state(source))["params"]
     try:
         config = holdr.HoldRConfig.from_params(params, **overrides)
-        variables = holdr.variables_from_scenic(params, config)
+        variables = holdr_variables(params, config)
     except ValueError as e:
         raise CheckpointMismatchError(
             f"{orbax_dir if converted else source} is not a HOLD-R checkpoint: {e}") from None
     if not converted:
-        save_orbax(orbax_dir, jax.tree.map(np.asarray, variables))
+        save_orbax(orbax_dir, variables)
     return holdr.HoldRDistance(config, variables)
