@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--encoder_dtype", default="float32", help="convolutions' compute type")
     parser.add_argument("--flat_optimizer", action="store_true", help="Adam on raveled params")
+    parser.add_argument("--fused_encoders", type=int, choices=(0, 1), default=None,
+                        help="critic and actor encoders as one (default: SACConfig's)")
     parser.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
     parser.add_argument("--tag", default="", help="variant name for the results file")
     parser.add_argument("--trace", default="", help="profile one 1-seed scan into this folder")
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         encoder_conv=args.conv,
         encoder_dtype=args.encoder_dtype,
         flat_optimizer=args.flat_optimizer,
+        **({} if args.fused_encoders is None else {"fused_encoders": bool(args.fused_encoders)}),
     )
     rows = []
     for num_seeds in map(int, args.seeds.split(",")):
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         "action_dim": ACTION_DIM,
         "encoder_layers": conv_name,
         "flat_optimizer": args.flat_optimizer,
+        "fused_encoders": config.fused_encoders,
         "encoder_dtype": args.encoder_dtype,
         "repeats": args.repeats,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -91,6 +91,9 @@ class TrainConfig:
     # The SAC encoders' convolution compute type: "float32" (the reference's) or "bfloat16"
     # (half the bytes; parameters, MLPs and losses stay float32).
     encoder_dtype: str = "float32"
+    # Critic and actor encoders run as one encoder of twice the width on each image batch
+    # (same values, half the convolutions; SACConfig.fused_encoders).
+    fused_encoders: bool = False
 
     # Output.
     out: str = ""  # "" -> $HOLD_TOP_DIR/hold_policies/<name> or runs/<name>
@@ -161,6 +164,7 @@ class TrainConfig:
             batch_size=self.batch_size,
             aug_pad=self.aug_pad,
             encoder_dtype=self.encoder_dtype,
+            fused_encoders=self.fused_encoders,
         )
 
     @property

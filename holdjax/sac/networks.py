@@ -79,10 +79,41 @@ class ConvReluPool(nn.Module):
         size = (self.kernel_size, self.kernel_size)
         kernel = self.param("kernel", glorot_uniform, (*size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        if x.shape[1] % 2 or x.shape[2] % 2:
-            return max_pool_2x2(nn.relu(conv_same(x, kernel) + bias))
-        return nn.relu(conv_same_blocked(x, kernel) + bias).max(axis=3)
+        return conv_relu_pool(x, kernel, bias, self.dtype)
+
+
+def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: str) -> jax.Array:
+    """`ConvReluPool`'s computation, computed in ``dtype``."""
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    if x.shape[1] % 2 or x.shape[2] % 2:
+        return max_pool_2x2(nn.relu(conv_same(x, kernel) + bias))
+    return nn.relu(conv_same_blocked(x, kernel) + bias).max(axis=3)
+
+
+def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array,
+                dtype: str = "float32") -> tuple[jax.Array, jax.Array]:
+    """The features of two canonical `Encoder`s (parameters ``first`` and ``second``, as under
+    a module's "encoder") of the same images, computed as one encoder of twice the width:
+    the first layer's kernels side by side, each later layer's kernel block-diagonal. Same
+    values as applying each; half the convolutions, each with twice the output channels,
+    which the GPU's convolution kernels (tiled for wide outputs) run in about the time of one.
+    """
+    x = images.astype(dtype)
+    for i in range(len(first)):
+        a, b = first[f"Conv_{i}"], second[f"Conv_{i}"]
+        if i == 0:
+            kernel = jnp.concatenate([a["kernel"], b["kernel"]], axis=-1)
+        else:
+            *size, cin_a, cout_a = a["kernel"].shape
+            cin_b, cout_b = b["kernel"].shape[-2:]
+            kernel = jnp.concatenate([
+                jnp.concatenate([a["kernel"], jnp.zeros((*size, cin_a, cout_b))], axis=-1),
+                jnp.concatenate([jnp.zeros((*size, cin_b, cout_a)), b["kernel"]], axis=-1),
+            ], axis=-2)
+        x = conv_relu_pool(x, kernel, jnp.concatenate([a["bias"], b["bias"]]), dtype)
+    split = first[f"Conv_{len(first) - 1}"]["bias"].shape[0]
+    return tuple(f.reshape(f.shape[0], -1).astype(jnp.float32)
+                 for f in (x[..., :split], x[..., split:]))
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -270,6 +301,7 @@ class Critic(nn.Module):
     """Two Q heads on one shared encoder (as in the reference); returns Q values shaped (2, B).
 
     With `from_pixels=False` observations are state vectors fed straight to the heads.
+    `encode` and `q_values` are the two halves, for updates that encode separately.
     """
 
     hidden_sizes: Sequence[int] = (256, 256)
@@ -279,24 +311,33 @@ class Critic(nn.Module):
     encoder_dtype: str = "float32"
     from_pixels: bool = True
 
-    @nn.compact
-    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
-        chex.assert_rank(action, 2)
-        chex.assert_equal_shape_prefix((obs, action), 1)
-        features = obs
+    def setup(self):
         if self.from_pixels:
-            features = Encoder(self.encoder_filters, self.encoder_kernel_size, self.encoder_conv,
-                               self.encoder_dtype, name="encoder")(obs)
+            self.encoder = Encoder(self.encoder_filters, self.encoder_kernel_size,
+                                   self.encoder_conv, self.encoder_dtype)
+        self.q1 = MLP(self.hidden_sizes, 1)
+        self.q2 = MLP(self.hidden_sizes, 1)
+
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        return self.q_values(self.encode(obs), action)
+
+    def encode(self, obs: jax.Array) -> jax.Array:
+        return self.encoder(obs) if self.from_pixels else obs
+
+    def q_values(self, features: jax.Array, action: jax.Array) -> jax.Array:
+        chex.assert_rank(action, 2)
+        chex.assert_equal_shape_prefix((features, action), 1)
         features_and_action = jnp.concatenate([features, action], axis=-1)
-        q_values = jnp.stack(
-            [MLP(self.hidden_sizes, 1, name=f"q{i}")(features_and_action)[:, 0] for i in (1, 2)]
-        )
-        chex.assert_shape(q_values, (2, obs.shape[0]))
+        q_values = jnp.stack([q(features_and_action)[:, 0] for q in (self.q1, self.q2)])
+        chex.assert_shape(q_values, (2, features.shape[0]))
         return q_values
 
 
 class Actor(nn.Module):
-    """Own encoder + MLP giving the pre-tanh Gaussian's mean and log-std clipped to [-20, 2]."""
+    """Own encoder + MLP giving the pre-tanh Gaussian's mean and log-std clipped to [-20, 2].
+
+    `encode` and `distribution` are the two halves, for updates that encode separately.
+    """
 
     action_dim: int
     hidden_sizes: Sequence[int] = (256, 256)
@@ -306,15 +347,21 @@ class Actor(nn.Module):
     encoder_dtype: str = "float32"
     from_pixels: bool = True
 
-    @nn.compact
-    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        features = obs
+    def setup(self):
         if self.from_pixels:
-            features = Encoder(self.encoder_filters, self.encoder_kernel_size, self.encoder_conv,
-                               self.encoder_dtype, name="encoder")(obs)
+            self.encoder = Encoder(self.encoder_filters, self.encoder_kernel_size,
+                                   self.encoder_conv, self.encoder_dtype)
+        self.torso = MLP(self.hidden_sizes, 2 * self.action_dim)
+
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.distribution(self.encode(obs))
+
+    def encode(self, obs: jax.Array) -> jax.Array:
+        return self.encoder(obs) if self.from_pixels else obs
+
+    def distribution(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
         chex.assert_rank(features, 2)
-        mean_and_log_std = MLP(self.hidden_sizes, 2 * self.action_dim, name="torso")(features)
-        mean, log_std = jnp.split(mean_and_log_std, 2, axis=-1)
+        mean, log_std = jnp.split(self.torso(features), 2, axis=-1)
         return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
 
 

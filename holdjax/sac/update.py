@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from holdjax.sac.augment import random_shift
-from holdjax.sac.losses import actor_loss, alpha_loss, critic_loss
+from holdjax.sac.losses import actor_loss, alpha_loss, critic_loss, fused_encoder_losses
 from holdjax.sac.networks import SACNetworks, make_networks
 from holdjax.sac.replay import Transition, is_image_shape, stored_obs_to_float
 
@@ -37,6 +37,15 @@ class SACConfig:
     # Adam on each network's parameters raveled into one vector: one fused kernel per
     # optimizer instead of one per leaf (fewer launches on a GPU); same values up to rounding.
     flat_optimizer: bool = False
+    # Pixel updates only: the critic's and the actor's encoders read each image batch as one
+    # encoder of twice the width (`losses.fused_encoder_losses`): same values, half the
+    # convolution kernels. Needs encoder_conv="canonical".
+    fused_encoders: bool = False
+
+    def __post_init__(self):
+        if self.fused_encoders and self.encoder_conv != "canonical":
+            raise ValueError("fused_encoders needs encoder_conv='canonical' (its layers are "
+                             "ConvReluPool's); turn one of them off")
 
 
 @flax.struct.dataclass
@@ -138,22 +147,33 @@ def sac_update(
     next_noise = jax.random.normal(next_noise_key, batch.action.shape)
     noise = jax.random.normal(noise_key, batch.action.shape)
 
-    critic_grads, critic_metrics = jax.grad(critic_loss, has_aux=True)(
-        state.critic_params,
-        state.target_critic_params,
-        state.actor_params,
-        state.log_alpha,
-        batch,
-        next_noise,
-        networks,
-        config.discount,
-    )
-    (actor_loss_value, log_prob), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
-        state.actor_params, state.critic_params, state.log_alpha, batch.obs, noise, networks
-    )
-    alpha_loss_value, alpha_grad = jax.value_and_grad(alpha_loss)(
-        state.log_alpha, log_prob, target_entropy(config, action_dim)
-    )
+    if config.fused_encoders and batch.obs.ndim == 4:
+        (_, metrics), (critic_grads, actor_grads, alpha_grad) = jax.value_and_grad(
+            fused_encoder_losses, argnums=(0, 1, 2), has_aux=True)(
+            state.critic_params, state.actor_params, state.log_alpha,
+            state.target_critic_params, batch, noise, next_noise, networks, config.discount,
+            target_entropy(config, action_dim))
+        log_prob = metrics.pop("log_prob")
+    else:
+        critic_grads, critic_metrics = jax.grad(critic_loss, has_aux=True)(
+            state.critic_params,
+            state.target_critic_params,
+            state.actor_params,
+            state.log_alpha,
+            batch,
+            next_noise,
+            networks,
+            config.discount,
+        )
+        (actor_loss_value, log_prob), actor_grads = jax.value_and_grad(
+            actor_loss, has_aux=True)(
+            state.actor_params, state.critic_params, state.log_alpha, batch.obs, noise, networks
+        )
+        alpha_loss_value, alpha_grad = jax.value_and_grad(alpha_loss)(
+            state.log_alpha, log_prob, target_entropy(config, action_dim)
+        )
+        metrics = {**critic_metrics, "actor_loss": actor_loss_value,
+                   "alpha_loss": alpha_loss_value}
 
     tx = optimizer(config)
     critic_params, critic_opt_state = apply_gradients(
@@ -177,11 +197,5 @@ def sac_update(
         alpha_opt_state=alpha_opt_state,
         step=state.step + 1,
     )
-    metrics = {
-        **critic_metrics,
-        "actor_loss": actor_loss_value,
-        "alpha_loss": alpha_loss_value,
-        "alpha": jnp.exp(log_alpha),
-        "entropy": -jnp.mean(log_prob),
-    }
+    metrics = {**metrics, "alpha": jnp.exp(log_alpha), "entropy": -jnp.mean(log_prob)}
     return new_state, metrics
