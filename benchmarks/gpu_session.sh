@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_session.sh all      # sac, then train, then envs
 #   bash benchmarks/gpu_session.sh probe    # SAC update profile and variants, every task's envs
 #   bash benchmarks/gpu_session.sh speed    # bf16 encoders, run_all, 120x180 tabletop envs
-#   bash benchmarks/gpu_session.sh next     # run_all (GL loop, brax), small demo model, HOLD-R 512
+#   bash benchmarks/gpu_session.sh next     # fused encoders, run_all (GL loop, brax), demo model, HOLD-R
 #   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
 #   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
 #   bash benchmarks/gpu_session.sh compare  # figure 3a's sparse vs HOLD-C, state proxy, 10 seeds
@@ -70,8 +70,16 @@ case "${1:-envs}" in
     timeout $((${BUDGET_S:-450} - SECONDS)) python3 benchmarks/env_throughput.py \
       --tasks=close_drawer --impls=jax,warp --nums=256,2048 --steps=50 --repeats=2 --tag=tabletop \
       --out="$out" 2>&1 | tee "$out/env_throughput.log" ;;
-  next)  # what no GPU call has measured yet: run_all with an OpenGL reference loop (carry .gl)
-    # and brax's part inside the limit, the small default demo model's check, HOLD-R at 512
+  next)  # what no GPU call has measured yet: fused encoders' update rate (float32, bf16),
+    # run_all with an OpenGL reference loop (carry .gl) and brax's part inside the limit, the
+    # small default demo model's check, HOLD-R at 512
+    timeout 45 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --seeds=1 \
+      --fused_encoders=0 --tag=separate --out="$out" 2>&1 | tail -2 | tee -a "$out/sac_update.log"
+    for dtype in float32 bfloat16; do
+      timeout 60 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --seeds=1,5 \
+        --fused_encoders=1 --encoder_dtype=$dtype --tag=fused-$dtype --out="$out" 2>&1 \
+        | tail -3 | tee -a "$out/sac_update.log"
+    done
     timeout 400 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \
       --brax_steps=20000 --out="$out" > "$out/run_all.log" 2>&1; tail -40 "$out/run_all.log"
     timeout 90 python3 benchmarks/reward_check.py --task=pushing --tag=default --out="$out" 2>&1 \

@@ -134,7 +134,8 @@ def sac_update(
 
     Critic, actor and temperature gradients are all taken at the pre-update parameters, as the
     reference's single `session.run` of the three train ops does; this also lets XLA overlap
-    them. Obs and next obs get independent random shifts. Targets then move by Polyak(tau).
+    them, and lets `config.fused_encoders` take all three from one pass over each image batch.
+    Obs and next obs get independent random shifts. Targets then move by Polyak(tau).
     """
     chex.assert_rank(batch.action, 2)
     action_dim = batch.action.shape[-1]
