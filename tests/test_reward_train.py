@@ -324,7 +324,8 @@ def test_score_segments_expert_episodes_by_subgoal():
     script = rt.Script(random_until=np.array([0, 2, 0]), expert_until=np.array([8, 8, 3]),
                        speed=np.ones(3), noise=np.zeros(3), action_hold=np.ones(3, int),
                        start_hand=np.zeros((3, 3)), from_start_hand=np.zeros(3, bool))
-    goals = load_goal_images(env.task)
+    goals = load_goal_images(env.task).copy()
+    goals[:, 0, 0] = 0  # baselines (each goal's distance to itself) 0
     reward_fn = base.RewardFunction("holdc", shaping.ShapingConfig(), goals, channel_distance)
     goal_pose = np.zeros((4, 1, 1, 3), np.uint8)
     goal_pose[:, 0, 0, 1] = [1, 3, 5, 0]
@@ -346,6 +347,12 @@ def test_score_segments_expert_episodes_by_subgoal():
     assert result["expert_episodes_scored"] == 2
     assert result["state_frames"] == 4
     np.testing.assert_allclose(result["spearman_state"], 1.0)
+    # Subtask switches (threshold 1, 3 steps in a row): episode 0 is below 1 from step 4, so
+    # switches at 6, 3 steps after reaching subgoal 1; episode 1 from step 0, so at 2, 1 after.
+    np.testing.assert_array_equal(check.subtask_switches(reward_fn, check.distances_to_goals(
+        reward_fn, frames[:2])), [[6], [2]])
+    assert result["subtask_switch_share"] == [1.0]
+    assert result["subtask_switch_lead_steps"] == [-2.0]
 
 
 def test_in_chunks_pads_the_last_chunk_and_keeps_the_order():

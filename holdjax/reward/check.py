@@ -29,6 +29,12 @@ the reward is the negated distance, so it correlates negatively):
   expert for U{0..T} steps, then acts uniformly at random; only the random phase's frames
   count), between the model's distance to the goal image and the true distance of the
   task's object (``OBJECT_JOINTS``) to its pose in the goal image, pooled over frames.
+- ``subtask_switch_share`` and ``subtask_switch_lead_steps`` (tasks with several goal
+  images): per intermediate goal image, the share of the held-out expert episodes that reach
+  it in which the reward's subtask (the shaping's threshold and hold steps, as a run with
+  ``use_subtasks`` would have them) moves past it, and the median number of steps by which
+  that switch precedes the state first satisfying the subgoal (negative: after). A switch
+  that never comes leaves the policy scored against a reached image.
 - ``goal_pose_below_success`` (0 is best): the share of frames showing the held-out expert
   episodes' start scenes with only the hand moved to the final goal image's hand pose (and
   to 8 poses 4 cm around it) that the model scores closer to that goal image than the median
@@ -40,6 +46,7 @@ the reward is the negated distance, so it correlates negatively):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -53,6 +60,7 @@ import numpy as np
 from holdjax import envs
 from holdjax.config import TrainConfig
 from holdjax.envs.base import ManipulationEnv
+from holdjax.reward import shaping
 from holdjax.reward import train as reward_train
 from holdjax.reward.base import DISTANCE_REWARDS, RewardFunction, make_reward
 
@@ -237,7 +245,34 @@ def score(reward_fn: RewardFunction, env: ManipulationEnv, footage: reward_train
                                              np.maximum(begin, starts)))
         result["spearman_time_subgoals"] = [value for value, _ in per_subgoal]
         result["expert_episodes_scored_subgoals"] = [count for _, count in per_subgoal]
+        switched = subtask_switches(reward_fn, dist[:episodes])
+        shares, leads = [], []
+        for k in range(num_goals - 1):
+            reached = (subgoal >= k + 1).any(axis=1)
+            both = reached & (switched[:, k] >= 0)
+            lead = (subgoal >= k + 1).argmax(axis=1) - switched[:, k]
+            shares.append(float(both.sum() / max(reached.sum(), 1)))
+            leads.append(float(np.median(lead[both])) if both.any() else float("nan"))
+        result.update(subtask_switch_share=shares, subtask_switch_lead_steps=leads)
     return result
+
+
+def subtask_switches(reward_fn: RewardFunction, dist: np.ndarray) -> np.ndarray:
+    """(E, G - 1) the step at which the reward's subtask first moves past each intermediate
+    goal image (-1: never) over episodes of distances ``dist`` (E, T, G): the shaping's own
+    state machine (`shaping.shape_reward`, subtasks on) run along the episodes."""
+    config = dataclasses.replace(reward_fn.config, use_subtasks=True)
+    episodes, _, num_goals = dist.shape
+
+    def step(state, distances):
+        _, state, _ = shaping.shape_reward(config, distances, reward_fn.baselines,
+                                           jnp.zeros(episodes), state)
+        return state, state.subtask
+
+    _, subtask = jax.lax.scan(step, shaping.init_shaping(config, episodes, num_goals),
+                              jnp.swapaxes(jnp.asarray(dist), 0, 1))
+    past = np.asarray(subtask).T[:, :, None] > np.arange(num_goals - 1)  # (E, T, G - 1)
+    return np.where(past.any(axis=1), past.argmax(axis=1), -1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
