@@ -363,7 +363,7 @@ def test_in_chunks_pads_the_last_chunk_and_keeps_the_order():
         return a * 10 + b
 
     a, b = np.arange(7), np.arange(7) % 3
-    np.testing.assert_array_equal(check.in_chunks(fn, a, b, chunk=3), a * 10 + b)
+    np.testing.assert_array_equal(rt.in_chunks(fn, a, b, chunk=3), a * 10 + b)
     assert calls == [(3,)] * 3  # 7 rows: three calls of one shape
 
 

@@ -63,6 +63,7 @@ from holdjax.envs.base import ManipulationEnv
 from holdjax.reward import shaping
 from holdjax.reward import train as reward_train
 from holdjax.reward.base import DISTANCE_REWARDS, RewardFunction, make_reward
+from holdjax.reward.train import in_chunks
 
 # The object whose distance to its goal pose is each task's true progress: (joint, number
 # of leading qpos coordinates compared), e.g. the mug's x, y on the table.
@@ -76,7 +77,6 @@ OBJECT_JOINTS = {
 # Hand offsets (metres) around the goal image's hand pose for goal_pose_below_success.
 GOAL_POSE_OFFSETS = np.array([[dx, dy, 0.0] for dx in (-0.04, 0.0, 0.04)
                               for dy in (-0.04, 0.0, 0.04)], np.float32)
-EMBED_CHUNK = 512  # frames (or histories) scored per call (one compiled shape)
 CHECK_STREAM = 2  # random stream of the check's episodes, unused by training
 
 
@@ -109,16 +109,6 @@ def object_to_goal(env: ManipulationEnv, qpos: np.ndarray) -> np.ndarray:
     goal_qpos, _ = list(env.task.goal_worlds().values())[-1]
     goal = np.asarray(goal_qpos)[adr:adr + dims]
     return np.linalg.norm(qpos[..., adr:adr + dims] - goal, axis=-1)
-
-
-def in_chunks(fn, *inputs: np.ndarray, chunk: int = EMBED_CHUNK) -> np.ndarray:
-    """``fn`` over ``inputs`` (each (B, ...)) in chunks of ``chunk`` along B, the last one
-    padded with copies of the first row, so that every call has one compiled shape."""
-    total = len(inputs[0])
-    padded = [np.concatenate([x, np.repeat(x[:1], -total % chunk, axis=0)]) for x in inputs]
-    out = [np.asarray(fn(*(jnp.asarray(x[i:i + chunk]) for x in padded)))
-           for i in range(0, len(padded[0]), chunk)]
-    return np.concatenate(out)[:total]
 
 
 def distances_to_goals(reward_fn: RewardFunction, frames: np.ndarray) -> np.ndarray:

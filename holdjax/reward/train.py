@@ -571,6 +571,16 @@ def scale_embeddings(variables: dict, factor: float) -> dict:
     return {**variables, "params": params}
 
 
+def in_chunks(fn, *inputs: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """``fn`` over ``inputs`` (each (B, ...)) in chunks of ``chunk`` along B, the last one
+    padded with copies of the first row, so that every call has one compiled shape."""
+    total = len(inputs[0])
+    padded = [np.concatenate([x, np.repeat(x[:1], -total % chunk, axis=0)]) for x in inputs]
+    out = [np.asarray(fn(*(jnp.asarray(x[i:i + chunk]) for x in padded)))
+           for i in range(0, len(padded[0]), chunk)]
+    return np.concatenate(out)[:total]
+
+
 def median_reached_distance(config: RewardTrainConfig, variables: dict, reached: Reached,
                             goals: np.ndarray) -> float:
     """Median Euclidean distance of the first frames reaching each goal image to it."""
@@ -579,8 +589,7 @@ def median_reached_distance(config: RewardTrainConfig, variables: dict, reached:
                          "undefined; render more expert_episodes or set solved_distance=0")
     model = dataclasses.replace(config.model, distance_type="eucl")
     to_goals = holdc.HoldCDistance(model, variables).to_goals(jnp.asarray(goals))
-    dist = np.concatenate([np.asarray(to_goals(reached.frames[i:i + 512]))
-                           for i in range(0, len(reached.goal), 512)])
+    dist = in_chunks(to_goals, reached.frames)
     return float(np.median(dist[np.arange(len(dist)), reached.goal]))
 
 
