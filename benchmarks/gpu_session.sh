@@ -15,7 +15,7 @@
 #   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
 #   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
 #   bash benchmarks/gpu_session.sh compare  # figure 3a's sparse vs HOLD-C, state proxy, 10 seeds
-# Results go to $OUT (copied back) and benchmarks/results/ on the device.
+# Results go to benchmarks/results/, or with $OUT set (a device call) to $OUT/results.tgz.
 # OpenGL for the reference loop (the machine has no libEGL; without it the loop renders with
 # MJX, 22 ms a frame): stage the libraries here once per checkout with the device README's
 # recipe (apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2
@@ -28,7 +28,17 @@ if compgen -G ".gl/*.deb" > /dev/null; then  # unpacked into / (these few librar
 fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-out=${OUT:-benchmarks/results}
+out=benchmarks/results
+if [ -n "${OUT:-}" ]; then
+  # A device call returns at most 8 files: everything goes to one folder, packed into
+  # $OUT/results.tgz every 20 s and at the end (a call cut short keeps the last pack);
+  # here, unpack it (`tar xzf results.tgz -C DIR`) and copy its .json files to benchmarks/results/.
+  out=/tmp/hj_out; mkdir -p $out
+  pack() { tar czf "$OUT/pack.tgz" -C $out . && mv "$OUT/pack.tgz" "$OUT/results.tgz"; }
+  (while sleep 20; do pack; done) > /dev/null 2>&1 &
+  packer=$!
+  trap 'kill $packer 2> /dev/null; pack' EXIT
+fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 # Dense pushing, one seed x 64 worlds, stopped after $1 seconds: metrics.jsonl holds every
 # epoch so far, and train_run.py summarises it into $out/train-pushing_dense-<device>.json.
@@ -80,11 +90,13 @@ case "${1:-envs}" in
         --fused_encoders=1 --encoder_dtype=$dtype --tag=fused-$dtype --out="$out" 2>&1 \
         | tail -3 | tee -a "$out/sac_update.log"
     done
-    timeout 400 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \
-      --brax_steps=20000 --out="$out" > "$out/run_all.log" 2>&1; tail -40 "$out/run_all.log"
-    timeout 90 python3 benchmarks/reward_check.py --task=pushing --tag=default --out="$out" 2>&1 \
-      | tail -5 | tee "$out/reward_check.log"
-    timeout $((${BUDGET_S:-560} - SECONDS)) python3 benchmarks/fused_step.py --rewards=holdr \
+    left() { echo $(( ${BUDGET_S:-560} - SECONDS )); }
+    timeout $(( $(left) > 430 ? 400 : $(left) - 30 )) python3 benchmarks/run_all.py \
+      --fused_rewards=holdc --fused_nums=512 --brax_steps=20000 --out="$out" \
+      > "$out/run_all.log" 2>&1; tail -40 "$out/run_all.log"
+    [ "$(left)" -gt 60 ] && timeout 90 python3 benchmarks/reward_check.py --task=pushing \
+      --tag=default --out="$out" 2>&1 | tail -5 | tee "$out/reward_check.log"
+    [ "$(left)" -gt 60 ] && timeout "$(left)" python3 benchmarks/fused_step.py --rewards=holdr \
       --nums=512 --ratios=0.0625 --iterations=3 --repeats=2 --tag=holdr512 --out="$out" 2>&1 \
       | tee "$out/fused_step_holdr.log" ;;
   final)  # issue 5's ratios, then issue 4's accelerator-default model and HOLD-R's fused step;
