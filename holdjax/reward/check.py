@@ -236,11 +236,12 @@ def score(reward_fn: RewardFunction, env: ManipulationEnv, footage: reward_train
         result["spearman_time_subgoals"] = [value for value, _ in per_subgoal]
         result["expert_episodes_scored_subgoals"] = [count for _, count in per_subgoal]
         switched = subtask_switches(reward_fn, dist[:episodes])
+        reached_at = reward_train.first_reach(subgoal, episodes, num_goals)
         shares, leads = [], []
         for k in range(num_goals - 1):
-            reached = (subgoal >= k + 1).any(axis=1)
+            reached = reached_at[:, k] >= 0
             both = reached & (switched[:, k] >= 0)
-            lead = (subgoal >= k + 1).argmax(axis=1) - switched[:, k]
+            lead = reached_at[:, k] - switched[:, k]
             shares.append(float(both.sum() / max(reached.sum(), 1)))
             leads.append(float(np.median(lead[both])) if both.any() else float("nan"))
         result.update(subtask_switch_share=shares, subtask_switch_lead_steps=leads)
@@ -261,8 +262,8 @@ def subtask_switches(reward_fn: RewardFunction, dist: np.ndarray) -> np.ndarray:
 
     _, subtask = jax.lax.scan(step, shaping.init_shaping(config, episodes, num_goals),
                               jnp.swapaxes(jnp.asarray(dist), 0, 1))
-    past = np.asarray(subtask).T[:, :, None] > np.arange(num_goals - 1)  # (E, T, G - 1)
-    return np.where(past.any(axis=1), past.argmax(axis=1), -1)
+    # Moving past goal image k is reaching subtask k + 1: first_reach's question.
+    return reward_train.first_reach(np.asarray(subtask).T, episodes, num_goals - 1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
