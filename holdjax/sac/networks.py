@@ -96,7 +96,8 @@ def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array
     a module's "encoder") of the same images, computed as one encoder of twice the width:
     the first layer's kernels side by side, each later layer's kernel block-diagonal. Same
     values as applying each; half the convolutions, each with twice the output channels,
-    which the GPU's convolution kernels (tiled for wide outputs) run in about the time of one.
+    meant for GPU convolution kernels tiled for wider outputs than 8 (on XLA:CPU it is
+    slower; benchmarks/NOTES.md).
     """
     x = images.astype(dtype)
     for i in range(len(first)):

@@ -149,7 +149,7 @@ def sac_update(
     noise = jax.random.normal(noise_key, batch.action.shape)
 
     if config.fused_encoders and batch.obs.ndim == 4:
-        (_, metrics), (critic_grads, actor_grads, alpha_grad) = jax.value_and_grad(
+        (critic_grads, actor_grads, alpha_grad), metrics = jax.grad(
             fused_encoder_losses, argnums=(0, 1, 2), has_aux=True)(
             state.critic_params, state.actor_params, state.log_alpha,
             state.target_critic_params, batch, noise, next_noise, networks, config.discount,
