@@ -17,13 +17,15 @@ import pkgutil
 import types
 import typing
 
+from holdjax.envs.base import PHYSICS_IMPLS
 from holdjax.reward.base import REWARDS
+from holdjax.reward.holdc import DISTANCE_TYPES
 from holdjax.reward.shaping import ShapingConfig
 from holdjax.sac.update import SACConfig
 
 CONFIGS_PACKAGE = "configs"
 OBSERVATIONS = ("pixels", "state")
-ENCODER_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,9 +205,33 @@ class TrainConfig:
             raise ValueError("update_unroll must be >= 1 (or 0 for the device default)")
         if self.updates_per_step < 0:
             raise ValueError("updates_per_step must be positive (or 0 for the device default)")
-        if self.encoder_dtype not in ENCODER_DTYPES:
-            raise ValueError(f"unknown encoder_dtype {self.encoder_dtype!r}; valid: "
-                             f"{', '.join(ENCODER_DTYPES)}")
+        for name in ("encoder_dtype", "reward_dtype"):
+            if getattr(self, name) not in COMPUTE_DTYPES:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: "
+                                 f"{', '.join(COMPUTE_DTYPES)}")
+        if self.distance_type not in DISTANCE_TYPES:
+            raise ValueError(f"unknown distance_type {self.distance_type!r}; valid: "
+                             f"{', '.join(DISTANCE_TYPES)}")
+        if self.impl not in ("auto", *PHYSICS_IMPLS):
+            raise ValueError(f"unknown impl {self.impl!r}; valid: auto, {', '.join(PHYSICS_IMPLS)}")
+        for name in ("initial_random_steps", "learning_starts", "replay_size", "aug_pad",
+                     "path_save_frequency"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, low, high in (("learning_rate", 0.0, None), ("tau", 0.0, 1.0),
+                                ("distance_normalizer", 0.0, None)):
+            value = getattr(self, name)
+            if not (value > low and (high is None or value <= high)):
+                bound = f"in ({low}, {high}]" if high is not None else f"> {low}"
+                raise ValueError(f"{name} must be {bound}, got {value}")
+        if not 0.0 <= self.discount <= 1.0:
+            raise ValueError(f"discount must be in [0, 1], got {self.discount}")
+        if self.subtask_hold_steps < 1:
+            raise ValueError(f"subtask_hold_steps must be at least 1, got "
+                             f"{self.subtask_hold_steps}")
+        if self.replay_size and self.replay_size < self.batch_size:
+            raise ValueError(f"replay_size {self.replay_size} is smaller than one batch "
+                             f"({self.batch_size}); use 0 for the reference's size")
         return self
 
 
@@ -263,6 +289,12 @@ def config_from_args(args: list[str]) -> tuple[TrainConfig, dict[str, str]]:
             rest[key] = value
     config = dataclasses.replace(config, **overrides)
     if total_steps is not None:
-        config = dataclasses.replace(
-            config, num_epochs=max(1, -(-int(total_steps) // config.epoch_length)))
+        try:
+            steps = int(total_steps)
+        except ValueError:
+            raise ValueError(f"--total_steps expects a int, got {total_steps!r}") from None
+        if steps < 1:
+            raise ValueError(f"--total_steps must be at least 1, got {steps}")
+        # Whole epochs: rounded up to a multiple of epoch_length.
+        config = dataclasses.replace(config, num_epochs=-(-steps // config.epoch_length))
     return config, rest

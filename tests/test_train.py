@@ -208,7 +208,34 @@ def test_update_unroll_device_default(monkeypatch):
         TrainConfig(update_unroll=-1).validate()
 
 
-@pytest.mark.parametrize("flag", ["--task=stacking", "--bogus=1", "--num_envs=0"])
+@pytest.mark.parametrize("field, value, message", [
+    ("learning_rate", 0.0, "learning_rate must be > 0"),
+    ("tau", 1.5, r"tau must be in \(0.0, 1.0\]"),
+    ("discount", -0.1, r"discount must be in \[0, 1\]"),
+    ("distance_normalizer", 0.0, "distance_normalizer must be > 0"),
+    ("reward_dtype", "fp16", "unknown reward_dtype 'fp16'; valid: float32, bfloat16"),
+    ("distance_type", "l1", "unknown distance_type 'l1'; valid: eucl, sq_eucl"),
+    ("impl", "cuda", "unknown impl 'cuda'; valid: auto, warp, jax"),
+    ("aug_pad", -1, "aug_pad must be >= 0"),
+    ("subtask_hold_steps", 0, "subtask_hold_steps must be at least 1"),
+    ("replay_size", 100, "replay_size 100 is smaller than one batch"),
+])
+def test_out_of_range_settings_fail_before_anything_is_built(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(TrainConfig(), **{field: value}).validate()
+
+
+def test_total_steps_must_be_a_positive_int():
+    """Rounded up to whole epochs, never silently turned into one epoch."""
+    assert config_from_args(["--total_steps=1001"])[0].num_epochs == 2
+    for text, message in (("-5", "must be at least 1, got -5"), ("0", "at least 1"),
+                          ("4k", "expects a int, got '4k'")):
+        with pytest.raises(ValueError, match=message):
+            config_from_args([f"--total_steps={text}"])
+
+
+@pytest.mark.parametrize("flag", ["--task=stacking", "--bogus=1", "--num_envs=0",
+                                  "--total_steps=-5"])
 def test_bad_train_flags_exit_with_a_message(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_cli([flag])
