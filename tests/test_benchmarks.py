@@ -11,6 +11,7 @@ from conftest import Lane
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import common  # noqa: E402
+import env_throughput  # noqa: E402
 import headless_gl  # noqa: E402
 import reference_loop  # noqa: E402
 import reward_comparison  # noqa: E402
@@ -338,3 +339,17 @@ def test_fused_step_smoke(fused_step_run):
     assert row["reward_over_network"] == pytest.approx(
         row["reward_ms"] / row["reward_network_ms"])
     assert json.loads(next(out.glob("fused_step-*.json")).read_text())["rows"]
+
+
+def test_env_throughput_physics_only_row_records_the_solver_limit(tmp_path):
+    """Warp physics without rendering, the line-search limit overridden: a well-formed row
+    that says what it ran and which of Warp's limits were hit."""
+    summary = env_throughput.main(["--tasks=close_drawer", "--impls=warp", "--nums=1",
+                                   "--steps=1", "--repeats=1", "--no_render",
+                                   "--ls_iterations=10", f"--out={tmp_path}"])
+    (row,) = summary["rows"]
+    assert (row["rendered"], row["ls_iterations"], row["num_envs"]) == (False, 10, 1)
+    assert row["env_steps_per_s"] > 0 and row["render_frames_per_s"] is None
+    assert row["overflow_worlds"] == 0 and row["overflow_kinds"] == []
+    written = json.load(open(tmp_path / "env_throughput-cpu.json"))
+    assert written["best_env_steps_per_s"] == {"close_drawer": row["env_steps_per_s"]}

@@ -8,16 +8,19 @@ policy instead cost about 25 s each on the CI machine.
 """
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
+import mujoco_warp
 import numpy as np
 import pytest
 from conftest import cached_env
+from mujoco import mjx
 
 from holdjax import envs
 from holdjax.envs import tabletop
-from holdjax.envs.base import sanitize_action
+from holdjax.envs.base import ManipulationEnv, physics_overflow, sanitize_action
 
 TASKS = ("close_drawer", "cup_forward", "faucet_right")
 WORLDS = 16
@@ -195,3 +198,34 @@ def test_camera_images_are_120x180_and_mirrored():
     assert cup.sum() > 0 and faucet.sum() > 0
     assert faucet[90:].sum() > 10 * faucet[:90].sum()
     assert 60 < np.average(np.arange(180), weights=cup) < 120
+
+
+# One close_drawer world's state and random action (world 498 of 2048, step 27, PRNGKey(1),
+# benchmarks/NOTES.md) whose MuJoCo Warp step runs out of 10 line-search iterations while
+# the mug rests on the table.
+LINE_SEARCH_STEP = os.path.join(os.path.dirname(__file__), "data",
+                                "close_drawer_line_search_step.npz")
+
+
+def overflow_after_recorded_step(ls_iterations: int | None) -> int:
+    """Warp's overflow bits after that step, with the scene's ls_iterations or the given."""
+    task = envs.make_task("close_drawer")
+    if ls_iterations is not None:
+        task.mj_model.opt.ls_iterations = ls_iterations
+    env = ManipulationEnv(task, impl="warp", render_obs=False)
+    recorded = {name: jnp.asarray(value)[None] for name, value in np.load(LINE_SEARCH_STEP).items()}
+    action = recorded.pop("action")
+    state = env.reset(jax.random.PRNGKey(0), 1)
+    state = state.replace(data=state.data.replace(**recorded))
+    return int(physics_overflow(jax.jit(env.step)(state, action).data)[0])
+
+
+def test_tabletop_line_search_does_not_run_out_where_ten_iterations_did():
+    assert overflow_after_recorded_step(10) & mujoco_warp.OverflowType.LS_ITERATIONS
+    assert overflow_after_recorded_step(None) == 0
+
+
+def test_jax_physics_reports_no_overflow():
+    model = envs.make_task("close_drawer").mj_model
+    data = jax.vmap(lambda _: mjx.make_data(model, impl="jax"))(jnp.arange(2))
+    np.testing.assert_array_equal(physics_overflow(data), [0, 0])

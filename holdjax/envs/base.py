@@ -44,6 +44,17 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
+def physics_overflow(data: mjx.Data) -> jax.Array:
+    """(N,) int32 bits of ``mujoco_warp.OverflowType`` per world: MuJoCo Warp's record of
+    dropped contacts or constraints and of solver or line-search iteration limits, kept
+    until the world is reset. Zeros with ``impl="jax"``, whose solver keeps no such record.
+    """
+    overflow = getattr(data._impl, "overflow", None)
+    if overflow is None:
+        return jnp.zeros(data.qpos.shape[:1], jnp.int32)
+    return overflow
+
+
 @struct.dataclass
 class EnvState:
     """A batch of worlds after a reset or a step (leading axis = worlds)."""
