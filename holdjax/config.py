@@ -17,9 +17,9 @@ import pkgutil
 import types
 import typing
 
-from holdjax.envs.base import PHYSICS_IMPLS
+from holdjax.envs.base import check_impl
 from holdjax.reward.base import REWARDS
-from holdjax.reward.holdc import DISTANCE_TYPES
+from holdjax.reward.holdc import check_distance
 from holdjax.reward.shaping import ShapingConfig
 from holdjax.sac.update import SACConfig
 
@@ -209,11 +209,8 @@ class TrainConfig:
             if getattr(self, name) not in COMPUTE_DTYPES:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: "
                                  f"{', '.join(COMPUTE_DTYPES)}")
-        if self.distance_type not in DISTANCE_TYPES:
-            raise ValueError(f"unknown distance_type {self.distance_type!r}; valid: "
-                             f"{', '.join(DISTANCE_TYPES)}")
-        if self.impl not in ("auto", *PHYSICS_IMPLS):
-            raise ValueError(f"unknown impl {self.impl!r}; valid: auto, {', '.join(PHYSICS_IMPLS)}")
+        check_distance(self.distance_type, self.distance_params)
+        check_impl(self.impl)
         for name in ("initial_random_steps", "learning_starts", "replay_size", "aug_pad",
                      "path_save_frequency"):
             if getattr(self, name) < 0:

@@ -215,7 +215,7 @@ def test_update_unroll_device_default(monkeypatch):
     ("distance_normalizer", 0.0, "distance_normalizer must be > 0"),
     ("reward_dtype", "fp16", "unknown reward_dtype 'fp16'; valid: float32, bfloat16"),
     ("distance_type", "l1", "unknown distance_type 'l1'; valid: eucl, sq_eucl"),
-    ("impl", "cuda", "unknown impl 'cuda'; valid: auto, warp, jax"),
+    ("impl", "cuda", "unknown physics impl 'cuda'; valid: auto, warp, jax"),
     ("aug_pad", -1, "aug_pad must be >= 0"),
     ("subtask_hold_steps", 0, "subtask_hold_steps must be at least 1"),
     ("replay_size", 100, "replay_size 100 is smaller than one batch"),

@@ -34,13 +34,18 @@ ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets")
 PHYSICS_IMPLS = ("warp", "jax")
 
 
+def check_impl(impl: str) -> None:
+    """Raises on a physics impl other than ``auto`` or one of PHYSICS_IMPLS."""
+    if impl != "auto" and impl not in PHYSICS_IMPLS:
+        raise ValueError(f"unknown physics impl {impl!r}; valid: auto, {', '.join(PHYSICS_IMPLS)}")
+
+
 def resolve_impl(impl: str) -> str:
     """``auto`` -> the measured-faster MJX impl for the default device (benchmarks/NOTES.md):
     ``jax`` on the CPU, ``warp`` (MuJoCo Warp kernels) on a GPU."""
+    check_impl(impl)
     if impl == "auto":
         return "warp" if jax.default_backend() == "gpu" else "jax"
-    if impl not in PHYSICS_IMPLS:
-        raise ValueError(f"unknown physics impl {impl!r}; choose auto or one of {PHYSICS_IMPLS}")
     return impl
 
 

@@ -49,6 +49,16 @@ DISTANCE_TYPES = {"eucl": 0, "sq_eucl": 0, "sq_eucl_huber": 3}
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 
 
+def check_distance(distance_type: str, distance_params: tuple[float, ...]) -> None:
+    """Raises on an unknown ``distance_type`` or the wrong number of its ``distance_params``."""
+    if distance_type not in DISTANCE_TYPES:
+        raise ValueError(f"unknown distance_type {distance_type!r}; valid: "
+                         f"{', '.join(DISTANCE_TYPES)}")
+    if len(distance_params) != DISTANCE_TYPES[distance_type]:
+        raise ValueError(f"distance_type {distance_type!r} takes {DISTANCE_TYPES[distance_type]} "
+                         f"distance_params, got {distance_params!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class HoldCConfig:
     """The HOLD-C model and its distance; defaults are hold-rewards' ``holdc/resnet50.py``."""
@@ -65,14 +75,7 @@ class HoldCConfig:
     def __post_init__(self):
         if self.num_layers not in BLOCK_SIZES:
             raise ValueError(f"num_layers {self.num_layers} not in {sorted(BLOCK_SIZES)}")
-        if self.distance_type not in DISTANCE_TYPES:
-            raise ValueError(
-                f"unknown distance_type {self.distance_type!r}; valid: {list(DISTANCE_TYPES)}")
-        if len(self.distance_params) != DISTANCE_TYPES[self.distance_type]:
-            raise ValueError(
-                f"distance_type {self.distance_type!r} takes "
-                f"{DISTANCE_TYPES[self.distance_type]} distance_params, "
-                f"got {self.distance_params!r}")
+        check_distance(self.distance_type, self.distance_params)
         # Hashable even when given a list (the config is a static jit argument).
         object.__setattr__(self, "distance_params", tuple(float(p) for p in self.distance_params))
         jnp.dtype(self.dtype)  # fails early on a bad dtype name
