@@ -245,8 +245,8 @@ def load_config(name: str) -> TrainConfig:
     return importlib.import_module(f"{CONFIGS_PACKAGE}.{name}").CONFIG
 
 
-def _parse_value(field: dataclasses.Field, text: str):
-    kind = typing.get_type_hints(TrainConfig)[field.name]
+def _parse_value(name: str, kind: type, text: str):
+    """``--name=text`` as a value of type ``kind``, or an error naming the flag."""
     if isinstance(kind, types.UnionType):
         kind = next(t for t in typing.get_args(kind) if t is not type(None))
     if typing.get_origin(kind) is tuple:
@@ -256,11 +256,11 @@ def _parse_value(field: dataclasses.Field, text: str):
             return True
         if text.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"--{field.name} expects true or false, got {text!r}")
+        raise ValueError(f"--{name} expects true or false, got {text!r}")
     try:
         return kind(text)
     except ValueError:
-        raise ValueError(f"--{field.name} expects a {kind.__name__}, got {text!r}") from None
+        raise ValueError(f"--{name} expects a {kind.__name__}, got {text!r}") from None
 
 
 def config_from_args(args: list[str]) -> tuple[TrainConfig, dict[str, str]]:
@@ -269,7 +269,8 @@ def config_from_args(args: list[str]) -> tuple[TrainConfig, dict[str, str]]:
     Returns the config and the flags that are not config fields (the caller's own, such
     as ``--resume``), which the caller must consume or reject.
     """
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    kinds = {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
     flags: dict[str, str] = {}
     for arg in args:
         if not arg.startswith("--"):
@@ -280,16 +281,13 @@ def config_from_args(args: list[str]) -> tuple[TrainConfig, dict[str, str]]:
     overrides, rest = {}, {}
     total_steps = flags.pop("total_steps", None)
     for key, value in flags.items():
-        if key in fields:
-            overrides[key] = _parse_value(fields[key], value)
+        if key in kinds:
+            overrides[key] = _parse_value(key, kinds[key], value)
         else:
             rest[key] = value
     config = dataclasses.replace(config, **overrides)
     if total_steps is not None:
-        try:
-            steps = int(total_steps)
-        except ValueError:
-            raise ValueError(f"--total_steps expects a int, got {total_steps!r}") from None
+        steps = _parse_value("total_steps", int, total_steps)
         if steps < 1:
             raise ValueError(f"--total_steps must be at least 1, got {steps}")
         # Whole epochs: rounded up to a multiple of epoch_length.
