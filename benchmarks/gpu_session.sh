@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_session.sh all      # sac, then train, then envs
 #   bash benchmarks/gpu_session.sh probe    # SAC update profile and variants, every task's envs
 #   bash benchmarks/gpu_session.sh speed    # bf16 encoders, run_all, 120x180 tabletop envs
-#   bash benchmarks/gpu_session.sh next     # fused encoders, run_all (GL loop, brax), demo model, HOLD-R
+#   bash benchmarks/gpu_session.sh next     # rows/fused encoders, run_all (GL, brax), demo model, HOLD-R
 #   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
 #   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
 #   bash benchmarks/gpu_session.sh compare  # figure 3a's sparse vs HOLD-C, state proxy, 10 seeds
@@ -80,16 +80,17 @@ case "${1:-envs}" in
     timeout $((${BUDGET_S:-450} - SECONDS)) python3 benchmarks/env_throughput.py \
       --tasks=close_drawer --impls=jax,warp --nums=256,2048 --steps=50 --repeats=2 --tag=tabletop \
       --out="$out" 2>&1 | tee "$out/env_throughput.log" ;;
-  next)  # what no GPU call has measured yet: fused encoders' update rate (float32, bf16),
+  next)  # what no GPU call has measured yet: the update rate of each encoder computation
+    # (canonical baseline; rows = banded GEMMs, float32 and bf16; fused encoders), then
     # run_all with an OpenGL reference loop (carry .gl) and brax's part inside the limit, the
     # small default demo model's check, HOLD-R at 512
-    timeout 45 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --seeds=1 \
-      --fused_encoders=0 --tag=separate --out="$out" 2>&1 | tail -2 | tee -a "$out/sac_update.log"
-    for dtype in float32 bfloat16; do
-      timeout 60 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --seeds=1,5 \
-        --fused_encoders=1 --encoder_dtype=$dtype --tag=fused-$dtype --out="$out" 2>&1 \
-        | tail -3 | tee -a "$out/sac_update.log"
-    done
+    sac() { timeout 60 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --out="$out" \
+      "$@" 2>&1 | tail -3 | tee -a "$out/sac_update.log"; }
+    sac --seeds=1 --fused_encoders=0 --tag=separate
+    sac --seeds=1,5 --conv=rows --tag=float32
+    sac --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16 --trace=/tmp/trace_rows
+    sac --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --fused_encoders=1 --tag=fused-bfloat16
+    sac --seeds=1,5 --fused_encoders=1 --encoder_dtype=bfloat16 --tag=fused-bfloat16
     left() { echo $(( ${BUDGET_S:-560} - SECONDS )); }
     timeout $(( $(left) > 430 ? 400 : $(left) - 30 )) python3 benchmarks/run_all.py \
       --fused_rewards=holdc --fused_nums=512 --brax_steps=20000 --out="$out" \

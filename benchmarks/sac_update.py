@@ -16,10 +16,11 @@ body that many times (fewer loop-condition round trips, fusion across updates). 
 profiles one more call of the one-seed scan and summarises its device kernels (count per
 update, busy share of the wall time, the costliest kernels) into the payload's ``profile``.
 
-The encoder's layers are `ConvReluPool` (``--conv=canonical``, the default everywhere);
-``--conv=lax`` makes the encoder use ``nn.Conv`` (``lax.conv_general_dilated`` and its autodiff)
-on every backend, as it did before `holdjax.sac.networks.ConvReluPool`; on XLA:CPU that update
-is ~30x slower inside the scan, so use few updates.
+The encoder's layers are `ConvReluPool`s; ``--conv`` picks their computation
+(`holdjax.sac.networks.CONV_RELU_POOL`): ``canonical`` (custom-VJP convolutions, the default
+everywhere), ``rows`` (each row tile one banded matrix product, written for GPU tensor cores),
+``lax`` (``lax.conv_general_dilated`` and its autodiff, as ``nn.Conv``; on XLA:CPU that update
+is ~30x slower inside the scan, so use few updates).
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--conv",
         choices=networks.ENCODER_CONVS,
         default="canonical",
-        help="canonical: ConvReluPool (custom-VJP convolutions, the default); lax: nn.Conv",
+        help="canonical: custom-VJP convolutions (the default); rows: banded matrix products "
+        "(for GPUs); lax: nn.Conv's lax.conv_general_dilated",
     )
     parser.add_argument("--encoder_dtype", default="float32", help="convolutions' compute type")
     parser.add_argument("--flat_optimizer", action="store_true", help="Adam on raveled params")
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
 
-    conv_name = {"canonical": "ConvReluPool", "lax": "nn.Conv"}[args.conv]
+    conv_name = {"canonical": "ConvReluPool", "lax": "nn.Conv", "rows": "banded GEMM"}[args.conv]
     print(f"backend {jax.default_backend()}, encoder layers: {conv_name}", flush=True)
     print(HEADER, flush=True)
     config = SACConfig(

@@ -21,6 +21,7 @@ from holdjax.envs.base import check_impl
 from holdjax.reward.base import REWARDS
 from holdjax.reward.holdc import check_distance
 from holdjax.reward.shaping import ShapingConfig
+from holdjax.sac.networks import check_encoder_conv
 from holdjax.sac.update import SACConfig
 
 CONFIGS_PACKAGE = "configs"
@@ -93,6 +94,9 @@ class TrainConfig:
     # The SAC encoders' convolution compute type: "float32" (the reference's) or "bfloat16"
     # (half the bytes; parameters, MLPs and losses stay float32).
     encoder_dtype: str = "float32"
+    # How the encoders' convolutions are computed (same values; networks.ENCODER_CONVS):
+    # "canonical" (custom-VJP convolutions) or "rows" (banded matrix products, for GPUs).
+    encoder_conv: str = "canonical"
     # Critic and actor encoders run as one encoder of twice the width on each image batch
     # (same values, half the convolutions; SACConfig.fused_encoders).
     fused_encoders: bool = False
@@ -166,6 +170,7 @@ class TrainConfig:
             batch_size=self.batch_size,
             aug_pad=self.aug_pad,
             encoder_dtype=self.encoder_dtype,
+            encoder_conv=self.encoder_conv,
             fused_encoders=self.fused_encoders,
         )
 
@@ -211,6 +216,7 @@ class TrainConfig:
                                  f"{', '.join(COMPUTE_DTYPES)}")
         check_distance(self.distance_type, self.distance_params)
         check_impl(self.impl)
+        check_encoder_conv(self.encoder_conv)
         for name in ("initial_random_steps", "learning_starts", "replay_size", "aug_pad",
                      "path_save_frequency"):
             if getattr(self, name) < 0:

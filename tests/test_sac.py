@@ -429,20 +429,44 @@ def encoder_results(images, conv):
     return params, features, grads, "custom_vjp_call" in str(jaxpr)
 
 
-@pytest.mark.parametrize("size", [16, 14])  # 14: the second layer's input is odd (7x7)
-def test_encoder_layers_match_nn_conv(size):
+@pytest.mark.parametrize(  # 14: the second layer's input is odd (7x7); 40: 4 row tiles of 10
+    ("size", "conv"), [(16, "canonical"), (14, "canonical"), (16, "rows"), (14, "rows"),
+                       (40, "rows")])
+def test_encoder_layers_match_nn_conv(size, conv):
     """Same parameters (names, shapes, initial values), features and gradients as nn.Conv."""
     images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, size, size, 3)), jnp.float32)
-    params, features, grads, custom = encoder_results(images, "canonical")
+    params, features, grads, custom = encoder_results(images, conv)
     nn_params, nn_features, nn_grads, nn_custom = encoder_results(images, "lax")
 
-    assert custom and not nn_custom
+    assert custom == (conv == "canonical") and not nn_custom
     assert jax.tree.map(jnp.shape, params["params"]["Conv_1"]) == {
         "kernel": (5, 5, 8, 8),
         "bias": (8,),
     }
     jax.tree.map(np.testing.assert_array_equal, params, nn_params)
     assert_trees_close((features, grads), (nn_features, nn_grads))
+
+
+def test_rows_layer_is_one_matrix_product_per_row_tile():
+    """conv="rows": the convolution is a single dot_general over kh stacked rows of
+    tile + kw - 1 padded columns (ROW_TILE output columns at most), no convolution op."""
+    x = jnp.zeros((2, 40, 40, 3))
+    kernel, bias = jnp.zeros((5, 5, 3, 8)), jnp.zeros((8,))
+    jaxpr = str(jax.make_jaxpr(networks.rows_conv_relu_pool, static_argnums=3)(
+        x, kernel, bias, "float32"))
+    assert "conv_general_dilated" not in jaxpr
+    banded = networks.banded_kernel(kernel, networks._row_tile(40))
+    assert networks._row_tile(40) == 10 and banded.shape == (5, (10 + 4) * 3, 10 * 8)
+    assert jaxpr.count("dot_general") == 2  # banded_kernel's selection, then the product
+
+
+def test_banded_kernel_places_each_tap():
+    kernel = jnp.asarray(np.random.default_rng(0).normal(size=(3, 3, 2, 4)), jnp.float32)
+    banded = np.asarray(networks.banded_kernel(kernel, 4)).reshape(3, 6, 2, 4, 4)
+    for v in range(6):
+        for w in range(4):
+            expected = kernel[:, v - w] if 0 <= v - w < 3 else np.zeros((3, 2, 4))
+            np.testing.assert_array_equal(banded[:, v, :, w], expected)
 
 
 def test_encoder_rejects_unknown_conv():
@@ -485,15 +509,16 @@ def test_flat_optimizer_gives_the_per_leaf_update():
     assert [x.shape for x in moments] == [(num_critic_params,)] * 2  # Adam's mu and nu, raveled
 
 
+@pytest.mark.parametrize("conv", ["canonical", "rows"])
 @pytest.mark.parametrize("size", [16, 10])  # 10: the second layer's input is odd (5x5)
-def test_encode_pair_equals_each_encoder_with_the_same_gradients(size):
+def test_encode_pair_equals_each_encoder_with_the_same_gradients(size, conv):
     images = jnp.asarray(np.random.default_rng(1).uniform(size=(3, size, size, 3)), jnp.float32)
-    encoder = networks.Encoder()
+    encoder = networks.Encoder(conv=conv)
     first, second = (encoder.init(jax.random.key(k), images)["params"] for k in (0, 1))
     cotangents = [normal(np.random.default_rng(k), 3, (size // 4) ** 2 * 8) for k in (2, 3)]
 
     def pair(first, second):
-        a, b = networks.encode_pair(first, second, images)
+        a, b = networks.encode_pair(first, second, images, conv=conv)
         return jnp.sum(a * cotangents[0]) + jnp.sum(b * cotangents[1]), (a, b)
 
     def each(first, second):
@@ -526,6 +551,26 @@ def test_fused_encoders_give_the_separate_update():
     assert convolutions == [18, 8]  # traced; XLA merges a repeated pass: 14 and 7 compiled
 
 
-def test_fused_encoders_need_the_canonical_layers():
-    with pytest.raises(ValueError, match="fused_encoders needs encoder_conv='canonical'"):
-        SACConfig(fused_encoders=True, encoder_conv="lax")
+def test_sac_config_rejects_unknown_encoder_conv():
+    with pytest.raises(ValueError, match="unknown encoder conv 'cudnn'"):
+        SACConfig(encoder_conv="cudnn")
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_rows_encoder_gives_the_canonical_update_for_each_seed(fused):
+    """encoder_conv="rows" (and with fused_encoders) changes how convolutions are computed,
+    not what: two vmapped seeds' states and metrics after two updates equal the canonical
+    layers' up to rounding."""
+    obs_shape = (16, 16, 3)
+    batch = random_image_batch(jax.random.key(1), obs_shape)
+    keys = jax.random.split(jax.random.key(3), 2)
+    results = []
+    for conv in ("canonical", "rows"):
+        config = SACConfig(hidden_sizes=(32, 32), encoder_conv=conv, fused_encoders=fused)
+        states = jax.vmap(functools.partial(init_sac, obs_shape=obs_shape,
+                                            action_dim=ACTION_DIM, config=config))(keys)
+        update = jax.jit(jax.vmap(functools.partial(sac_update, batch=batch, config=config)))
+        for step in range(2):
+            states, metrics = update(states, key=jax.random.split(keys[step], 2))
+        results.append((states, metrics))
+    assert_trees_close(results[1], results[0], rtol=1e-4)

@@ -120,13 +120,14 @@ def fused_encoder_losses(
     actor on s'. The sum's gradient with respect to each of (critic, actor, log alpha) is that
     of its own loss, as the stop-gradients hold the other parameters fixed in each term."""
     chex.assert_rank([batch.reward, batch.done], 1)
-    dtype = networks.critic.encoder_dtype
+    dtype, conv = networks.critic.encoder_dtype, networks.critic.encoder_conv
     frozen_actor = jax.lax.stop_gradient(actor_params)
     critic_features, actor_features = encode_pair(
-        critic_params["params"]["encoder"], actor_params["params"]["encoder"], batch.obs, dtype)
+        critic_params["params"]["encoder"], actor_params["params"]["encoder"], batch.obs, dtype,
+        conv)
     target_next_features, actor_next_features = encode_pair(
         target_critic_params["params"]["encoder"], frozen_actor["params"]["encoder"],
-        batch.next_obs, dtype)
+        batch.next_obs, dtype, conv)
 
     critic_heads = functools.partial(networks.critic.apply, method="q_values")
     policy = functools.partial(networks.actor.apply, method="distribution")

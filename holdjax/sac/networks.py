@@ -21,17 +21,12 @@ LOG_STD_MAX = 2.0
 glorot_uniform = nn.initializers.xavier_uniform()
 
 
-ENCODER_CONVS = ("canonical", "lax")
-
-
 class Encoder(nn.Module):
     """[conv SAME, ReLU, 2x2 max-pool] per entry of `filters`, then flatten; no dense layer.
 
-    ``conv="canonical"`` (default): each layer is a `ConvReluPool`, whose convolutions run fast
-    inside `lax.scan` on XLA:CPU (17-44x) and also on an H200 (801 against 694 updates/s;
-    benchmarks/NOTES.md). ``conv="lax"``: `nn.Conv`, ReLU, `max_pool_2x2`, with the same
-    parameters and values, kept to compare against. ``dtype`` is the convolutions' compute
-    type (parameters stay float32; features come out float32 for the MLPs).
+    Each layer is a `ConvReluPool`; ``conv`` picks how its convolution is computed (same
+    parameters and values; `ENCODER_CONVS`). ``dtype`` is the convolutions' compute type
+    (parameters stay float32; features come out float32 for the MLPs).
     """
 
     filters: Sequence[int] = (8, 8)
@@ -42,36 +37,22 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         chex.assert_rank(images, 4)
-        if self.conv not in ENCODER_CONVS:
-            raise ValueError(f"unknown encoder conv {self.conv!r}; valid: {ENCODER_CONVS}")
+        check_encoder_conv(self.conv)
         x = images.astype(self.dtype)
         for i, num_filters in enumerate(self.filters):
-            if self.conv == "canonical":
-                x = ConvReluPool(num_filters, self.kernel_size, self.dtype, name=f"Conv_{i}")(x)
-            else:
-                x = nn.Conv(
-                    num_filters,
-                    (self.kernel_size, self.kernel_size),
-                    padding="SAME",
-                    kernel_init=glorot_uniform,
-                    dtype=self.dtype,
-                    name=f"Conv_{i}",
-                )(x)
-                x = max_pool_2x2(nn.relu(x))
+            x = ConvReluPool(num_filters, self.kernel_size, self.conv, self.dtype,
+                             name=f"Conv_{i}")(x)
         return x.reshape(x.shape[0], -1).astype(jnp.float32)
 
 
 class ConvReluPool(nn.Module):
-    """`nn.Conv` (stride 1, SAME, Glorot-uniform kernel, zero bias), ReLU, `max_pool_2x2`, with
-    `conv_same`'s convolutions. Parameters ("kernel" (k, k, Cin, F), "bias" (F,)) and their
-    initial values are those of the `nn.Conv` it replaces.
-
-    On even-sized inputs the convolution comes out as 2x2 blocks (`conv_same_blocked`), so the
-    pool is a max over one axis, with no space-to-depth transposes in between.
-    """
+    """`nn.Conv` (stride 1, SAME, Glorot-uniform kernel, zero bias), ReLU, `max_pool_2x2`.
+    Parameters ("kernel" (k, k, Cin, F), "bias" (F,)) and their initial values are those of
+    the `nn.Conv` it replaces; ``conv`` names the computation in `CONV_RELU_POOL`."""
 
     features: int
     kernel_size: int
+    conv: str = "canonical"
     dtype: str = "float32"  # compute type; parameters are float32
 
     @nn.compact
@@ -79,20 +60,84 @@ class ConvReluPool(nn.Module):
         size = (self.kernel_size, self.kernel_size)
         kernel = self.param("kernel", glorot_uniform, (*size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return conv_relu_pool(x, kernel, bias, self.dtype)
+        return CONV_RELU_POOL[self.conv](x, kernel, bias, self.dtype)
 
 
 def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: str) -> jax.Array:
-    """`ConvReluPool`'s computation, computed in ``dtype``."""
+    """`ConvReluPool` with `conv_same`'s canonical convolutions (``conv="canonical"``, the
+    default): fast inside `lax.scan` on XLA:CPU (17-44x) and on an H200 (801 against 694
+    updates/s; benchmarks/NOTES.md). On even-sized inputs the convolution comes out as 2x2
+    blocks (`conv_same_blocked`), so the pool is a max over one axis, with no transposes."""
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
     if x.shape[1] % 2 or x.shape[2] % 2:
         return max_pool_2x2(nn.relu(conv_same(x, kernel) + bias))
     return nn.relu(conv_same_blocked(x, kernel) + bias).max(axis=3)
 
 
+def lax_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
+                       dtype: str) -> jax.Array:
+    """`ConvReluPool` as `nn.Conv` computes it (``conv="lax"``): `lax.conv_general_dilated`
+    and its autodiff, kept to compare against (~30x slower inside `lax.scan` on XLA:CPU)."""
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=NHWC)
+    return max_pool_2x2(nn.relu(y + bias))
+
+
+ROW_TILE = 16  # most output columns per banded matrix product in `rows_conv_relu_pool`
+
+
+def _row_tile(width: int) -> int:
+    """The largest divisor of ``width`` that is at most `ROW_TILE`."""
+    return max(d for d in range(1, min(width, ROW_TILE) + 1) if width % d == 0)
+
+
+def banded_kernel(kernel: jax.Array, tile: int) -> jax.Array:
+    """(kh, (tile + kw - 1) Cin, tile Cout): for each kernel row i, the matrix that maps
+    ``tile + kw - 1`` consecutive (padded) input columns, channels last, to ``tile`` output
+    columns: banded[i, (v, c), (w, o)] = kernel[i, v - w, c, o] where 0 <= v - w < kw."""
+    kh, kw, cin, cout = kernel.shape
+    offset = np.arange(tile + kw - 1)[:, None, None] - np.arange(tile)[None, :, None]
+    select = (offset == np.arange(kw)).astype(np.float32)  # [v, w, j]
+    banded = jnp.einsum("ijco,vwj->ivcwo", kernel, select.astype(kernel.dtype))
+    return banded.reshape(kh, (tile + kw - 1) * cin, tile * cout)
+
+
+def rows_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
+                        dtype: str) -> jax.Array:
+    """`ConvReluPool` as one matrix product (``conv="rows"``), for GPUs: each output row of
+    up to `ROW_TILE` columns is kh stacked input rows (kh (tile + kw - 1) Cin values) times
+    a banded matrix (`banded_kernel`). A 3- or 8-channel convolution becomes a GEMM of a few
+    hundred on each side, shaped for tensor cores, at ~4x the FLOPs of the direct
+    convolution; forward and backward are plain `dot_general`s (no cuDNN layout conversions).
+    """
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    b, h, w, c = x.shape
+    kh, kw, _, features = kernel.shape
+    tile = _row_tile(w)
+    x = jnp.pad(x, ((0, 0), same_padding(kh), same_padding(kw), (0, 0)))
+    rows = jnp.stack([x[:, i:i + h] for i in range(kh)], axis=2)  # (B, H, kh, W + kw - 1, C)
+    windows = jnp.stack([rows[:, :, :, t:t + tile + kw - 1] for t in range(0, w, tile)], axis=2)
+    windows = windows.reshape(b, h, w // tile, kh, (tile + kw - 1) * c)
+    y = jnp.einsum("bhtiv,ivw->bhtw", windows, banded_kernel(kernel, tile))
+    return max_pool_2x2(nn.relu(y.reshape(b, h, w, features) + bias))
+
+
+CONV_RELU_POOL = {
+    "canonical": conv_relu_pool,
+    "lax": lax_conv_relu_pool,
+    "rows": rows_conv_relu_pool,
+}
+ENCODER_CONVS = tuple(CONV_RELU_POOL)
+
+
+def check_encoder_conv(conv: str) -> None:
+    if conv not in CONV_RELU_POOL:
+        raise ValueError(f"unknown encoder conv {conv!r}; valid: {', '.join(ENCODER_CONVS)}")
+
+
 def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array,
-                dtype: str = "float32") -> tuple[jax.Array, jax.Array]:
-    """The features of two canonical `Encoder`s (parameters ``first`` and ``second``, as under
+                dtype: str = "float32", conv: str = "canonical") -> tuple[jax.Array, jax.Array]:
+    """The features of two `Encoder`s (parameters ``first`` and ``second``, as under
     a module's "encoder") of the same images, computed as one encoder of twice the width:
     the first layer's kernels side by side, each later layer's kernel block-diagonal. Same
     values as applying each; half the convolutions, each with twice the output channels,
@@ -111,7 +156,7 @@ def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array
                 jnp.concatenate([a["kernel"], jnp.zeros((*size, cin_a, cout_b))], axis=-1),
                 jnp.concatenate([jnp.zeros((*size, cin_b, cout_a)), b["kernel"]], axis=-1),
             ], axis=-2)
-        x = conv_relu_pool(x, kernel, jnp.concatenate([a["bias"], b["bias"]]), dtype)
+        x = CONV_RELU_POOL[conv](x, kernel, jnp.concatenate([a["bias"], b["bias"]]), dtype)
     split = first[f"Conv_{len(first) - 1}"]["bias"].shape[0]
     return tuple(f.reshape(f.shape[0], -1).astype(jnp.float32)
                  for f in (x[..., :split], x[..., split:]))

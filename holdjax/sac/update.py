@@ -14,7 +14,7 @@ import optax
 
 from holdjax.sac.augment import random_shift
 from holdjax.sac.losses import actor_loss, alpha_loss, critic_loss, fused_encoder_losses
-from holdjax.sac.networks import SACNetworks, make_networks
+from holdjax.sac.networks import SACNetworks, check_encoder_conv, make_networks
 from holdjax.sac.replay import Transition, is_image_shape, stored_obs_to_float
 
 
@@ -31,7 +31,7 @@ class SACConfig:
     hidden_sizes: tuple[int, ...] = (256, 256)
     encoder_filters: tuple[int, ...] = (8, 8)
     encoder_kernel_size: int = 5
-    encoder_conv: str = "canonical"  # or "lax" (nn.Conv), to compare; see networks.Encoder
+    encoder_conv: str = "canonical"  # or "rows" (GEMMs, for GPUs), "lax"; networks.ENCODER_CONVS
     encoder_dtype: str = "float32"  # the convolutions' compute type ("bfloat16" halves bytes)
     init_log_alpha: float = 0.0
     # Adam on each network's parameters raveled into one vector: one fused kernel per
@@ -39,13 +39,11 @@ class SACConfig:
     flat_optimizer: bool = False
     # Pixel updates only: the critic's and the actor's encoders read each image batch as one
     # encoder of twice the width (`losses.fused_encoder_losses`): same values, half the
-    # convolution kernels. Needs encoder_conv="canonical".
+    # convolution kernels.
     fused_encoders: bool = False
 
     def __post_init__(self):
-        if self.fused_encoders and self.encoder_conv != "canonical":
-            raise ValueError("fused_encoders needs encoder_conv='canonical' (its layers are "
-                             "ConvReluPool's); turn one of them off")
+        check_encoder_conv(self.encoder_conv)
 
 
 @flax.struct.dataclass
