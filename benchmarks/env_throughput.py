@@ -18,14 +18,13 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import mujoco_warp
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import timed, write_results  # noqa: E402
 
 from holdjax import envs  # noqa: E402
-from holdjax.envs.base import ManipulationEnv, physics_overflow  # noqa: E402
+from holdjax.envs.base import ManipulationEnv, overflow_kinds, physics_overflow  # noqa: E402
 
 
 def measure(task: str, impl: str, num_envs: int, steps: int, repeats: int, render: bool = True,
@@ -71,7 +70,7 @@ def measure(task: str, impl: str, num_envs: int, steps: int, repeats: int, rende
         "compile_and_first_run_s": first,
         "render_compile_s": render_first,
         "overflow_worlds": int(np.count_nonzero(overflow)),
-        "overflow_kinds": [kind.name for kind in mujoco_warp.OverflowType if seen & kind],
+        "overflow_kinds": overflow_kinds(seen),
     }
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from holdjax import checkpoint, envs
 from holdjax.config import TrainConfig, config_from_args
-from holdjax.envs.base import EnvState, ManipulationEnv
+from holdjax.envs.base import EnvState, ManipulationEnv, overflow_kinds, physics_overflow
 from holdjax.reward import RewardFunction, make_reward
 from holdjax.reward.base import DISTANCE_REWARDS, RewardState
 from holdjax.reward.scenic_checkpoint import CheckpointMismatchError
@@ -240,11 +240,16 @@ class Trainer:
         sac = jax.tree.map(lambda new, old: jnp.where(ready, new, old), updated, state.sac)
         episode_return = state.episode_return + reward
         finished = env_state.done
+        # MuJoCo Warp's solver and contact limits hit during each seed's finished episodes
+        # (the bits stay set until a reset): how many worlds, and which limits.
+        overflow = jnp.where(finished[0], self.per_seed(physics_overflow(env_state.data)), 0)
         out = {
             "updated": ready,
             "finished": finished,
             "train_return": episode_return,
             "train_success": env_state.success,
+            "overflow_episodes": jnp.count_nonzero(overflow, axis=1),
+            "overflow_bits": jnp.bitwise_or.reduce(overflow, axis=1),
             **metrics,
         }
         # Fixed-length episodes: every world ends on the same step; reset them all at once.
@@ -346,7 +351,11 @@ def summarize_epoch(out: dict, config: TrainConfig) -> dict[str, list[float] | f
     finished = np.asarray(out.pop("finished")).reshape(len(updated), config.seeds, -1)
     returns = np.asarray(out.pop("train_return")).reshape(finished.shape)
     success = np.asarray(out.pop("train_success")).reshape(finished.shape)
-    summary = {}
+    overflow_bits = int(np.bitwise_or.reduce(np.asarray(out.pop("overflow_bits")), axis=None))
+    summary = {"physics_overflow_episodes": np.asarray(out.pop("overflow_episodes"))
+               .sum(axis=0).tolist()}
+    if overflow_bits:
+        summary["physics_overflow_kinds"] = overflow_kinds(overflow_bits)
     for name, values in out.items():
         values = np.asarray(values)[updated]  # losses exist once training has started
         summary[name] = values.mean(axis=0).tolist() if len(values) else None
@@ -356,6 +365,14 @@ def summarize_epoch(out: dict, config: TrainConfig) -> dict[str, list[float] | f
         summary["train_success_rate"] = [float(success[:, k][finished[:, k]].mean())
                                          for k in range(config.seeds)]
     return summary
+
+
+def overflow_warning(record: dict) -> str:
+    """What to tell the user about an epoch whose episodes hit MuJoCo Warp's limits."""
+    episodes, kinds = record["physics_overflow_episodes"], record["physics_overflow_kinds"]
+    return (f"epoch {record['epoch']}: MuJoCo Warp hit {', '.join(kinds)}"
+            f" in {sum(episodes)} episodes (per seed: {episodes}), whose physics may be inexact; "
+            "raise that limit in the task's MJCF (README, Tasks)")
 
 
 def check_finite(summary: dict, epoch: int, run_dir: str) -> None:
@@ -433,6 +450,8 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                                            or epoch + 1 == config.num_epochs):
             write_video(os.path.join(run_dir, "videos", f"eval_epoch{epoch + 1:04d}.mp4"),
                         np.asarray(frames))
+        if "physics_overflow_kinds" in record:
+            bar.write(overflow_warning(record), file=sys.stderr)
         bar.update(env_steps - bar.n)
         bar.set_postfix(eval_success=f"{np.mean(record['eval_success_rate']):.2f}",
                         steps_per_s=f"{record['env_steps_per_s']:.0f}")

@@ -13,7 +13,7 @@ from holdjax import checkpoint
 from holdjax.config import TrainConfig, config_from_args
 from holdjax.evaluate import main as evaluate_cli
 from holdjax.plot import plot_runs
-from holdjax.train import get_trainer, over_seeds, train
+from holdjax.train import get_trainer, over_seeds, overflow_warning, summarize_epoch, train
 from holdjax.train import main as train_cli
 
 TINY = TrainConfig(
@@ -116,6 +116,8 @@ def test_run_writes_metrics_checkpoints_video(two_seed_run):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert record["env_steps"] == 16 and len(record["eval_success_rate"]) == 2
     assert all(np.isfinite(record["critic_loss"]))
+    assert record["physics_overflow_episodes"] == [0, 0]  # MJX-JAX physics keeps no record
+    assert "physics_overflow_kinds" not in record
     assert checkpoint.latest_epoch(config.out_dir) == 2
     assert os.path.exists(os.path.join(config.out_dir, "videos", "eval_epoch0002.mp4"))
     assert os.listdir(os.path.join(config.out_dir, "tensorboard"))
@@ -129,6 +131,31 @@ def test_fused_epoch_changes_parameters(two_seed_run):
     changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
                            initial.sac.actor_params, trained.actor_params)
     assert all(jax.tree.leaves(changed))
+
+
+def test_epoch_summary_counts_episodes_that_hit_warp_limits():
+    """3 iterations, 2 seeds x 2 worlds; episodes end at iteration 2, where seed 1's second
+    world hit the line-search limit (bit 8) and another limit (bit 1) was seen."""
+    import mujoco_warp
+
+    ls = int(mujoco_warp.OverflowType.LS_ITERATIONS)
+    out = {
+        "updated": np.array([False, True, True]),
+        "finished": np.array([[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], bool),
+        "train_return": np.arange(12.0).reshape(3, 4),
+        "train_success": np.array([[0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 1, 1]], bool),
+        "overflow_episodes": np.array([[0, 0], [0, 0], [0, 1]]),
+        "overflow_bits": np.array([[0, 0], [0, 0], [0, ls | 1]]),
+        "critic_loss": np.array([[9.0, 9.0], [1.0, 2.0], [3.0, 4.0]]),
+    }
+    summary = summarize_epoch(out, dataclasses.replace(TINY, seeds=2))
+    assert summary["critic_loss"] == [2.0, 3.0]  # iterations that updated only
+    assert summary["train_return"] == [8.5, 10.5] and summary["train_success_rate"] == [0.5, 1.0]
+    assert summary["physics_overflow_episodes"] == [0, 1]
+    kinds = summary["physics_overflow_kinds"]
+    assert "LS_ITERATIONS" in kinds and len(kinds) == 2
+    message = overflow_warning({"epoch": 4, **summary})
+    assert message.startswith("epoch 4: MuJoCo Warp hit ") and "in 1 episodes" in message
 
 
 def test_over_seeds_equals_vmap_with_and_without_a_seed_axis_to_map():

@@ -60,6 +60,13 @@ def physics_overflow(data: mjx.Data) -> jax.Array:
     return overflow
 
 
+def overflow_kinds(bits: int) -> list[str]:
+    """Names of the ``mujoco_warp.OverflowType`` flags set in ``bits`` (`physics_overflow`)."""
+    import mujoco_warp  # only to decode; the jax impl never sets a bit
+
+    return [kind.name for kind in mujoco_warp.OverflowType if bits & kind]
+
+
 @struct.dataclass
 class EnvState:
     """A batch of worlds after a reset or a step (leading axis = worlds)."""
