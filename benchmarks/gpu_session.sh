@@ -12,6 +12,7 @@
 #   bash benchmarks/gpu_session.sh probe    # SAC update profile and variants, every task's envs
 #   bash benchmarks/gpu_session.sh speed    # bf16 encoders, run_all, 120x180 tabletop envs
 #   bash benchmarks/gpu_session.sh next     # rows/fused encoders, run_all (GL, brax), demo model, HOLD-R
+#   bash benchmarks/gpu_session.sh rows     # canonical vs rows encoders, then 400k dense pushing
 #   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
 #   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
 #   bash benchmarks/gpu_session.sh compare  # figure 3a's sparse vs HOLD-C, state proxy, 10 seeds
@@ -100,6 +101,22 @@ case "${1:-envs}" in
     [ "$(left)" -gt 60 ] && timeout "$(left)" python3 benchmarks/fused_step.py --rewards=holdr \
       --nums=512 --ratios=0.0625 --iterations=3 --repeats=2 --tag=holdr512 --out="$out" 2>&1 \
       | tee "$out/fused_step_holdr.log" ;;
+  rows)  # one seed's update rate with each encoder computation (canonical; rows in float32
+    # and bf16), then dense pushing (400k env steps, one update per env step) with the fastest,
+    # to the budget: #3's success >= 0.8 and the run's speed in one call
+    mkdir -p "$out/convs"
+    sac() { timeout 50 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --seeds=1 \
+      --out="$out/convs" "$@" 2>&1 | tail -2 | tee -a "$out/sac_update.log"; }
+    sac --tag=canonical-float32
+    sac --conv=rows --tag=float32
+    sac --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16
+    fastest=$(python3 -c 'import glob, json, sys
+runs = [json.load(open(p)) for p in glob.glob(sys.argv[1] + "/*.json")]
+best = min(runs, key=lambda r: r["rows"][0]["ms_per_update"])
+print("--encoder_conv=%s --encoder_dtype=%s" % (best["encoder_conv"], best["encoder_dtype"]))
+' "$out/convs")
+    mv "$out"/convs/*.json "$out"/; echo "fastest update: ${fastest:=}" | tee -a "$out/sac_update.log"
+    dense_pushing $(( ${BUDGET_S:-560} - SECONDS - 25 )) $fastest ;;
   final)  # issue 5's ratios, then issue 4's accelerator-default model and HOLD-R's fused step;
     # each part writes its results file as it goes, so a part cut short keeps what it measured
     timeout 270 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \

@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         "image_shape": list(IMAGE_SHAPE),
         "action_dim": ACTION_DIM,
         "encoder_layers": conv_name,
+        "encoder_conv": args.conv,
         "flat_optimizer": args.flat_optimizer,
         "fused_encoders": config.fused_encoders,
         "encoder_dtype": args.encoder_dtype,
