@@ -101,19 +101,21 @@ case "${1:-envs}" in
     [ "$(left)" -gt 60 ] && timeout "$(left)" python3 benchmarks/fused_step.py --rewards=holdr \
       --nums=512 --ratios=0.0625 --iterations=3 --repeats=2 --tag=holdr512 --out="$out" 2>&1 \
       | tee "$out/fused_step_holdr.log" ;;
-  rows)  # one seed's update rate with each encoder computation (canonical; rows in float32
-    # and bf16), then dense pushing (400k env steps, one update per env step) with the fastest,
-    # to the budget: #3's success >= 0.8 and the run's speed in one call
+  rows)  # one seed's update rate with each encoder computation (canonical; rows in float32,
+    # bf16, and bf16 with fused encoders), then dense pushing (400k env steps, one update per
+    # env step) with the fastest, to the budget: #3's success >= 0.8 and its speed in one call
     mkdir -p "$out/convs"
     sac() { timeout 50 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --seeds=1 \
       --out="$out/convs" "$@" 2>&1 | tail -2 | tee -a "$out/sac_update.log"; }
     sac --tag=canonical-float32
     sac --conv=rows --tag=float32
     sac --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16
+    sac --conv=rows --encoder_dtype=bfloat16 --fused_encoders=1 --tag=fused-bfloat16
     fastest=$(python3 -c 'import glob, json, sys
 runs = [json.load(open(p)) for p in glob.glob(sys.argv[1] + "/*.json")]
 best = min(runs, key=lambda r: r["rows"][0]["ms_per_update"])
-print("--encoder_conv=%s --encoder_dtype=%s" % (best["encoder_conv"], best["encoder_dtype"]))
+print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
+    best["encoder_conv"], best["encoder_dtype"], str(best["fused_encoders"]).lower()))
 ' "$out/convs")
     mv "$out"/convs/*.json "$out"/; echo "fastest update: ${fastest:=}" | tee -a "$out/sac_update.log"
     dense_pushing $(( ${BUDGET_S:-560} - SECONDS - 25 )) $fastest ;;

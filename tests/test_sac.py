@@ -531,6 +531,23 @@ def test_encode_pair_equals_each_encoder_with_the_same_gradients(size, conv):
     assert_trees_close(fused_grads, separate_grads)
 
 
+def test_rows_encode_pair_does_no_more_arithmetic_than_the_two_encoders():
+    """With conv="rows" the second layer runs as a batched product, not block-diagonal: the
+    compiled pair costs the FLOPs of the two encoders (the canonical pair pays for zeros)."""
+    images = jnp.zeros((3, 16, 16, 3))
+    flops = {}
+    for conv in ("canonical", "rows"):
+        encoder = networks.Encoder(conv=conv)
+        first, second = (encoder.init(jax.random.key(k), images)["params"] for k in (0, 1))
+        pair = jax.jit(functools.partial(networks.encode_pair, images=images, conv=conv))
+        each = jax.jit(lambda a, b, encoder=encoder: [encoder.apply({"params": p}, images)
+                                                      for p in (a, b)])
+        flops[conv] = [f.lower(first, second).compile().cost_analysis()["flops"]
+                       for f in (pair, each)]
+    assert flops["rows"][0] == pytest.approx(flops["rows"][1], rel=0.01)
+    assert flops["canonical"][0] > 1.2 * flops["canonical"][1]
+
+
 def test_fused_encoders_give_the_separate_update():
     """fused_encoders computes the same three gradients from half the convolutions: same
     state and metrics after two updates."""

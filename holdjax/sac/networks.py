@@ -139,13 +139,15 @@ def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array
                 dtype: str = "float32", conv: str = "canonical") -> tuple[jax.Array, jax.Array]:
     """The features of two `Encoder`s (parameters ``first`` and ``second``, as under
     a module's "encoder") of the same images, computed as one encoder of twice the width:
-    the first layer's kernels side by side, each later layer's kernel block-diagonal. Same
-    values as applying each; half the convolutions, each with twice the output channels,
-    meant for GPU convolution kernels tiled for wider outputs than 8 (on XLA:CPU it is
+    the first layer's kernels side by side; each later layer's kernel block-diagonal, or,
+    with ``conv="rows"``, the two encoders' later layers as one batched matrix product (no
+    block of zeros to multiply). Same values as applying each; half the layer calls, each
+    twice as wide, meant for GPU kernels tiled for wider outputs than 8 (on XLA:CPU it is
     slower; benchmarks/NOTES.md).
     """
+    batched_later_layers = conv == "rows"
     x = images.astype(dtype)
-    for i in range(len(first)):
+    for i in range(1 if batched_later_layers else len(first)):
         a, b = first[f"Conv_{i}"], second[f"Conv_{i}"]
         if i == 0:
             kernel = jnp.concatenate([a["kernel"], b["kernel"]], axis=-1)
@@ -157,9 +159,20 @@ def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array
                 jnp.concatenate([jnp.zeros((*size, cin_b, cout_a)), b["kernel"]], axis=-1),
             ], axis=-2)
         x = CONV_RELU_POOL[conv](x, kernel, jnp.concatenate([a["bias"], b["bias"]]), dtype)
-    split = first[f"Conv_{len(first) - 1}"]["bias"].shape[0]
-    return tuple(f.reshape(f.shape[0], -1).astype(jnp.float32)
-                 for f in (x[..., :split], x[..., split:]))
+        split = a["bias"].shape[0]
+    halves = (x[..., :split], x[..., split:])
+    if batched_later_layers:
+        later = [f"Conv_{i}" for i in range(1, len(first))]
+        pair = jax.tree.map(lambda a, b: jnp.stack([a, b]), {k: first[k] for k in later},
+                            {k: second[k] for k in later})
+
+        def later_layers(x: jax.Array, params: chex.ArrayTree) -> jax.Array:
+            for name in later:
+                x = CONV_RELU_POOL[conv](x, params[name]["kernel"], params[name]["bias"], dtype)
+            return x
+
+        halves = jax.vmap(later_layers)(jnp.stack(halves), pair)
+    return tuple(f.reshape(f.shape[0], -1).astype(jnp.float32) for f in halves)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
