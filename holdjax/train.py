@@ -119,9 +119,9 @@ class Trainer:
         per_step = jax.sharding.PartitionSpec(None, "seeds")
         state_specs = TrainState(sac=split, env=split, reward=split, episode_return=split,
                                  key=split, env_steps=same)
-        out_specs = {"updated": same, "finished": per_step, "train_return": per_step,
-                     "train_success": per_step}
-        out_specs.update({name: per_step for name in self._metric_shapes})
+        seed_axis_outputs = ("finished", "train_return", "train_success", "overflow_episodes",
+                             "overflow_bits", *self._metric_shapes)
+        out_specs = {"updated": same, **{name: per_step for name in seed_axis_outputs}}
         train_epoch = jax.shard_map(train_epoch, mesh=mesh, in_specs=(state_specs, split),
                                     out_specs=(state_specs, split, out_specs), check_vma=False)
         evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(split, split),
