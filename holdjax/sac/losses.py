@@ -120,7 +120,7 @@ def fused_encoder_losses(
     actor on s'. The sum's gradient with respect to each of (critic, actor, log alpha) is that
     of its own loss, as the stop-gradients hold the other parameters fixed in each term."""
     chex.assert_rank([batch.reward, batch.done], 1)
-    dtype, conv = networks.critic.encoder_dtype, networks.critic.encoder_conv
+    dtype, conv = networks.critic.encoder.dtype, networks.critic.encoder.conv
     frozen_actor = jax.lax.stop_gradient(actor_params)
     critic_features, actor_features = encode_pair(
         critic_params["params"]["encoder"], actor_params["params"]["encoder"], batch.obs, dtype,

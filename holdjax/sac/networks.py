@@ -359,21 +359,14 @@ class MLP(nn.Module):
 class Critic(nn.Module):
     """Two Q heads on one shared encoder (as in the reference); returns Q values shaped (2, B).
 
-    With `from_pixels=False` observations are state vectors fed straight to the heads.
+    With ``encoder=None`` observations are state vectors fed straight to the heads.
     `encode` and `q_values` are the two halves, for updates that encode separately.
     """
 
     hidden_sizes: Sequence[int] = (256, 256)
-    encoder_filters: Sequence[int] = (8, 8)
-    encoder_kernel_size: int = 5
-    encoder_conv: str = "canonical"
-    encoder_dtype: str = "float32"
-    from_pixels: bool = True
+    encoder: Encoder | None = None
 
     def setup(self):
-        if self.from_pixels:
-            self.encoder = Encoder(self.encoder_filters, self.encoder_kernel_size,
-                                   self.encoder_conv, self.encoder_dtype)
         self.q1 = MLP(self.hidden_sizes, 1)
         self.q2 = MLP(self.hidden_sizes, 1)
 
@@ -381,7 +374,7 @@ class Critic(nn.Module):
         return self.q_values(self.encode(obs), action)
 
     def encode(self, obs: jax.Array) -> jax.Array:
-        return self.encoder(obs) if self.from_pixels else obs
+        return obs if self.encoder is None else self.encoder(obs)
 
     def q_values(self, features: jax.Array, action: jax.Array) -> jax.Array:
         chex.assert_rank(action, 2)
@@ -395,28 +388,22 @@ class Critic(nn.Module):
 class Actor(nn.Module):
     """Own encoder + MLP giving the pre-tanh Gaussian's mean and log-std clipped to [-20, 2].
 
-    `encode` and `distribution` are the two halves, for updates that encode separately.
+    With ``encoder=None`` observations are state vectors. `encode` and `distribution` are the
+    two halves, for updates that encode separately.
     """
 
     action_dim: int
     hidden_sizes: Sequence[int] = (256, 256)
-    encoder_filters: Sequence[int] = (8, 8)
-    encoder_kernel_size: int = 5
-    encoder_conv: str = "canonical"
-    encoder_dtype: str = "float32"
-    from_pixels: bool = True
+    encoder: Encoder | None = None
 
     def setup(self):
-        if self.from_pixels:
-            self.encoder = Encoder(self.encoder_filters, self.encoder_kernel_size,
-                                   self.encoder_conv, self.encoder_dtype)
         self.torso = MLP(self.hidden_sizes, 2 * self.action_dim)
 
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.distribution(self.encode(obs))
 
     def encode(self, obs: jax.Array) -> jax.Array:
-        return self.encoder(obs) if self.from_pixels else obs
+        return obs if self.encoder is None else self.encoder(obs)
 
     def distribution(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
         chex.assert_rank(features, 2)
@@ -440,16 +427,16 @@ def make_networks(
     encoder_conv: str = "canonical",
     encoder_dtype: str = "float32",
 ) -> SACNetworks:
-    """Actor and critic sharing one architecture description (each has its own encoder)."""
-    shared = dict(
-        hidden_sizes=tuple(hidden_sizes),
-        encoder_filters=tuple(encoder_filters),
-        encoder_kernel_size=encoder_kernel_size,
-        encoder_conv=encoder_conv,
-        encoder_dtype=encoder_dtype,
-        from_pixels=from_pixels,
-    )
-    return SACNetworks(actor=Actor(action_dim=action_dim, **shared), critic=Critic(**shared))
+    """Actor and critic of one architecture description, each with its own encoder (none
+    for state observations)."""
+    def encoder() -> Encoder | None:
+        if not from_pixels:
+            return None
+        return Encoder(tuple(encoder_filters), encoder_kernel_size, encoder_conv, encoder_dtype)
+
+    hidden_sizes = tuple(hidden_sizes)
+    return SACNetworks(actor=Actor(action_dim, hidden_sizes, encoder()),
+                       critic=Critic(hidden_sizes, encoder()))
 
 
 def tanh_log_det_jacobian(pre_tanh: jax.Array) -> jax.Array:
