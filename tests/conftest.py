@@ -11,6 +11,11 @@ import threading
 
 # benchmarks/reference_loop.py renders through OpenGL; mujoco reads this when first imported.
 os.environ.setdefault("MUJOCO_GL", "egl")
+# The suite's time is mostly XLA compiling small programs; without LLVM's optimisation
+# passes that takes about half as long, and programs this small run fast enough anyway.
+# Set before jax is imported; subprocesses the tests start inherit it.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

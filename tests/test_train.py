@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import Lane
+from conftest import TEST_XLA_FLAGS, Lane
 
 from holdjax import checkpoint
 from holdjax.config import TrainConfig, config_from_args
@@ -42,7 +42,8 @@ assert jax.device_count() == devices, jax.devices()
 config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 print(json.dumps(train(config, quiet=True)))
 """
-TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+TWO_DEVICES = {"XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2",
+               "JAX_PLATFORMS": "cpu"}
 
 
 # The two-seed run (and its twins below) score frames with HOLD-C, a tiny network in the
