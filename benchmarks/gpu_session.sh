@@ -50,6 +50,12 @@ dense_pushing() {
     > "$out/train.log" 2>&1
   tail -30 "$out/train.log"
 }
+# SAC updates/s of one variant (sac_update.py's flags), stopped after $1 seconds; 200 updates a
+# scan, best of 2; the whole output appended to sac_update.log.
+sac() {
+  timeout "$1" python3 benchmarks/sac_update.py --updates=200 --repeats=2 --out="$out" "${@:2}" \
+    2>&1 | tee -a "$out/sac_update.log"
+}
 case "${1:-envs}" in
   envs)  # physics + render, both impls (Warp's first compile: ~6 s on the H200 here)
     timeout 540 python3 benchmarks/env_throughput.py --nums=256,2048,8192 --steps=50 \
@@ -60,22 +66,18 @@ case "${1:-envs}" in
     dense_pushing 540 ;;
   probe)  # where an update's time goes, and the knobs that might cut it; then every task's env
     cmdbuf=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE
-    sac() { timeout 75 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --out="$out" "$@" \
-      2>&1 | tee -a "$out/sac_update.log"; }
-    sac --seeds=1,5 --trace=/tmp/trace_base
+    sac 75 --seeds=1,5 --trace=/tmp/trace_base
     XLA_FLAGS="--xla_gpu_enable_command_buffer=$cmdbuf --xla_gpu_graph_min_graph_size=1" \
-      sac --seeds=1,5 --tag=cmdbuf_while --trace=/tmp/trace_cmdbuf
-    sac --seeds=1 --tag=unroll4 --unroll=4
-    sac --seeds=1 --tag=flat_adam --flat_optimizer
+      sac 75 --seeds=1,5 --tag=cmdbuf_while --trace=/tmp/trace_cmdbuf
+    sac 75 --seeds=1 --tag=unroll4 --unroll=4
+    sac 75 --seeds=1 --tag=flat_adam --flat_optimizer
     timeout 130 python3 benchmarks/env_throughput.py --impls=warp --nums=256,2048,8192 --steps=50 \
       --repeats=2 --out="$out" 2>&1 | tee "$out/env_throughput.log"
     timeout 70 python3 benchmarks/env_throughput.py --tasks=pushing --impls=jax --tag=jax \
       --nums=2048,8192 --steps=50 --repeats=2 --out="$out" 2>&1 | tee -a "$out/env_throughput.log" ;;
   speed)  # bf16 encoders, then the three-way comparison (run_all), then 120x180 tabletop envs
-    sac() { timeout 50 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --out="$out" "$@" \
-      2>&1 | tee -a "$out/sac_update.log"; }
-    sac --seeds=1,5 --encoder_dtype=bfloat16 --tag=bf16
-    sac --seeds=1 --encoder_dtype=bfloat16 --conv=lax --tag=bf16
+    sac 50 --seeds=1,5 --encoder_dtype=bfloat16 --tag=bf16
+    sac 50 --seeds=1 --encoder_dtype=bfloat16 --conv=lax --tag=bf16
     timeout 330 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \
       --out="$out" > "$out/run_all.log" 2>&1; tail -40 "$out/run_all.log"
     timeout $((${BUDGET_S:-450} - SECONDS)) python3 benchmarks/env_throughput.py \
@@ -85,13 +87,11 @@ case "${1:-envs}" in
     # (canonical baseline; rows = banded GEMMs, float32 and bf16; fused encoders), then
     # run_all with an OpenGL reference loop (carry .gl) and brax's part inside the limit, the
     # small default demo model's check, HOLD-R at 512
-    sac() { timeout 60 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --out="$out" \
-      "$@" 2>&1 | tail -3 | tee -a "$out/sac_update.log"; }
-    sac --seeds=1 --fused_encoders=0 --tag=separate
-    sac --seeds=1,5 --conv=rows --tag=float32
-    sac --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16 --trace=/tmp/trace_rows
-    sac --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --fused_encoders=1 --tag=fused-bfloat16
-    sac --seeds=1,5 --fused_encoders=1 --encoder_dtype=bfloat16 --tag=fused-bfloat16
+    sac 60 --seeds=1 --fused_encoders=0 --tag=separate
+    sac 60 --seeds=1,5 --conv=rows --tag=float32
+    sac 60 --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16 --trace=/tmp/trace_rows
+    sac 60 --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --fused_encoders=1 --tag=fused-bfloat16
+    sac 60 --seeds=1,5 --fused_encoders=1 --encoder_dtype=bfloat16 --tag=fused-bfloat16
     left() { echo $(( ${BUDGET_S:-560} - SECONDS )); }
     timeout $(( $(left) > 430 ? 400 : $(left) - 30 )) python3 benchmarks/run_all.py \
       --fused_rewards=holdc --fused_nums=512 --brax_steps=20000 --out="$out" \
@@ -105,12 +105,11 @@ case "${1:-envs}" in
     # bf16, and bf16 with fused encoders), then dense pushing (400k env steps, one update per
     # env step) with the fastest, to the budget: #3's success >= 0.8 and its speed in one call
     mkdir -p "$out/convs"
-    sac() { timeout 50 python3 benchmarks/sac_update.py --updates=200 --repeats=2 --seeds=1 \
-      --out="$out/convs" "$@" 2>&1 | tail -2 | tee -a "$out/sac_update.log"; }
-    sac --tag=canonical-float32
-    sac --conv=rows --tag=float32
-    sac --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16
-    sac --conv=rows --encoder_dtype=bfloat16 --fused_encoders=1 --tag=fused-bfloat16
+    sac 50 --seeds=1 --tag=canonical-float32 --out="$out/convs"
+    sac 50 --seeds=1 --conv=rows --tag=float32 --out="$out/convs"
+    sac 50 --seeds=1 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16 --out="$out/convs"
+    sac 50 --seeds=1 --conv=rows --encoder_dtype=bfloat16 --fused_encoders=1 \
+      --tag=fused-bfloat16 --out="$out/convs"
     fastest=$(python3 -c 'import glob, json, sys
 runs = [json.load(open(p)) for p in glob.glob(sys.argv[1] + "/*.json")]
 best = min(runs, key=lambda r: r["rows"][0]["ms_per_update"])
