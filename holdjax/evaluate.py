@@ -28,7 +28,7 @@ def evaluate_run(run_dir: str, episodes: int, step: int | None = None, seed: int
     config = checkpoint.read_config(run_dir, TrainConfig)
     config = dataclasses.replace(config, eval_episodes=episodes)
     trainer = get_trainer(config)
-    state_like = jax.eval_shape(lambda: trainer.init(config.seed)[0])
+    state_like = trainer.init_shapes()[0]
     epoch, state, _ = checkpoint.restore(run_dir, state_like, epoch=step)
     keys = trainer.seed_keys(seed)
     stats, frames = trainer.evaluate(state.sac, keys)

@@ -140,8 +140,15 @@ class Trainer:
         """Initial state of all seeds, placed on the devices that train them."""
         state, replay = self._init(self.seed_keys(seed))
         # Leaves may share buffers (target = critic params; empty obs = next_obs), which
-        # the epoch's buffer donation forbids: give every leaf its own.
-        return jax.tree.map(jnp.copy, (state, replay))
+        # the epoch's buffer donation forbids: give every leaf its own. Committed to its
+        # devices, like a restored checkpoint's arrays, so that a fresh and a resumed run
+        # call one compiled epoch (jit compiles again for committed arguments).
+        return jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False),
+                            (state, replay))
+
+    def init_shapes(self) -> tuple[TrainState, ReplayBuffer]:
+        """Shapes and dtypes of `init`'s result without computing it (restore targets)."""
+        return jax.eval_shape(self._init, self.seed_keys(0))
 
     def _init_seeds(self, seed_keys: jax.Array) -> tuple[TrainState, ReplayBuffer]:
         split = jax.vmap(lambda k: jax.random.split(k, 3))(seed_keys)  # (K, 3, 2)

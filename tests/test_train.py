@@ -25,7 +25,7 @@ TINY = TrainConfig(
 
 def params_of(run_dir, config):
     trainer = get_trainer(config)
-    like = jax.eval_shape(lambda: trainer.init(config.seed)[0])
+    like = trainer.init_shapes()[0]
     _, state, _ = checkpoint.restore(run_dir, like)
     return state.sac
 
@@ -194,6 +194,9 @@ def test_resume_equals_uninterrupted(two_seed_run, tmp_path):
     resumed, uninterrupted = params_of(out, config), params_of(config.out_dir, config)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The restored state called the epoch compiled for the fresh one (no second compile).
+    trainer = get_trainer(config)
+    assert trainer.train_epoch._cache_size() == trainer.evaluate._cache_size() == 1
 
 
 def test_evaluate_reads_a_checkpoint_written_by_train(two_seed_run, capsys):
