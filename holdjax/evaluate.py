@@ -14,7 +14,6 @@ import dataclasses
 import json
 import sys
 
-import jax
 import numpy as np
 
 from holdjax import checkpoint
