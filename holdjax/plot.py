@@ -34,7 +34,10 @@ def load_curve(run_dir: str, metric: str = "eval_success_rate") -> tuple[np.ndar
     return steps, values
 
 
-def plot_runs(run_dirs: list[str], out: str, metric: str = "eval_success_rate") -> str:
+def curves_figure(run_dirs: list[str], metric: str = "eval_success_rate"):
+    """A matplotlib figure of ``metric`` against env steps, one line (seed mean) and band
+    (seed range) per run; rates (metrics ending in "rate") on a fixed 0-1 axis, so that
+    figures compare at a glance and an all-zero curve is not drawn as a band around 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,15 +46,26 @@ def plot_runs(run_dirs: list[str], out: str, metric: str = "eval_success_rate") 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run_dir in run_dirs:
         steps, values = load_curve(run_dir, metric)
-        label = f"{os.path.basename(os.path.normpath(run_dir))} ({values.shape[1]} seeds)"
+        seeds = values.shape[1]
+        label = f"{os.path.basename(os.path.normpath(run_dir))} ({seeds} seed{'s' * (seeds > 1)})"
         line, = ax.plot(steps, values.mean(axis=1), label=label)
         ax.fill_between(steps, values.min(axis=1), values.max(axis=1), alpha=0.2,
                         color=line.get_color())
+    if metric.endswith("rate"):
+        ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("environment steps")
     ax.set_ylabel(metric.replace("_", " "))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_runs(run_dirs: list[str], out: str, metric: str = "eval_success_rate") -> str:
+    """Writes `curves_figure` to the image file ``out``; returns its path."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(run_dirs, metric)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -12,7 +12,7 @@ from conftest import TEST_XLA_FLAGS, Lane
 from holdjax import checkpoint
 from holdjax.config import TrainConfig, config_from_args
 from holdjax.evaluate import main as evaluate_cli
-from holdjax.plot import plot_runs
+from holdjax.plot import curves_figure, plot_runs
 from holdjax.train import get_trainer, over_seeds, overflow_warning, summarize_epoch, train
 from holdjax.train import main as train_cli
 
@@ -211,6 +211,31 @@ def test_plot_draws_curves(two_seed_run, tmp_path):
     config, _ = two_seed_run
     path = plot_runs([config.out_dir], str(tmp_path / "curves.png"))
     assert os.path.getsize(path) > 1000
+
+
+def test_plot_curve_is_the_seed_mean_with_its_range_on_a_rate_axis(tmp_path):
+    """One line per run at the seeds' mean, labelled with the seed count; success rates on
+    a 0-1 axis even when every value is 0; other metrics scaled to their values."""
+    import matplotlib.pyplot as plt
+
+    runs = {"two": [[0.0, 0.5], [0.2, 0.4]], "one": [[0.0], [0.0]]}
+    for name, rates in runs.items():
+        os.makedirs(tmp_path / name)
+        with open(tmp_path / name / "metrics.jsonl", "w") as f:
+            for epoch, rate in enumerate(rates, 1):
+                f.write(json.dumps({"epoch": epoch, "env_steps": 1000 * epoch,
+                                    "eval_success_rate": rate, "eval_return": [5.0 * epoch]})
+                        + "\n")
+    (ax,) = curves_figure([str(tmp_path / "two"), str(tmp_path / "one")]).axes
+    two, one = ax.get_lines()
+    np.testing.assert_allclose(two.get_xydata(), [[1000, 0.25], [2000, 0.3]])
+    np.testing.assert_allclose(one.get_ydata(), [0.0, 0.0])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["two (2 seeds)",
+                                                                   "one (1 seed)"]
+    assert ax.get_ylim() == (-0.02, 1.02)
+    (ax,) = curves_figure([str(tmp_path / "one")], "eval_return").axes
+    assert ax.get_ylim()[1] > 10 > 1.02
+    plt.close("all")
 
 
 def test_config_flags():
