@@ -269,8 +269,10 @@ def _parse_value(name: str, kind: type, text: str):
         raise ValueError(f"--{name} expects a {kind.__name__}, got {text!r}") from None
 
 
-def config_from_args(args: list[str]) -> tuple[TrainConfig, dict[str, str]]:
-    """Builds a config from ``--config=NAME`` (optional) and ``--field=value`` overrides.
+def config_from_args(args: list[str], base: TrainConfig | None = None
+                     ) -> tuple[TrainConfig, dict[str, str]]:
+    """Builds a config from ``--config=NAME`` (else ``base``, else the defaults) and
+    ``--field=value`` overrides.
 
     Returns the config and the flags that are not config fields (the caller's own, such
     as ``--resume``), which the caller must consume or reject.
@@ -283,7 +285,7 @@ def config_from_args(args: list[str]) -> tuple[TrainConfig, dict[str, str]]:
             raise ValueError(f"unexpected argument {arg!r}; use --field=value")
         key, _, value = arg[2:].partition("=")
         flags[key] = value if _ else "true"
-    config = load_config(flags.pop("config")) if "config" in flags else TrainConfig()
+    config = load_config(flags.pop("config")) if "config" in flags else base or TrainConfig()
     overrides, rest = {}, {}
     total_steps = flags.pop("total_steps", None)
     for key, value in flags.items():

@@ -400,22 +400,22 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     from holdjax.video import write_video
 
     run_dir = config.out_dir
+    if resume:  # checked before anything is built or compiled
+        checkpoint.check_resumable(checkpoint.read_config(run_dir, TrainConfig), config)
+    elif checkpoint.latest_epoch(run_dir) is not None:
+        raise checkpoint.CheckpointError(
+            f"{run_dir} already holds checkpoints; pass --resume to continue it or choose "
+            "another --out")
     trainer = get_trainer(config)
     state, replay = trainer.init(config.seed)
     start_epoch = 0
     if resume:
-        saved = checkpoint.read_config(run_dir, TrainConfig)
-        checkpoint.check_resumable(saved, config)
         start_epoch, state, saved_replay = checkpoint.restore(run_dir, state, replay)
         if saved_replay is None:
             print("resume: no replay buffer in the checkpoint (--save_replay was off); "
                   "refilling it from scratch", file=sys.stderr)
         else:
             replay = saved_replay
-    elif checkpoint.latest_epoch(run_dir) is not None:
-        raise checkpoint.CheckpointError(
-            f"{run_dir} already holds checkpoints; pass --resume to continue it or choose "
-            "another --out")
     checkpoint.write_config(run_dir, config)
     mngr = checkpoint.manager(run_dir)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
@@ -476,6 +476,13 @@ def _tensorboard(run_dir: str):
     return SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
 
+def _saved_config(run_dir: str) -> TrainConfig:
+    try:
+        return checkpoint.read_config(run_dir, TrainConfig)
+    except checkpoint.CheckpointError as e:
+        raise ValueError(f"cannot resume: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
@@ -488,6 +495,12 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         config, rest = config_from_args(args)
         resume = rest.pop("resume", "false").lower() in ("1", "true", "yes", "")
+        if resume and not any(a.startswith("--config=") for a in args):
+            # The run's own settings, with the flags given now on top (--total_steps to
+            # extend it, say): `--out=DIR --resume` continues the run as it was started.
+            saved = _saved_config(config.out_dir)
+            config, rest = config_from_args(args, base=saved)
+            rest.pop("resume", None)
         if rest:
             raise ValueError(f"unknown flags: {', '.join('--' + k for k in rest)}; "
                              "see python -m holdjax.train --help")

@@ -187,10 +187,15 @@ def test_seeds_differ_and_each_equals_its_single_seed_run(two_seed_run, backgrou
 
 
 def test_resume_equals_uninterrupted(two_seed_run, tmp_path):
+    """A run stopped after its first epoch and continued from the command line with only
+    --out and --resume (the run's saved settings: HOLD-C reward, two seeds, ...; here also
+    --num_epochs, as the stopped run was started with one) ends bit-exact."""
     config, _ = two_seed_run
     out = str(tmp_path / "resumed")
     train(dataclasses.replace(config, out=out, num_epochs=1), quiet=True)  # "killed" after 1
-    train(dataclasses.replace(config, out=out), resume=True, quiet=True)
+    record = train_cli([f"--out={out}", "--resume", f"--num_epochs={config.num_epochs}"])
+    assert record["epoch"] == config.num_epochs
+    assert checkpoint.read_config(out, TrainConfig) == dataclasses.replace(config, out=out)
     resumed, uninterrupted = params_of(out, config), params_of(config.out_dir, config)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -358,22 +363,23 @@ def test_two_devices_give_the_same_result(two_seed_run, background_runs):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
 
 
-def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, state_run, tmp_path):
+def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, state_run, tmp_path,
+                                                         monkeypatch, capsys):
     config, _ = two_seed_run
+    # Each is found before a trainer is built (compiling one takes a minute).
+    monkeypatch.setattr("holdjax.train.get_trainer", lambda config: pytest.fail("built"))
     with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
         train(dataclasses.replace(config, out=str(tmp_path / "nothing")), resume=True)
-    # train() builds and initialises the requested run's trainer before it reads the saved
-    # config: one mismatch goes through train() with a trainer compiled anyway (the two-seed
-    # run's, asked to resume the state run), the other straight to the check train() makes
-    # (a num_envs=8 trainer would compile for it alone).
     with pytest.raises(checkpoint.CheckpointError,
                        match="observation: saved 'state', requested 'pixels'"):
         train(dataclasses.replace(config, out=state_run[0].out_dir), resume=True)
-    saved = checkpoint.read_config(config.out_dir, TrainConfig)
     with pytest.raises(checkpoint.CheckpointError, match="num_envs: saved 4, requested 8"):
-        checkpoint.check_resumable(saved, dataclasses.replace(config, num_envs=8))
+        train(dataclasses.replace(config, num_envs=8), resume=True)
     with pytest.raises(checkpoint.CheckpointError, match="already holds checkpoints"):
         train(config)
+    with pytest.raises(SystemExit):
+        train_cli([f"--out={tmp_path / 'nothing'}", "--resume"])
+    assert "cannot resume: " in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate_cli([f"--run={tmp_path}", "--json"])
 
