@@ -400,8 +400,14 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     from holdjax.video import write_video
 
     run_dir = config.out_dir
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if resume:  # checked before anything is built or compiled
         checkpoint.check_resumable(checkpoint.read_config(run_dir, TrainConfig), config)
+        if (checkpoint.latest_epoch(run_dir) or 0) >= config.num_epochs:
+            print(f"{run_dir} has finished its {config.num_epochs} epochs; pass a larger "
+                  "--total_steps to train it further", file=sys.stderr)
+            with open(metrics_path) as f:
+                return json.loads(f.read().splitlines()[-1])
     elif checkpoint.latest_epoch(run_dir) is not None:
         raise checkpoint.CheckpointError(
             f"{run_dir} already holds checkpoints; pass --resume to continue it or choose "
@@ -418,7 +424,6 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
             replay = saved_replay
     checkpoint.write_config(run_dir, config)
     mngr = checkpoint.manager(run_dir)
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
     writer = _tensorboard(run_dir)
     eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1 << 20))(trainer.seed_keys(config.seed))
     start_steps = int(state.env_steps)

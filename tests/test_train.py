@@ -186,7 +186,7 @@ def test_seeds_differ_and_each_equals_its_single_seed_run(two_seed_run, backgrou
         np.testing.assert_allclose(a, np.asarray(b)[0], rtol=2e-4, atol=2e-5)
 
 
-def test_resume_equals_uninterrupted(two_seed_run, tmp_path):
+def test_resume_equals_uninterrupted(two_seed_run, tmp_path, monkeypatch):
     """A run stopped after its first epoch and continued from the command line with only
     --out and --resume (the run's saved settings: HOLD-C reward, two seeds, ...; here also
     --num_epochs, as the stopped run was started with one) ends bit-exact."""
@@ -196,6 +196,9 @@ def test_resume_equals_uninterrupted(two_seed_run, tmp_path):
     record = train_cli([f"--out={out}", "--resume", f"--num_epochs={config.num_epochs}"])
     assert record["epoch"] == config.num_epochs
     assert checkpoint.read_config(out, TrainConfig) == dataclasses.replace(config, out=out)
+    with monkeypatch.context() as patch:  # a finished run is reported, not rebuilt
+        patch.setattr("holdjax.train.get_trainer", lambda config: pytest.fail("built"))
+        assert train_cli([f"--out={out}", "--resume"]) == record
     resumed, uninterrupted = params_of(out, config), params_of(config.out_dir, config)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
