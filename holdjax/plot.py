@@ -16,8 +16,9 @@ import sys
 import numpy as np
 
 
-def load_curve(run_dir: str, metric: str = "eval_success_rate") -> tuple[np.ndarray, np.ndarray]:
-    """(env steps (E,), metric per epoch and seed (E, K)) from a run's metrics.jsonl."""
+def read_metrics(run_dir: str) -> list[dict]:
+    """A run's metrics.jsonl records in epoch order: the last one written for each epoch (a
+    resumed run may log an epoch again)."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {run_dir} a holdjax.train run directory?")
@@ -25,10 +26,16 @@ def load_curve(run_dir: str, metric: str = "eval_success_rate") -> tuple[np.ndar
     with open(path) as f:
         for line in f:
             record = json.loads(line)
-            by_epoch[record["epoch"]] = record  # a resumed run may repeat epochs: keep last
-    records = [by_epoch[e] for e in sorted(by_epoch)]
+            by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def load_curve(run_dir: str, metric: str = "eval_success_rate") -> tuple[np.ndarray, np.ndarray]:
+    """(env steps (E,), metric per epoch and seed (E, K)) from a run's metrics.jsonl."""
+    records = read_metrics(run_dir)
     if not records:
-        raise ValueError(f"{path} is empty: the run has not finished an epoch yet")
+        raise ValueError(f"{run_dir}/metrics.jsonl is empty: the run has not finished an epoch "
+                         "yet")
     steps = np.array([r["env_steps"] for r in records])
     values = np.array([np.atleast_1d(r[metric]) for r in records], dtype=float)
     return steps, values

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from holdjax import checkpoint, envs
 from holdjax.config import TrainConfig, config_from_args
 from holdjax.envs.base import EnvState, ManipulationEnv, overflow_kinds, physics_overflow
+from holdjax.plot import read_metrics
 from holdjax.reward import RewardFunction, make_reward
 from holdjax.reward.base import DISTANCE_REWARDS, RewardState
 from holdjax.reward.scenic_checkpoint import CheckpointMismatchError
@@ -400,14 +401,12 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     from holdjax.video import write_video
 
     run_dir = config.out_dir
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if resume:  # checked before anything is built or compiled
         checkpoint.check_resumable(checkpoint.read_config(run_dir, TrainConfig), config)
         if (checkpoint.latest_epoch(run_dir) or 0) >= config.num_epochs:
             print(f"{run_dir} has finished its {config.num_epochs} epochs; pass a larger "
                   "--total_steps to train it further", file=sys.stderr)
-            with open(metrics_path) as f:
-                return json.loads(f.read().splitlines()[-1])
+            return logged_record(run_dir, checkpoint.latest_epoch(run_dir))
     elif checkpoint.latest_epoch(run_dir) is not None:
         raise checkpoint.CheckpointError(
             f"{run_dir} already holds checkpoints; pass --resume to continue it or choose "
@@ -424,9 +423,13 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
             replay = saved_replay
     checkpoint.write_config(run_dir, config)
     mngr = checkpoint.manager(run_dir)
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
     writer = _tensorboard(run_dir)
     eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1 << 20))(trainer.seed_keys(config.seed))
     start_steps = int(state.env_steps)
+    # wall_s counts training time over all of a run's sessions (a resumed run goes on from
+    # the time logged with its checkpoint); env_steps_per_s is this session's rate.
+    wall_before = logged_record(run_dir, start_epoch).get("wall_s", 0.0)
     record: dict = {}
     start = time.perf_counter()
     steps_per_epoch = config.iterations_per_epoch * config.num_envs
@@ -443,7 +446,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
         record = {
             "epoch": epoch + 1,
             "env_steps": env_steps,
-            "wall_s": round(wall, 2),
+            "wall_s": round(wall_before + wall, 2),
             "env_steps_per_s": (env_steps - start_steps) * config.seeds / wall,
             **summary,
             **{k: np.asarray(v).tolist() for k, v in eval_stats.items()},
@@ -471,6 +474,14 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     if writer is not None:
         writer.close()
     return record
+
+
+def logged_record(run_dir: str, epoch: int) -> dict:
+    """The metrics record that a run logged for ``epoch`` (with its checkpoint), or {} if
+    its metrics.jsonl has none (a lost log must not stop a resume)."""
+    if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+        return {}
+    return next((r for r in read_metrics(run_dir) if r["epoch"] == epoch), {})
 
 
 def _tensorboard(run_dir: str):

@@ -192,9 +192,13 @@ def test_resume_equals_uninterrupted(two_seed_run, tmp_path, monkeypatch):
     --num_epochs, as the stopped run was started with one) ends bit-exact."""
     config, _ = two_seed_run
     out = str(tmp_path / "resumed")
-    train(dataclasses.replace(config, out=out, num_epochs=1), quiet=True)  # "killed" after 1
+    first = train(dataclasses.replace(config, out=out, num_epochs=1), quiet=True)  # "killed"
     record = train_cli([f"--out={out}", "--resume", f"--num_epochs={config.num_epochs}"])
     assert record["epoch"] == config.num_epochs
+    # Wall time goes on from the first session's; the rate is the second session's alone.
+    second_s = (record["env_steps"] - first["env_steps"]) * config.seeds / record[
+        "env_steps_per_s"]
+    assert record["wall_s"] == pytest.approx(first["wall_s"] + second_s, abs=0.01)
     assert checkpoint.read_config(out, TrainConfig) == dataclasses.replace(config, out=out)
     with monkeypatch.context() as patch:  # a finished run is reported, not rebuilt
         patch.setattr("holdjax.train.get_trainer", lambda config: pytest.fail("built"))
@@ -226,11 +230,12 @@ def test_plot_curve_is_the_seed_mean_with_its_range_on_a_rate_axis(tmp_path):
     a 0-1 axis even when every value is 0; other metrics scaled to their values."""
     import matplotlib.pyplot as plt
 
-    runs = {"two": [[0.0, 0.5], [0.2, 0.4]], "one": [[0.0], [0.0]]}
+    # Run "two" was resumed from epoch 1 and logged epoch 2 twice: the later record counts.
+    runs = {"two": [[0.0, 0.5], [0.9, 0.9], [0.2, 0.4]], "one": [[0.0], [0.0]]}
     for name, rates in runs.items():
         os.makedirs(tmp_path / name)
         with open(tmp_path / name / "metrics.jsonl", "w") as f:
-            for epoch, rate in enumerate(rates, 1):
+            for epoch, rate in zip([1, 2, 2] if name == "two" else [1, 2], rates, strict=True):
                 f.write(json.dumps({"epoch": epoch, "env_steps": 1000 * epoch,
                                     "eval_success_rate": rate, "eval_return": [5.0 * epoch]})
                         + "\n")
