@@ -534,6 +534,12 @@ def main(argv: list[str] | None = None) -> dict:
             TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        last = checkpoint.latest_epoch(config.out_dir)
+        saved = f"its last checkpoint is epoch {last}" if last else "no checkpoint yet"
+        print(f"\ninterrupted; {saved} in {config.out_dir}. Continue it with: "
+              f"python -m holdjax.train --out={config.out_dir} --resume", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

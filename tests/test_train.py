@@ -411,6 +411,20 @@ def test_holdr_without_its_released_checkpoint_fails_clearly(monkeypatch, tmp_pa
         get_trainer(dataclasses.replace(config, reward_checkpoint=str(tmp_path / "none")))
 
 
+def test_interrupted_train_cli_says_how_to_resume(monkeypatch, tmp_path, capsys):
+    def interrupted(config, resume):
+        os.makedirs(config.out_dir)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("holdjax.train.train", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli([f"--out={tmp_path / 'run'}"])
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted; no checkpoint yet" in err
+    assert f"python -m holdjax.train --out={tmp_path / 'run'} --resume" in err
+
+
 def test_train_cli_reports_a_mismatched_released_checkpoint(tmp_path, capsys):
     """A released-format checkpoint that lacks a leaf stops the CLI with a message naming it."""
     from test_holdr import _without, scenic_tree, write_released_checkpoint
