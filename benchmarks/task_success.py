@@ -22,13 +22,14 @@ from holdjax.envs.__main__ import main as envs_cli  # noqa: E402
 POLICIES = (("expert", 0.0), ("expert", 0.3), ("random", 0.0))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(envs.TASKS))
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--impl", default="auto", help="MJX physics impl: auto, jax or warp")
     parser.add_argument("--tag", default="", help="variant name for the results file")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     rows = []
     for task in args.tasks.split(","):
@@ -38,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
                             f"--episodes={args.episodes}", f"--impl={args.impl}", "--json"])
             row["wall_s_with_compile"] = round(time.perf_counter() - start, 2)
             rows.append(row)
-    print("wrote", write_results("task_success", {"rows": rows}, tag=args.tag))
+    payload = {"rows": rows}
+    print("wrote", write_results("task_success", payload, out_dir=args.out, tag=args.tag))
+    return payload
 
 
 if __name__ == "__main__":

@@ -64,19 +64,22 @@ def measure(task: str, timestep: float, num_envs: int, noise: float) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="pushing")
     parser.add_argument("--timesteps", default="0.002,0.005,0.01")
     parser.add_argument("--num_envs", type=int, default=32)
     parser.add_argument("--noise", type=float, default=0.2)
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     rows = []
     for dt in map(float, args.timesteps.split(",")):
         rows.append(measure(args.task, dt, args.num_envs, args.noise))
         print(rows[-1], flush=True)
-    print("wrote", write_results(f"timestep-{args.task}", {"rows": rows}))
+    payload = {"rows": rows}
+    print("wrote", write_results(f"timestep-{args.task}", payload, out_dir=args.out))
+    return payload
 
 
 if __name__ == "__main__":

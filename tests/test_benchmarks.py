@@ -17,6 +17,8 @@ import reference_loop  # noqa: E402
 import reward_comparison  # noqa: E402
 import run_all  # noqa: E402
 import sample_efficiency  # noqa: E402
+import task_success  # noqa: E402
+import timestep_stability  # noqa: E402
 import train_run  # noqa: E402
 
 from holdjax.config import config_from_args  # noqa: E402
@@ -353,3 +355,40 @@ def test_env_throughput_physics_only_row_records_the_solver_limit(tmp_path):
     assert row["overflow_worlds"] == 0 and row["overflow_kinds"] == []
     written = json.load(open(tmp_path / "env_throughput-cpu.json"))
     assert written["best_env_steps_per_s"] == {"close_drawer": row["env_steps_per_s"]}
+
+
+def test_task_success_runs_each_policy_through_the_envs_cli(tmp_path, monkeypatch):
+    """Per task: the expert, the expert with action noise 0.3 and random actions, each one
+    `python -m holdjax.envs --json` call (stubbed here: the CLI has its own tests), a row per
+    call with its wall time, written to the results file."""
+    calls = []
+
+    def envs_cli(argv):
+        calls.append(argv)
+        flags = dict(a[2:].split("=", 1) for a in argv if "=" in a)
+        return {"task": flags["task"], "policy": flags["policy"], "success_rate": 0.5}
+
+    monkeypatch.setattr(task_success, "envs_cli", envs_cli)
+    payload = task_success.main(["--tasks=pushing,drawer_open", "--episodes=3", "--impl=jax",
+                                 f"--out={tmp_path}"])
+    assert calls[:3] == [["--task=pushing", f"--policy={policy}", f"--noise={noise}",
+                          "--episodes=3", "--impl=jax", "--json"]
+                         for policy, noise in (("expert", 0.0), ("expert", 0.3),
+                                               ("random", 0.0))]
+    assert [(r["task"], r["policy"]) for r in payload["rows"]] == [
+        (task, policy) for task in ("pushing", "drawer_open")
+        for policy in ("expert", "expert", "random")]
+    assert all(r["wall_s_with_compile"] >= 0 for r in payload["rows"])
+    assert json.load(open(tmp_path / "task_success-cpu.json"))["rows"] == payload["rows"]
+
+
+def test_timestep_stability_row(tmp_path):
+    """A candidate timestep's row: substeps for the fixed control period, expert success,
+    the blow-up and tunnelling indicators."""
+    payload = timestep_stability.main(["--task=pushing", "--timesteps=0.01", "--num_envs=2",
+                                       f"--out={tmp_path}"])
+    (row,) = payload["rows"]
+    assert (row["timestep"], row["substeps"], row["episodes"]) == (0.01, 10, 2)
+    assert 0.0 <= row["expert_success_rate"] <= 1.0 and np.isfinite(row["max_abs_qvel"])
+    assert row["lowest_free_body_z"] > -1.0 and row["env_steps_per_s"] > 0
+    assert json.load(open(tmp_path / "timestep-pushing-cpu.json"))["rows"] == payload["rows"]
