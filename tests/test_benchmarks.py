@@ -392,3 +392,35 @@ def test_timestep_stability_row(tmp_path):
     assert 0.0 <= row["expert_success_rate"] <= 1.0 and np.isfinite(row["max_abs_qvel"])
     assert row["lowest_free_body_z"] > -1.0 and row["env_steps_per_s"] > 0
     assert json.load(open(tmp_path / "timestep-pushing-cpu.json"))["rows"] == payload["rows"]
+
+
+def test_reward_check_trains_and_scores_each_seed_then_l2(tmp_path, monkeypatch):
+    """Per training seed: a model trained with the overridden settings and scored by
+    reward.check (both stubbed: they have their own tests), then the L2 baseline once; the
+    HOLD-C means are over the seeds."""
+    import reward_check
+
+    trained = []
+
+    def train(config, model_dir):
+        trained.append((config.seed, config.steps, config.layers))
+        return {"render_s": 1.0, "train_s": 2.0, "final_loss": 0.1}
+
+    def evaluate(reward, env, seed):
+        score = {"holdc": 0.9 + 0.01 * len(trained), "l2": 0.3}[reward[1]]
+        return {"spearman_time": score, "spearman_state": score / 2}
+
+    monkeypatch.setattr(reward_check.reward_train, "task_env", lambda task: task)
+    monkeypatch.setattr(reward_check.reward_train, "train", train)
+    monkeypatch.setattr(reward_check.check, "reward_for", lambda task, model, *path: (task, model))
+    monkeypatch.setattr(reward_check.check, "evaluate", evaluate)
+    payload = reward_check.main(["--task=pushing", "--seeds=0,3", "--steps=7",
+                                 f"--out={tmp_path}", "--tag=smoke"])
+    default_layers = reward_check.reward_train.RewardTrainConfig().layers
+    assert trained == [(0, 7, default_layers), (3, 7, default_layers)]
+    assert [(r["model"], r.get("seed")) for r in payload["rows"]] == [
+        ("holdc", 0), ("holdc", 3), ("l2", None)]
+    assert payload["overrides"] == {"steps": 7}
+    assert payload["holdc_mean_spearman_time"] == pytest.approx((0.91 + 0.92) / 2)
+    written = json.load(open(tmp_path / "reward_check-pushing-smoke-cpu.json"))
+    assert written["rows"] == payload["rows"]
