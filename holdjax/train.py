@@ -401,13 +401,14 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     from holdjax.video import write_video
 
     run_dir = config.out_dir
+    latest = checkpoint.latest_epoch(run_dir)
     if resume:  # checked before anything is built or compiled
         checkpoint.check_resumable(checkpoint.read_config(run_dir, TrainConfig), config)
-        if (checkpoint.latest_epoch(run_dir) or 0) >= config.num_epochs:
+        if (latest or 0) >= config.num_epochs:
             print(f"{run_dir} has finished its {config.num_epochs} epochs; pass a larger "
                   "--total_steps to train it further", file=sys.stderr)
-            return logged_record(run_dir, checkpoint.latest_epoch(run_dir))
-    elif checkpoint.latest_epoch(run_dir) is not None:
+            return logged_record(run_dir, latest)
+    elif latest is not None:
         raise checkpoint.CheckpointError(
             f"{run_dir} already holds checkpoints; pass --resume to continue it or choose "
             "another --out")
@@ -511,11 +512,11 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         config, rest = config_from_args(args)
         resume = rest.pop("resume", "false").lower() in ("1", "true", "yes", "")
-        if resume and not any(a.startswith("--config=") for a in args):
-            # The run's own settings, with the flags given now on top (--total_steps to
-            # extend it, say): `--out=DIR --resume` continues the run as it was started.
-            saved = _saved_config(config.out_dir)
-            config, rest = config_from_args(args, base=saved)
+        if resume:
+            # The run's own settings (unless --config names others), with the flags given now
+            # on top (--total_steps to extend it, say): `--out=DIR --resume` continues the
+            # run as it was started.
+            config, rest = config_from_args(args, base=_saved_config(config.out_dir))
             rest.pop("resume", None)
         if rest:
             raise ValueError(f"unknown flags: {', '.join('--' + k for k in rest)}; "
