@@ -1,5 +1,6 @@
 """Figure 3b: drawer_open with HOLD-C (normaliser 10), two subgoals (threshold 1, cost 2),
-a goal-conditioned policy, 40 x 10000 steps, 5 eval episodes; replay min(1e6, 400k)."""
+a goal-conditioned policy, 40 x 10000 steps, 5 eval episodes; replay 400k transitions (the
+reference's quirk kept 40k: add --replay_size=40000 for it)."""
 
 from holdjax.config import TrainConfig
 

@@ -1,6 +1,6 @@
 """Figure 3b: drawer_open with HOLD-R (normaliser 100), two subgoals (threshold 1, cost 20),
 a goal-conditioned policy, 40 x 10000 steps, 5 eval episodes (as the HOLD-C run); replay
-min(1e6, 400k). Needs the released HOLD-R checkpoint."""
+400k (the reference: 40k). Needs the released HOLD-R checkpoint."""
 
 import dataclasses
 

@@ -1,5 +1,6 @@
 """Figure 5a: pushing rewarded by the R3M ResNet-50 embedding distance (normaliser 3),
-80 x 5000 steps. Needs the public R3M weights (README)."""
+80 x 5000 steps (replay 400k; the reference's quirk kept 80k: --replay_size=80000). Needs the
+public R3M weights (README)."""
 
 import dataclasses
 

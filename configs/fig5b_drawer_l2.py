@@ -1,5 +1,6 @@
 """Figure 5b: drawer_open with the L2 distance, subtasks (threshold 1, cost 20) and a
-goal-conditioned policy, 80 x 5000 steps, replay min(1e6, 400k) as the reference."""
+goal-conditioned policy, 80 x 5000 steps; replay 400k transitions (the reference's quirk kept
+80k: add --replay_size=80000 for it)."""
 
 from holdjax.config import TrainConfig
 

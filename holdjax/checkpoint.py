@@ -83,8 +83,7 @@ def restore(run_dir: str, state_like, replay_like=None, epoch: int | None = None
             _leaves_by_path(tree))
 
     items = {"state": ocp.args.StandardRestore(abstract(state_like))}
-    has_replay = os.path.isdir(os.path.join(checkpoint_dir(run_dir), str(epoch), "replay"))
-    if replay_like is not None and has_replay:
+    if replay_like is not None and holds_replay(run_dir, epoch):
         items["replay"] = ocp.args.StandardRestore(abstract(replay_like))
     try:
         restored = mngr.restore(epoch, args=ocp.args.Composite(**items))
@@ -97,6 +96,11 @@ def restore(run_dir: str, state_like, replay_like=None, epoch: int | None = None
     state = _fill(state_like, restored["state"])
     replay = _fill(replay_like, restored["replay"]) if "replay" in items else None
     return epoch, state, replay
+
+
+def holds_replay(run_dir: str, epoch: int) -> bool:
+    """Whether checkpoint ``epoch`` of the run holds its replay buffer (``--save_replay``)."""
+    return os.path.isdir(os.path.join(checkpoint_dir(run_dir), str(epoch), "replay"))
 
 
 def write_config(run_dir: str, config) -> None:

@@ -81,7 +81,10 @@ class TrainConfig:
     update_unroll: int = 0
     initial_random_steps: int = 1000
     learning_starts: int = 0  # transitions per seed before updates; 0 -> one episode
-    replay_size: int = 0  # 0 -> min(1e6, num_epochs * epoch_length), as the reference
+    # 0 -> min(1e6, num_epochs * epoch_length). The reference took min(1e6, num_epochs * 1000)
+    # whatever the epoch length (a quirk: 40k for its 400k-step drawer runs, 80k for the
+    # 400k-step figure-5 runs); --replay_size=40000 etc. reproduces that.
+    replay_size: int = 0
     timeouts_as_terminal: bool = False  # the reference's quirk; off = correct bootstrapping
     eval_episodes: int = 20
 

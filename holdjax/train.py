@@ -42,6 +42,7 @@ from holdjax.sac.replay import (
     init_replay,
     insert,
     is_image_shape,
+    replay_nbytes,
     sample,
     stored_obs_to_float,
 )
@@ -52,6 +53,10 @@ VIDEO_WORLDS = 4
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
+
+
+class ReplayTooLarge(MemoryError):
+    """The replay buffers would not fit in the device's free memory."""
 
 
 @struct.dataclass
@@ -96,11 +101,7 @@ class Trainer:
         self.reward_fn: RewardFunction = make_reward(config, self.env)
         # Per device: each device trains seeds // num_devices seeds on its own worlds.
         self.num_seeds, self.num_envs = config.seeds // num_devices, config.num_envs
-        if config.observation == "state":
-            self.obs_shape = (self.env.task.state_dim,)
-        else:
-            height, width = self.env.image_shape
-            self.obs_shape = (height, width, 6 if config.goal_based_policy else 3)
+        self.obs_shape = policy_obs_shape(config)
         self.action_dim = self.env.action_dim
         self.networks = networks_for(config.sac, self.action_dim, is_image_shape(self.obs_shape))
         # The reference starts training once the buffer holds one episode.
@@ -328,16 +329,74 @@ class Trainer:
         }, frames
 
 
+def policy_obs_shape(config: TrainConfig) -> tuple[int, ...]:
+    """Policy input as stored in replay: the task's state vector, or its camera frame (with
+    the goal image on three more channels for a goal-based policy)."""
+    task = envs.task_class(config.task)
+    if config.observation == "state":
+        return (task.state_dim,)
+    return (*task.image_shape, 6 if config.goal_based_policy else 3)
+
+
+# Of a device's free memory, the share the replay buffers may take; the rest is for the
+# networks, worlds, renderer and the update's activations.
+REPLAY_MEMORY_SHARE = 0.9
+
+
+def free_memory(device: jax.Device) -> int | None:
+    """Bytes a new allocation on ``device`` may take: an accelerator's allocator limit less
+    what it holds, or, for the CPU, the host's available memory; None where unknown."""
+    stats = device.memory_stats()
+    if stats and "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    if device.platform == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+            return kib * 1024
+        except (OSError, StopIteration, ValueError):
+            return None
+    return None
+
+
+def check_replay_fits(config: TrainConfig, free_bytes: int | None, num_devices: int = 1,
+                      host_memory: bool = True) -> int:
+    """Bytes of one device's replay buffers (every seed's when the devices share the host's
+    memory); raises `ReplayTooLarge`, saying which flags make it fit, when they exceed
+    `REPLAY_MEMORY_SHARE` of ``free_bytes``. Checked before anything is allocated: a pixel
+    buffer of 400k transitions is ~5.5 GB per seed (obs and next obs as uint8)."""
+    capacity = config.replay_capacity
+    per_seed = replay_nbytes(capacity, policy_obs_shape(config), envs.task_class(config.task)
+                             .action_dim)
+    seeds = config.seeds if host_memory else config.seeds // num_devices
+    needed = seeds * per_seed
+    if free_bytes is None or needed <= REPLAY_MEMORY_SHARE * free_bytes:
+        return needed
+    fitting = int(REPLAY_MEMORY_SHARE * free_bytes * capacity // needed)
+    advice = (f"pass --replay_size={fitting} (or less) or fewer --seeds"
+              if fitting >= config.batch_size else "pass fewer --seeds")
+    raise ReplayTooLarge(
+        f"the replay buffers need {needed / 1e9:.1f} GB ({seeds} seed(s) x {capacity} "
+        f"transitions x {per_seed // capacity} bytes), more than {REPLAY_MEMORY_SHARE:.0%} of "
+        f"the {free_bytes / 1e9:.1f} GB free on {jax.devices()[0].device_kind}; {advice}")
+
+
 @functools.cache
 def _trainer_for(program_key: TrainConfig, num_devices: int) -> Trainer:
     return Trainer(program_key, num_devices)
+
+
+def training_devices(config: TrainConfig) -> int:
+    """All visible devices when they split the seeds evenly, else one."""
+    devices = jax.device_count()
+    return devices if config.seeds % devices == 0 else 1
 
 
 def get_trainer(config: TrainConfig) -> Trainer:
     """A (cached) trainer over as many devices as split the seeds evenly; runs that differ
     only in output or length reuse its compilation."""
     devices = jax.device_count()
-    num_devices = devices if config.seeds % devices == 0 else 1
+    num_devices = training_devices(config)
     if num_devices < devices:
         print(f"note: {config.seeds} seed(s) cannot be split over {devices} devices; using "
               "one (choose --seeds as a multiple of the device count)", file=sys.stderr)
@@ -412,10 +471,22 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
         raise checkpoint.CheckpointError(
             f"{run_dir} already holds checkpoints; pass --resume to continue it or choose "
             "another --out")
+    device, num_devices = jax.devices()[0], training_devices(config)
+    host_memory = device.platform == "cpu"
+    replay_bytes = check_replay_fits(config, free_memory(device), num_devices, host_memory)
+    if not quiet:
+        where = " per device" if num_devices > 1 and not host_memory else ""
+        print(f"replay: {config.replay_capacity} transitions per seed, "
+              f"{replay_bytes / 1e9:.2f} GB{where}", file=sys.stderr)
     trainer = get_trainer(config)
     state, replay = trainer.init(config.seed)
     start_epoch = 0
     if resume:
+        if checkpoint.holds_replay(run_dir, latest):
+            # The saved buffer replaces the fresh one, whose shapes and placement are all
+            # that restoring needs: dropping it first keeps one buffer in memory, not two.
+            replay = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), replay)
         start_epoch, state, saved_replay = checkpoint.restore(run_dir, state, replay)
         if saved_replay is None:
             print("resume: no replay buffer in the checkpoint (--save_replay was off); "
@@ -532,7 +603,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return train(config, resume=resume)
     except (FileNotFoundError, checkpoint.CheckpointError, CheckpointMismatchError,
-            TrainingDiverged) as e:
+            TrainingDiverged, ReplayTooLarge) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

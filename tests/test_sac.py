@@ -199,6 +199,16 @@ def test_replay_stores_images_as_uint8():
     np.testing.assert_allclose(roundtrip, images, atol=0.5 / 255 + 1e-6)
 
 
+def test_replay_nbytes_is_the_allocated_buffers_size():
+    for shape in [(16, 16, 6), (7,)]:
+        buffer = replay.init_replay(5, shape, 2)
+        allocated = sum(x.nbytes for x in jax.tree.leaves(buffer))
+        assert replay.replay_nbytes(5, shape, 2) == allocated
+    # The reference's 48x48 pixels: obs and next obs as uint8, then action, reward, done;
+    # and the cursor and fill level.
+    assert replay.replay_nbytes(400_000, (48, 48, 3), 2) == 400_000 * (2 * 6912 + 16) + 8
+
+
 # augmentation -----------------------------------------------------------------------------
 
 

@@ -13,7 +13,16 @@ from holdjax import checkpoint
 from holdjax.config import TrainConfig, config_from_args
 from holdjax.evaluate import main as evaluate_cli
 from holdjax.plot import curves_figure, plot_runs
-from holdjax.train import get_trainer, over_seeds, overflow_warning, summarize_epoch, train
+from holdjax.train import (
+    ReplayTooLarge,
+    check_replay_fits,
+    free_memory,
+    get_trainer,
+    over_seeds,
+    overflow_warning,
+    summarize_epoch,
+    train,
+)
 from holdjax.train import main as train_cli
 
 TINY = TrainConfig(
@@ -409,6 +418,37 @@ def test_holdr_without_its_released_checkpoint_fails_clearly(monkeypatch, tmp_pa
         get_trainer(config)
     with pytest.raises(FileNotFoundError, match="names the released HOLD-R checkpoint"):
         get_trainer(dataclasses.replace(config, reward_checkpoint=str(tmp_path / "none")))
+
+
+def test_replay_that_does_not_fit_stops_before_anything_is_built(monkeypatch, capsys):
+    """Figure 3a's 400k-transition pixel buffer is 5.5 GB a seed: more than a device has
+    free stops the run with the flags that fit, before the trainer allocates it."""
+    config = config_from_args(["--config=fig3a_pushing_sac", "--seeds=5"])[0]
+    per_seed = 400_000 * 13_840 + 8  # transitions, then the cursor and fill level
+    assert check_replay_fits(config, free_bytes=None) == 5 * per_seed
+    assert check_replay_fits(config, free_bytes=10 * per_seed) == 5 * per_seed
+    # Two accelerators hold two of four seeds each; the host's memory holds all four.
+    four = dataclasses.replace(config, seeds=4)
+    assert check_replay_fits(four, None, num_devices=2, host_memory=False) == 2 * per_seed
+    assert check_replay_fits(four, None, num_devices=2, host_memory=True) == 4 * per_seed
+    with pytest.raises(ReplayTooLarge, match=r"need 27\.7 GB \(5 seed\(s\) x 400000 "
+                       r"transitions x 13840 bytes\), more than 90% of the 20\.0 GB free.*"
+                       r"pass --replay_size=260115 \(or less\) or fewer --seeds"):
+        check_replay_fits(config, free_bytes=20_000_000_000)
+    with pytest.raises(ReplayTooLarge, match="pass fewer --seeds$"):
+        check_replay_fits(config, free_bytes=1_000_000)
+    monkeypatch.setattr("holdjax.train.free_memory", lambda device: 20_000_000_000)
+    monkeypatch.setattr("holdjax.train.get_trainer", lambda config: pytest.fail("built"))
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli(["--config=fig3a_pushing_sac", "--seeds=5", "--out=/nonexistent/run"])
+    assert exit_info.value.code == 2
+    assert "pass --replay_size=260115" in capsys.readouterr().err
+
+
+def test_free_memory_reads_the_host_for_the_cpu():
+    free = free_memory(jax.devices()[0])
+    assert free is not None and 0 < free <= os.sysconf("SC_PHYS_PAGES") * os.sysconf(
+        "SC_PAGE_SIZE")
 
 
 def test_interrupted_train_cli_says_how_to_resume(monkeypatch, tmp_path, capsys):

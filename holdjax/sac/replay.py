@@ -9,6 +9,8 @@ seeds; and its batch size is fixed at construction. Here each field keeps its ow
 shape, inserts are one scatter of N rows, and the fill level is a traced counter.
 """
 
+import functools
+
 import chex
 import flax.struct
 import jax
@@ -71,6 +73,12 @@ def init_replay(capacity: int, obs_shape: tuple[int, ...], action_dim: int) -> R
         done=jnp.zeros((capacity,), jnp.float32),
     )
     return ReplayBuffer(data=data, cursor=jnp.zeros((), jnp.int32), size=jnp.zeros((), jnp.int32))
+
+
+def replay_nbytes(capacity: int, obs_shape: tuple[int, ...], action_dim: int) -> int:
+    """Bytes of an `init_replay` buffer, computed from its shapes without allocating it."""
+    shapes = jax.eval_shape(functools.partial(init_replay, capacity, obs_shape, action_dim))
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
 
 
 def insert(buffer: ReplayBuffer, transitions: Transition) -> ReplayBuffer:
