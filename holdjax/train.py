@@ -375,6 +375,8 @@ def check_replay_fits(config: TrainConfig, free_bytes: int | None, num_devices: 
     fitting = int(REPLAY_MEMORY_SHARE * free_bytes * capacity // needed)
     advice = (f"pass --replay_size={fitting} (or less) or fewer --seeds"
               if fitting >= config.batch_size else "pass fewer --seeds")
+    if not host_memory:  # JAX's allocator takes 75% of an accelerator's memory by default
+        advice += ", or raise XLA_PYTHON_CLIENT_MEM_FRACTION"
     raise ReplayTooLarge(
         f"the replay buffers need {needed / 1e9:.1f} GB ({seeds} seed(s) x {capacity} "
         f"transitions x {per_seed // capacity} bytes), more than {REPLAY_MEMORY_SHARE:.0%} of "

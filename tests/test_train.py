@@ -437,6 +437,8 @@ def test_replay_that_does_not_fit_stops_before_anything_is_built(monkeypatch, ca
         check_replay_fits(config, free_bytes=20_000_000_000)
     with pytest.raises(ReplayTooLarge, match="pass fewer --seeds$"):
         check_replay_fits(config, free_bytes=1_000_000)
+    with pytest.raises(ReplayTooLarge, match="seeds, or raise XLA_PYTHON_CLIENT_MEM_FRACTION$"):
+        check_replay_fits(four, free_bytes=1_000_000, num_devices=2, host_memory=False)
     monkeypatch.setattr("holdjax.train.free_memory", lambda device: 20_000_000_000)
     monkeypatch.setattr("holdjax.train.get_trainer", lambda config: pytest.fail("built"))
     with pytest.raises(SystemExit) as exit_info:
