@@ -26,11 +26,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import device_name, write_results  # noqa: E402
 
 from holdjax.config import TrainConfig, config_from_args  # noqa: E402
-
-
-def read_metrics(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+from holdjax.plot import read_metrics  # noqa: E402
 
 
 def summarize(records: list[dict], config: TrainConfig) -> dict:

@@ -16,12 +16,12 @@ import sys
 import numpy as np
 
 
-def read_metrics(run_dir: str) -> list[dict]:
-    """A run's metrics.jsonl records in epoch order: the last one written for each epoch (a
-    resumed run may log an epoch again)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
+def read_metrics(run: str) -> list[dict]:
+    """The records of a run's metrics.jsonl (``run``: the run directory or the file) in epoch
+    order: the last one written for each epoch (a resumed run may log an epoch again)."""
+    path = run if os.path.isfile(run) else os.path.join(run, "metrics.jsonl")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a holdjax.train run directory?")
+        raise FileNotFoundError(f"{path} not found: is {run} a holdjax.train run directory?")
     by_epoch = {}
     with open(path) as f:
         for line in f:

@@ -53,10 +53,11 @@ def test_train_run_summary_needs_an_epoch():
 
 
 def test_train_run_summarises_a_copied_metrics_file(tmp_path):
-    """--metrics: the summary of a run measured elsewhere, filed under that device's name."""
-    metrics = tmp_path / "metrics.jsonl"
+    """--metrics: the summary of a run measured elsewhere, filed under that device's name;
+    an epoch logged twice (a run killed after logging it, then resumed) counts once."""
+    metrics = tmp_path / "metrics-copied.jsonl"
     metrics.write_text("\n".join(json.dumps(record(e, 1000 * e, 10.0 * e, [0.1 * e]))
-                                 for e in (1, 2)) + "\n")
+                                 for e in (1, 2, 2)) + "\n")
     train_run.main([f"--metrics={metrics}", "--device=some-gpu", f"--results={tmp_path}",
                     "--reward=dense", "--epoch_length=1000", "--num_envs=10",
                     "--updates_per_step=1", "--total_steps=2000"])
