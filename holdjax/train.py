@@ -380,7 +380,7 @@ def check_replay_fits(config: TrainConfig, free_bytes: int | None, num_devices: 
     raise ReplayTooLarge(
         f"the replay buffers need {needed / 1e9:.1f} GB ({seeds} seed(s) x {capacity} "
         f"transitions x {per_seed // capacity} bytes), more than {REPLAY_MEMORY_SHARE:.0%} of "
-        f"the {free_bytes / 1e9:.1f} GB free on {jax.devices()[0].device_kind}; {advice}")
+        f"the {free_bytes / 1e9:.1f} GB free on {jax.local_devices()[0].device_kind}; {advice}")
 
 
 @functools.cache
@@ -473,7 +473,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
         raise checkpoint.CheckpointError(
             f"{run_dir} already holds checkpoints; pass --resume to continue it or choose "
             "another --out")
-    device, num_devices = jax.devices()[0], training_devices(config)
+    device, num_devices = jax.local_devices()[0], training_devices(config)
     host_memory = device.platform == "cpu"
     replay_bytes = check_replay_fits(config, free_memory(device), num_devices, host_memory)
     if not quiet:
