@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import imageio.v2 as imageio
 import numpy as np
@@ -30,7 +31,11 @@ def write_video(path: str, frames: np.ndarray, fps: int = 10, scale: int = 4) ->
     if suffix == ".gif":
         imageio.mimsave(path, list(tiled), duration=1000 / fps, loop=0)
     else:
-        # Even sizes for yuv420p; macro_block_size=1 keeps our exact size.
-        imageio.mimsave(path, list(tiled), fps=fps, macro_block_size=1, codec="libx264",
-                        pixelformat="yuv420p")
+        # imageio-ffmpeg starts ffmpeg by fork + exec. JAX warns of a deadlock at any fork of
+        # its multithreaded process, but a child that only execs cannot deadlock.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+            # Even sizes for yuv420p; macro_block_size=1 keeps our exact size.
+            imageio.mimsave(path, list(tiled), fps=fps, macro_block_size=1, codec="libx264",
+                            pixelformat="yuv420p")
     return path

@@ -1,0 +1,52 @@
+"""Rollout videos: tiling and the MP4/GIF files."""
+
+import warnings
+
+import imageio.v2 as imageio
+import jax  # noqa: F401  (JAX warns at any fork once imported; the MP4 writer forks)
+import numpy as np
+import pytest
+
+from holdjax.video import tile_frames, write_video
+
+
+def episode(t=3, k=2, h=4, w=6) -> np.ndarray:
+    """(T, K, H, W, 3) frames whose value names (step, world)."""
+    frames = np.zeros((t, k, h, w, 3), np.uint8)
+    for step in range(t):
+        for world in range(k):
+            frames[step, world] = 40 * step + 100 * world
+    return frames
+
+
+def test_tile_frames_puts_worlds_side_by_side_upscaled():
+    tiled = tile_frames(episode(), scale=2)
+    assert tiled.shape == (3, 8, 24, 3)
+    for step in range(3):
+        np.testing.assert_array_equal(tiled[step, :, :12], 40 * step)  # world 0, left
+        np.testing.assert_array_equal(tiled[step, :, 12:], 40 * step + 100)  # world 1, right
+    with pytest.raises(ValueError, match=r"expected frames shaped \(T, K, H, W, 3\)"):
+        tile_frames(np.zeros((3, 4, 6, 3), np.uint8))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_write_video_files_read_back(tmp_path, suffix):
+    path = str(tmp_path / "videos" / f"rollout{suffix}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert write_video(path, episode(), scale=2) == path
+    assert not [w for w in caught if "fork" in str(w.message)]  # the MP4 writer's ffmpeg
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)  # the reader's ffmpeg
+        frames = np.stack(imageio.mimread(path))
+    assert frames.shape[:3] == (3, 8, 24)
+    # Lossy MP4 keeps the worlds' brightness apart; the GIF keeps it exactly.
+    left, right = frames[..., :12, :3].mean(axis=(1, 2, 3)), frames[..., 12:, :3].mean(
+        axis=(1, 2, 3))
+    np.testing.assert_allclose(left, [0, 40, 80], atol=0 if suffix == ".gif" else 6)
+    np.testing.assert_allclose(right, [100, 140, 180], atol=0 if suffix == ".gif" else 6)
+
+
+def test_write_video_rejects_other_formats(tmp_path):
+    with pytest.raises(ValueError, match="video path must end in one of"):
+        write_video(str(tmp_path / "rollout.avi"), episode())
