@@ -171,8 +171,9 @@ class Trainer:
         """Fresh SAC states and empty replay buffers, one per seed key."""
         sac = jax.vmap(lambda k: init_sac(k, self.obs_shape, self.action_dim, self.config.sac))(
             init_keys)
-        replay = jax.vmap(lambda _: init_replay(self.config.replay_capacity, self.obs_shape,
-                                                self.action_dim))(init_keys)
+        replay = jax.vmap(lambda _: init_replay(
+            self.config.replay_capacity, self.obs_shape, self.action_dim, self.num_envs,
+            self.env.episode_length))(init_keys)
         return sac, replay
 
     def _reset_worlds(self, seed_keys: jax.Array) -> EnvState:
@@ -238,13 +239,15 @@ class Trainer:
             next_obs=self.per_seed(next_obs),
             done=self.per_seed(terminal.astype(jnp.float32)),
         )
-        replay = over_seeds(insert, self.num_seeds)(replay, transitions)
+        step_in_episode = env_state.step_count[0] - 1  # every world is on the same step
+        replay = over_seeds(lambda r, t: insert(r, t, step_in_episode), self.num_seeds)(
+            replay, transitions)
         env_steps = state.env_steps + self.num_envs
 
         # Until the buffer holds min_replay transitions (by default one episode) the updates
         # run and are discarded: a select, unlike lax.cond, lets XLA update the learner in
         # place (an update under cond cost 14% more on the CPU; benchmarks/NOTES.md).
-        ready = replay.size[0] >= self.min_replay
+        ready = replay.size[0] * self.num_envs >= self.min_replay  # size counts rows
         updated, metrics = over_seeds(self._updates, self.num_seeds)(state.sac, replay, update_key)
         sac = jax.tree.map(lambda new, old: jnp.where(ready, new, old), updated, state.sac)
         episode_return = state.episode_return + reward
@@ -363,11 +366,12 @@ def check_replay_fits(config: TrainConfig, free_bytes: int | None, num_devices: 
                       host_memory: bool = True) -> int:
     """Bytes of one device's replay buffers (every seed's when the devices share the host's
     memory); raises `ReplayTooLarge`, saying which flags make it fit, when they exceed
-    `REPLAY_MEMORY_SHARE` of ``free_bytes``. Checked before anything is allocated: a pixel
-    buffer of 400k transitions is ~5.5 GB per seed (obs and next obs as uint8)."""
+    `REPLAY_MEMORY_SHARE` of ``free_bytes``. Checked before anything is allocated: a 48x48 pixel
+    buffer of 400k transitions is ~2.8 GB per seed (each frame stored once, as uint8)."""
     capacity = config.replay_capacity
-    per_seed = replay_nbytes(capacity, policy_obs_shape(config), envs.task_class(config.task)
-                             .action_dim)
+    task = envs.task_class(config.task)
+    per_seed = replay_nbytes(capacity, policy_obs_shape(config), task.action_dim,
+                             config.num_envs, task.episode_length)
     seeds = config.seeds if host_memory else config.seeds // num_devices
     needed = seeds * per_seed
     if free_bytes is None or needed <= REPLAY_MEMORY_SHARE * free_bytes:
@@ -378,8 +382,8 @@ def check_replay_fits(config: TrainConfig, free_bytes: int | None, num_devices: 
     if not host_memory:  # JAX's allocator takes 75% of an accelerator's memory by default
         advice += ", or raise XLA_PYTHON_CLIENT_MEM_FRACTION"
     raise ReplayTooLarge(
-        f"the replay buffers need {needed / 1e9:.1f} GB ({seeds} seed(s) x {capacity} "
-        f"transitions x {per_seed // capacity} bytes), more than {REPLAY_MEMORY_SHARE:.0%} of "
+        f"the replay buffers need {needed / 1e9:.1f} GB ({seeds} seed(s) x {per_seed / 1e9:.2f} "
+        f"GB for {capacity} transitions), more than {REPLAY_MEMORY_SHARE:.0%} of "
         f"the {free_bytes / 1e9:.1f} GB free on {jax.local_devices()[0].device_kind}; {advice}")
 
 

@@ -158,42 +158,79 @@ def test_actor_and_alpha_losses_match_numpy(state_problem):
 # replay -----------------------------------------------------------------------------------
 
 
-def numbered_transitions(values) -> replay.Transition:
-    """Transitions whose every field encodes `values`, so slots can be read back."""
-    values = jnp.asarray(values, jnp.float32)
-    return replay.Transition(
-        obs=values[:, None],
-        action=jnp.stack([values, -values], axis=1),
-        reward=values,
-        next_obs=values[:, None] + 100.0,
-        done=values,
-    )
+def episode_rows(episodes: int, length: int, worlds: int):
+    """(step, transitions) rows of episodes in which world w's observation at step t of
+    episode e is the number 1000 e + 10 t + w (the terminal one at t = length); action, reward
+    and done encode the same number, so every sampled field can be checked against obs."""
+    for e in range(episodes):
+        for t in range(length):
+            obs = 1000.0 * e + 10.0 * t + jnp.arange(worlds, dtype=jnp.float32)
+            yield t, replay.Transition(obs=obs[:, None], action=jnp.stack([obs, -obs], axis=1),
+                                       reward=obs, next_obs=obs[:, None] + 10.0, done=obs)
 
 
-def test_replay_insert_wraps_around():
-    buffer = replay.init_replay(5, (1,), 2)
+def filled(buffer, rows):
     insert = jax.jit(replay.insert)
-    buffer = insert(buffer, numbered_transitions([0, 1, 2]))
-    assert int(buffer.size) == 3 and int(buffer.cursor) == 3
-    buffer = insert(buffer, numbered_transitions([3, 4, 5, 6]))
-    assert int(buffer.size) == 5 and int(buffer.cursor) == 2
-    np.testing.assert_array_equal(buffer.data.reward, [5, 6, 2, 3, 4])
-    np.testing.assert_array_equal(buffer.data.next_obs[:, 0], [105, 106, 102, 103, 104])
-    np.testing.assert_array_equal(buffer.data.action[:, 1], [-5, -6, -2, -3, -4])
-    with pytest.raises(ValueError):
-        replay.insert(buffer, numbered_transitions(range(6)))
+    for step, transitions in rows:
+        buffer = insert(buffer, transitions, step)
+    return buffer
 
 
-def test_replay_samples_only_filled_slots():
-    buffer = replay.insert(replay.init_replay(10, (1,), 2), numbered_transitions([7, 8, 9]))
-    batch = jax.jit(replay.sample, static_argnums=2)(buffer, jax.random.key(0), 500)
-    assert set(np.asarray(batch.reward).tolist()) == {7.0, 8.0, 9.0}
-    np.testing.assert_array_equal(batch.next_obs[:, 0], batch.reward + 100.0)
+def assert_consistent(batch: replay.Transition):
+    """Each sampled transition's fields come from one and the same step and world."""
+    obs = np.asarray(batch.obs[:, 0])
+    np.testing.assert_array_equal(batch.next_obs[:, 0], obs + 10.0)
+    np.testing.assert_array_equal(batch.action, np.stack([obs, -obs], axis=1))
+    np.testing.assert_array_equal(batch.reward, obs)
+    np.testing.assert_array_equal(batch.done, obs)
+
+
+def test_replay_keeps_one_frame_per_step_and_the_episodes_last():
+    """Capacity 20 transitions of 2 worlds and 3-step episodes: 12 rows (4 episodes) of which
+    11 are valid, and 4 x (3 + 1) frames; the terminal frames are kept apart from the next
+    episode's first."""
+    buffer = replay.init_replay(20, (1,), 2, num_envs=2, episode_length=3)
+    assert buffer.rows == 12 and buffer.capacity == 22 and buffer.episode_length == 3
+    assert buffer.frames.shape == (16, 2, 1)
+    buffer = filled(buffer, episode_rows(2, 3, 2))
+    assert int(buffer.size) == 6 and int(buffer.cursor) == 6
+    np.testing.assert_array_equal(buffer.frames[:8, 1, 0],  # world 1: steps 0-3 of e = 0, 1
+                                  [1, 11, 21, 31, 1001, 1011, 1021, 1031])
+    batch = jax.jit(replay.sample, static_argnums=2)(buffer, jax.random.key(0), 400)
+    assert_consistent(batch)
+    assert set(np.asarray(batch.reward).tolist()) == {
+        1000.0 * e + 10.0 * t + w for e in range(2) for t in range(3) for w in range(2)}
+
+
+def test_replay_wraps_around_and_samples_only_valid_rows():
+    """After 5 episodes into 4 episode slots, the 11 newest rows are sampled: not the oldest
+    row, whose observation frame the newest row's next observation overwrote."""
+    buffer = filled(replay.init_replay(20, (1,), 2, num_envs=2, episode_length=3),
+                    episode_rows(5, 3, 2))
+    assert int(buffer.size) == 11 and int(buffer.cursor) == 3
+    batch = jax.jit(replay.sample, static_argnums=2)(buffer, jax.random.key(1), 1000)
+    assert_consistent(batch)
+    rows = {(int(r) // 1000, int(r) % 1000 // 10) for r in np.asarray(batch.reward)}
+    assert rows == {(e, t) for e in range(1, 5) for t in range(3)} - {(1, 0)}
+    with pytest.raises(AssertionError):
+        replay.insert(buffer, next(episode_rows(1, 3, 3))[1], 0)  # 3 worlds, not 2
+
+
+def test_replay_refilled_from_the_middle_of_an_episode():
+    """A run resumed without its buffer starts inserting at step 2 of an episode: the rows
+    line up with the episode's steps, and its terminal frame is not the next episode's."""
+    rows = list(episode_rows(2, 4, 1))[2:]
+    buffer = filled(replay.init_replay(12, (1,), 2, num_envs=1, episode_length=4), rows)
+    assert int(buffer.size) == 6
+    batch = replay.sample(buffer, jax.random.key(2), 300)
+    assert_consistent(batch)
+    assert set(np.asarray(batch.reward).tolist()) == {20.0, 30.0, 1000.0, 1010.0, 1020.0,
+                                                      1030.0}
 
 
 def test_replay_stores_images_as_uint8():
-    buffer = replay.init_replay(4, (16, 16, 3), 2)
-    assert buffer.data.obs.dtype == jnp.uint8 and buffer.data.next_obs.dtype == jnp.uint8
+    buffer = replay.init_replay(4, (16, 16, 3), 2, num_envs=2, episode_length=2)
+    assert buffer.frames.dtype == jnp.uint8
     images = jnp.linspace(0.0, 1.0, 16 * 16 * 3).reshape(1, 16, 16, 3)
     roundtrip = replay.stored_obs_to_float(replay.pixels_to_uint8(images))
     np.testing.assert_allclose(roundtrip, images, atol=0.5 / 255 + 1e-6)
@@ -201,12 +238,14 @@ def test_replay_stores_images_as_uint8():
 
 def test_replay_nbytes_is_the_allocated_buffers_size():
     for shape in [(16, 16, 6), (7,)]:
-        buffer = replay.init_replay(5, shape, 2)
+        buffer = replay.init_replay(50, shape, 2, num_envs=4, episode_length=5)
         allocated = sum(x.nbytes for x in jax.tree.leaves(buffer))
-        assert replay.replay_nbytes(5, shape, 2) == allocated
-    # The reference's 48x48 pixels: obs and next obs as uint8, then action, reward, done;
-    # and the cursor and fill level.
-    assert replay.replay_nbytes(400_000, (48, 48, 3), 2) == 400_000 * (2 * 6912 + 16) + 8
+        assert replay.replay_nbytes(50, shape, 2, 4, 5) == allocated
+    # Figure 3a's buffer: 25,100 rows of 16 worlds (251 episodes of 100 steps), each frame
+    # once as 48x48x3 uint8, then action, reward and done per transition; cursor and fill level.
+    frames = 251 * 101 * 16 * 6912
+    assert replay.replay_nbytes(400_000, (48, 48, 3), 2, 16, 100) == (
+        frames + 25_100 * 16 * 16 + 8)
 
 
 # augmentation -----------------------------------------------------------------------------
@@ -298,7 +337,8 @@ def test_sac_learns_one_step_bandit():
         next_obs=obs,
         done=jnp.ones((num_data,)),
     )
-    buffer = replay.insert(replay.init_replay(num_data, (obs_dim,), 1), data)
+    # One row of 1024 one-step episodes.
+    buffer = replay.insert(replay.init_replay(num_data, (obs_dim,), 1, num_data, 1), data, 0)
 
     @functools.partial(jax.jit, static_argnums=2)
     def train(state, key, num_steps):

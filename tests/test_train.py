@@ -354,8 +354,10 @@ def test_state_observation_run_trains_evaluates_and_saves(state_run):
     initial, replay = trainer.init(config.seed)
     assert trainer.obs_shape == (trainer.env.task.state_dim,)
     assert initial.env.obs.size == 0  # the env skipped rendering
-    assert replay.data.obs.shape == (1, config.replay_capacity, trainer.env.task.state_dim)
-    assert replay.data.obs.dtype == np.float32
+    seed_replay = jax.tree.map(lambda x: x[0], replay)
+    assert seed_replay.frames.shape[2:] == (trainer.env.task.state_dim,)
+    assert seed_replay.frames.dtype == np.float32
+    assert seed_replay.capacity >= config.replay_capacity
     assert "encoder" not in initial.sac.actor_params["params"]
     lines = open(os.path.join(config.out_dir, "metrics.jsonl")).read().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
@@ -421,30 +423,31 @@ def test_holdr_without_its_released_checkpoint_fails_clearly(monkeypatch, tmp_pa
 
 
 def test_replay_that_does_not_fit_stops_before_anything_is_built(monkeypatch, capsys):
-    """Figure 3a's 400k-transition pixel buffer is 5.5 GB a seed: more than a device has
+    """Figure 3a's 400k-transition pixel buffer is 2.8 GB a seed: more than a device has
     free stops the run with the flags that fit, before the trainer allocates it."""
     config = config_from_args(["--config=fig3a_pushing_sac", "--seeds=5"])[0]
-    per_seed = 400_000 * 13_840 + 8  # transitions, then the cursor and fill level
+    # 251 episodes' frames of 16 worlds, their actions, rewards and dones; cursor and size.
+    per_seed = 251 * 101 * 16 * 48 * 48 * 3 + 251 * 100 * 16 * 16 + 8
     assert check_replay_fits(config, free_bytes=None) == 5 * per_seed
     assert check_replay_fits(config, free_bytes=10 * per_seed) == 5 * per_seed
     # Two accelerators hold two of four seeds each; the host's memory holds all four.
     four = dataclasses.replace(config, seeds=4)
     assert check_replay_fits(four, None, num_devices=2, host_memory=False) == 2 * per_seed
     assert check_replay_fits(four, None, num_devices=2, host_memory=True) == 4 * per_seed
-    with pytest.raises(ReplayTooLarge, match=r"need 27\.7 GB \(5 seed\(s\) x 400000 "
-                       r"transitions x 13840 bytes\), more than 90% of the 20\.0 GB free.*"
-                       r"pass --replay_size=260115 \(or less\) or fewer --seeds"):
-        check_replay_fits(config, free_bytes=20_000_000_000)
+    with pytest.raises(ReplayTooLarge, match=r"need 14\.1 GB \(5 seed\(s\) x 2\.81 GB for "
+                       r"400000 transitions\), more than 90% of the 10\.0 GB free.*"
+                       r"pass --replay_size=256223 \(or less\) or fewer --seeds"):
+        check_replay_fits(config, free_bytes=10_000_000_000)
     with pytest.raises(ReplayTooLarge, match="pass fewer --seeds$"):
         check_replay_fits(config, free_bytes=1_000_000)
     with pytest.raises(ReplayTooLarge, match="seeds, or raise XLA_PYTHON_CLIENT_MEM_FRACTION$"):
         check_replay_fits(four, free_bytes=1_000_000, num_devices=2, host_memory=False)
-    monkeypatch.setattr("holdjax.train.free_memory", lambda device: 20_000_000_000)
+    monkeypatch.setattr("holdjax.train.free_memory", lambda device: 10_000_000_000)
     monkeypatch.setattr("holdjax.train.get_trainer", lambda config: pytest.fail("built"))
     with pytest.raises(SystemExit) as exit_info:
         train_cli(["--config=fig3a_pushing_sac", "--seeds=5", "--out=/nonexistent/run"])
     assert exit_info.value.code == 2
-    assert "pass --replay_size=260115" in capsys.readouterr().err
+    assert "pass --replay_size=256223" in capsys.readouterr().err
 
 
 def test_free_memory_reads_the_host_for_the_cpu():

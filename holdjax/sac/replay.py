@@ -1,12 +1,24 @@
-"""Device-resident circular replay buffer, a plain pytree so it lives inside jit/scan/vmap.
+"""Device-resident replay buffer that stores each observation once; a plain pytree, so it lives
+inside jit/scan/vmap.
+
+The fused step inserts one *row* of N transitions (one per world) per step, and every task's
+episodes have one fixed length L with all worlds in step. So a row's next observations are the
+next row's observations, except on an episode's last step. The buffer keeps L + 1 frames per
+world and episode (the L observations and the last next observation) instead of 2L: half the
+memory of storing obs and next obs apiece (a 400k-transition 48x48 pixel buffer is 2.8 GB a
+seed instead of 5.5). Rows form a ring of R = E x L slots, E episodes: row r, step t = r mod L
+of episode slot e = r // L, reads frame e (L + 1) + t and the one after it. Writing a row
+writes both its frames, so a row is complete once written; the newest row's next frame may
+overwrite the obs frame of the oldest, so at most R - 1 rows are valid (sampled).
 
 Why not `brax.training.replay_buffers.UniformSamplingQueue`: it ravels every transition into one
 flat array of a single dtype, so uint8 images would be promoted to float32 (4x the memory, and a
 400k-step pixel buffer is already gigabytes); once full it makes room with `jnp.roll` of the
 whole buffer on every insert (a full copy per environment step); it tracks its size in a Python
 attribute (`check_can_insert`), so `insert`/`sample` cannot be traced end to end or vmapped over
-seeds; and its batch size is fixed at construction. Here each field keeps its own dtype and
-shape, inserts are one scatter of N rows, and the fill level is a traced counter.
+seeds; its batch size is fixed at construction; and it stores every observation twice. Here each
+field keeps its own dtype and shape, an insert is one scatter of a row, and the fill level is a
+traced counter.
 """
 
 import functools
@@ -19,7 +31,7 @@ import jax.numpy as jnp
 
 @flax.struct.dataclass
 class Transition:
-    """One environment step; fields carry a leading batch (or capacity) axis.
+    """One environment step; fields carry a leading batch axis.
 
     `done` is 1.0 only for true terminations, so time-limit truncations still bootstrap.
     """
@@ -33,15 +45,40 @@ class Transition:
 
 @flax.struct.dataclass
 class ReplayBuffer:
-    """Fixed-capacity ring of transitions: slots [0, size) are filled; `cursor` is the next slot."""
+    """A ring of R rows of N transitions over E = R / L episodes' frames; rows
+    [cursor - size, cursor) (mod R) are valid, and `cursor` is the next row to write. The
+    properties read the shapes of one buffer, not of a stack of them (seeds)."""
 
-    data: Transition
-    cursor: jax.Array
-    size: jax.Array
+    frames: jax.Array  # (E (L + 1), N, *obs_shape)
+    action: jax.Array  # (R, N, action_dim)
+    reward: jax.Array  # (R, N)
+    done: jax.Array  # (R, N)
+    cursor: jax.Array  # () int32
+    size: jax.Array  # () int32 valid rows, at most R - 1
+
+    @property
+    def rows(self) -> int:
+        return self.reward.shape[0]
+
+    @property
+    def num_envs(self) -> int:
+        return self.reward.shape[1]
+
+    @property
+    def episode_length(self) -> int:
+        return self.rows // (self.frames.shape[0] - self.rows)  # E (L + 1) - E L = E
 
     @property
     def capacity(self) -> int:
-        return self.data.reward.shape[0]
+        """The most transitions held (valid) at once."""
+        return (self.rows - 1) * self.num_envs
+
+
+def replay_rows(capacity: int, num_envs: int, episode_length: int) -> int:
+    """Rows R, a multiple of the episode length, whose R - 1 valid rows of ``num_envs``
+    transitions hold at least ``capacity`` transitions."""
+    rows = -(-capacity // num_envs) + 1
+    return -(-rows // episode_length) * episode_length
 
 
 def is_image_shape(obs_shape: tuple[int, ...]) -> bool:
@@ -61,46 +98,69 @@ def stored_obs_to_float(obs: jax.Array) -> jax.Array:
     return obs.astype(jnp.float32)
 
 
-def init_replay(capacity: int, obs_shape: tuple[int, ...], action_dim: int) -> ReplayBuffer:
-    """Empty buffer; image observations are stored as uint8, state vectors as float32."""
+def init_replay(capacity: int, obs_shape: tuple[int, ...], action_dim: int, num_envs: int,
+                episode_length: int) -> ReplayBuffer:
+    """Empty buffer for at least ``capacity`` transitions inserted ``num_envs`` at a time from
+    episodes of ``episode_length`` steps; images are stored as uint8, state vectors as float32."""
+    rows = replay_rows(capacity, num_envs, episode_length)
+    episodes = rows // episode_length
     obs_dtype = jnp.uint8 if is_image_shape(obs_shape) else jnp.float32
-    obs = jnp.zeros((capacity, *obs_shape), obs_dtype)
-    data = Transition(
-        obs=obs,
-        action=jnp.zeros((capacity, action_dim), jnp.float32),
-        reward=jnp.zeros((capacity,), jnp.float32),
-        next_obs=obs,
-        done=jnp.zeros((capacity,), jnp.float32),
+    return ReplayBuffer(
+        frames=jnp.zeros((episodes * (episode_length + 1), num_envs, *obs_shape), obs_dtype),
+        action=jnp.zeros((rows, num_envs, action_dim), jnp.float32),
+        reward=jnp.zeros((rows, num_envs), jnp.float32),
+        done=jnp.zeros((rows, num_envs), jnp.float32),
+        cursor=jnp.zeros((), jnp.int32),
+        size=jnp.zeros((), jnp.int32),
     )
-    return ReplayBuffer(data=data, cursor=jnp.zeros((), jnp.int32), size=jnp.zeros((), jnp.int32))
 
 
-def replay_nbytes(capacity: int, obs_shape: tuple[int, ...], action_dim: int) -> int:
+def replay_nbytes(capacity: int, obs_shape: tuple[int, ...], action_dim: int, num_envs: int,
+                  episode_length: int) -> int:
     """Bytes of an `init_replay` buffer, computed from its shapes without allocating it."""
-    shapes = jax.eval_shape(functools.partial(init_replay, capacity, obs_shape, action_dim))
+    shapes = jax.eval_shape(functools.partial(
+        init_replay, capacity, obs_shape, action_dim, num_envs, episode_length))
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
 
 
-def insert(buffer: ReplayBuffer, transitions: Transition) -> ReplayBuffer:
-    """Write N transitions at the cursor, wrapping around and overwriting the oldest."""
-    num_new = transitions.reward.shape[0]
-    if num_new > buffer.capacity:
-        raise ValueError(f"inserting {num_new} transitions into a buffer of {buffer.capacity}")
-    chex.assert_trees_all_equal_structs(buffer.data, transitions)
-    chex.assert_trees_all_equal_dtypes(buffer.data, transitions)
-    chex.assert_trees_all_equal_shapes(
-        jax.tree.map(lambda x: x[0], buffer.data), jax.tree.map(lambda x: x[0], transitions)
-    )
-    slots = (buffer.cursor + jnp.arange(num_new)) % buffer.capacity
-    data = jax.tree.map(lambda stored, new: stored.at[slots].set(new), buffer.data, transitions)
+def _frame_index(buffer: ReplayBuffer, row: jax.Array) -> jax.Array:
+    """The frame holding row ``row``'s observations (its next observations: the one after)."""
+    length = buffer.episode_length
+    return row // length * (length + 1) + row % length
+
+
+def insert(buffer: ReplayBuffer, transitions: Transition, step: jax.Array) -> ReplayBuffer:
+    """Writes one row: the N worlds' transitions of step ``step`` (0-based) of their episodes.
+    Rows follow the episodes' steps; an empty buffer starts at the row of ``step`` (a run
+    resumed without its buffer refills it from the middle of an episode)."""
+    chex.assert_shape(transitions.reward, (buffer.num_envs,))
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        (transitions.obs, transitions.next_obs), (buffer.frames[0], buffer.frames[0]))
+    chex.assert_shape(transitions.action, buffer.action.shape[1:])
+    row = jnp.where(buffer.size == 0, step % buffer.episode_length, buffer.cursor)
+    frame = _frame_index(buffer, row)
     return ReplayBuffer(
-        data=data,
-        cursor=(buffer.cursor + num_new) % buffer.capacity,
-        size=jnp.minimum(buffer.size + num_new, buffer.capacity),
+        frames=buffer.frames.at[frame].set(transitions.obs).at[frame + 1].set(
+            transitions.next_obs),
+        action=buffer.action.at[row].set(transitions.action),
+        reward=buffer.reward.at[row].set(transitions.reward),
+        done=buffer.done.at[row].set(transitions.done),
+        cursor=(row + 1) % buffer.rows,
+        size=jnp.minimum(buffer.size + 1, buffer.rows - 1),
     )
 
 
 def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int) -> Transition:
-    """Uniform draw with replacement from the filled slots; call only once size > 0."""
-    slots = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
-    return jax.tree.map(lambda stored: stored[slots], buffer.data)
+    """Uniform draw with replacement from the valid transitions; call only once size > 0."""
+    row_key, world_key = jax.random.split(key)
+    offset = jax.random.randint(row_key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
+    row = (buffer.cursor - buffer.size + offset) % buffer.rows
+    world = jax.random.randint(world_key, (batch_size,), 0, buffer.num_envs)
+    frame = _frame_index(buffer, row)
+    return Transition(
+        obs=buffer.frames[frame, world],
+        action=buffer.action[row, world],
+        reward=buffer.reward[row, world],
+        next_obs=buffer.frames[frame + 1, world],
+        done=buffer.done[row, world],
+    )
