@@ -43,6 +43,7 @@ from holdjax.sac.replay import (
     insert,
     is_image_shape,
     replay_nbytes,
+    replay_rows,
     sample,
     stored_obs_to_float,
 )
@@ -482,8 +483,11 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     replay_bytes = check_replay_fits(config, free_memory(device), num_devices, host_memory)
     if not quiet:
         where = " per device" if num_devices > 1 and not host_memory else ""
-        print(f"replay: {config.replay_capacity} transitions per seed, "
-              f"{replay_bytes / 1e9:.2f} GB{where}", file=sys.stderr)
+        length = envs.task_class(config.task).episode_length
+        held = (replay_rows(config.replay_capacity, config.num_envs, length) - 1) * config.num_envs
+        print(f"replay: {held} transitions per seed ({config.replay_capacity} rounded up to "
+              f"whole episodes of {config.num_envs} worlds), {replay_bytes / 1e9:.2f} GB{where}",
+              file=sys.stderr)
     trainer = get_trainer(config)
     state, replay = trainer.init(config.seed)
     start_epoch = 0

@@ -195,7 +195,7 @@ def test_seeds_differ_and_each_equals_its_single_seed_run(two_seed_run, backgrou
         np.testing.assert_allclose(a, np.asarray(b)[0], rtol=2e-4, atol=2e-5)
 
 
-def test_resume_equals_uninterrupted(two_seed_run, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(two_seed_run, tmp_path, monkeypatch, capsys):
     """A run stopped after its first epoch and continued from the command line with only
     --out and --resume (the run's saved settings: HOLD-C reward, two seeds, ...; here also
     --num_epochs, as the stopped run was started with one) ends bit-exact."""
@@ -204,6 +204,9 @@ def test_resume_equals_uninterrupted(two_seed_run, tmp_path, monkeypatch):
     first = train(dataclasses.replace(config, out=out, num_epochs=1), quiet=True)  # "killed"
     record = train_cli([f"--out={out}", "--resume", f"--num_epochs={config.num_epochs}"])
     assert record["epoch"] == config.num_epochs
+    # replay_size 64 of 4 worlds: 17 rows, rounded up to a whole 100-step episode, 99 valid.
+    assert "replay: 396 transitions per seed (64 rounded up to whole episodes of 4 worlds)" in (
+        capsys.readouterr().err)
     # Wall time goes on from the first session's; the rate is the second session's alone.
     second_s = (record["env_steps"] - first["env_steps"]) * config.seeds / record[
         "env_steps_per_s"]
