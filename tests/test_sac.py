@@ -228,6 +228,16 @@ def test_replay_refilled_from_the_middle_of_an_episode():
                                                       1030.0}
 
 
+@pytest.mark.parametrize("capacity,worlds,length,rows",
+                         [(400_000, 16, 100, 25_100), (20, 2, 3, 12), (64, 4, 100, 100),
+                          (1024, 1024, 1, 2)])
+def test_replay_rows_are_the_fewest_whole_episodes_that_hold_the_capacity(
+        capacity, worlds, length, rows):
+    assert replay.replay_rows(capacity, worlds, length) == rows
+    assert rows % length == 0 and (rows - 1) * worlds >= capacity
+    assert rows == length or (rows - length - 1) * worlds < capacity
+
+
 def test_replay_stores_images_as_uint8():
     buffer = replay.init_replay(4, (16, 16, 3), 2, num_envs=2, episode_length=2)
     assert buffer.frames.dtype == jnp.uint8

@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import TEST_XLA_FLAGS, Lane
+from conftest import TEST_XLA_FLAGS, Lane, cached_env
 
 from holdjax import checkpoint
 from holdjax.config import TrainConfig, config_from_args
@@ -20,8 +20,10 @@ from holdjax.train import (
     get_trainer,
     over_seeds,
     overflow_warning,
+    policy_obs_shape,
     summarize_epoch,
     train,
+    training_devices,
 )
 from holdjax.train import main as train_cli
 
@@ -129,6 +131,8 @@ def test_run_writes_metrics_checkpoints_video(two_seed_run):
     assert record["physics_overflow_episodes"] == [0, 0]  # MJX-JAX physics keeps no record
     assert "physics_overflow_kinds" not in record
     assert checkpoint.latest_epoch(config.out_dir) == 2
+    assert checkpoint.holds_replay(config.out_dir, 2)  # TINY saves it
+    assert not checkpoint.holds_replay(config.out_dir, 3)
     assert os.path.exists(os.path.join(config.out_dir, "videos", "eval_epoch0002.mp4"))
     assert os.listdir(os.path.join(config.out_dir, "tensorboard"))
 
@@ -451,6 +455,17 @@ def test_replay_that_does_not_fit_stops_before_anything_is_built(monkeypatch, ca
         train_cli(["--config=fig3a_pushing_sac", "--seeds=5", "--out=/nonexistent/run"])
     assert exit_info.value.code == 2
     assert "pass --replay_size=256223" in capsys.readouterr().err
+
+
+def test_policy_obs_shape_and_training_devices():
+    assert policy_obs_shape(TINY) == (48, 48, 3)
+    assert policy_obs_shape(dataclasses.replace(TINY, task="drawer_open",
+                                                goal_based_policy=True)) == (48, 48, 6)
+    assert policy_obs_shape(dataclasses.replace(TINY, task="close_drawer")) == (120, 180, 3)
+    assert policy_obs_shape(dataclasses.replace(TINY, observation="state")) == (
+        cached_env("pushing").task.state_dim,)
+    assert jax.device_count() == 1  # (the two-device runs are the background_runs')
+    assert training_devices(dataclasses.replace(TINY, seeds=3)) == 1
 
 
 def test_free_memory_reads_the_host_for_the_cpu():
