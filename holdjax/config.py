@@ -81,7 +81,7 @@ class TrainConfig:
     update_unroll: int = 0
     initial_random_steps: int = 1000
     learning_starts: int = 0  # transitions per seed before updates; 0 -> one episode
-    # Transitions kept per seed (rounded up to whole episodes of all worlds);
+    # Transitions kept per seed (rounded up to whole steps of all worlds);
     # 0 -> min(1e6, num_epochs * epoch_length). The reference took min(1e6, num_epochs * 1000)
     # whatever the epoch length (a quirk: 40k for its 400k-step drawer runs, 80k for the
     # 400k-step figure-5 runs); --replay_size=40000 etc. reproduces that.

@@ -240,8 +240,8 @@ class Trainer:
             next_obs=self.per_seed(next_obs),
             done=self.per_seed(terminal.astype(jnp.float32)),
         )
-        step_in_episode = env_state.step_count[0] - 1  # every world is on the same step
-        replay = over_seeds(lambda r, t: insert(r, t, step_in_episode), self.num_seeds)(
+        episode_end = env_state.done[0]  # every world is on the same step
+        replay = over_seeds(lambda r, t: insert(r, t, episode_end), self.num_seeds)(
             replay, transitions)
         env_steps = state.env_steps + self.num_envs
 
@@ -371,13 +371,21 @@ def check_replay_fits(config: TrainConfig, free_bytes: int | None, num_devices: 
     buffer of 400k transitions is ~2.8 GB per seed (each frame stored once, as uint8)."""
     capacity = config.replay_capacity
     task = envs.task_class(config.task)
-    per_seed = replay_nbytes(capacity, policy_obs_shape(config), task.action_dim,
-                             config.num_envs, task.episode_length)
     seeds = config.seeds if host_memory else config.seeds // num_devices
-    needed = seeds * per_seed
+
+    def needed_for(capacity: int) -> int:
+        return seeds * replay_nbytes(capacity, policy_obs_shape(config), task.action_dim,
+                                     config.num_envs, task.episode_length)
+
+    needed = needed_for(capacity)
     if free_bytes is None or needed <= REPLAY_MEMORY_SHARE * free_bytes:
         return needed
+    per_seed = needed // seeds
+    # Bytes grow linearly with the capacity plus a little fixed: start from the proportion,
+    # step down a row at a time to the largest that fits.
     fitting = int(REPLAY_MEMORY_SHARE * free_bytes * capacity // needed)
+    while fitting > 0 and needed_for(fitting) > REPLAY_MEMORY_SHARE * free_bytes:
+        fitting -= config.num_envs
     advice = (f"pass --replay_size={fitting} (or less) or fewer --seeds"
               if fitting >= config.batch_size else "pass fewer --seeds")
     if not host_memory:  # JAX's allocator takes 75% of an accelerator's memory by default
@@ -483,10 +491,8 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     replay_bytes = check_replay_fits(config, free_memory(device), num_devices, host_memory)
     if not quiet:
         where = " per device" if num_devices > 1 and not host_memory else ""
-        length = envs.task_class(config.task).episode_length
-        held = (replay_rows(config.replay_capacity, config.num_envs, length) - 1) * config.num_envs
-        print(f"replay: {held} transitions per seed ({config.replay_capacity} rounded up to "
-              f"whole episodes of {config.num_envs} worlds), {replay_bytes / 1e9:.2f} GB{where}",
+        held = (replay_rows(config.replay_capacity, config.num_envs) - 1) * config.num_envs
+        print(f"replay: {held} transitions per seed, {replay_bytes / 1e9:.2f} GB{where}",
               file=sys.stderr)
     trainer = get_trainer(config)
     state, replay = trainer.init(config.seed)

@@ -159,20 +159,22 @@ def test_actor_and_alpha_losses_match_numpy(state_problem):
 
 
 def episode_rows(episodes: int, length: int, worlds: int):
-    """(step, transitions) rows of episodes in which world w's observation at step t of
-    episode e is the number 1000 e + 10 t + w (the terminal one at t = length); action, reward
-    and done encode the same number, so every sampled field can be checked against obs."""
+    """(episode_end, transitions) rows of episodes in which world w's observation at step t
+    of episode e is the number 1000 e + 10 t + w (the last next observation: t = length);
+    action, reward and done encode the same number, so every sampled field can be checked
+    against obs."""
     for e in range(episodes):
         for t in range(length):
             obs = 1000.0 * e + 10.0 * t + jnp.arange(worlds, dtype=jnp.float32)
-            yield t, replay.Transition(obs=obs[:, None], action=jnp.stack([obs, -obs], axis=1),
-                                       reward=obs, next_obs=obs[:, None] + 10.0, done=obs)
+            yield t == length - 1, replay.Transition(
+                obs=obs[:, None], action=jnp.stack([obs, -obs], axis=1), reward=obs,
+                next_obs=obs[:, None] + 10.0, done=obs)
 
 
 def filled(buffer, rows):
     insert = jax.jit(replay.insert)
-    for step, transitions in rows:
-        buffer = insert(buffer, transitions, step)
+    for episode_end, transitions in rows:
+        buffer = insert(buffer, transitions, jnp.asarray(episode_end))
     return buffer
 
 
@@ -185,17 +187,17 @@ def assert_consistent(batch: replay.Transition):
     np.testing.assert_array_equal(batch.done, obs)
 
 
-def test_replay_keeps_one_frame_per_step_and_the_episodes_last():
-    """Capacity 20 transitions of 2 worlds and 3-step episodes: 12 rows (4 episodes) of which
-    11 are valid, and 4 x (3 + 1) frames; the terminal frames are kept apart from the next
-    episode's first."""
+def test_replay_keeps_one_frame_per_step_and_the_episodes_last_apart():
+    """Capacity 20 transitions of 2 worlds and 3-step episodes: 11 rows of which 10 are
+    valid, one frame row per row, and 5 slots for episodes' last next observations."""
     buffer = replay.init_replay(20, (1,), 2, num_envs=2, episode_length=3)
-    assert buffer.rows == 12 and buffer.capacity == 22 and buffer.episode_length == 3
-    assert buffer.frames.shape == (16, 2, 1)
+    assert buffer.rows == 11 and buffer.capacity == 20
+    assert buffer.frames.shape == (11, 2, 1) and buffer.last_frames.shape == (5, 2, 1)
     buffer = filled(buffer, episode_rows(2, 3, 2))
-    assert int(buffer.size) == 6 and int(buffer.cursor) == 6
-    np.testing.assert_array_equal(buffer.frames[:8, 1, 0],  # world 1: steps 0-3 of e = 0, 1
-                                  [1, 11, 21, 31, 1001, 1011, 1021, 1031])
+    assert int(buffer.size) == 6 and int(buffer.cursor) == 6 and int(buffer.episodes) == 2
+    np.testing.assert_array_equal(buffer.frames[:6, 1, 0], [1, 11, 21, 1001, 1011, 1021])
+    np.testing.assert_array_equal(buffer.last_frames[:2, 1, 0], [31, 1031])
+    np.testing.assert_array_equal(buffer.last_slot[:6], [-1, -1, 0, -1, -1, 1])
     batch = jax.jit(replay.sample, static_argnums=2)(buffer, jax.random.key(0), 400)
     assert_consistent(batch)
     assert set(np.asarray(batch.reward).tolist()) == {
@@ -203,22 +205,22 @@ def test_replay_keeps_one_frame_per_step_and_the_episodes_last():
 
 
 def test_replay_wraps_around_and_samples_only_valid_rows():
-    """After 5 episodes into 4 episode slots, the 11 newest rows are sampled: not the oldest
-    row, whose observation frame the newest row's next observation overwrote."""
+    """After 15 rows into 11, the 10 newest are sampled: not the oldest row, whose frame
+    row the newest row's next observations overwrote; the slots of episodes' last frames
+    wrap around too."""
     buffer = filled(replay.init_replay(20, (1,), 2, num_envs=2, episode_length=3),
                     episode_rows(5, 3, 2))
-    assert int(buffer.size) == 11 and int(buffer.cursor) == 3
+    assert int(buffer.size) == 10 and int(buffer.cursor) == 4
     batch = jax.jit(replay.sample, static_argnums=2)(buffer, jax.random.key(1), 1000)
     assert_consistent(batch)
     rows = {(int(r) // 1000, int(r) % 1000 // 10) for r in np.asarray(batch.reward)}
-    assert rows == {(e, t) for e in range(1, 5) for t in range(3)} - {(1, 0)}
+    assert rows == {(e, t) for e in range(1, 5) for t in range(3)} - {(1, 0), (1, 1)}
     with pytest.raises(AssertionError):
-        replay.insert(buffer, next(episode_rows(1, 3, 3))[1], 0)  # 3 worlds, not 2
+        replay.insert(buffer, next(episode_rows(1, 3, 3))[1], False)  # 3 worlds, not 2
 
 
 def test_replay_refilled_from_the_middle_of_an_episode():
-    """A run resumed without its buffer starts inserting at step 2 of an episode: the rows
-    line up with the episode's steps, and its terminal frame is not the next episode's."""
+    """A run resumed without its buffer starts inserting at step 2 of an episode."""
     rows = list(episode_rows(2, 4, 1))[2:]
     buffer = filled(replay.init_replay(12, (1,), 2, num_envs=1, episode_length=4), rows)
     assert int(buffer.size) == 6
@@ -228,14 +230,11 @@ def test_replay_refilled_from_the_middle_of_an_episode():
                                                       1030.0}
 
 
-@pytest.mark.parametrize("capacity,worlds,length,rows",
-                         [(400_000, 16, 100, 25_100), (20, 2, 3, 12), (64, 4, 100, 100),
-                          (1024, 1024, 1, 2)])
-def test_replay_rows_are_the_fewest_whole_episodes_that_hold_the_capacity(
-        capacity, worlds, length, rows):
-    assert replay.replay_rows(capacity, worlds, length) == rows
-    assert rows % length == 0 and (rows - 1) * worlds >= capacity
-    assert rows == length or (rows - length - 1) * worlds < capacity
+@pytest.mark.parametrize("capacity,worlds,rows", [(400_000, 16, 25_001), (20, 2, 11),
+                                                  (21, 2, 12), (1024, 1024, 2)])
+def test_replay_rows_hold_the_capacity_in_whole_rows(capacity, worlds, rows):
+    assert replay.replay_rows(capacity, worlds) == rows
+    assert (rows - 1) * worlds >= capacity > (rows - 2) * worlds
 
 
 def test_replay_stores_images_as_uint8():
@@ -251,11 +250,12 @@ def test_replay_nbytes_is_the_allocated_buffers_size():
         buffer = replay.init_replay(50, shape, 2, num_envs=4, episode_length=5)
         allocated = sum(x.nbytes for x in jax.tree.leaves(buffer))
         assert replay.replay_nbytes(50, shape, 2, 4, 5) == allocated
-    # Figure 3a's buffer: 25,100 rows of 16 worlds (251 episodes of 100 steps), each frame
-    # once as 48x48x3 uint8, then action, reward and done per transition; cursor and fill level.
-    frames = 251 * 101 * 16 * 6912
+    # Figure 3a's buffer: 25,001 rows of 16 worlds' 48x48x3 uint8 frames and 252 slots of
+    # episodes' last ones; action, reward and done per transition, each row's slot; cursor,
+    # size and episode count.
+    frames = (25_001 + 252) * 16 * 6912
     assert replay.replay_nbytes(400_000, (48, 48, 3), 2, 16, 100) == (
-        frames + 25_100 * 16 * 16 + 8)
+        frames + 25_001 * (16 * 16 + 4) + 12)
 
 
 # augmentation -----------------------------------------------------------------------------
@@ -348,7 +348,8 @@ def test_sac_learns_one_step_bandit():
         done=jnp.ones((num_data,)),
     )
     # One row of 1024 one-step episodes.
-    buffer = replay.insert(replay.init_replay(num_data, (obs_dim,), 1, num_data, 1), data, 0)
+    buffer = replay.insert(replay.init_replay(num_data, (obs_dim,), 1, num_data, 1), data,
+                           jnp.asarray(True))
 
     @functools.partial(jax.jit, static_argnums=2)
     def train(state, key, num_steps):

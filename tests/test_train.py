@@ -208,9 +208,7 @@ def test_resume_equals_uninterrupted(two_seed_run, tmp_path, monkeypatch, capsys
     first = train(dataclasses.replace(config, out=out, num_epochs=1), quiet=True)  # "killed"
     record = train_cli([f"--out={out}", "--resume", f"--num_epochs={config.num_epochs}"])
     assert record["epoch"] == config.num_epochs
-    # replay_size 64 of 4 worlds: 17 rows, rounded up to a whole 100-step episode, 99 valid.
-    assert "replay: 396 transitions per seed (64 rounded up to whole episodes of 4 worlds)" in (
-        capsys.readouterr().err)
+    assert "replay: 64 transitions per seed" in capsys.readouterr().err
     # Wall time goes on from the first session's; the rate is the second session's alone.
     second_s = (record["env_steps"] - first["env_steps"]) * config.seeds / record[
         "env_steps_per_s"]
@@ -433,18 +431,23 @@ def test_replay_that_does_not_fit_stops_before_anything_is_built(monkeypatch, ca
     """Figure 3a's 400k-transition pixel buffer is 2.8 GB a seed: more than a device has
     free stops the run with the flags that fit, before the trainer allocates it."""
     config = config_from_args(["--config=fig3a_pushing_sac", "--seeds=5"])[0]
-    # 251 episodes' frames of 16 worlds, their actions, rewards and dones; cursor and size.
-    per_seed = 251 * 101 * 16 * 48 * 48 * 3 + 251 * 100 * 16 * 16 + 8
+    # 25,001 rows of 16 worlds' frames, actions, rewards and dones, 252 slots of episodes'
+    # last frames, each row's slot; cursor, size and episode count.
+    per_seed = (25_001 + 252) * 16 * 48 * 48 * 3 + 25_001 * (16 * 16 + 4) + 12
     assert check_replay_fits(config, free_bytes=None) == 5 * per_seed
     assert check_replay_fits(config, free_bytes=10 * per_seed) == 5 * per_seed
     # Two accelerators hold two of four seeds each; the host's memory holds all four.
     four = dataclasses.replace(config, seeds=4)
     assert check_replay_fits(four, None, num_devices=2, host_memory=False) == 2 * per_seed
     assert check_replay_fits(four, None, num_devices=2, host_memory=True) == 4 * per_seed
-    with pytest.raises(ReplayTooLarge, match=r"need 14\.1 GB \(5 seed\(s\) x 2\.81 GB for "
+    with pytest.raises(ReplayTooLarge, match=r"need 14\.0 GB \(5 seed\(s\) x 2\.80 GB for "
                        r"400000 transitions\), more than 90% of the 10\.0 GB free.*"
-                       r"pass --replay_size=256223 \(or less\) or fewer --seeds"):
+                       r"pass --replay_size=257192 \(or less\) or fewer --seeds"):
         check_replay_fits(config, free_bytes=10_000_000_000)
+    # The size it names fits (within the 90% share), and one more row of worlds would not.
+    check_replay_fits(dataclasses.replace(config, replay_size=257_192), 10_000_000_000)
+    with pytest.raises(ReplayTooLarge):
+        check_replay_fits(dataclasses.replace(config, replay_size=257_192 + 16), 10_000_000_000)
     with pytest.raises(ReplayTooLarge, match="pass fewer --seeds$"):
         check_replay_fits(config, free_bytes=1_000_000)
     with pytest.raises(ReplayTooLarge, match="seeds, or raise XLA_PYTHON_CLIENT_MEM_FRACTION$"):
@@ -454,7 +457,7 @@ def test_replay_that_does_not_fit_stops_before_anything_is_built(monkeypatch, ca
     with pytest.raises(SystemExit) as exit_info:
         train_cli(["--config=fig3a_pushing_sac", "--seeds=5", "--out=/nonexistent/run"])
     assert exit_info.value.code == 2
-    assert "pass --replay_size=256223" in capsys.readouterr().err
+    assert "pass --replay_size=257192" in capsys.readouterr().err
 
 
 def test_policy_obs_shape_and_training_devices():

@@ -2,14 +2,13 @@
 inside jit/scan/vmap.
 
 The fused step inserts one *row* of N transitions (one per world) per step, and every task's
-episodes have one fixed length L with all worlds in step. So a row's next observations are the
-next row's observations, except on an episode's last step. The buffer keeps L + 1 frames per
-world and episode (the L observations and the last next observation) instead of 2L: half the
-memory of storing obs and next obs apiece (a 400k-transition 48x48 pixel buffer is 2.8 GB a
-seed instead of 5.5). Rows form a ring of R = E x L slots, E episodes: row r, step t = r mod L
-of episode slot e = r // L, reads frame e (L + 1) + t and the one after it. Writing a row
-writes both its frames, so a row is complete once written; the newest row's next frame may
-overwrite the obs frame of the oldest, so at most R - 1 rows are valid (sampled).
+episodes have one fixed length with all worlds in step. So a row's next observations are the
+next row's observations, except on an episode's last step. The buffer keeps one frame row per
+transition row (its observations; the next row's frames are its next observations) and, apart,
+the last next observations of the episodes it holds: about half the memory of storing obs and
+next obs apiece (a 400k-transition 48x48 pixel buffer is 2.8 GB a seed instead of 5.5). Rows
+form a ring; writing a row writes its next observations into the following frame row, where
+the oldest row's observations were, so at most R - 1 of the R rows are valid (sampled).
 
 Why not `brax.training.replay_buffers.UniformSamplingQueue`: it ravels every transition into one
 flat array of a single dtype, so uint8 images would be promoted to float32 (4x the memory, and a
@@ -45,16 +44,19 @@ class Transition:
 
 @flax.struct.dataclass
 class ReplayBuffer:
-    """A ring of R rows of N transitions over E = R / L episodes' frames; rows
-    [cursor - size, cursor) (mod R) are valid, and `cursor` is the next row to write. The
-    properties read the shapes of one buffer, not of a stack of them (seeds)."""
+    """A ring of R rows of N transitions; rows [cursor - size, cursor) (mod R) are valid, and
+    `cursor` is the next row to write. The properties read the shapes of one buffer, not of a
+    stack of them (seeds)."""
 
-    frames: jax.Array  # (E (L + 1), N, *obs_shape)
+    frames: jax.Array  # (R, N, *obs_shape) each row's observations
+    last_frames: jax.Array  # (S, N, *obs_shape) next observations of episodes' last rows
     action: jax.Array  # (R, N, action_dim)
     reward: jax.Array  # (R, N)
     done: jax.Array  # (R, N)
+    last_slot: jax.Array  # (R,) int32 a last row's slot in last_frames; -1 for other rows
     cursor: jax.Array  # () int32
     size: jax.Array  # () int32 valid rows, at most R - 1
+    episodes: jax.Array  # () int32 last rows written, which picks their slots in turn
 
     @property
     def rows(self) -> int:
@@ -65,20 +67,21 @@ class ReplayBuffer:
         return self.reward.shape[1]
 
     @property
-    def episode_length(self) -> int:
-        return self.rows // (self.frames.shape[0] - self.rows)  # E (L + 1) - E L = E
-
-    @property
     def capacity(self) -> int:
         """The most transitions held (valid) at once."""
         return (self.rows - 1) * self.num_envs
 
 
-def replay_rows(capacity: int, num_envs: int, episode_length: int) -> int:
-    """Rows R, a multiple of the episode length, whose R - 1 valid rows of ``num_envs``
-    transitions hold at least ``capacity`` transitions."""
-    rows = -(-capacity // num_envs) + 1
-    return -(-rows // episode_length) * episode_length
+def replay_rows(capacity: int, num_envs: int) -> int:
+    """Rows R whose R - 1 valid rows of ``num_envs`` transitions hold ``capacity`` transitions
+    (rounded up to whole rows)."""
+    return -(-capacity // num_envs) + 1
+
+
+def last_frame_slots(rows: int, episode_length: int) -> int:
+    """Slots for episodes' last next observations: more than the last rows that R - 1 valid rows
+    can hold, so that the slot written next never belongs to a valid row."""
+    return (rows - 1) // episode_length + 2
 
 
 def is_image_shape(obs_shape: tuple[int, ...]) -> bool:
@@ -100,18 +103,21 @@ def stored_obs_to_float(obs: jax.Array) -> jax.Array:
 
 def init_replay(capacity: int, obs_shape: tuple[int, ...], action_dim: int, num_envs: int,
                 episode_length: int) -> ReplayBuffer:
-    """Empty buffer for at least ``capacity`` transitions inserted ``num_envs`` at a time from
-    episodes of ``episode_length`` steps; images are stored as uint8, state vectors as float32."""
-    rows = replay_rows(capacity, num_envs, episode_length)
-    episodes = rows // episode_length
+    """Empty buffer for ``capacity`` transitions inserted ``num_envs`` at a time from episodes
+    of ``episode_length`` steps; images are stored as uint8, state vectors as float32."""
+    rows = replay_rows(capacity, num_envs)
     obs_dtype = jnp.uint8 if is_image_shape(obs_shape) else jnp.float32
+    slots = last_frame_slots(rows, episode_length)
     return ReplayBuffer(
-        frames=jnp.zeros((episodes * (episode_length + 1), num_envs, *obs_shape), obs_dtype),
+        frames=jnp.zeros((rows, num_envs, *obs_shape), obs_dtype),
+        last_frames=jnp.zeros((slots, num_envs, *obs_shape), obs_dtype),
         action=jnp.zeros((rows, num_envs, action_dim), jnp.float32),
         reward=jnp.zeros((rows, num_envs), jnp.float32),
         done=jnp.zeros((rows, num_envs), jnp.float32),
+        last_slot=jnp.full((rows,), -1, jnp.int32),
         cursor=jnp.zeros((), jnp.int32),
         size=jnp.zeros((), jnp.int32),
+        episodes=jnp.zeros((), jnp.int32),
     )
 
 
@@ -123,30 +129,28 @@ def replay_nbytes(capacity: int, obs_shape: tuple[int, ...], action_dim: int, nu
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
 
 
-def _frame_index(buffer: ReplayBuffer, row: jax.Array) -> jax.Array:
-    """The frame holding row ``row``'s observations (its next observations: the one after)."""
-    length = buffer.episode_length
-    return row // length * (length + 1) + row % length
-
-
-def insert(buffer: ReplayBuffer, transitions: Transition, step: jax.Array) -> ReplayBuffer:
-    """Writes one row: the N worlds' transitions of step ``step`` (0-based) of their episodes.
-    Rows follow the episodes' steps; an empty buffer starts at the row of ``step`` (a run
-    resumed without its buffer refills it from the middle of an episode)."""
+def insert(buffer: ReplayBuffer, transitions: Transition, episode_end: jax.Array) -> ReplayBuffer:
+    """Writes one row: the N worlds' transitions of one step; ``episode_end`` (a bool scalar)
+    says the step ended their episodes, so their next observations are not the next row's."""
     chex.assert_shape(transitions.reward, (buffer.num_envs,))
     chex.assert_trees_all_equal_shapes_and_dtypes(
         (transitions.obs, transitions.next_obs), (buffer.frames[0], buffer.frames[0]))
     chex.assert_shape(transitions.action, buffer.action.shape[1:])
-    row = jnp.where(buffer.size == 0, step % buffer.episode_length, buffer.cursor)
-    frame = _frame_index(buffer, row)
+    row, slot = buffer.cursor, buffer.episodes % buffer.last_frames.shape[0]
+    # The next observations go to the next frame row in any case (a new episode's first
+    # observations overwrite them) and to the slot the next last row will take (free, see
+    # `last_frame_slots`), kept only when this row is one.
     return ReplayBuffer(
-        frames=buffer.frames.at[frame].set(transitions.obs).at[frame + 1].set(
+        frames=buffer.frames.at[row].set(transitions.obs).at[(row + 1) % buffer.rows].set(
             transitions.next_obs),
+        last_frames=buffer.last_frames.at[slot].set(transitions.next_obs),
         action=buffer.action.at[row].set(transitions.action),
         reward=buffer.reward.at[row].set(transitions.reward),
         done=buffer.done.at[row].set(transitions.done),
+        last_slot=buffer.last_slot.at[row].set(jnp.where(episode_end, slot, -1)),
         cursor=(row + 1) % buffer.rows,
         size=jnp.minimum(buffer.size + 1, buffer.rows - 1),
+        episodes=buffer.episodes + episode_end.astype(jnp.int32),
     )
 
 
@@ -156,11 +160,14 @@ def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int) -> Transition:
     offset = jax.random.randint(row_key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
     row = (buffer.cursor - buffer.size + offset) % buffer.rows
     world = jax.random.randint(world_key, (batch_size,), 0, buffer.num_envs)
-    frame = _frame_index(buffer, row)
+    slot = buffer.last_slot[row]
+    is_last = (slot >= 0).reshape(-1, *(1,) * (buffer.frames.ndim - 2))
+    next_obs = jnp.where(is_last, buffer.last_frames[jnp.maximum(slot, 0), world],
+                         buffer.frames[(row + 1) % buffer.rows, world])
     return Transition(
-        obs=buffer.frames[frame, world],
+        obs=buffer.frames[row, world],
         action=buffer.action[row, world],
         reward=buffer.reward[row, world],
-        next_obs=buffer.frames[frame + 1, world],
+        next_obs=next_obs,
         done=buffer.done[row, world],
     )
