@@ -90,9 +90,10 @@ def restore(run_dir: str, state_like, replay_like=None, epoch: int | None = None
     except Exception as e:  # orbax raises many types for corrupt or mismatched trees
         raise CheckpointError(
             f"checkpoint {epoch} in {run_dir} could not be restored into this run "
-            f"({type(e).__name__}: {str(e)[:400]}). It is corrupt or was written by a run "
-            "with a different config; start a new run with another --out, or resume "
-            "with that run's config.") from e
+            f"({type(e).__name__}: {str(e)[:400]}). It is corrupt, or was written by a run "
+            "with a different config or by a holdjax that laid the state out otherwise (the "
+            "replay buffer's layout changed on 2026-11-27); start a new run with another "
+            "--out, or resume with that run's config and version.") from e
     state = _fill(state_like, restored["state"])
     replay = _fill(replay_like, restored["replay"]) if "replay" in items else None
     return epoch, state, replay
