@@ -217,6 +217,13 @@ def test_replay_wraps_around_and_samples_only_valid_rows():
     assert rows == {(e, t) for e in range(1, 5) for t in range(3)} - {(1, 0), (1, 1)}
     with pytest.raises(AssertionError):
         replay.insert(buffer, next(episode_rows(1, 3, 3))[1], False)  # 3 worlds, not 2
+    # Three episodes more: the 5 slots of last frames wrap around (8 last rows written).
+    buffer = filled(buffer, list(episode_rows(8, 3, 2))[15:])
+    assert int(buffer.episodes) == 8 and int(buffer.cursor) == 2
+    batch = jax.jit(replay.sample, static_argnums=2)(buffer, jax.random.key(3), 1000)
+    assert_consistent(batch)
+    rows = {(int(r) // 1000, int(r) % 1000 // 10) for r in np.asarray(batch.reward)}
+    assert rows == {(e, t) for e in range(4, 8) for t in range(3)} - {(4, 0), (4, 1)}
 
 
 def test_replay_refilled_from_the_middle_of_an_episode():
