@@ -369,22 +369,22 @@ def check_replay_fits(config: TrainConfig, free_bytes: int | None, num_devices: 
     memory); raises `ReplayTooLarge`, saying which flags make it fit, when they exceed
     `REPLAY_MEMORY_SHARE` of ``free_bytes``. Checked before anything is allocated: a 48x48 pixel
     buffer of 400k transitions is ~2.8 GB per seed (each frame stored once, as uint8)."""
-    capacity = config.replay_capacity
+    capacity, obs_shape = config.replay_capacity, policy_obs_shape(config)
     task = envs.task_class(config.task)
     seeds = config.seeds if host_memory else config.seeds // num_devices
 
-    def needed_for(capacity: int) -> int:
-        return seeds * replay_nbytes(capacity, policy_obs_shape(config), task.action_dim,
-                                     config.num_envs, task.episode_length)
+    def bytes_per_seed(capacity: int) -> int:
+        return replay_nbytes(capacity, obs_shape, task.action_dim, config.num_envs,
+                             task.episode_length)
 
-    needed = needed_for(capacity)
+    per_seed = bytes_per_seed(capacity)
+    needed = seeds * per_seed
     if free_bytes is None or needed <= REPLAY_MEMORY_SHARE * free_bytes:
         return needed
-    per_seed = needed // seeds
     # Bytes grow linearly with the capacity plus a little fixed: start from the proportion,
     # step down a row at a time to the largest that fits.
     fitting = int(REPLAY_MEMORY_SHARE * free_bytes * capacity // needed)
-    while fitting > 0 and needed_for(fitting) > REPLAY_MEMORY_SHARE * free_bytes:
+    while fitting > 0 and seeds * bytes_per_seed(fitting) > REPLAY_MEMORY_SHARE * free_bytes:
         fitting -= config.num_envs
     advice = (f"pass --replay_size={fitting} (or less) or fewer --seeds"
               if fitting >= config.batch_size else "pass fewer --seeds")
