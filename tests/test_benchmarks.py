@@ -12,6 +12,7 @@ from conftest import Lane
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import common  # noqa: E402
 import env_throughput  # noqa: E402
+import gpu_census  # noqa: E402
 import headless_gl  # noqa: E402
 import reference_loop  # noqa: E402
 import reward_comparison  # noqa: E402
@@ -72,6 +73,61 @@ def test_write_results_names_the_device(tmp_path):
     payload = json.loads(open(path).read())
     assert path.endswith(f"probe-{common.device_name()}.json")
     assert payload["rows"] == [1] and "jax" in payload["versions"]
+
+
+# A scan's loop body as XLA prints optimized HLO: a fusion that reads a tenth of its operand
+# through a slice, a cuDNN call, and bookkeeping that launches nothing.
+CENSUS_HLO = """HloModule jit_run, entry_computation_layout={(f32[100]{0})->f32[100]{0}}
+
+%fused_slice (param_0.1: f32[100]) -> f32[10] {
+  %param_0.1 = f32[100]{0} parameter(0)
+  %slice.1 = f32[10]{0} slice(%param_0.1), slice={[0:10]}
+  ROOT %add.1 = f32[10]{0} add(%slice.1, %slice.1)
+}
+
+%body (p: (s32[], f32[100], f32[4,8])) -> (s32[], f32[100], f32[4,8]) {
+  %p = (s32[], f32[100]{0}, f32[4,8]{1,0}) parameter(0)
+  %v = f32[100]{0} get-tuple-element(%p), index=1
+  %w = f32[4,8]{1,0} get-tuple-element(%p), index=2
+  %loop_slice_fusion = f32[10]{0} fusion(%v), kind=kLoop, calls=%fused_slice
+  %conv = (f32[4,8]{1,0}, u8[0]{0}) custom-call(%w, %w), custom_call_target="__cudnn$convForward"
+  %b = f32[32]{0} bitcast(%w)
+  ROOT %t = (s32[], f32[100]{0}, f32[4,8]{1,0}) tuple(%p, %v, %w)
+}
+
+ENTRY %main (a: (s32[], f32[100], f32[4,8])) -> (s32[], f32[100], f32[4,8]) {
+  %a = (s32[], f32[100]{0}, f32[4,8]{1,0}) parameter(0)
+  ROOT %while.1 = (s32[], f32[100]{0}, f32[4,8]{1,0}) while(%a), condition=%cond, body=%body
+}
+"""
+
+
+def test_gpu_census_counts_the_loop_bodys_kernels_and_bytes():
+    kernels = gpu_census.loop_body_kernels(CENSUS_HLO)
+    assert [(k["kind"], k["bytes"]) for k in kernels] == [
+        ("fusion kLoop", 10 * 4 + 10 * 4),  # the slice it reads, its output
+        ("__cudnn$convForward", 2 * 32 * 4 + 32 * 4),  # two operands, an output
+    ]
+    summary = gpu_census.summarize(kernels, bandwidth=1e9, kernel_floor_us=2.0)
+    assert summary["kernels_per_update"] == 2
+    assert summary["floor_us"] == pytest.approx(1e6 * 464 / 1e9 + 4.0)
+    with pytest.raises(ValueError, match="no while loop"):
+        gpu_census.loop_body_kernels(CENSUS_HLO.replace("while(", "call("))
+
+
+def test_gpu_census_of_the_cpu_compile(tmp_path):
+    """--target=cpu needs no CUDA plugin: the same census of XLA:CPU's compile of the update."""
+    payload = gpu_census.main(["--target=cpu", "--variants=canonical", "--seeds=1",
+                               f"--out={tmp_path}"])
+    (row,) = payload["rows"]
+    assert row["variant"] == "canonical" and row["kernels_per_update"] > 10
+    assert row["mb_per_update"] > 1 and sum(k["kernels"] for k in row["by_kind"].values()) == \
+        row["kernels_per_update"]
+    assert (tmp_path / "gpu_census-cpu-cpu.json").exists()
+    with pytest.raises(SystemExit, match="known: cpu, h100, h200"):
+        gpu_census.main(["--target=tpu9", f"--out={tmp_path}"])
+    with pytest.raises(SystemExit, match="unknown --variants"):
+        gpu_census.main(["--target=cpu", "--variants=fast", f"--out={tmp_path}"])
 
 
 TINY_HOLDC = ["--holdc_layers=18", "--holdc_filters=2", "--holdc_crop_size=32"]
