@@ -14,11 +14,11 @@ constants) is one kernel launch: a fusion, a cuDNN or cuBLAS custom call, a copy
 kernel it adds the bytes of its operands and results (a fused operand read only through
 slices counts the slices' bytes), so ``mb_per_update`` is the HBM traffic if nothing stays
 in L2. ``floor_us`` = bytes / the card's bandwidth + kernels x ``--kernel_floor_us`` (the
-H100 profile in NOTES.md measured ~2.1 us for each small kernel) is a lower bound on an
-update's time that ignores FLOPs and slow kernels; the timed figures come from
-`sac_update.py` on the GPU. Conv algorithms are not autotuned without a device, and custom
-calls hide their internal kernels (cuDNN's layout conversions), so GPU profiles count a few
-more kernels than this census.
+H100 profile in NOTES.md: 2.6 us on average for the kernels outside its 15 costliest) is a
+lower bound on an update's time that ignores FLOPs and slow kernels; the timed figures come
+from `sac_update.py` on the GPU. ``--hlo_dir`` keeps the HLO to read. Conv algorithms are not
+autotuned without a device, and custom calls hide their internal kernels (cuDNN's layout
+conversions), so GPU profiles count a few more kernels than this census.
 
 Writes ``benchmarks/results/gpu_census-<target>[-<tag>]-<this machine>.json``, one row per
 variant and seed count (this machine is the one that compiled: ``cpu`` for a deviceless
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="1,5", help="comma-separated seed counts")
     parser.add_argument("--kernel_floor_us", type=float, default=2.0)
+    parser.add_argument("--hlo_dir", default="", help="also write each optimized HLO here")
     parser.add_argument("--tag", default="", help="names a variant of the code in the file name")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -232,6 +233,10 @@ def main(argv: list[str] | None = None) -> dict:
     for variant in args.variants.split(","):
         for num_seeds in map(int, args.seeds.split(",")):
             text, compile_s = compile_updates(VARIANTS[variant], num_seeds, device)
+            if args.hlo_dir:
+                os.makedirs(args.hlo_dir, exist_ok=True)
+                with open(os.path.join(args.hlo_dir, f"{variant}-{num_seeds}.hlo"), "w") as f:
+                    f.write(text)
             row = {"variant": variant, "num_seeds": num_seeds, "compile_s": compile_s,
                    **summarize(loop_body_kernels(text), bandwidth, args.kernel_floor_us)}
             rows.append(row)
