@@ -484,15 +484,18 @@ def test_conv_gradients_in_scan_use_only_canonical_convolutions():
 
 
 def encoder_results(images, conv):
-    """(initial params, features, gradients, whether conv_same's custom VJP is used)."""
+    """(initial params, features, gradients, whether conv_same's custom VJP is used); features
+    and gradients at the initial kernels with nonzero biases (zero initially), some negative."""
     encoder = networks.Encoder(conv=conv)
 
     def loss(params, images):
         return jnp.sum(jnp.sin(encoder.apply(params, images)))
 
     params = jax.jit(lambda key: encoder.init(key, images))(jax.random.key(1))
-    features = jax.jit(lambda params: encoder.apply(params, images))(params)
-    grads = jax.jit(jax.grad(loss, (0, 1)))(params, images)
+    biased = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.linspace(-0.2, 0.1, x.size) if path[-1].key == "bias" else x, params)
+    features = jax.jit(lambda params: encoder.apply(params, images))(biased)
+    grads = jax.jit(jax.grad(loss, (0, 1)))(biased, images)
     jaxpr = jax.make_jaxpr(lambda params: encoder.apply(params, images))(params)
     return params, features, grads, "custom_vjp_call" in str(jaxpr)
 
@@ -512,6 +515,24 @@ def test_encoder_layers_match_nn_conv(size, conv):
     }
     jax.tree.map(np.testing.assert_array_equal, params, nn_params)
     assert_trees_close((features, grads), (nn_features, nn_grads))
+
+
+def test_pool_bias_relu_equals_relu_then_pool():
+    """Adding the bias and the ReLU after the pool gives exactly the values of adding them
+    before, and the same gradients (the inputs have no ties)."""
+    rng = np.random.default_rng(0)
+    y = jnp.asarray(rng.normal(size=(2, 6, 4, 3)), jnp.float32)
+    bias = jnp.asarray([-0.5, 0.0, 0.7], jnp.float32)
+
+    def before(y, bias):
+        return networks.max_pool_2x2(jax.nn.relu(y + bias))
+
+    np.testing.assert_array_equal(networks.pool_bias_relu(y, bias), before(y, bias))
+    weights = jnp.asarray(rng.normal(size=(2, 3, 2, 3)), jnp.float32)
+    grads = [jax.grad(lambda y, b, f=f: jnp.sum(weights * f(y, b)), (0, 1))(y, bias)
+             for f in (networks.pool_bias_relu, before)]
+    assert_trees_close(grads[0], grads[1])
+    assert float(jnp.abs(grads[0][1]).sum()) > 0
 
 
 def test_rows_layer_is_one_matrix_product_per_row_tile():

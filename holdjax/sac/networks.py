@@ -67,11 +67,20 @@ def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: str)
     """`ConvReluPool` with `conv_same`'s canonical convolutions (``conv="canonical"``, the
     default): fast inside `lax.scan` on XLA:CPU (17-44x) and on an H200 (801 against 694
     updates/s; benchmarks/NOTES.md). On even-sized inputs the convolution comes out as 2x2
-    blocks (`conv_same_blocked`), so the pool is a max over one axis, with no transposes."""
+    blocks (`conv_same_blocked`), so the pool is a max over one axis, with no transposes. The
+    bias and ReLU come after the pool, as in `pool_bias_relu`."""
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
     if x.shape[1] % 2 or x.shape[2] % 2:
-        return max_pool_2x2(nn.relu(conv_same(x, kernel) + bias))
-    return nn.relu(conv_same_blocked(x, kernel) + bias).max(axis=3)
+        return pool_bias_relu(conv_same(x, kernel), bias)
+    return nn.relu(conv_same_blocked(x, kernel).max(axis=3) + bias)
+
+
+def pool_bias_relu(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """relu(max_pool_2x2(y) + bias): the same values as max_pool_2x2(relu(y + bias)) (adding a
+    per-channel constant and ReLU are monotone, in floating point too) from a quarter of the
+    additions. On a GPU, the bias added before the pool became a full-size broadcast that
+    cuDNN read as a side input (`benchmarks/gpu_census.py`)."""
+    return nn.relu(max_pool_2x2(y) + bias)
 
 
 def lax_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
@@ -119,7 +128,7 @@ def rows_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
     windows = jnp.stack([rows[:, :, :, t:t + tile + kw - 1] for t in range(0, w, tile)], axis=2)
     windows = windows.reshape(b, h, w // tile, kh, (tile + kw - 1) * c)
     y = jnp.einsum("bhtiv,ivw->bhtw", windows, banded_kernel(kernel, tile))
-    return max_pool_2x2(nn.relu(y.reshape(b, h, w, features) + bias))
+    return pool_bias_relu(y.reshape(b, h, w, features), bias)
 
 
 CONV_RELU_POOL = {
