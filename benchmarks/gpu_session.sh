@@ -101,11 +101,13 @@ case "${1:-envs}" in
     [ "$(left)" -gt 60 ] && timeout "$(left)" python3 benchmarks/fused_step.py --rewards=holdr \
       --nums=512 --ratios=0.0625 --iterations=3 --repeats=2 --tag=holdr512 --out="$out" 2>&1 \
       | tee "$out/fused_step_holdr.log" ;;
-  rows)  # one seed's update rate with each encoder computation (canonical; rows in float32,
-    # bf16, and bf16 with fused encoders), then dense pushing (400k env steps, one update per
+  rows)  # one seed's update rate with each encoder computation (canonical in float32 and
+    # bf16, the lowest floor in gpu_census.py; rows in float32, bf16, and bf16 with fused
+    # encoders), then dense pushing (400k env steps, one update per
     # env step) with the fastest, to the budget: #3's success >= 0.8 and its speed in one call
     mkdir -p "$out/convs"
     sac 50 --seeds=1 --tag=canonical-float32 --out="$out/convs"
+    sac 50 --seeds=1 --encoder_dtype=bfloat16 --tag=canonical-bfloat16 --out="$out/convs"
     sac 50 --seeds=1 --conv=rows --tag=float32 --out="$out/convs"
     sac 50 --seeds=1 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16 --out="$out/convs"
     sac 50 --seeds=1 --conv=rows --encoder_dtype=bfloat16 --fused_encoders=1 \
