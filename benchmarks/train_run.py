@@ -30,7 +30,8 @@ from holdjax.plot import read_metrics  # noqa: E402
 
 
 def summarize(records: list[dict], config: TrainConfig) -> dict:
-    """Speed (overall and after the first, compiling epoch) and eval success per seed."""
+    """Speed (overall and after the first, compiling epoch), and eval success per seed with
+    the eval and train returns per epoch where the metrics have them."""
     if not records:
         raise ValueError("no epochs were completed: nothing to summarise")
     last = records[-1]
@@ -52,7 +53,9 @@ def summarize(records: list[dict], config: TrainConfig) -> dict:
         "best_eval_success_per_seed": [max(r["eval_success_rate"][k] for r in records)
                                        for k in range(config.seeds)],
         "curve": [{"env_steps": r["env_steps"], "wall_s": r["wall_s"],
-                   "eval_success_rate": r["eval_success_rate"]} for r in records],
+                   "eval_success_rate": r["eval_success_rate"],
+                   **{k: r[k] for k in ("eval_return", "train_return") if k in r}}
+                  for r in records],
     }
     if len(records) > 1:  # steady state: from the end of the first (compiling) epoch
         steps = last["env_steps"] - records[0]["env_steps"]

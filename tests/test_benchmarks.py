@@ -35,6 +35,7 @@ def test_train_run_summary_of_a_stopped_two_seed_run():
                                   "--epoch_length=5000", "--total_steps=100000"])
     records = [record(1, 5056, 50.0, [0.0, 0.1]), record(2, 10112, 60.0, [0.5, 0.2]),
                record(3, 15168, 70.0, [0.25, 0.3])]
+    records[0]["eval_return"] = [1.0, 2.0]
     summary = train_run.summarize(records, config)
 
     assert not summary["completed"] and summary["epochs"] == 3
@@ -45,6 +46,8 @@ def test_train_run_summary_of_a_stopped_two_seed_run():
     assert summary["steady_env_steps_per_s_per_seed"] == pytest.approx(10112 / 20.0)
     assert summary["steady_updates_per_s_per_seed"] == pytest.approx(10112 / 20.0 * 16 / 64)
     assert [point["env_steps"] for point in summary["curve"]] == [5056, 10112, 15168]
+    assert summary["curve"][0]["eval_return"] == [1.0, 2.0]
+    assert "eval_return" not in summary["curve"][1] and "train_return" not in summary["curve"][0]
 
 
 def test_train_run_summary_needs_an_epoch():
