@@ -85,6 +85,22 @@ def test_encoder_output_has_reference_width(channels):
     assert features.shape == (2, 1152)
 
 
+def test_critic_heads_run_batched_with_their_own_parameters():
+    """The two Q heads keep separate parameters (q1, q2) and give what each gives alone."""
+    nets = networks_for(SMALL, ACTION_DIM, from_pixels=False)
+    obs = jax.random.normal(jax.random.key(1), (4, OBS_DIM))
+    action = jax.random.uniform(jax.random.key(2), (4, ACTION_DIM), minval=-1, maxval=1)
+    params = nets.critic.init(jax.random.key(0), obs, action)
+    assert set(params["params"]) == {"q1", "q2"}
+    q_values = nets.critic.apply(params, obs, action)
+    head = networks.MLP(SMALL.hidden_sizes, 1)
+    for k, name in enumerate(("q1", "q2")):
+        alone = head.apply({"params": params["params"][name]},
+                           jnp.concatenate([obs, action], axis=-1))[:, 0]
+        np.testing.assert_allclose(q_values[k], alone, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(q_values[0], q_values[1])
+
+
 def test_actor_log_std_is_clipped():
     nets = networks_for(SMALL, ACTION_DIM, from_pixels=False)
     params = nets.actor.init(jax.random.key(0), jnp.zeros((1, OBS_DIM)))

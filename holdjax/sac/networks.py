@@ -368,6 +368,8 @@ class MLP(nn.Module):
 
 class Critic(nn.Module):
     """Two Q heads on one shared encoder (as in the reference); returns Q values shaped (2, B).
+    The heads keep their own parameters (``q1``, ``q2``) and run as one batched MLP
+    (`benchmarks/gpu_census.py`: 136 -> 120 kernels in an H100 update).
 
     With ``encoder=None`` observations are state vectors fed straight to the heads.
     `encode` and `q_values` are the two halves, for updates that encode separately.
@@ -390,7 +392,14 @@ class Critic(nn.Module):
         chex.assert_rank(action, 2)
         chex.assert_equal_shape_prefix((features, action), 1)
         features_and_action = jnp.concatenate([features, action], axis=-1)
-        q_values = jnp.stack([q(features_and_action)[:, 0] for q in (self.q1, self.q2)])
+        if self.is_initializing():  # creates each head's parameters
+            q_values = jnp.stack([q(features_and_action)[:, 0] for q in (self.q1, self.q2)])
+        else:  # one batched MLP over the stacked heads
+            heads = jax.tree.map(lambda a, b: jnp.stack([a, b]), self.q1.variables["params"],
+                                 self.q2.variables["params"])
+            head = MLP(self.hidden_sizes, 1, parent=None)
+            q_values = jax.vmap(
+                lambda params: head.apply({"params": params}, features_and_action)[:, 0])(heads)
         chex.assert_shape(q_values, (2, features.shape[0]))
         return q_values
 
