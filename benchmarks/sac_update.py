@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--flat_optimizer", action="store_true", help="Adam on raveled params")
     parser.add_argument("--fused_encoders", type=int, choices=(0, 1), default=None,
                         help="critic and actor encoders as one (default: SACConfig's)")
+    parser.add_argument("--batched_q_heads", type=int, choices=(0, 1), default=None,
+                        help="the Q heads as one batched MLP (default: SACConfig's, by backend)")
     parser.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
     parser.add_argument("--tag", default="", help="variant name for the results file")
     parser.add_argument("--trace", default="", help="profile one 1-seed scan into this folder")
@@ -203,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         encoder_dtype=args.encoder_dtype,
         flat_optimizer=args.flat_optimizer,
         **({} if args.fused_encoders is None else {"fused_encoders": bool(args.fused_encoders)}),
+        **({} if args.batched_q_heads is None else {"batched_q_heads": bool(args.batched_q_heads)}),
     )
     rows = []
     for num_seeds in map(int, args.seeds.split(",")):
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
         "encoder_conv": args.conv,
         "flat_optimizer": args.flat_optimizer,
         "fused_encoders": config.fused_encoders,
+        "batched_q_heads": config.resolved_batched_q_heads,
         "encoder_dtype": args.encoder_dtype,
         "repeats": args.repeats,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -104,6 +104,9 @@ class TrainConfig:
     # Critic and actor encoders run as one encoder of twice the width on each image batch
     # (same values, half the convolutions; SACConfig.fused_encoders).
     fused_encoders: bool = False
+    # The critic's two Q heads as one batched MLP (same values; SACConfig.batched_q_heads).
+    # Unset: on for an accelerator (fewer kernels), off for the CPU (slower there).
+    batched_q_heads: bool | None = None
 
     # Output.
     out: str = ""  # "" -> $HOLD_TOP_DIR/hold_policies/<name> or runs/<name>
@@ -176,6 +179,7 @@ class TrainConfig:
             encoder_dtype=self.encoder_dtype,
             encoder_conv=self.encoder_conv,
             fused_encoders=self.fused_encoders,
+            batched_q_heads=self.batched_q_heads,
         )
 
     @property

@@ -1,5 +1,6 @@
 """SAC core: shapes, losses against independent numpy formulas, replay, augmentation, learning."""
 
+import dataclasses
 import functools
 
 import jax
@@ -85,9 +86,13 @@ def test_encoder_output_has_reference_width(channels):
     assert features.shape == (2, 1152)
 
 
-def test_critic_heads_run_batched_with_their_own_parameters():
-    """The two Q heads keep separate parameters (q1, q2) and give what each gives alone."""
-    nets = networks_for(SMALL, ACTION_DIM, from_pixels=False)
+@pytest.mark.parametrize("batched", [False, True])
+def test_critic_heads_keep_their_own_parameters(batched):
+    """The two Q heads keep separate parameters (q1, q2) and give what each gives alone,
+    run one after the other or as one batched MLP."""
+    config = dataclasses.replace(SMALL, batched_q_heads=batched)
+    nets = networks_for(config, ACTION_DIM, from_pixels=False)
+    assert nets.critic.batched_heads == batched
     obs = jax.random.normal(jax.random.key(1), (4, OBS_DIM))
     action = jax.random.uniform(jax.random.key(2), (4, ACTION_DIM), minval=-1, maxval=1)
     params = nets.critic.init(jax.random.key(0), obs, action)
@@ -99,6 +104,15 @@ def test_critic_heads_run_batched_with_their_own_parameters():
                            jnp.concatenate([obs, action], axis=-1))[:, 0]
         np.testing.assert_allclose(q_values[k], alone, rtol=1e-6, atol=1e-6)
     assert not np.allclose(q_values[0], q_values[1])
+
+
+def test_batched_q_heads_default_by_backend(monkeypatch):
+    """Batched heads save kernels on an accelerator and cost time on XLA:CPU."""
+    assert not SACConfig().resolved_batched_q_heads  # this CPU
+    assert SACConfig(batched_q_heads=True).resolved_batched_q_heads
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert SACConfig().resolved_batched_q_heads
+    assert not SACConfig(batched_q_heads=False).resolved_batched_q_heads
 
 
 def test_actor_log_std_is_clipped():
@@ -670,6 +684,27 @@ def test_fused_encoders_give_the_separate_update():
     assert results[0][1].keys() == results[1][1].keys()
     assert_trees_close(results[1], results[0], rtol=1e-4)
     assert convolutions == [18, 8]  # traced; XLA merges a repeated pass: 14 and 7 compiled
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_batched_q_heads_give_the_same_update(fused):
+    """batched_q_heads changes how the critic runs, not what it computes: same state and
+    metrics after two pixel updates, with separate or fused encoders; one dot_general for
+    both heads' layer where there were two."""
+    obs_shape = (16, 16, 3)
+    batch = random_image_batch(jax.random.key(1), obs_shape)
+    results, products = [], []
+    for batched in (False, True):
+        config = SACConfig(hidden_sizes=(32, 32), fused_encoders=fused, batched_q_heads=batched)
+        update = functools.partial(sac_update, config=config)
+        state = init_sac(jax.random.key(0), obs_shape, ACTION_DIM, config)
+        products.append(str(jax.make_jaxpr(update)(state, batch, jax.random.key(3)))
+                        .count("dot_general"))
+        for key in jax.random.split(jax.random.key(3), 2):
+            state, metrics = jax.jit(update)(state, batch, key)
+        results.append((state, metrics))
+    assert_trees_close(results[1], results[0], rtol=1e-4)
+    assert products[1] < products[0]
 
 
 def test_sac_config_rejects_unknown_encoder_conv():

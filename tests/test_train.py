@@ -273,6 +273,9 @@ def test_config_flags():
     assert config.timeouts_as_terminal and rest == {"resume": "true"}
     config, _ = config_from_args(["--task=pushing", "--reward=dense", "--total_steps=4000"])
     assert config.num_epochs == 4 and config.total_steps == 4000
+    assert config.batched_q_heads is None  # unset: by backend
+    config, _ = config_from_args(["--batched_q_heads=false"])
+    assert config.sac.batched_q_heads is False
     with pytest.raises(ValueError, match="expects a int"):
         config_from_args(["--num_envs=many"])
     with pytest.raises(ValueError, match="unknown config 'nope'; available: .*fig3a"):

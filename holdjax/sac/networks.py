@@ -368,8 +368,9 @@ class MLP(nn.Module):
 
 class Critic(nn.Module):
     """Two Q heads on one shared encoder (as in the reference); returns Q values shaped (2, B).
-    The heads keep their own parameters (``q1``, ``q2``) and run as one batched MLP
-    (`benchmarks/gpu_census.py`: 136 -> 120 kernels in an H100 update).
+    The heads keep their own parameters (``q1``, ``q2``); ``batched_heads`` runs them as one
+    batched MLP (same values; `benchmarks/gpu_census.py`: 136 -> 120 kernels in an H100
+    update, but ~10% slower for state observations on XLA:CPU).
 
     With ``encoder=None`` observations are state vectors fed straight to the heads.
     `encode` and `q_values` are the two halves, for updates that encode separately.
@@ -377,6 +378,7 @@ class Critic(nn.Module):
 
     hidden_sizes: Sequence[int] = (256, 256)
     encoder: Encoder | None = None
+    batched_heads: bool = False
 
     def setup(self):
         self.q1 = MLP(self.hidden_sizes, 1)
@@ -392,7 +394,7 @@ class Critic(nn.Module):
         chex.assert_rank(action, 2)
         chex.assert_equal_shape_prefix((features, action), 1)
         features_and_action = jnp.concatenate([features, action], axis=-1)
-        if self.is_initializing():  # creates each head's parameters
+        if self.is_initializing() or not self.batched_heads:  # init creates each head's params
             q_values = jnp.stack([q(features_and_action)[:, 0] for q in (self.q1, self.q2)])
         else:  # one batched MLP over the stacked heads
             heads = jax.tree.map(lambda a, b: jnp.stack([a, b]), self.q1.variables["params"],
@@ -445,6 +447,7 @@ def make_networks(
     encoder_kernel_size: int = 5,
     encoder_conv: str = "canonical",
     encoder_dtype: str = "float32",
+    batched_q_heads: bool = False,
 ) -> SACNetworks:
     """Actor and critic of one architecture description, each with its own encoder (none
     for state observations)."""
@@ -455,7 +458,7 @@ def make_networks(
 
     hidden_sizes = tuple(hidden_sizes)
     return SACNetworks(actor=Actor(action_dim, hidden_sizes, encoder()),
-                       critic=Critic(hidden_sizes, encoder()))
+                       critic=Critic(hidden_sizes, encoder(), batched_q_heads))
 
 
 def tanh_log_det_jacobian(pre_tanh: jax.Array) -> jax.Array:

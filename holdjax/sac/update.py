@@ -41,9 +41,18 @@ class SACConfig:
     # encoder of twice the width (`losses.fused_encoder_losses`): same values, half the
     # convolution kernels.
     fused_encoders: bool = False
+    # The critic's two Q heads as one batched MLP (`networks.Critic`): fewer GPU kernels,
+    # slower on XLA:CPU. None: on for an accelerator backend, off for the CPU.
+    batched_q_heads: bool | None = None
 
     def __post_init__(self):
         check_encoder_conv(self.encoder_conv)
+
+    @property
+    def resolved_batched_q_heads(self) -> bool:
+        if self.batched_q_heads is not None:
+            return self.batched_q_heads
+        return jax.default_backend() != "cpu"
 
 
 @flax.struct.dataclass
@@ -70,6 +79,7 @@ def networks_for(config: SACConfig, action_dim: int, from_pixels: bool) -> SACNe
         config.encoder_kernel_size,
         config.encoder_conv,
         config.encoder_dtype,
+        config.resolved_batched_q_heads,
     )
 
 
