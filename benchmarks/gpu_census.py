@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"target": args.target, "target_device": device.device_kind,
                "bandwidth_bytes_per_s": bandwidth, "kernel_floor_us": args.kernel_floor_us,
                "batch_size": SACConfig().batch_size, "image_shape": list(sac_update.IMAGE_SHAPE),
-               "rows": rows}
+               "xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": rows}
     tag = "-".join(filter(None, (args.target, args.tag)))
     path = write_results("gpu_census", payload, out_dir=args.out, tag=tag)
     print(f"wrote {path}")
