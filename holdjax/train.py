@@ -39,6 +39,7 @@ from holdjax.sac import networks as sac_networks
 from holdjax.sac.replay import (
     ReplayBuffer,
     Transition,
+    held_transitions,
     init_replay,
     insert,
     is_image_shape,
@@ -491,7 +492,8 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     replay_bytes = check_replay_fits(config, free_memory(device), num_devices, host_memory)
     if not quiet:
         where = " per device" if num_devices > 1 and not host_memory else ""
-        held = (replay_rows(config.replay_capacity, config.num_envs) - 1) * config.num_envs
+        held = held_transitions(replay_rows(config.replay_capacity, config.num_envs),
+                                config.num_envs)
         print(f"replay: {held} transitions per seed, {replay_bytes / 1e9:.2f} GB{where}",
               file=sys.stderr)
     trainer = get_trainer(config)

@@ -272,6 +272,8 @@ def test_replay_refilled_from_the_middle_of_an_episode():
 def test_replay_rows_hold_the_capacity_in_whole_rows(capacity, worlds, rows):
     assert replay.replay_rows(capacity, worlds) == rows
     assert (rows - 1) * worlds >= capacity > (rows - 2) * worlds
+    shapes = jax.eval_shape(lambda: replay.init_replay(capacity, (3,), 2, worlds, 5))
+    assert replay.held_transitions(rows, worlds) == shapes.capacity == (rows - 1) * worlds
 
 
 def test_replay_stores_images_as_uint8():

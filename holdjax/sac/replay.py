@@ -69,7 +69,12 @@ class ReplayBuffer:
     @property
     def capacity(self) -> int:
         """The most transitions held (valid) at once."""
-        return (self.rows - 1) * self.num_envs
+        return held_transitions(self.rows, self.num_envs)
+
+
+def held_transitions(rows: int, num_envs: int) -> int:
+    """The most transitions R rows hold at once: R - 1 valid rows of ``num_envs``."""
+    return (rows - 1) * num_envs
 
 
 def replay_rows(capacity: int, num_envs: int) -> int:
