@@ -274,8 +274,8 @@ def test_config_flags():
     config, _ = config_from_args(["--task=pushing", "--reward=dense", "--total_steps=4000"])
     assert config.num_epochs == 4 and config.total_steps == 4000
     assert config.batched_q_heads is None  # unset: by backend
-    config, _ = config_from_args(["--batched_q_heads=false"])
-    assert config.sac.batched_q_heads is False
+    config, _ = config_from_args(["--batched_q_heads=false", "--update_streams=true"])
+    assert config.sac.batched_q_heads is False and config.sac.update_streams is True
     with pytest.raises(ValueError, match="expects a int"):
         config_from_args(["--num_envs=many"])
     with pytest.raises(ValueError, match="unknown config 'nope'; available: .*fig3a"):

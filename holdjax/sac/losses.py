@@ -55,19 +55,14 @@ def q_loss(q_values: jax.Array, target: jax.Array) -> tuple[jax.Array, dict[str,
 
 def critic_loss(
     critic_params: Params,
-    target_critic_params: Params,
-    actor_params: Params,
-    log_alpha: jax.Array,
+    target: jax.Array,
     batch: Transition,
-    next_noise: jax.Array,
     networks: SACNetworks,
-    discount: float,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """`q_loss` of the critic on (s, a) against `td_target`."""
+    """`q_loss` of the critic on (s, a) against a TD target (`td_target`), which is computed
+    apart: it needs no gradient, and on a GPU it can run beside the critic's pass
+    (`update.SACConfig.update_streams`)."""
     chex.assert_rank([batch.reward, batch.done], 1)
-    target = td_target(
-        target_critic_params, actor_params, log_alpha, batch, next_noise, networks, discount
-    )
     return q_loss(networks.critic.apply(critic_params, batch.obs, batch.action), target)
 
 
