@@ -174,6 +174,13 @@ def test_actor_and_alpha_losses_match_numpy(state_problem):
     expected = np.mean(np.exp(-0.7) * np_log_prob - np.minimum(q1, q2))
     np.testing.assert_allclose(loss, expected, rtol=1e-4)
     np.testing.assert_allclose(log_prob, np_log_prob, rtol=1e-4, atol=1e-4)
+    features = nets.critic.apply(state.critic_params, batch.obs, method="encode")
+    given_features, _ = losses.actor_loss(state.actor_params, state.critic_params, log_alpha,
+                                          batch.obs, noise, nets, critic_features=2 * features)
+    assert float(given_features) != pytest.approx(float(loss))  # the Qs read the features given
+    np.testing.assert_allclose(
+        losses.actor_loss(state.actor_params, state.critic_params, log_alpha, batch.obs, noise,
+                          nets, critic_features=features)[0], loss, rtol=1e-6)
 
     temperature_loss = losses.alpha_loss(log_alpha, log_prob, -2.0)
     np.testing.assert_allclose(temperature_loss, -np.mean(-0.7 * (np_log_prob - 2.0)), rtol=1e-4)

@@ -79,14 +79,18 @@ def actor_loss(
     obs: jax.Array,
     noise: jax.Array,
     networks: SACNetworks,
+    critic_features: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """`policy_objective` with a reparameterised a ~ pi(s); returns (loss, log pi).
+    ``critic_features``: the critic's encoding of obs, when the caller has it already.
 
     Only `actor_params` should be differentiated: alpha and the critic are held fixed here.
     """
     mean, log_std = networks.actor.apply(actor_params, obs)
     action, log_prob = sample_tanh_gaussian(mean, log_std, noise)
-    q_values = networks.critic.apply(critic_params, obs, action)
+    if critic_features is None:
+        critic_features = networks.critic.apply(critic_params, obs, method="encode")
+    q_values = networks.critic.apply(critic_params, critic_features, action, method="q_values")
     return policy_objective(log_prob, q_values, log_alpha), log_prob
 
 

@@ -174,6 +174,7 @@ def actor_and_alpha_step(
     alpha_opt_state: optax.OptState,
     critic_params: chex.ArrayTree,
     obs: jax.Array,
+    critic_features: jax.Array,
     noise: jax.Array,
     *,
     tx: optax.GradientTransformation,
@@ -185,7 +186,7 @@ def actor_and_alpha_step(
     reads the actor's log pi), the critic held fixed: new actor parameters and optimizer
     state, new log alpha and its optimizer state, their losses, and log pi."""
     (actor_loss_value, log_prob), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
-        actor_params, critic_params, log_alpha, obs, noise, networks)
+        actor_params, critic_params, log_alpha, obs, noise, networks, critic_features)
     alpha_loss_value, alpha_grad = jax.value_and_grad(alpha_loss)(
         log_alpha, log_prob, entropy_target)
     actor_params, actor_opt_state = apply_gradients(tx, actor_params, actor_grads,
@@ -232,13 +233,15 @@ def sac_update(
             tx, state.log_alpha, alpha_grad, state.alpha_opt_state)
     else:
         actor_stream, target_stream = (1, 2) if config.update_streams else (None, None)
+        # The critic's pass on obs, shared with its loss below (XLA merges the two).
+        critic_features = networks.critic.apply(state.critic_params, batch.obs, method="encode")
         actor_params, actor_opt_state, log_alpha, alpha_opt_state, metrics, log_prob = (
             on_gpu_stream(
                 actor_stream,
                 functools.partial(actor_and_alpha_step, tx=tx, networks=networks,
                                   entropy_target=entropy_target),
                 state.actor_params, state.actor_opt_state, state.log_alpha,
-                state.alpha_opt_state, state.critic_params, batch.obs, noise))
+                state.alpha_opt_state, state.critic_params, batch.obs, critic_features, noise))
         target = on_gpu_stream(
             target_stream,
             functools.partial(td_target, networks=networks, discount=config.discount),
