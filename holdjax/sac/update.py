@@ -13,7 +13,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.experimental.compute_on import compute_on
+from jax.experimental.xla_metadata import set_xla_metadata
 from jax.extend.core import jaxpr_as_fun
 
 from holdjax.sac.augment import random_shift
@@ -153,16 +153,18 @@ def apply_gradients(
 
 
 def on_gpu_stream(stream: int | None, fn: Callable, *args):
-    """``fn(*args)``, on a GPU placed on execution stream ``stream`` (XLA's stream annotation,
-    `compute_on("gpu_stream:N")`) so that it overlaps the main stream's independent work;
-    other backends run it as usual, and ``stream=None`` calls ``fn`` directly. ``fn`` is
-    traced with jit disabled, so it holds no nested calls: XLA cannot place a call nested in
-    an annotated one on a stream ("No ExecutionStreamId found for call-start")."""
+    """``fn(*args)``, on a GPU placed on execution stream ``stream`` so that it overlaps the
+    main stream's independent work; other backends run it as usual, and ``stream=None`` calls
+    ``fn`` directly. The call carries XLA's stream annotation, the attribute that
+    `compute_on("gpu_stream:N")` sets; `set_xla_metadata` sets it the same way in jax 0.10
+    and 0.11 (whose `compute_on` also pins the outputs' placement: 10 more transposes in an
+    H100 update). ``fn`` is traced with jit disabled, so the call holds no nested calls,
+    which XLA cannot place on a stream ("No ExecutionStreamId found for call-start")."""
     if stream is None:
         return fn(*args)
     with jax.disable_jit():
         traced, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    with compute_on(f"gpu_stream:{stream}"):
+    with set_xla_metadata(_xla_stream_annotation=str(stream), inlineable="false"):
         outs = jax.jit(jaxpr_as_fun(traced))(*jax.tree.leaves(args))
     return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 
