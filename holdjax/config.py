@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import os
 import pkgutil
+import re
 import types
 import typing
 
@@ -34,15 +35,15 @@ class TrainConfig:
     """A training run. Defaults are the reference's plain-SAC pushing run on more worlds."""
 
     name: str = ""  # run name; "" -> "<task>_<reward>"
-    task: str = "pushing"
+    task: str = "pushing"  # pushing | drawer_open | close_drawer | cup_forward | faucet_right
     reward: str = "sparse"  # sparse | dense | l2 | holdc | holdr | r3m
     # What policy, critics and replay see: the camera image (the reference's) or the
     # task's low-dimensional state (no rendering unless the reward scores images).
     observation: str = "pixels"  # pixels | state
 
-    # Distance models: the released checkpoint (HOLD-R's architecture is read from it; R3M's
-    # model.pt; for HOLD-C also a holdjax.reward.train model directory) and HOLD-C's
-    # released architecture.
+    ## Distance models: the released checkpoint and HOLD-C's released architecture.
+    # The released checkpoint (HOLD-R's architecture is read from it; R3M's model.pt; for
+    # HOLD-C also a holdjax.reward.train model directory).
     # "" -> $HOLD_TOP_DIR/hold/<holdc|holdr>/checkpoint, R3M: $HOLD_TOP_DIR/r3m/r3m_50/model.pt
     reward_checkpoint: str = ""
     holdc_layers: int = 50
@@ -50,10 +51,10 @@ class TrainConfig:
     holdc_embedding_size: int = 32
     holdc_crop_size: int = 256  # hold-rewards' holdc/resnet50.py crop_size
     distance_type: str = "eucl"  # eucl | sq_eucl | sq_eucl_huber
-    distance_params: tuple[float, ...] = ()
+    distance_params: tuple[float, ...] = ()  # comma-separated; sq_eucl_huber takes 3
     reward_dtype: str = "float32"  # bfloat16 for speed on accelerators
 
-    # Reward shaping (SPEC.md "Reward"); used by distance rewards (l2 and later HOLD).
+    ## Reward shaping (SPEC.md "Reward"); used by distance rewards (l2, HOLD-C/R, R3M).
     distance_normalizer: float = 1.0
     distance_reward_weight: float = 1.0
     env_reward_weight: float = 1.0
@@ -66,12 +67,12 @@ class TrainConfig:
     subtask_hold_steps: int = 3
     goal_based_policy: bool = False
 
-    # Schedule, in environment steps (summed over worlds), as the reference counts them.
-    num_epochs: int = 400
-    epoch_length: int = 1000
+    ## Schedule, in environment steps (summed over worlds), as the reference counts them.
+    num_epochs: int = 400  # --total_steps sets it
+    epoch_length: int = 1000  # env steps per seed between evaluations, logs, checkpoints
     num_envs: int = 16  # worlds stepped at once, per seed
     seeds: int = 1  # independent seeds trained in one program
-    seed: int = 0
+    seed: int = 0  # seed k of --seeds=K trains as --seed=seed+k would alone
     # Gradient updates per environment step. 0 = auto: 1 (the reference's) on an
     # accelerator; 1 / num_envs (one update per fused step) on a CPU, where a batch-256
     # image update takes ~0.1-0.4 s and the reference's ratio would take days.
@@ -89,7 +90,7 @@ class TrainConfig:
     timeouts_as_terminal: bool = False  # the reference's quirk; off = correct bootstrapping
     eval_episodes: int = 20
 
-    # SAC (the reference's settings).
+    ## SAC (the reference's settings).
     learning_rate: float = 3e-4
     discount: float = 0.99
     tau: float = 5e-3
@@ -111,7 +112,7 @@ class TrainConfig:
     # critic's (same values; SACConfig.update_streams). Off until a GPU has timed it.
     update_streams: bool = False
 
-    # Output.
+    ## Output.
     out: str = ""  # "" -> $HOLD_TOP_DIR/hold_policies/<name> or runs/<name>
     checkpoint_frequency: int = 10  # epochs
     save_replay: bool = False
@@ -143,6 +144,12 @@ class TrainConfig:
     def iterations_per_epoch(self) -> int:
         """Fused steps per epoch: each steps every world once."""
         return -(-self.epoch_length // self.num_envs)
+
+    @property
+    def scheduled_env_steps(self) -> int:
+        """Env steps per seed the run takes: `total_steps`, each epoch rounded up to whole
+        fused steps."""
+        return self.num_epochs * self.iterations_per_epoch * self.num_envs
 
     @property
     def resolved_updates_per_step(self) -> float:
@@ -263,12 +270,42 @@ def load_config(name: str) -> TrainConfig:
     return importlib.import_module(f"{CONFIGS_PACKAGE}.{name}").CONFIG
 
 
-def _parse_value(name: str, kind: type, text: str):
-    """``--name=text`` as a value of type ``kind``, or an error naming the flag."""
+def field_help() -> dict[str, str]:
+    """Each `TrainConfig` field's comment in this file (the lines above it and the one after
+    it; "##" lines title sections), for ``--help``: the comments are the fields'
+    documentation, kept in one place."""
+    import inspect
+
+    comments: list[str] = []
+    found = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        text = line.strip()
+        if text.startswith("##"):  # a section's title, not a field's comment
+            continue
+        if text.startswith("#"):
+            comments.append(text.lstrip("# "))
+            continue
+        field = re.match(r"(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", text)
+        if field and field.group(1) in {f.name for f in dataclasses.fields(TrainConfig)}:
+            found[field.group(1)] = " ".join([*comments, field.group(2) or ""]).strip()
+        comments = []
+    return found
+
+
+def parse_value(name: str, kind: type, text: str | None):
+    """``--name=text`` as a value of type ``kind``, or an error naming the flag; ``text`` is
+    None for a bare ``--name``, which only a boolean flag may be (it means true)."""
     if isinstance(kind, types.UnionType):
         kind = next(t for t in typing.get_args(kind) if t is not type(None))
+    if text is None:
+        if kind is bool:
+            return True
+        raise ValueError(f"--{name} needs a value: --{name}=...")
     if typing.get_origin(kind) is tuple:
-        return tuple(float(v) for v in text.split(",") if v)
+        try:
+            return tuple(float(v) for v in text.split(",") if v)
+        except ValueError:
+            raise ValueError(f"--{name} expects comma-separated numbers, got {text!r}") from None
     if kind is bool:
         if text.lower() in ("1", "true", "yes", "on"):
             return True
@@ -278,7 +315,8 @@ def _parse_value(name: str, kind: type, text: str):
     try:
         return kind(text)
     except ValueError:
-        raise ValueError(f"--{name} expects a {kind.__name__}, got {text!r}") from None
+        article = "an" if kind.__name__[0] in "aeiou" else "a"
+        raise ValueError(f"--{name} expects {article} {kind.__name__}, got {text!r}") from None
 
 
 def config_from_args(args: list[str], base: TrainConfig | None = None
@@ -287,27 +325,29 @@ def config_from_args(args: list[str], base: TrainConfig | None = None
     ``--field=value`` overrides.
 
     Returns the config and the flags that are not config fields (the caller's own, such
-    as ``--resume``), which the caller must consume or reject.
+    as ``--resume``; None for a bare ``--flag``), which the caller must consume or reject.
     """
     hints = typing.get_type_hints(TrainConfig)
     kinds = {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
-    flags: dict[str, str] = {}
+    flags: dict[str, str | None] = {}
     for arg in args:
         if not arg.startswith("--"):
             raise ValueError(f"unexpected argument {arg!r}; use --field=value")
-        key, _, value = arg[2:].partition("=")
-        flags[key] = value if _ else "true"
-    config = load_config(flags.pop("config")) if "config" in flags else base or TrainConfig()
+        key, equals, value = arg[2:].partition("=")
+        flags[key] = value if equals else None
+    config = (load_config(parse_value("config", str, flags.pop("config"))) if "config" in flags
+              else base or TrainConfig())
     overrides, rest = {}, {}
+    has_total_steps = "total_steps" in flags
     total_steps = flags.pop("total_steps", None)
     for key, value in flags.items():
         if key in kinds:
-            overrides[key] = _parse_value(key, kinds[key], value)
+            overrides[key] = parse_value(key, kinds[key], value)
         else:
             rest[key] = value
     config = dataclasses.replace(config, **overrides)
-    if total_steps is not None:
-        steps = _parse_value("total_steps", int, total_steps)
+    if has_total_steps:
+        steps = parse_value("total_steps", int, total_steps)
         if steps < 1:
             raise ValueError(f"--total_steps must be at least 1, got {steps}")
         # Whole epochs: rounded up to a multiple of epoch_length.

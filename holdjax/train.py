@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import sys
+import textwrap
 import time
 
 import chex
@@ -29,7 +30,7 @@ from flax import struct
 from tqdm import tqdm
 
 from holdjax import checkpoint, envs
-from holdjax.config import TrainConfig, config_from_args
+from holdjax.config import TrainConfig, config_from_args, field_help, parse_value
 from holdjax.envs.base import EnvState, ManipulationEnv, overflow_kinds, physics_overflow
 from holdjax.plot import read_metrics
 from holdjax.reward import RewardFunction, make_reward
@@ -479,6 +480,11 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     latest = checkpoint.latest_epoch(run_dir)
     if resume:  # checked before anything is built or compiled
         checkpoint.check_resumable(checkpoint.read_config(run_dir, TrainConfig), config)
+        if latest is None:
+            raise checkpoint.CheckpointError(
+                f"{run_dir} has no checkpoint to resume from (it stopped before its first, "
+                f"due after epoch {config.checkpoint_frequency}); start it again without "
+                "--resume")
         if (latest or 0) >= config.num_epochs:
             print(f"{run_dir} has finished its {config.num_epochs} epochs; pass a larger "
                   "--total_steps to train it further", file=sys.stderr)
@@ -522,9 +528,10 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     wall_before = logged_record(run_dir, start_epoch).get("wall_s", 0.0)
     record: dict = {}
     start = time.perf_counter()
-    steps_per_epoch = config.iterations_per_epoch * config.num_envs
-    bar = tqdm(total=config.num_epochs * steps_per_epoch, initial=start_steps, unit="step",
+    bar = tqdm(total=config.scheduled_env_steps, initial=start_steps, unit="step",
                disable=quiet, file=sys.stderr, desc=config.run_name, dynamic_ncols=True)
+    # The bar moves once per epoch (one jitted call); say what the first one waits for.
+    bar.set_postfix_str("compiling and running the first epoch")
     for epoch in range(start_epoch, config.num_epochs):
         state, replay, out = trainer.train_epoch(state, replay)
         summary = summarize_epoch(out, config)
@@ -589,18 +596,35 @@ def _saved_config(run_dir: str) -> TrainConfig:
         raise ValueError(f"cannot resume: {e}") from None
 
 
+def usage() -> str:
+    """``--help``: this module's docstring, the flags that are not config fields, and every
+    config field with its default and its comment in config.py."""
+    lines = [__doc__, "Flags:",
+             "  --config=NAME      a reference run from configs/ (e.g. fig3a_pushing_sac); "
+             "other flags override its fields",
+             "  --total_steps=N    env steps per seed; sets num_epochs (whole epochs of "
+             "epoch_length)",
+             "  --resume           continue the run in --out (or the default run folder) from "
+             "its last checkpoint",
+             "", "Config fields (override as --field=value):"]
+    docs = field_help()
+    for field in dataclasses.fields(TrainConfig):
+        lines.append(f"  --{field.name}={field.default!r}")
+        if docs.get(field.name):
+            lines += textwrap.wrap(docs[field.name], width=92, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        print("Config fields (override as --field=value):")
-        for field in dataclasses.fields(TrainConfig):
-            print(f"  --{field.name}={field.default!r}")
+        print(usage())
         return {}
     maybe_init_distributed()
     try:
         config, rest = config_from_args(args)
-        resume = rest.pop("resume", "false").lower() in ("1", "true", "yes", "")
+        resume = parse_value("resume", bool, rest.pop("resume", "false"))
         if resume:
             # The run's own settings (unless --config names others), with the flags given now
             # on top (--total_steps to extend it, say): `--out=DIR --resume` continues the
@@ -614,8 +638,8 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"run {config.run_name}: {config.total_steps} env steps x {config.seeds} seed(s), "
-          f"{config.num_envs} worlds per seed, {config.updates_per_iteration} updates per "
+    print(f"run {config.run_name}: {config.scheduled_env_steps} env steps x {config.seeds} "
+          f"seed(s), {config.num_envs} worlds per seed, {config.updates_per_iteration} updates per "
           f"{config.num_envs} env steps, on {jax.devices()[0].device_kind}; "
           f"writing to {config.out_dir}", file=sys.stderr)
     try:
@@ -626,9 +650,13 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(2)
     except KeyboardInterrupt:
         last = checkpoint.latest_epoch(config.out_dir)
-        saved = f"its last checkpoint is epoch {last}" if last else "no checkpoint yet"
-        print(f"\ninterrupted; {saved} in {config.out_dir}. Continue it with: "
-              f"python -m holdjax.train --out={config.out_dir} --resume", file=sys.stderr)
+        if last:
+            print(f"\ninterrupted; its last checkpoint is epoch {last} in {config.out_dir}. "
+                  f"Continue it with: python -m holdjax.train --out={config.out_dir} --resume",
+                  file=sys.stderr)
+        else:
+            print(f"\ninterrupted before the first checkpoint of {config.out_dir}: nothing to "
+                  "resume; run the same command again to start it anew", file=sys.stderr)
         sys.exit(130)
 
 

@@ -10,9 +10,10 @@ import pytest
 from conftest import TEST_XLA_FLAGS, Lane, cached_env
 
 from holdjax import checkpoint
-from holdjax.config import TrainConfig, config_from_args
+from holdjax.config import TrainConfig, config_from_args, field_help
 from holdjax.evaluate import main as evaluate_cli
 from holdjax.plot import curves_figure, plot_runs
+from holdjax.plot import main as plot_cli
 from holdjax.train import (
     ReplayTooLarge,
     check_replay_fits,
@@ -239,6 +240,16 @@ def test_plot_draws_curves(two_seed_run, tmp_path):
     assert os.path.getsize(path) > 1000
 
 
+def test_plot_names_the_metrics_a_run_logs(tmp_path, capsys):
+    os.makedirs(tmp_path / "run")
+    (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps(
+        {"epoch": 1, "env_steps": 1000, "eval_success_rate": [0.5], "critic_loss": [1.0]}))
+    with pytest.raises(SystemExit):
+        plot_cli([str(tmp_path / "run"), "--metric=foo", f"--out={tmp_path / 'c.png'}"])
+    assert ("logs no metric 'foo'; available: critic_loss, env_steps, eval_success_rate"
+            in capsys.readouterr().err)
+
+
 def test_plot_curve_is_the_seed_mean_with_its_range_on_a_rate_axis(tmp_path):
     """One line per run at the seeds' mean, labelled with the seed count; success rates on
     a 0-1 axis even when every value is 0; other metrics scaled to their values."""
@@ -270,13 +281,13 @@ def test_config_flags():
                                      "--timeouts_as_terminal=true", "--resume"])
     assert (config.task, config.reward, config.seeds, config.num_epochs) == (
         "pushing", "sparse", 5, 400)
-    assert config.timeouts_as_terminal and rest == {"resume": "true"}
+    assert config.timeouts_as_terminal and rest == {"resume": None}  # bare: the caller parses it
     config, _ = config_from_args(["--task=pushing", "--reward=dense", "--total_steps=4000"])
     assert config.num_epochs == 4 and config.total_steps == 4000
     assert config.batched_q_heads is None  # unset: by backend
     config, _ = config_from_args(["--batched_q_heads=false", "--update_streams=true"])
     assert config.sac.batched_q_heads is False and config.sac.update_streams is True
-    with pytest.raises(ValueError, match="expects a int"):
+    with pytest.raises(ValueError, match="expects an int"):
         config_from_args(["--num_envs=many"])
     with pytest.raises(ValueError, match="unknown config 'nope'; available: .*fig3a"):
         config_from_args(["--config=nope"])
@@ -316,18 +327,35 @@ def test_total_steps_must_be_a_positive_int():
     """Rounded up to whole epochs, never silently turned into one epoch."""
     assert config_from_args(["--total_steps=1001"])[0].num_epochs == 2
     for text, message in (("-5", "must be at least 1, got -5"), ("0", "at least 1"),
-                          ("4k", "expects a int, got '4k'")):
+                          ("4k", "expects an int, got '4k'")):
         with pytest.raises(ValueError, match=message):
             config_from_args([f"--total_steps={text}"])
 
 
-@pytest.mark.parametrize("flag", ["--task=stacking", "--bogus=1", "--num_envs=0",
-                                  "--total_steps=-5"])
-def test_bad_train_flags_exit_with_a_message(flag, capsys):
+@pytest.mark.parametrize(("flag", "message"), [
+    ("--task=stacking", "unknown task 'stacking'"), ("--bogus=1", "unknown flags: --bogus"),
+    ("--num_envs=0", "num_envs"), ("--total_steps=-5", "at least 1"),
+    ("--task", "--task needs a value"), ("--total_steps", "--total_steps needs a value"),
+    ("--distance_params=a,b", "--distance_params expects comma-separated numbers"),
+    ("--resume=maybe", "--resume expects true or false, got 'maybe'"),
+    ("--num_envs=many", "--num_envs expects an int")])
+def test_bad_train_flags_exit_with_a_message(flag, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_cli([flag])
     assert exit_info.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err
+
+
+def test_train_help_lists_its_flags_and_each_fields_comment(capsys):
+    train_cli(["--help"])
+    out = capsys.readouterr().out
+    for flag in ("--config=NAME", "--total_steps=N", "--resume", "--num_envs=16",
+                 "--updates_per_step=0.0", "--update_streams=False"):
+        assert flag in out
+    assert "0 = auto: 1 (the reference's) on an" in out  # updates_per_step's comment
+    assert "Output." not in out and "SAC (the reference's settings)" not in out  # titles
+    assert set(field_help()) == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def test_holdc_reward_from_a_released_format_checkpoint(two_seed_run, holdc_checkpoint,
@@ -407,6 +435,12 @@ def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, state_run
     with pytest.raises(SystemExit):
         train_cli([f"--out={tmp_path / 'nothing'}", "--resume"])
     assert "cannot resume: " in capsys.readouterr().err
+    # Stopped before its first checkpoint: its config.json is there, no checkpoint.
+    checkpoint.write_config(str(tmp_path / "early"), dataclasses.replace(
+        config, out=str(tmp_path / "early")))
+    with pytest.raises(SystemExit):
+        train_cli([f"--out={tmp_path / 'early'}", "--resume"])
+    assert "has no checkpoint to resume from" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate_cli([f"--run={tmp_path}", "--json"])
 
@@ -490,8 +524,8 @@ def test_interrupted_train_cli_says_how_to_resume(monkeypatch, tmp_path, capsys)
         train_cli([f"--out={tmp_path / 'run'}"])
     assert exit_info.value.code == 130
     err = capsys.readouterr().err
-    assert "interrupted; no checkpoint yet" in err
-    assert f"python -m holdjax.train --out={tmp_path / 'run'} --resume" in err
+    assert "interrupted before the first checkpoint" in err and "nothing to resume" in err
+    assert "--resume" not in err
 
 
 def test_train_cli_reports_a_mismatched_released_checkpoint(tmp_path, capsys):
