@@ -19,7 +19,7 @@ import numpy as np
 from holdjax import checkpoint
 from holdjax.config import TrainConfig
 from holdjax.train import get_trainer
-from holdjax.video import write_video
+from holdjax.video import check_video_path, write_video
 
 
 def evaluate_run(run_dir: str, episodes: int, step: int | None = None, seed: int = 12345):
@@ -52,12 +52,20 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run directory written by holdjax.train")
     parser.add_argument("--step", type=int, default=None, help="checkpoint epoch (default latest)")
-    parser.add_argument("--episodes", type=int, default=20, help="episodes per seed")
-    parser.add_argument("--video", default=None, help="write .mp4/.gif of a few episodes")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--episodes", type=int, default=20,
+                        help="episodes per seed (default: %(default)s)")
+    parser.add_argument("--video", default=None,
+                        help="also write the first episodes of each seed to this .mp4 or .gif")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (success_rate, return, episodes, step, ...)")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be at least 1")
+    if args.video:
+        try:
+            check_video_path(args.video)
+        except ValueError as e:
+            parser.error(f"--video: {e}")
     try:
         result, frames = evaluate_run(args.run, args.episodes, args.step)
     except checkpoint.CheckpointError as e:
@@ -71,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{result['task']} checkpoint {result['step']} ({result['env_steps']} env steps): "
               f"success rate {result['success_rate']:.3f} over {args.episodes} episodes x "
               f"{result['seeds']} seed(s), return {result['return']:.2f}")
+        if args.video:
+            print(f"video: {result['video']}")
     return result
 
 

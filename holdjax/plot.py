@@ -36,6 +36,10 @@ def load_curve(run_dir: str, metric: str = "eval_success_rate") -> tuple[np.ndar
     if not records:
         raise ValueError(f"{run_dir}/metrics.jsonl is empty: the run has not finished an epoch "
                          "yet")
+    if metric not in records[-1]:
+        numeric = sorted(k for k, v in records[-1].items()
+                         if isinstance(v, (int, float, list)) and k != "epoch")
+        raise ValueError(f"{run_dir} logs no metric {metric!r}; available: {', '.join(numeric)}")
     steps = np.array([r["env_steps"] for r in records])
     values = np.array([np.atleast_1d(r[metric]) for r in records], dtype=float)
     return steps, values
@@ -83,8 +87,10 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m holdjax.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories")
-    parser.add_argument("--out", default="curves.png")
-    parser.add_argument("--metric", default="eval_success_rate")
+    parser.add_argument("--out", default="curves.png",
+                        help="image to write; its suffix picks the format (default: %(default)s)")
+    parser.add_argument("--metric", default="eval_success_rate",
+                        help="a key of the runs' metrics.jsonl (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         path = plot_runs(args.runs, args.out, args.metric)

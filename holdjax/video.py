@@ -21,11 +21,16 @@ def tile_frames(frames: np.ndarray, scale: int = 4) -> np.ndarray:
     return tiled.repeat(scale, axis=1).repeat(scale, axis=2)
 
 
+def check_video_path(path: str) -> None:
+    """Raises, before any work is done, for a video path of a format `write_video` lacks."""
+    if os.path.splitext(path)[1].lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"video path must end in {' or '.join(VIDEO_SUFFIXES)}, got {path!r}")
+
+
 def write_video(path: str, frames: np.ndarray, fps: int = 10, scale: int = 4) -> str:
     """Writes (T, K, H, W, 3) frames to ``path`` (.mp4 or .gif); returns the path."""
+    check_video_path(path)
     suffix = os.path.splitext(path)[1].lower()
-    if suffix not in VIDEO_SUFFIXES:
-        raise ValueError(f"video path must end in one of {VIDEO_SUFFIXES}, got {path!r}")
     tiled = tile_frames(frames, scale)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if suffix == ".gif":

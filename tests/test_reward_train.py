@@ -415,6 +415,9 @@ def test_check_scores_the_l2_baseline_and_names_missing_weights(tmp_path, monkey
     with pytest.raises(SystemExit):
         check.main(["--task=pushing", f"--model={tmp_path}/missing"])
     assert "no model at" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        check.main(["--task=pushing", "--reward=l2", f"--model={tmp_path}"])
+    assert "--model does not apply to --reward=l2" in capsys.readouterr().err
 
 
 def test_make_reward_uses_the_default_model_training_it_first(tiny_model, tmp_path,

@@ -1,5 +1,6 @@
 """Rollout videos: tiling and the MP4/GIF files."""
 
+import os
 import warnings
 
 import imageio.v2 as imageio
@@ -48,5 +49,16 @@ def test_write_video_files_read_back(tmp_path, suffix):
 
 
 def test_write_video_rejects_other_formats(tmp_path):
-    with pytest.raises(ValueError, match="video path must end in one of"):
+    with pytest.raises(ValueError, match=r"video path must end in \.mp4 or \.gif"):
         write_video(str(tmp_path / "rollout.avi"), episode())
+    assert not os.path.exists(tmp_path / "rollout.avi")
+
+
+def test_evaluate_rejects_a_video_format_before_it_evaluates(tmp_path, capsys, monkeypatch):
+    from holdjax import evaluate
+
+    monkeypatch.setattr(evaluate, "evaluate_run", lambda *a: pytest.fail("evaluated"))
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([f"--run={tmp_path}", "--video=eval.avi"])
+    assert exit_info.value.code == 2
+    assert "--video: video path must end in .mp4 or .gif" in capsys.readouterr().err

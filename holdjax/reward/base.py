@@ -132,10 +132,12 @@ def released_checkpoint(path: str, model: str = "holdc") -> str | None:
         except FileNotFoundError as e:
             fallback = ("$HOLD_TOP_DIR's copy or, without one, holdjax's demo-trained model"
                         if model == "holdc" else "$HOLD_TOP_DIR's copy")
+            own = (" or a model folder written by python -m holdjax.reward.train"
+                   if model == "holdc" else "")
             raise FileNotFoundError(
                 f"{e}. --reward_checkpoint names the released {MODEL_NAMES[model]} checkpoint "
-                f"(hold/{model}/checkpoint from the HOLD release, see README); leave it empty "
-                f"to use {fallback}") from None
+                f"(hold/{model}/checkpoint from the HOLD release, see README){own}; leave it "
+                f"empty to use {fallback}") from None
     try:
         return scenic_checkpoint.find_checkpoint(
             scenic_checkpoint.default_checkpoint_path(model))

@@ -291,6 +291,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("episodes", "random_episodes", "num_envs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.model and args.reward == "l2":
+        parser.error("--model does not apply to --reward=l2, which has no weights")
     if args.model and not os.path.exists(args.model):
         parser.error(f"no model at {args.model}; for holdc train one with "
                      f"`python -m holdjax.reward.train --task={args.task} --out={args.model}`")

@@ -435,7 +435,7 @@ def default_weights_path() -> str:
     raise FileNotFoundError(
         f"no R3M weights at {' or '.join(candidates)}: download the released ResNet-50 "
         "model.pt (https://drive.google.com/uc?id=1Xu0ssuG0N1zjZS54wmWzJ7-nb0-7XzbA) there, "
-        "or pass its path")
+        "or pass its path (holdjax.train: --reward_checkpoint; holdjax.reward.check: --model)")
 
 
 def load_r3m(path: str | None = None, config: R3MConfig | None = None,

@@ -11,7 +11,9 @@ for the released checkpoint when that is absent, nothing more. The footage:
   random actions for its first steps), speed (actions scaled down) and Gaussian action
   noise; kept up to a few frames past the first success, since the frames of a solved,
   motionless scene cannot be told apart in time;
-- random episodes: uniform random actions throughout (non-expert footage).
+- random episodes: uniform random actions throughout (non-expert footage);
+- goal-pose episodes: experts whose hand starts where a goal image has it, with the task
+  unsolved (``--goal_pose_episodes``).
 
 The loss is the released model's time-contrastive triplet loss (hold-rewards'
 ``holdc_utils.tc_loss`` with ``holdc/resnet50.py``'s positive radius 2, negative radius 4,
@@ -20,7 +22,9 @@ is an anchor, frames of its episode within the positive radius are its positives
 of its episode beyond the negative radius and all frames of other episodes are its
 negatives; each (anchor, positive) pair takes its semi-hard negative (the closest
 negative farther than the positive, else the farthest negative) and pays
-``max(0, margin + d(a, p) - d(a, n))`` on squared Euclidean embedding distances.
+``max(0, margin + d(a, p) - d(a, n))`` on squared Euclidean embedding distances. Beside it,
+by default, a time-to-goal regression (``--time_weight``, ``--time_unit``) pulls each
+demonstration frame's distance to its goal image towards its steps to go.
 
 Output (default :func:`default_model_dir`): ``model.json`` (architecture and training
 settings) and ``checkpoint/``, an orbax checkpoint of the same variables that the released
@@ -728,7 +732,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RewardTrainConfig, str]:
 def main(argv: list[str] | None = None) -> dict:
     config, out = parse_args(argv)
     info = train(config, out)
-    print(f"saved {out} (final loss {info['final_loss']:.4f}, render {info['render_s']} s, "
+    print(f"saved {out} (loss {info['final_loss']:.4f}, the mean of the last 10 logged, one "
+          f"per 10 steps; render {info['render_s']} s, "
           f"train {info['train_s']} s); score it with "
           f"python -m holdjax.reward.check --task={config.task} --model={out}", file=sys.stderr)
     return info
