@@ -14,12 +14,14 @@ checkpoints and videos.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import sys
 import textwrap
+import threading
 import time
 
 import chex
@@ -528,49 +530,73 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     wall_before = logged_record(run_dir, start_epoch).get("wall_s", 0.0)
     record: dict = {}
     start = time.perf_counter()
-    bar = tqdm(total=config.scheduled_env_steps, initial=start_steps, unit="step",
-               disable=quiet, file=sys.stderr, desc=config.run_name, dynamic_ncols=True)
-    # The bar moves once per epoch (one jitted call); say what the first one waits for.
-    bar.set_postfix_str("compiling and running the first epoch")
-    for epoch in range(start_epoch, config.num_epochs):
-        state, replay, out = trainer.train_epoch(state, replay)
-        summary = summarize_epoch(out, config)
-        check_finite(summary, epoch, run_dir)
-        epoch_eval_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, epoch)
-        eval_stats, frames = trainer.evaluate(state.sac, epoch_eval_keys)
-        wall = time.perf_counter() - start
-        env_steps = int(state.env_steps)  # epochs round up to whole fused steps
-        record = {
-            "epoch": epoch + 1,
-            "env_steps": env_steps,
-            "wall_s": round(wall_before + wall, 2),
-            "env_steps_per_s": (env_steps - start_steps) * config.seeds / wall,
-            **summary,
-            **{k: np.asarray(v).tolist() for k, v in eval_stats.items()},
-        }
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if writer is not None:
-            for name, value in record.items():
-                if value is None:
-                    continue
-                value = float(np.mean(value)) if isinstance(value, list) else value
-                writer.add_scalar(name, value, int(state.env_steps))
-        if (epoch + 1) % config.checkpoint_frequency == 0 or epoch + 1 == config.num_epochs:
-            checkpoint.save(mngr, epoch + 1, state, replay if config.save_replay else None)
-        if config.path_save_frequency and ((epoch + 1) % config.path_save_frequency == 0
-                                           or epoch + 1 == config.num_epochs):
-            write_video(os.path.join(run_dir, "videos", f"eval_epoch{epoch + 1:04d}.mp4"),
-                        np.asarray(frames))
-        if "physics_overflow_kinds" in record:
-            bar.write(overflow_warning(record), file=sys.stderr)
-        bar.update(env_steps - bar.n)
-        bar.set_postfix(eval_success=f"{np.mean(record['eval_success_rate']):.2f}",
-                        steps_per_s=f"{record['env_steps_per_s']:.0f}")
-    bar.close()
+    # The bar moves once per epoch (one jitted call); it says what the first one waits for,
+    # and its clock ticks meanwhile.
+    with live_bar(total=config.scheduled_env_steps, initial=start_steps, disable=quiet,
+                  desc=config.run_name, waiting="compiling and running the first epoch") as bar:
+        for epoch in range(start_epoch, config.num_epochs):
+            state, replay, out = trainer.train_epoch(state, replay)
+            summary = summarize_epoch(out, config)
+            check_finite(summary, epoch, run_dir)
+            epoch_eval_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, epoch)
+            eval_stats, frames = trainer.evaluate(state.sac, epoch_eval_keys)
+            wall = time.perf_counter() - start
+            env_steps = int(state.env_steps)  # epochs round up to whole fused steps
+            record = {
+                "epoch": epoch + 1,
+                "env_steps": env_steps,
+                "wall_s": round(wall_before + wall, 2),
+                "env_steps_per_s": (env_steps - start_steps) * config.seeds / wall,
+                **summary,
+                **{k: np.asarray(v).tolist() for k, v in eval_stats.items()},
+            }
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if writer is not None:
+                for name, value in record.items():
+                    if value is None:
+                        continue
+                    value = float(np.mean(value)) if isinstance(value, list) else value
+                    writer.add_scalar(name, value, int(state.env_steps))
+            if (epoch + 1) % config.checkpoint_frequency == 0 or epoch + 1 == config.num_epochs:
+                checkpoint.save(mngr, epoch + 1, state, replay if config.save_replay else None)
+            if config.path_save_frequency and ((epoch + 1) % config.path_save_frequency == 0
+                                               or epoch + 1 == config.num_epochs):
+                write_video(os.path.join(run_dir, "videos", f"eval_epoch{epoch + 1:04d}.mp4"),
+                            np.asarray(frames))
+            if "physics_overflow_kinds" in record:
+                bar.write(overflow_warning(record), file=sys.stderr)
+            bar.update(env_steps - bar.n)
+            bar.set_postfix(eval_success=f"{np.mean(record['eval_success_rate']):.2f}",
+                            steps_per_s=f"{record['env_steps_per_s']:.0f}")
     if writer is not None:
         writer.close()
     return record
+
+
+@contextlib.contextmanager
+def live_bar(waiting: str, refresh_s: float = 1.0, **tqdm_kwargs):
+    """A tqdm bar (on stderr, in env steps) whose elapsed time is redrawn every
+    ``refresh_s`` while the bar itself waits for long calls, showing ``waiting`` until the
+    first `set_postfix`; closed, and its redrawing stopped, on exit."""
+    bar = tqdm(**{"unit": "step", "file": sys.stderr, "dynamic_ncols": True, **tqdm_kwargs})
+    bar.set_postfix_str(waiting)
+    stop = threading.Event()
+
+    def redraw():
+        while not stop.wait(refresh_s):
+            bar.refresh()
+
+    ticker = threading.Thread(target=redraw, daemon=True)
+    if not bar.disable:
+        ticker.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        if ticker.is_alive():
+            ticker.join()
+        bar.close()
 
 
 def logged_record(run_dir: str, epoch: int) -> dict:
@@ -639,8 +665,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"run {config.run_name}: {config.scheduled_env_steps} env steps x {config.seeds} "
-          f"seed(s), {config.num_envs} worlds per seed, {config.updates_per_iteration} updates per "
-          f"{config.num_envs} env steps, on {jax.devices()[0].device_kind}; "
+          f"seed(s), {config.num_envs} worlds per seed, {config.updates_per_iteration} "
+          f"update(s) per {config.num_envs} env steps, on {jax.devices()[0].device_kind}; "
           f"writing to {config.out_dir}", file=sys.stderr)
     try:
         return train(config, resume=resume)

@@ -1,8 +1,11 @@
 """The fused trainer on the CPU: tiny runs (few worlds, small batches, short epochs)."""
 
 import dataclasses
+import io
 import json
 import os
+import threading
+import time
 
 import jax
 import numpy as np
@@ -19,6 +22,7 @@ from holdjax.train import (
     check_replay_fits,
     free_memory,
     get_trainer,
+    live_bar,
     over_seeds,
     overflow_warning,
     policy_obs_shape,
@@ -512,6 +516,29 @@ def test_free_memory_reads_the_host_for_the_cpu():
     free = free_memory(jax.devices()[0])
     assert free is not None and 0 < free <= os.sysconf("SC_PHYS_PAGES") * os.sysconf(
         "SC_PAGE_SIZE")
+
+
+def test_live_bar_redraws_while_waiting_and_stops_on_exit():
+    """The bar's clock is redrawn while an epoch runs (three redraws are awaited, not timed),
+    it shows what it waits for, and the redrawing ends with the bar."""
+    out, redrawn = io.StringIO(), threading.Event()
+    with live_bar(waiting="compiling the first epoch", refresh_s=0.001, total=10,
+                  file=out) as bar:
+        draws = []
+        refresh = bar.refresh
+
+        def counted(*args, **kwargs):
+            draws.append(1)
+            if len(draws) >= 3:
+                redrawn.set()
+            return refresh(*args, **kwargs)
+
+        bar.refresh = counted
+        assert redrawn.wait(timeout=30)
+    after_exit = len(draws)
+    time.sleep(0.01)
+    assert len(draws) == after_exit and bar.disable  # closed, no more redraws
+    assert "compiling the first epoch" in out.getvalue()
 
 
 def test_interrupted_train_cli_says_how_to_resume(monkeypatch, tmp_path, capsys):
