@@ -159,7 +159,8 @@ def on_gpu_stream(stream: int | None, fn: Callable, *args):
     `compute_on("gpu_stream:N")` sets; `set_xla_metadata` sets it the same way in jax 0.10
     and 0.11 (whose `compute_on` also pins the outputs' placement: 10 more transposes in an
     H100 update). ``fn`` is traced with jit disabled, so the call holds no nested calls,
-    which XLA cannot place on a stream ("No ExecutionStreamId found for call-start")."""
+    which XLA cannot place on a stream ("No ExecutionStreamId found for call-start"); a
+    `lax.scan` in ``fn`` would be traced unrolled (the update's branches have none)."""
     if stream is None:
         return fn(*args)
     with jax.disable_jit():
