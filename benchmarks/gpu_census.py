@@ -15,8 +15,7 @@ kernel it adds the bytes of its operands and results (a fused operand read only 
 slices counts the slices' bytes), so ``mb_per_update`` is the HBM traffic if nothing stays
 in L2. ``floor_us`` = bytes / the card's bandwidth + kernels x ``--kernel_floor_us`` (the
 H100 profile in NOTES.md: 2.6 us on average for the kernels outside its 15 costliest) is a
-lower bound on an update's time that ignores FLOPs and slow kernels (with ``update_streams``,
-the busiest stream's floor, or all bytes at full bandwidth if that is more); the timed figures come
+lower bound on an update's time that ignores FLOPs and slow kernels; the timed figures come
 from `sac_update.py` on the GPU. ``--hlo_dir`` keeps the HLO to read. Conv algorithms are not
 autotuned without a device, and custom calls hide their internal kernels (cuDNN's layout
 conversions), so GPU profiles count a few more kernels than this census.
@@ -52,7 +51,6 @@ UPDATES_PER_SCAN = 4
 BOOKKEEPING = {
     "parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all",
     "partition-id", "replica-id", "opt-barrier", "add-dependency", "call",
-    "call-start", "call-done",  # an async call's stream synchronisation; its kernels count
 }
 ELEMENT_BYTES = {
     "pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
@@ -73,9 +71,6 @@ VARIANTS = {
     "rows_bf16": SACConfig(encoder_conv="rows", encoder_dtype="bfloat16", **GPU_DEFAULTS),
     "rows_fused_bf16": SACConfig(encoder_conv="rows", encoder_dtype="bfloat16",
                                  fused_encoders=True, **GPU_DEFAULTS),
-    "canonical_streams": SACConfig(update_streams=True, **GPU_DEFAULTS),
-    "canonical_bf16_streams": SACConfig(encoder_dtype="bfloat16", update_streams=True,
-                                        **GPU_DEFAULTS),
 }
 
 
@@ -130,18 +125,20 @@ def _kernel_kind(instruction: dict) -> str:
     return instruction["opcode"]
 
 
-def _kernels(computation: list[dict], computations: dict[str, list[dict]],
-             stream: int) -> list[dict]:
-    """The kernels of one computation's instructions, and of the async calls it starts on
-    other GPU streams (`update.on_gpu_stream`), each with its stream."""
-    shapes = {i["name"]: i["shape"] for i in computation}
+def loop_body_kernels(hlo_text: str) -> list[dict]:
+    """The kernels of the body of the entry computation's while loop (a scan's step) in
+    optimized HLO: name, kind, bytes moved."""
+    computations = parse_hlo(hlo_text)
+    entry = re.search(r"^ENTRY %?([\w.\-]+)", hlo_text, re.MULTILINE)
+    loops = [re.search(r"body=%?([\w.\-]+)", i["attrs"]).group(1)
+             for i in computations.get(entry.group(1) if entry else "", [])
+             if i["opcode"] == "while"]
+    if not loops:
+        raise ValueError("no while loop in this HLO's entry: compile a lax.scan of the update")
+    body = computations[loops[0]]
+    shapes = {i["name"]: i["shape"] for i in body}
     kernels = []
-    for instruction in computation:
-        if instruction["opcode"] == "call-start":
-            annotation = re.search(r'_xla_stream_annotation="(\d+)"', instruction["attrs"])
-            called = re.search(r"to_apply=%?([\w.\-]+)", instruction["attrs"]).group(1)
-            kernels += _kernels(computations[called], computations,
-                                int(annotation.group(1)) if annotation else stream)
+    for instruction in body:
         if instruction["opcode"] in BOOKKEEPING:
             continue
         calls = re.search(r"calls=%?([\w.\-]+)", instruction["attrs"])
@@ -150,41 +147,21 @@ def _kernels(computation: list[dict], computations: dict[str, list[dict]],
             _operand_bytes(fused, k, shape_bytes(shapes.get(name, "")))
             for k, name in enumerate(instruction["operands"]))
         kernels.append({"name": instruction["name"], "kind": _kernel_kind(instruction),
-                        "bytes": read + shape_bytes(instruction["shape"]), "stream": stream})
+                        "bytes": read + shape_bytes(instruction["shape"])})
     return kernels
 
 
-def loop_body_kernels(hlo_text: str) -> list[dict]:
-    """The kernels of the body of the entry computation's while loop (a scan's step) in
-    optimized HLO: name, kind, bytes moved, GPU stream (0, the main one, unless annotated)."""
-    computations = parse_hlo(hlo_text)
-    entry = re.search(r"^ENTRY %?([\w.\-]+)", hlo_text, re.MULTILINE)
-    loops = [re.search(r"body=%?([\w.\-]+)", i["attrs"]).group(1)
-             for i in computations.get(entry.group(1) if entry else "", [])
-             if i["opcode"] == "while"]
-    if not loops:
-        raise ValueError("no while loop in this HLO's entry: compile a lax.scan of the update")
-    return _kernels(computations[loops[0]], computations, stream=0)
-
-
 def summarize(kernels: list[dict], bandwidth: float, kernel_floor_us: float) -> dict:
-    """Kernel count and bytes by kind and by stream, and the bandwidth-plus-launch floor of one
-    update: with several streams, the costlier of all bytes at full bandwidth and the
-    busiest stream's own floor (perfect overlap, ignoring which stream waits for which)."""
+    """Kernel count and bytes by kind, and the bandwidth-plus-launch floor of one update."""
     by_kind = collections.defaultdict(lambda: {"kernels": 0, "mb": 0.0})
-    by_stream = collections.defaultdict(lambda: {"kernels": 0, "mb": 0.0})
     for k in kernels:
-        for group in (by_kind[k["kind"]], by_stream[k["stream"]]):
-            group["kernels"] += 1
-            group["mb"] += k["bytes"] / 1e6
+        by_kind[k["kind"]]["kernels"] += 1
+        by_kind[k["kind"]]["mb"] += k["bytes"] / 1e6
     total = sum(k["bytes"] for k in kernels)
-    busiest = max(1e6 * 1e6 * group["mb"] / bandwidth + kernel_floor_us * group["kernels"]
-                  for group in by_stream.values())
     return {
         "kernels_per_update": len(kernels),
         "mb_per_update": total / 1e6,
-        "floor_us": max(1e6 * total / bandwidth, busiest),
-        "by_stream": {str(stream): by_stream[stream] for stream in sorted(by_stream)},
+        "floor_us": 1e6 * total / bandwidth + kernel_floor_us * len(kernels),
         "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1]["mb"])),
         "largest": [{"name": k["name"], "kind": k["kind"], "mb": k["bytes"] / 1e6}
                     for k in sorted(kernels, key=lambda k: -k["bytes"])[:8]],

@@ -102,24 +102,21 @@ case "${1:-envs}" in
       --nums=512 --ratios=0.0625 --iterations=3 --repeats=2 --tag=holdr512 --out="$out" 2>&1 \
       | tee "$out/fused_step_holdr.log" ;;
   rows)  # one seed's update rate with each encoder computation (canonical in float32 and
-    # bf16, each also with update_streams, the lowest floors in gpu_census.py; rows in bf16,
-    # and in bf16 with fused encoders), then dense pushing (400k env steps, one update per
+    # bf16, the lowest floor in gpu_census.py; rows in float32, bf16, and bf16 with fused
+    # encoders), then dense pushing (400k env steps, one update per
     # env step) with the fastest, to the budget: #3's success >= 0.8 and its speed in one call
     mkdir -p "$out/convs"
     sac 50 --seeds=1 --tag=canonical-float32 --out="$out/convs"
     sac 50 --seeds=1 --encoder_dtype=bfloat16 --tag=canonical-bfloat16 --out="$out/convs"
-    sac 50 --seeds=1 --encoder_dtype=bfloat16 --update_streams=1 \
-      --tag=streams-canonical-bfloat16 --out="$out/convs"
-    sac 50 --seeds=1 --update_streams=1 --tag=streams-canonical-float32 --out="$out/convs"
+    sac 50 --seeds=1 --conv=rows --tag=float32 --out="$out/convs"
     sac 50 --seeds=1 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16 --out="$out/convs"
     sac 50 --seeds=1 --conv=rows --encoder_dtype=bfloat16 --fused_encoders=1 \
       --tag=fused-bfloat16 --out="$out/convs"
     fastest=$(python3 -c 'import glob, json, sys
 runs = [json.load(open(p)) for p in glob.glob(sys.argv[1] + "/*.json")]
 best = min(runs, key=lambda r: r["rows"][0]["ms_per_update"])
-print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s --update_streams=%s" % (
-    best["encoder_conv"], best["encoder_dtype"], str(best["fused_encoders"]).lower(),
-    str(best["update_streams"]).lower()))
+print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
+    best["encoder_conv"], best["encoder_dtype"], str(best["fused_encoders"]).lower()))
 ' "$out/convs")
     mv "$out"/convs/*.json "$out"/; echo "fastest update: ${fastest:=}" | tee -a "$out/sac_update.log"
     dense_pushing $(( ${BUDGET_S:-560} - SECONDS - 25 )) $fastest ;;

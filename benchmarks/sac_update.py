@@ -190,8 +190,6 @@ def main(argv: list[str] | None = None) -> dict:
                         help="critic and actor encoders as one (default: SACConfig's)")
     parser.add_argument("--batched_q_heads", type=int, choices=(0, 1), default=None,
                         help="the Q heads as one batched MLP (default: SACConfig's, by backend)")
-    parser.add_argument("--update_streams", type=int, choices=(0, 1), default=0,
-                        help="actor step and TD target on their own GPU streams")
     parser.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
     parser.add_argument("--tag", default="", help="variant name for the results file")
     parser.add_argument("--trace", default="", help="profile one 1-seed scan into this folder")
@@ -208,7 +206,6 @@ def main(argv: list[str] | None = None) -> dict:
         flat_optimizer=args.flat_optimizer,
         **({} if args.fused_encoders is None else {"fused_encoders": bool(args.fused_encoders)}),
         **({} if args.batched_q_heads is None else {"batched_q_heads": bool(args.batched_q_heads)}),
-        update_streams=bool(args.update_streams),
     )
     rows = []
     for num_seeds in map(int, args.seeds.split(",")):
@@ -224,7 +221,6 @@ def main(argv: list[str] | None = None) -> dict:
         "flat_optimizer": args.flat_optimizer,
         "fused_encoders": config.fused_encoders,
         "batched_q_heads": config.resolved_batched_q_heads,
-        "update_streams": config.update_streams,
         "encoder_dtype": args.encoder_dtype,
         "repeats": args.repeats,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

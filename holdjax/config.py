@@ -108,9 +108,6 @@ class TrainConfig:
     # The critic's two Q heads as one batched MLP (same values; SACConfig.batched_q_heads).
     # Unset: on for an accelerator (fewer kernels), off for the CPU (slower there).
     batched_q_heads: bool | None = None
-    # On a GPU, the actor's step and the TD target run on their own streams beside the
-    # critic's (same values; SACConfig.update_streams). Off until a GPU has timed it.
-    update_streams: bool = False
 
     ## Output.
     out: str = ""  # "" -> $HOLD_TOP_DIR/hold_policies/<name> or runs/<name>
@@ -190,7 +187,6 @@ class TrainConfig:
             encoder_conv=self.encoder_conv,
             fused_encoders=self.fused_encoders,
             batched_q_heads=self.batched_q_heads,
-            update_streams=self.update_streams,
         )
 
     @property

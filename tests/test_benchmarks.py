@@ -118,33 +118,6 @@ def test_gpu_census_counts_the_loop_bodys_kernels_and_bytes():
         gpu_census.loop_body_kernels(CENSUS_HLO.replace("while(", "call("))
 
 
-# The same body with the fusion moved into an async call on GPU stream 1 (as
-# `update.on_gpu_stream` compiles): its start and done launch nothing.
-STREAMS_HLO = CENSUS_HLO.replace(
-    "%body (p:", """%on_stream (q: f32[100]) -> f32[10] {
-  %q = f32[100]{0} parameter(0)
-  ROOT %loop_slice_fusion = f32[10]{0} fusion(%q), kind=kLoop, calls=%fused_slice
-}
-
-%body (p:""").replace(
-    "  %loop_slice_fusion = f32[10]{0} fusion(%v), kind=kLoop, calls=%fused_slice\n",
-    "  %call-start = ((f32[100]{0}), f32[10]{0}) call-start(%v), to_apply=%on_stream, "
-    'frontend_attributes={_xla_stream_annotation="1",inlineable="false"}\n'
-    "  %call-done = f32[10]{0} call-done(%call-start)\n")
-
-
-def test_gpu_census_counts_each_streams_kernels():
-    kernels = gpu_census.loop_body_kernels(STREAMS_HLO)
-    assert [(k["kind"], k["bytes"], k["stream"]) for k in kernels] == [
-        ("fusion kLoop", 80, 1), ("__cudnn$convForward", 384, 0)]
-    summary = gpu_census.summarize(kernels, bandwidth=1e9, kernel_floor_us=2.0)
-    assert summary["by_stream"] == {"0": {"kernels": 1, "mb": 384e-6},
-                                    "1": {"kernels": 1, "mb": 80e-6}}
-    assert summary["floor_us"] == pytest.approx(1e6 * 384 / 1e9 + 2.0)  # the busier stream
-    fast_launches = gpu_census.summarize(kernels, bandwidth=1e9, kernel_floor_us=0.0)
-    assert fast_launches["floor_us"] == pytest.approx(1e6 * 464 / 1e9)  # all bytes, one HBM
-
-
 def test_gpu_census_of_the_cpu_compile(tmp_path):
     """--target=cpu needs no CUDA plugin: the same census of XLA:CPU's compile of the update."""
     payload = gpu_census.main(["--target=cpu", "--variants=canonical", "--seeds=1",

@@ -289,8 +289,8 @@ def test_config_flags():
     config, _ = config_from_args(["--task=pushing", "--reward=dense", "--total_steps=4000"])
     assert config.num_epochs == 4 and config.total_steps == 4000
     assert config.batched_q_heads is None  # unset: by backend
-    config, _ = config_from_args(["--batched_q_heads=false", "--update_streams=true"])
-    assert config.sac.batched_q_heads is False and config.sac.update_streams is True
+    config, _ = config_from_args(["--batched_q_heads=false"])
+    assert config.sac.batched_q_heads is False
     with pytest.raises(ValueError, match="expects an int"):
         config_from_args(["--num_envs=many"])
     with pytest.raises(ValueError, match="unknown config 'nope'; available: .*fig3a"):
@@ -355,7 +355,7 @@ def test_train_help_lists_its_flags_and_each_fields_comment(capsys):
     train_cli(["--help"])
     out = capsys.readouterr().out
     for flag in ("--config=NAME", "--total_steps=N", "--resume", "--num_envs=16",
-                 "--updates_per_step=0.0", "--update_streams=False"):
+                 "--updates_per_step=0.0", "--batched_q_heads=None"):
         assert flag in out
     assert "0 = auto: 1 (the reference's) on an" in out  # updates_per_step's comment
     assert "Output." not in out and "SAC (the reference's settings)" not in out  # titles

@@ -55,14 +55,19 @@ def q_loss(q_values: jax.Array, target: jax.Array) -> tuple[jax.Array, dict[str,
 
 def critic_loss(
     critic_params: Params,
-    target: jax.Array,
+    target_critic_params: Params,
+    actor_params: Params,
+    log_alpha: jax.Array,
     batch: Transition,
+    next_noise: jax.Array,
     networks: SACNetworks,
+    discount: float,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """`q_loss` of the critic on (s, a) against a TD target (`td_target`), which is computed
-    apart: it needs no gradient, and on a GPU it can run beside the critic's pass
-    (`update.SACConfig.update_streams`)."""
+    """`q_loss` of the critic on (s, a) against `td_target`."""
     chex.assert_rank([batch.reward, batch.done], 1)
+    target = td_target(
+        target_critic_params, actor_params, log_alpha, batch, next_noise, networks, discount
+    )
     return q_loss(networks.critic.apply(critic_params, batch.obs, batch.action), target)
 
 
@@ -79,18 +84,14 @@ def actor_loss(
     obs: jax.Array,
     noise: jax.Array,
     networks: SACNetworks,
-    critic_features: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """`policy_objective` with a reparameterised a ~ pi(s); returns (loss, log pi).
-    ``critic_features``: the critic's encoding of obs, when the caller has it already.
 
     Only `actor_params` should be differentiated: alpha and the critic are held fixed here.
     """
     mean, log_std = networks.actor.apply(actor_params, obs)
     action, log_prob = sample_tanh_gaussian(mean, log_std, noise)
-    if critic_features is None:
-        critic_features = networks.critic.apply(critic_params, obs, method="encode")
-    q_values = networks.critic.apply(critic_params, critic_features, action, method="q_values")
+    q_values = networks.critic.apply(critic_params, obs, action)
     return policy_objective(log_prob, q_values, log_alpha), log_prob
 
 

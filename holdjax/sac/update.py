@@ -5,25 +5,15 @@
 """
 
 import dataclasses
-import functools
-from collections.abc import Callable
 
 import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.experimental.xla_metadata import set_xla_metadata
-from jax.extend.core import jaxpr_as_fun
 
 from holdjax.sac.augment import random_shift
-from holdjax.sac.losses import (
-    actor_loss,
-    alpha_loss,
-    critic_loss,
-    fused_encoder_losses,
-    td_target,
-)
+from holdjax.sac.losses import actor_loss, alpha_loss, critic_loss, fused_encoder_losses
 from holdjax.sac.networks import SACNetworks, check_encoder_conv, make_networks
 from holdjax.sac.replay import Transition, is_image_shape, stored_obs_to_float
 
@@ -54,16 +44,9 @@ class SACConfig:
     # The critic's two Q heads as one batched MLP (`networks.Critic`): fewer GPU kernels,
     # slower on XLA:CPU. None: on for an accelerator backend, off for the CPU.
     batched_q_heads: bool | None = None
-    # On a GPU, the actor's and temperature's step runs on a second stream and the TD target
-    # on a third, beside the critic's pass (`on_gpu_stream`): same values, and the small
-    # kernels of independent work overlap. Other backends ignore it. Not with fused_encoders.
-    update_streams: bool = False
 
     def __post_init__(self):
         check_encoder_conv(self.encoder_conv)
-        if self.update_streams and self.fused_encoders:
-            raise ValueError("update_streams runs the separate losses side by side and "
-                             "fused_encoders merges them into one: set at most one")
 
     @property
     def resolved_batched_q_heads(self) -> bool:
@@ -152,63 +135,15 @@ def apply_gradients(
     return optax.apply_updates(params, updates), opt_state
 
 
-def on_gpu_stream(stream: int | None, fn: Callable, *args):
-    """``fn(*args)``, on a GPU placed on execution stream ``stream`` so that it overlaps the
-    main stream's independent work; other backends run it as usual, and ``stream=None`` calls
-    ``fn`` directly. The call carries XLA's stream annotation, the attribute that
-    `compute_on("gpu_stream:N")` sets; `set_xla_metadata` sets it the same way in jax 0.10
-    and 0.11 (whose `compute_on` also pins the outputs' placement: 10 more transposes in an
-    H100 update). ``fn`` is traced with jit disabled, so the call holds no nested calls,
-    which XLA cannot place on a stream ("No ExecutionStreamId found for call-start"); a
-    `lax.scan` in ``fn`` would be traced unrolled (the update's branches have none)."""
-    if stream is None:
-        return fn(*args)
-    with jax.disable_jit():
-        traced, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    with set_xla_metadata(_xla_stream_annotation=str(stream), inlineable="false"):
-        outs = jax.jit(jaxpr_as_fun(traced))(*jax.tree.leaves(args))
-    return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
-
-
-def actor_and_alpha_step(
-    actor_params: chex.ArrayTree,
-    actor_opt_state: optax.OptState,
-    log_alpha: jax.Array,
-    alpha_opt_state: optax.OptState,
-    critic_params: chex.ArrayTree,
-    obs: jax.Array,
-    critic_features: jax.Array,
-    noise: jax.Array,
-    *,
-    tx: optax.GradientTransformation,
-    networks: SACNetworks,
-    entropy_target: float,
-) -> tuple[chex.ArrayTree, optax.OptState, jax.Array, optax.OptState, dict[str, jax.Array],
-           jax.Array]:
-    """The actor's and the temperature's gradient and Adam steps (the temperature's loss
-    reads the actor's log pi), the critic held fixed: new actor parameters and optimizer
-    state, new log alpha and its optimizer state, their losses, and log pi."""
-    (actor_loss_value, log_prob), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
-        actor_params, critic_params, log_alpha, obs, noise, networks, critic_features)
-    alpha_loss_value, alpha_grad = jax.value_and_grad(alpha_loss)(
-        log_alpha, log_prob, entropy_target)
-    actor_params, actor_opt_state = apply_gradients(tx, actor_params, actor_grads,
-                                                    actor_opt_state)
-    log_alpha, alpha_opt_state = apply_gradients(tx, log_alpha, alpha_grad, alpha_opt_state)
-    metrics = {"actor_loss": actor_loss_value, "alpha_loss": alpha_loss_value}
-    return actor_params, actor_opt_state, log_alpha, alpha_opt_state, metrics, log_prob
-
-
 def sac_update(
     state: SACState, batch: Transition, key: jax.Array, config: SACConfig
 ) -> tuple[SACState, dict[str, jax.Array]]:
     """One SAC step on a replay batch as stored (uint8 images or float state vectors).
 
     Critic, actor and temperature gradients are all taken at the pre-update parameters, as the
-    reference's single `session.run` of the three train ops does; this lets
-    `config.update_streams` run them side by side on a GPU, and `config.fused_encoders` take
-    all three from one pass over each image batch. Obs and next obs get independent random
-    shifts. Targets then move by Polyak(tau).
+    reference's single `session.run` of the three train ops does; this also lets XLA overlap
+    them, and lets `config.fused_encoders` take all three from one pass over each image batch.
+    Obs and next obs get independent random shifts. Targets then move by Polyak(tau).
     """
     chex.assert_rank(batch.action, 2)
     action_dim = batch.action.shape[-1]
@@ -220,41 +155,44 @@ def sac_update(
     )
     next_noise = jax.random.normal(next_noise_key, batch.action.shape)
     noise = jax.random.normal(noise_key, batch.action.shape)
-    tx = optimizer(config)
-    entropy_target = target_entropy(config, action_dim)
 
     if config.fused_encoders and batch.obs.ndim == 4:
         (critic_grads, actor_grads, alpha_grad), metrics = jax.grad(
             fused_encoder_losses, argnums=(0, 1, 2), has_aux=True)(
             state.critic_params, state.actor_params, state.log_alpha,
             state.target_critic_params, batch, noise, next_noise, networks, config.discount,
-            entropy_target)
+            target_entropy(config, action_dim))
         log_prob = metrics.pop("log_prob")
-        actor_params, actor_opt_state = apply_gradients(
-            tx, state.actor_params, actor_grads, state.actor_opt_state)
-        log_alpha, alpha_opt_state = apply_gradients(
-            tx, state.log_alpha, alpha_grad, state.alpha_opt_state)
     else:
-        actor_stream, target_stream = (1, 2) if config.update_streams else (None, None)
-        # The critic's pass on obs, shared with its loss below (XLA merges the two).
-        critic_features = networks.critic.apply(state.critic_params, batch.obs, method="encode")
-        actor_params, actor_opt_state, log_alpha, alpha_opt_state, metrics, log_prob = (
-            on_gpu_stream(
-                actor_stream,
-                functools.partial(actor_and_alpha_step, tx=tx, networks=networks,
-                                  entropy_target=entropy_target),
-                state.actor_params, state.actor_opt_state, state.log_alpha,
-                state.alpha_opt_state, state.critic_params, batch.obs, critic_features, noise))
-        target = on_gpu_stream(
-            target_stream,
-            functools.partial(td_target, networks=networks, discount=config.discount),
-            state.target_critic_params, state.actor_params, state.log_alpha, batch, next_noise)
         critic_grads, critic_metrics = jax.grad(critic_loss, has_aux=True)(
-            state.critic_params, target, batch, networks)
-        metrics = {**critic_metrics, **metrics}
+            state.critic_params,
+            state.target_critic_params,
+            state.actor_params,
+            state.log_alpha,
+            batch,
+            next_noise,
+            networks,
+            config.discount,
+        )
+        (actor_loss_value, log_prob), actor_grads = jax.value_and_grad(
+            actor_loss, has_aux=True)(
+            state.actor_params, state.critic_params, state.log_alpha, batch.obs, noise, networks
+        )
+        alpha_loss_value, alpha_grad = jax.value_and_grad(alpha_loss)(
+            state.log_alpha, log_prob, target_entropy(config, action_dim)
+        )
+        metrics = {**critic_metrics, "actor_loss": actor_loss_value,
+                   "alpha_loss": alpha_loss_value}
 
+    tx = optimizer(config)
     critic_params, critic_opt_state = apply_gradients(
         tx, state.critic_params, critic_grads, state.critic_opt_state
+    )
+    actor_params, actor_opt_state = apply_gradients(
+        tx, state.actor_params, actor_grads, state.actor_opt_state
+    )
+    log_alpha, alpha_opt_state = apply_gradients(
+        tx, state.log_alpha, alpha_grad, state.alpha_opt_state
     )
     new_state = SACState(
         actor_params=actor_params,
