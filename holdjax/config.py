@@ -272,6 +272,7 @@ def field_help() -> dict[str, str]:
     documentation, kept in one place."""
     import inspect
 
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
     comments: list[str] = []
     found = {}
     for line in inspect.getsource(TrainConfig).splitlines():
@@ -282,7 +283,7 @@ def field_help() -> dict[str, str]:
             comments.append(text.lstrip("# "))
             continue
         field = re.match(r"(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", text)
-        if field and field.group(1) in {f.name for f in dataclasses.fields(TrainConfig)}:
+        if field and field.group(1) in names:
             found[field.group(1)] = " ".join([*comments, field.group(2) or ""]).strip()
         comments = []
     return found

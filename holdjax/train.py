@@ -487,7 +487,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 f"{run_dir} has no checkpoint to resume from (it stopped before its first, "
                 f"due after epoch {config.checkpoint_frequency}); start it again without "
                 "--resume")
-        if (latest or 0) >= config.num_epochs:
+        if latest >= config.num_epochs:
             print(f"{run_dir} has finished its {config.num_epochs} epochs; pass a larger "
                   "--total_steps to train it further", file=sys.stderr)
             return logged_record(run_dir, latest)
