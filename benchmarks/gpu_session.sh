@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu_session.sh speed    # bf16 encoders, run_all, 120x180 tabletop envs
 #   bash benchmarks/gpu_session.sh next     # rows/fused encoders, run_all (GL, brax), demo model, HOLD-R
 #   bash benchmarks/gpu_session.sh rows     # canonical vs rows encoders, then 400k dense pushing
+#   bash benchmarks/gpu_session.sh learn    # 400k dense pushing with bf16 encoders, to the budget
+#   bash benchmarks/gpu_session.sh convs    # canonical vs rows encoders, then the demo model's check
 #   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
 #   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
 #   bash benchmarks/gpu_session.sh compare  # figure 3a's sparse vs HOLD-C, state proxy, 10 seeds
@@ -55,6 +57,27 @@ dense_pushing() {
 sac() {
   timeout "$1" python3 benchmarks/sac_update.py --updates=200 --repeats=2 --out="$out" "${@:2}" \
     2>&1 | tee -a "$out/sac_update.log"
+}
+# One seed's SAC update rate with each encoder computation, each stopped after $1 seconds,
+# most wanted first; results in $out/convs until fastest_encoder has read them.
+convs() {
+  mkdir -p "$out/convs"
+  sac "$1" --seeds=1 --encoder_dtype=bfloat16 --tag=canonical-bfloat16 --out="$out/convs"
+  sac "$1" --seeds=1 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16 --out="$out/convs"
+  sac "$1" --seeds=1 --conv=rows --encoder_dtype=bfloat16 --fused_encoders=1 \
+    --tag=fused-bfloat16 --out="$out/convs"
+  sac "$1" --seeds=1 --tag=canonical-float32 --out="$out/convs"
+  sac "$1" --seeds=1 --conv=rows --tag=float32 --out="$out/convs"
+  cp "$out"/convs/*.json "$out"/
+}
+# The train flags of the fastest encoder computation that convs measured.
+fastest_encoder() {
+  python3 -c 'import glob, json, sys
+runs = [json.load(open(p)) for p in glob.glob(sys.argv[1] + "/*.json")]
+best = min(runs, key=lambda r: r["rows"][0]["ms_per_update"])
+print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
+    best["encoder_conv"], best["encoder_dtype"], str(best["fused_encoders"]).lower()))
+' "$out/convs" | tee -a "$out/sac_update.log"
 }
 case "${1:-envs}" in
   envs)  # physics + render, both impls (Warp's first compile: ~6 s on the H200 here)
@@ -101,25 +124,22 @@ case "${1:-envs}" in
     [ "$(left)" -gt 60 ] && timeout "$(left)" python3 benchmarks/fused_step.py --rewards=holdr \
       --nums=512 --ratios=0.0625 --iterations=3 --repeats=2 --tag=holdr512 --out="$out" 2>&1 \
       | tee "$out/fused_step_holdr.log" ;;
-  rows)  # one seed's update rate with each encoder computation (canonical in float32 and
-    # bf16, the lowest floor in gpu_census.py; rows in float32, bf16, and bf16 with fused
-    # encoders), then dense pushing (400k env steps, one update per
-    # env step) with the fastest, to the budget: #3's success >= 0.8 and its speed in one call
-    mkdir -p "$out/convs"
-    sac 50 --seeds=1 --tag=canonical-float32 --out="$out/convs"
-    sac 50 --seeds=1 --encoder_dtype=bfloat16 --tag=canonical-bfloat16 --out="$out/convs"
-    sac 50 --seeds=1 --conv=rows --tag=float32 --out="$out/convs"
-    sac 50 --seeds=1 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16 --out="$out/convs"
-    sac 50 --seeds=1 --conv=rows --encoder_dtype=bfloat16 --fused_encoders=1 \
-      --tag=fused-bfloat16 --out="$out/convs"
-    fastest=$(python3 -c 'import glob, json, sys
-runs = [json.load(open(p)) for p in glob.glob(sys.argv[1] + "/*.json")]
-best = min(runs, key=lambda r: r["rows"][0]["ms_per_update"])
-print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
-    best["encoder_conv"], best["encoder_dtype"], str(best["fused_encoders"]).lower()))
-' "$out/convs")
-    mv "$out"/convs/*.json "$out"/; echo "fastest update: ${fastest:=}" | tee -a "$out/sac_update.log"
-    dense_pushing $(( ${BUDGET_S:-560} - SECONDS - 25 )) $fastest ;;
+  convs)  # one seed's update rate with each encoder computation, most wanted first (the
+    # lowest floor in gpu_census.py, canonical bf16; rows bf16, alone and with fused encoders;
+    # the float32 baselines), each cut at $BUDGET_S's share, then the default demo model's check
+    convs $(( (${BUDGET_S:-200} - 60) / 5 ))
+    [ $(( ${BUDGET_S:-200} - SECONDS )) -gt 50 ] && timeout $(( ${BUDGET_S:-200} - SECONDS - 5 )) \
+      python3 benchmarks/reward_check.py --task=pushing --tag=default --out="$out" 2>&1 \
+      | tail -5 | tee "$out/reward_check.log" ;;
+  learn)  # dense pushing at one update per env step with bf16 encoders, to the budget: #3's
+    # success >= 0.8 and the bf16 learning check in one call (float32's curve: the H200's
+    # train-pushing_dense_one_update run)
+    dense_pushing $(( ${BUDGET_S:-560} - SECONDS - 25 )) --encoder_dtype=bfloat16 \
+      --name=pushing_dense_bf16 ;;
+  rows)  # the update rate of each encoder computation, then dense pushing (400k env steps,
+    # one update per env step) with the fastest, to the budget
+    convs 50
+    dense_pushing $(( ${BUDGET_S:-560} - SECONDS - 25 )) $(fastest_encoder) ;;
   final)  # issue 5's ratios, then issue 4's accelerator-default model and HOLD-R's fused step;
     # each part writes its results file as it goes, so a part cut short keeps what it measured
     timeout 270 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \
