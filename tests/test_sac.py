@@ -714,6 +714,21 @@ def test_sac_config_rejects_unknown_encoder_conv():
         SACConfig(encoder_conv="cudnn")
 
 
+@pytest.mark.parametrize("backend, expected", [("cpu", "canonical"), ("gpu", "rows"),
+                                               ("tpu", "rows")])
+def test_auto_encoder_conv_is_rows_on_an_accelerator(monkeypatch, backend, expected):
+    """The default "auto" picks banded matrix products on an accelerator (faster on an H200)
+    and the canonical convolutions on the CPU; the networks a config builds carry the pick,
+    and an explicit choice is kept on every backend."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert networks.resolve_encoder_conv("auto") == expected
+    assert networks.resolve_encoder_conv("lax") == "lax"
+    built = networks_for(SACConfig(), ACTION_DIM, from_pixels=True)
+    assert built.critic.encoder.conv == built.actor.encoder.conv == expected
+    with pytest.raises(ValueError, match="valid: auto, canonical, lax, rows"):
+        networks.resolve_encoder_conv("cudnn")
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_rows_encoder_gives_the_canonical_update_for_each_seed(fused):
     """encoder_conv="rows" (and with fused_encoders) changes how convolutions are computed,

@@ -317,7 +317,7 @@ def test_update_unroll_device_default(monkeypatch):
     ("reward_dtype", "fp16", "unknown reward_dtype 'fp16'; valid: float32, bfloat16"),
     ("distance_type", "l1", "unknown distance_type 'l1'; valid: eucl, sq_eucl"),
     ("impl", "cuda", "unknown physics impl 'cuda'; valid: auto, warp, jax"),
-    ("encoder_conv", "cudnn", "unknown encoder conv 'cudnn'; valid: canonical, lax, rows"),
+    ("encoder_conv", "cudnn", "unknown encoder conv 'cudnn'; valid: auto, canonical, lax, rows"),
     ("aug_pad", -1, "aug_pad must be >= 0"),
     ("subtask_hold_steps", 0, "subtask_hold_steps must be at least 1"),
     ("replay_size", 100, "replay_size 100 is smaller than one batch"),

@@ -31,7 +31,9 @@ class SACConfig:
     hidden_sizes: tuple[int, ...] = (256, 256)
     encoder_filters: tuple[int, ...] = (8, 8)
     encoder_kernel_size: int = 5
-    encoder_conv: str = "canonical"  # or "rows" (GEMMs, for GPUs), "lax"; networks.ENCODER_CONVS
+    # "auto": rows on an accelerator, canonical on the CPU (networks.resolve_encoder_conv); or
+    # "canonical" (custom-VJP convolutions), "rows" (banded GEMMs), "lax" (nn.Conv).
+    encoder_conv: str = "auto"
     encoder_dtype: str = "float32"  # the convolutions' compute type ("bfloat16" halves bytes)
     init_log_alpha: float = 0.0
     # Adam on each network's parameters raveled into one vector: one fused kernel per
