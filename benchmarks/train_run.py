@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
         except subprocess.TimeoutExpired:
             print(f"stopped at the {args.time_limit:.0f} s time limit", file=sys.stderr)
         metrics_path = os.path.join(config.out_dir, "metrics.jsonl")
+        if not os.path.exists(metrics_path):
+            raise SystemExit(f"the run logged no epoch (the first compiles the fused step) "
+                             f"within the {args.time_limit} s time limit: nothing to summarise; "
+                             f"give it a longer --time_limit or a shorter --epoch_length")
     else:
         metrics_path = args.metrics
     summary = summarize(read_metrics(metrics_path), config)

@@ -56,6 +56,19 @@ def test_train_run_summary_needs_an_epoch():
         train_run.summarize([], config)
 
 
+def test_train_run_stopped_before_its_first_epoch_says_so(tmp_path, monkeypatch):
+    """A time limit that ends the run before any epoch is logged gives an error naming the
+    limit and what to change, not a missing-file trace."""
+    def stopped(command, check, timeout):
+        raise train_run.subprocess.TimeoutExpired(command, timeout)
+
+    monkeypatch.setattr(train_run.subprocess, "run", stopped)
+    with pytest.raises(SystemExit, match="logged no epoch .* within the 5.0 s time limit"):
+        train_run.main(["--time_limit=5", f"--out={tmp_path / 'run'}", "--reward=dense",
+                        f"--results={tmp_path}"])
+    assert not list(tmp_path.glob("train-*.json"))
+
+
 def test_train_run_summarises_a_copied_metrics_file(tmp_path):
     """--metrics: the summary of a run measured elsewhere, filed under that device's name;
     an epoch logged twice (a run killed after logging it, then resumed) counts once."""
