@@ -14,6 +14,8 @@
 #   bash benchmarks/gpu_session.sh next     # rows/fused encoders, run_all (GL, brax), demo model, HOLD-R
 #   bash benchmarks/gpu_session.sh rows     # canonical vs rows encoders, then 400k dense pushing
 #   bash benchmarks/gpu_session.sh learn    # 400k dense pushing with bf16 encoders, to the budget
+#   bash benchmarks/gpu_session.sh sparse   # figure 3a's 400k sparse run, N=256, then 5-seed rows
+#   bash benchmarks/gpu_session.sh backbones  # demo HOLD-C with ResNet-50/18, 64 filters, 128/256 px
 #   bash benchmarks/gpu_session.sh convs    # canonical vs rows encoders, then the demo model's check
 #   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
 #   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
@@ -132,10 +134,35 @@ case "${1:-envs}" in
       python3 benchmarks/reward_check.py --task=pushing --tag=default --out="$out" 2>&1 \
       | tail -5 | tee "$out/reward_check.log" ;;
   learn)  # dense pushing at one update per env step with bf16 encoders, to the budget: #3's
-    # success >= 0.8 and the bf16 learning check in one call (float32's curve: the H200's
-    # train-pushing_dense_one_update run)
+    # success >= 0.8 (reached: train-pushing_dense_bf16-nvidia-h200.json)
     dense_pushing $(( ${BUDGET_S:-560} - SECONDS - 25 )) --encoder_dtype=bfloat16 \
       --name=pushing_dense_bf16 ;;
+  sparse)  # #3's plain-SAC run (figure 3a: sparse reward, 400k env steps, one update per env
+    # step) for one seed, at 256 worlds (the physics and render cost per update a quarter of 64
+    # worlds') with bf16 encoders (rows: the accelerator default), evaluated every 10k steps;
+    # then the 5-seed update rate of the rows and canonical bf16 encoders with what is left
+    timeout $(( ${BUDGET_S:-560} - 70 )) python3 benchmarks/train_run.py \
+      --time_limit=$(( ${BUDGET_S:-560} - 95 )) --results="$out" --config=fig3a_pushing_sac \
+      --seeds=1 --num_envs=256 --epoch_length=10000 --total_steps=400000 --encoder_dtype=bfloat16 \
+      --path_save_frequency=0 --checkpoint_frequency=1000 --out=/tmp/fig3a_sac \
+      --name=fig3a_pushing_sac_n256_bf16 > "$out/train.log" 2>&1
+    tail -30 "$out/train.log"
+    left=$(( (${BUDGET_S:-560} - SECONDS) / 2 ))
+    [ $left -gt 20 ] && sac $left --seeds=5 --conv=rows --encoder_dtype=bfloat16 \
+      --tag=rows-bfloat16-5seeds
+    left=$(( ${BUDGET_S:-560} - SECONDS ))
+    [ $left -gt 20 ] && sac $left --seeds=5 --encoder_dtype=bfloat16 \
+      --tag=canonical-bfloat16-5seeds ;;
+  backbones)  # #4's backbone measurement with today's default footage and recipe: ResNet-50
+    # (64 filters) at 128 px, ResNet-18 at 128 px again (its 2026-11-26 figure predates the
+    # time regression), ResNet-50 at the released crop of 256 px; each stopped at the budget
+    for spec in "50 128" "18 128" "50 256"; do
+      set -- $spec
+      left=$(( ${BUDGET_S:-560} - SECONDS - 5 ))
+      [ $left -gt 60 ] && timeout $left python3 benchmarks/reward_check.py --task=pushing \
+        --layers=$1 --filters=64 --image_size=$2 --tag=resnet$1_$2px --out="$out" 2>&1 \
+        | tail -4 | tee -a "$out/reward_check.log"
+    done ;;
   rows)  # the update rate of each encoder computation, then dense pushing (400k env steps,
     # one update per env step) with the fastest, to the budget
     convs 50
