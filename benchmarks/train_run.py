@@ -65,6 +65,12 @@ def summarize(records: list[dict], config: TrainConfig) -> dict:
         summary["steady_updates_per_s_per_seed"] = (
             per_seed * config.updates_per_iteration / config.num_envs)
         summary["first_epoch_s"] = records[0]["wall_s"]
+        steady = [r for r in records[1:] if "eval_s" in r]  # logged since 2026-11-27
+        if steady:
+            train_s, eval_s = (sum(r[k] for r in steady) for k in ("train_s", "eval_s"))
+            summary["steady_train_s_per_epoch"] = train_s / len(steady)
+            summary["steady_eval_s_per_epoch"] = eval_s / len(steady)
+            summary["steady_eval_share"] = eval_s / (train_s + eval_s)
     return summary
 
 

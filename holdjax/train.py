@@ -535,20 +535,28 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     with live_bar(total=config.scheduled_env_steps, initial=start_steps, disable=quiet,
                   desc=config.run_name, waiting="compiling and running the first epoch") as bar:
         for epoch in range(start_epoch, config.num_epochs):
+            epoch_start = time.perf_counter()
             state, replay, out = trainer.train_epoch(state, replay)
-            summary = summarize_epoch(out, config)
+            summary = summarize_epoch(out, config)  # waits for the epoch's fused steps
             check_finite(summary, epoch, run_dir)
+            trained = time.perf_counter()
             epoch_eval_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, epoch)
             eval_stats, frames = trainer.evaluate(state.sac, epoch_eval_keys)
-            wall = time.perf_counter() - start
+            eval_stats = {k: np.asarray(v).tolist() for k, v in eval_stats.items()}
+            evaluated = time.perf_counter()
+            wall = evaluated - start
             env_steps = int(state.env_steps)  # epochs round up to whole fused steps
             record = {
                 "epoch": epoch + 1,
                 "env_steps": env_steps,
                 "wall_s": round(wall_before + wall, 2),
                 "env_steps_per_s": (env_steps - start_steps) * config.seeds / wall,
+                # Where the epoch's time went: its fused steps, then its evaluation episodes
+                # (in the first epoch each includes its compilation).
+                "train_s": round(trained - epoch_start, 3),
+                "eval_s": round(evaluated - trained, 3),
                 **summary,
-                **{k: np.asarray(v).tolist() for k, v in eval_stats.items()},
+                **eval_stats,
             }
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -48,6 +48,19 @@ def test_train_run_summary_of_a_stopped_two_seed_run():
     assert [point["env_steps"] for point in summary["curve"]] == [5056, 10112, 15168]
     assert summary["curve"][0]["eval_return"] == [1.0, 2.0]
     assert "eval_return" not in summary["curve"][1] and "train_return" not in summary["curve"][0]
+    assert "steady_eval_share" not in summary  # metrics logged before the time split
+
+
+def test_train_run_summary_splits_steady_epochs_into_training_and_evaluation():
+    config, _ = config_from_args(["--num_envs=64", "--epoch_length=5000"])
+    records = [record(1, 5056, 50.0, [0.0]), record(2, 10112, 56.0, [0.1]),
+               record(3, 15168, 62.0, [0.2])]
+    for r, train_s, eval_s in zip(records, (40.0, 4.0, 5.0), (9.0, 1.5, 0.5), strict=True):
+        r.update(train_s=train_s, eval_s=eval_s)
+    summary = train_run.summarize(records, config)
+    assert summary["steady_train_s_per_epoch"] == pytest.approx(4.5)
+    assert summary["steady_eval_s_per_epoch"] == pytest.approx(1.0)
+    assert summary["steady_eval_share"] == pytest.approx(2.0 / 11.0)
 
 
 def test_train_run_summary_needs_an_epoch():

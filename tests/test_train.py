@@ -133,6 +133,12 @@ def test_run_writes_metrics_checkpoints_video(two_seed_run):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert record["env_steps"] == 16 and len(record["eval_success_rate"]) == 2
     assert all(np.isfinite(record["critic_loss"]))
+    # Each epoch's time splits into its fused steps and its evaluation, within its wall time.
+    records = [json.loads(line) for line in lines]
+    epoch_walls = np.diff([0.0] + [r["wall_s"] for r in records])
+    for r, epoch_wall in zip(records, epoch_walls, strict=True):
+        assert r["train_s"] > 0 and r["eval_s"] > 0
+        assert r["train_s"] + r["eval_s"] <= epoch_wall + 0.02  # wall_s is rounded to 0.01
     assert record["physics_overflow_episodes"] == [0, 0]  # MJX-JAX physics keeps no record
     assert "physics_overflow_kinds" not in record
     assert checkpoint.latest_epoch(config.out_dir) == 2
