@@ -453,6 +453,15 @@ def summarize_epoch(out: dict, config: TrainConfig) -> dict[str, list[float] | f
     return summary
 
 
+def encoder_description(config: TrainConfig) -> str:
+    """How the SAC encoders compute, for the run's header ("" for state observations): the
+    computation "auto" picks differs by backend, so the header says which one runs."""
+    if config.observation != "pixels":
+        return ""
+    return (f"{sac_networks.resolve_encoder_conv(config.encoder_conv)} {config.encoder_dtype} "
+            "encoder convolutions, ")
+
+
 def overflow_warning(record: dict) -> str:
     """What to tell the user about an epoch whose episodes hit MuJoCo Warp's limits."""
     episodes, kinds = record["physics_overflow_episodes"], record["physics_overflow_kinds"]
@@ -674,8 +683,8 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(2)
     print(f"run {config.run_name}: {config.scheduled_env_steps} env steps x {config.seeds} "
           f"seed(s), {config.num_envs} worlds per seed, {config.updates_per_iteration} "
-          f"update(s) per {config.num_envs} env steps, on {jax.devices()[0].device_kind}; "
-          f"writing to {config.out_dir}", file=sys.stderr)
+          f"update(s) per {config.num_envs} env steps, {encoder_description(config)}on "
+          f"{jax.devices()[0].device_kind}; writing to {config.out_dir}", file=sys.stderr)
     try:
         return train(config, resume=resume)
     except (FileNotFoundError, checkpoint.CheckpointError, CheckpointMismatchError,

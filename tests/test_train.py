@@ -561,6 +561,19 @@ def test_interrupted_train_cli_says_how_to_resume(monkeypatch, tmp_path, capsys)
     assert "--resume" not in err
 
 
+def test_train_header_names_the_encoder_computation(monkeypatch, tmp_path, capsys):
+    """The header says which encoder computation "auto" picked on this backend (rows on an
+    accelerator), and says nothing of encoders for state observations."""
+    monkeypatch.setattr("holdjax.train.train", lambda config, resume: {})
+    train_cli([f"--out={tmp_path / 'run'}", "--encoder_dtype=bfloat16"])
+    assert "canonical bfloat16 encoder convolutions, on cpu" in capsys.readouterr().err
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    train_cli([f"--out={tmp_path / 'run'}"])
+    assert "rows float32 encoder convolutions" in capsys.readouterr().err
+    train_cli([f"--out={tmp_path / 'run'}", "--observation=state"])
+    assert "encoder" not in capsys.readouterr().err
+
+
 def test_train_cli_reports_a_mismatched_released_checkpoint(tmp_path, capsys):
     """A released-format checkpoint that lacks a leaf stops the CLI with a message naming it."""
     from test_holdr import _without, scenic_tree, write_released_checkpoint
