@@ -308,7 +308,10 @@ class Trainer:
 
     # ---- evaluation ------------------------------------------------------------------------
     def _evaluate(self, sac: SACState, seed_keys: jax.Array):
-        """Deterministic episodes, ``eval_episodes`` per seed; env success and return only."""
+        """Deterministic episodes, ``eval_episodes`` per seed; env success and return only, so
+        the reward model runs only where the policy's input follows it (a goal-based policy
+        sees the current subgoal's image); elsewhere it would cost a HOLD network call per
+        eval frame for nothing."""
         episodes = self.config.eval_episodes
         keys = jax.vmap(lambda k: jax.random.split(k, episodes))(seed_keys).reshape(-1, 2)
         env_state = self.env.reset_with_keys(keys)
@@ -321,7 +324,8 @@ class Trainer:
             actions = jax.vmap(lambda s, o: sac_networks.deterministic_action(
                 self.networks.actor, s.actor_params, stored_obs_to_float(o)))(sac, obs)
             env_state = self.env.step(env_state, actions.reshape(-1, self.action_dim))
-            _, reward_state = self.reward_fn(env_state, reward_state)  # advances subgoals
+            if self.config.goal_based_policy:
+                _, reward_state = self.reward_fn(env_state, reward_state)  # advances subgoals
             return (env_state, reward_state), (env_state.success, env_state.reward,
                                                self.video_frames(env_state))
 

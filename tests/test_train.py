@@ -19,6 +19,7 @@ from holdjax.plot import curves_figure, plot_runs
 from holdjax.plot import main as plot_cli
 from holdjax.train import (
     ReplayTooLarge,
+    Trainer,
     check_replay_fits,
     free_memory,
     get_trainer,
@@ -559,6 +560,34 @@ def test_interrupted_train_cli_says_how_to_resume(monkeypatch, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "interrupted before the first checkpoint" in err and "nothing to resume" in err
     assert "--resume" not in err
+
+
+@pytest.mark.parametrize("goal_based_policy", [False, True])
+def test_evaluation_runs_the_reward_model_only_for_a_goal_based_policy(goal_based_policy):
+    """Evaluation reports the env's success and reward; the distance model runs in it only
+    where the policy's goal image follows the subgoals it advances."""
+    config = dataclasses.replace(TINY, reward="l2", goal_based_policy=goal_based_policy,
+                                 name=f"eval_reward_{goal_based_policy}")
+    trainer = Trainer(config.validate().program_key(), num_devices=1)
+    calls = []
+
+    class Counting:  # the trainer's reward function, counting the calls traced in evaluate
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, *args):
+            calls.append(1)
+            return self.inner(*args)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    trainer.reward_fn = Counting(trainer.reward_fn)
+    state, _ = trainer.init(0)
+    calls.clear()
+    stats, _ = trainer.evaluate(state.sac, trainer.seed_keys(1))
+    assert np.asarray(stats["eval_success_rate"]).shape == (1,)
+    assert bool(calls) == goal_based_policy
 
 
 def test_train_header_names_the_encoder_computation(monkeypatch, tmp_path, capsys):
