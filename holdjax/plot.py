@@ -19,9 +19,11 @@ import numpy as np
 def read_metrics(run: str) -> list[dict]:
     """The records of a run's metrics.jsonl (``run``: the run directory or the file) in epoch
     order: the last one written for each epoch (a resumed run may log an epoch again)."""
-    path = run if os.path.isfile(run) else os.path.join(run, "metrics.jsonl")
+    named_file = run.endswith(".jsonl") or os.path.isfile(run)
+    path = run if named_file else os.path.join(run, "metrics.jsonl")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {run} a holdjax.train run directory?")
+        hint = "" if named_file else f": is {run} a holdjax.train run directory?"
+        raise FileNotFoundError(f"{path} not found{hint}")
     by_epoch = {}
     with open(path) as f:
         for line in f:

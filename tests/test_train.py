@@ -15,7 +15,7 @@ from conftest import TEST_XLA_FLAGS, Lane, cached_env
 from holdjax import checkpoint
 from holdjax.config import TrainConfig, config_from_args, field_help
 from holdjax.evaluate import main as evaluate_cli
-from holdjax.plot import curves_figure, plot_runs
+from holdjax.plot import curves_figure, plot_runs, read_metrics
 from holdjax.plot import main as plot_cli
 from holdjax.train import (
     ReplayTooLarge,
@@ -249,6 +249,15 @@ def test_plot_draws_curves(two_seed_run, tmp_path):
     config, _ = two_seed_run
     path = plot_runs([config.out_dir], str(tmp_path / "curves.png"))
     assert os.path.getsize(path) > 1000
+
+
+def test_read_metrics_names_the_missing_file(tmp_path):
+    """A missing metrics file given by name is reported as that file; a folder without one
+    is asked about as a run directory."""
+    with pytest.raises(FileNotFoundError, match=r"copied\.jsonl not found$"):
+        read_metrics(str(tmp_path / "copied.jsonl"))
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl not found: is .* a holdjax.train"):
+        read_metrics(str(tmp_path))
 
 
 def test_plot_names_the_metrics_a_run_logs(tmp_path, capsys):
