@@ -149,7 +149,7 @@ case "${1:-envs}" in
     tail -30 "$out/train.log"
     left=$(( (${BUDGET_S:-560} - SECONDS) / 2 ))
     [ $left -gt 20 ] && sac $left --seeds=5 --conv=rows --encoder_dtype=bfloat16 \
-      --tag=rows-bfloat16-5seeds
+      --tag=bfloat16-5seeds
     left=$(( ${BUDGET_S:-560} - SECONDS ))
     [ $left -gt 20 ] && sac $left --seeds=5 --encoder_dtype=bfloat16 \
       --tag=canonical-bfloat16-5seeds ;;
