@@ -491,6 +491,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     """Runs (or resumes) a training run; returns the last epoch's log record."""
     from holdjax.video import write_video
 
+    entered = time.perf_counter()
     run_dir = config.out_dir
     latest = checkpoint.latest_epoch(run_dir)
     if resume:  # checked before anything is built or compiled
@@ -568,6 +569,9 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 # (in the first epoch each includes its compilation).
                 "train_s": round(trained - epoch_start, 3),
                 "eval_s": round(evaluated - trained, 3),
+                # This session's set-up before its first epoch (environments, renderer,
+                # reward model, initial state and its compilation), not in wall_s.
+                **({"setup_s": round(start - entered, 2)} if epoch == start_epoch else {}),
                 **summary,
                 **eval_stats,
             }

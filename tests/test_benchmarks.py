@@ -49,6 +49,14 @@ def test_train_run_summary_of_a_stopped_two_seed_run():
     assert summary["curve"][0]["eval_return"] == [1.0, 2.0]
     assert "eval_return" not in summary["curve"][1] and "train_return" not in summary["curve"][0]
     assert "steady_eval_share" not in summary  # metrics logged before the time split
+    assert "setup_s" not in summary  # likewise before the set-up time
+
+
+def test_train_run_summary_reports_the_set_up_time():
+    config, _ = config_from_args(["--num_envs=64", "--epoch_length=5000"])
+    records = [record(1, 5056, 50.0, [0.0]), record(2, 10112, 56.0, [0.1])]
+    records[0]["setup_s"] = 112.5
+    assert train_run.summarize(records, config)["setup_s"] == 112.5
 
 
 def test_train_run_summary_splits_steady_epochs_into_training_and_evaluation():
