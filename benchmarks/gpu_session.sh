@@ -16,6 +16,8 @@
 #   bash benchmarks/gpu_session.sh learn    # 400k dense pushing with bf16 encoders, to the budget
 #   bash benchmarks/gpu_session.sh sparse   # figure 3a's 400k sparse run, N=256, then 5-seed rows
 #   bash benchmarks/gpu_session.sh backbones  # demo HOLD-C with ResNet-50/18, 64 filters, 128/256 px
+#   bash benchmarks/gpu_session.sh pixels   # #4's figure-3a check on pixels: sparse vs HOLD-C, 3 seeds
+#   bash benchmarks/gpu_session.sh sparse400k  # #3's plain-SAC run to its end (400k), one call
 #   bash benchmarks/gpu_session.sh convs    # canonical vs rows encoders, then the demo model's check
 #   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
 #   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
@@ -163,6 +165,34 @@ case "${1:-envs}" in
         --layers=$1 --filters=64 --image_size=$2 --tag=resnet$1_$2px --out="$out" 2>&1 \
         | tail -4 | tee -a "$out/reward_check.log"
     done ;;
+  pixels)  # #4's done-when on pixels: figure 3a's plain SAC (sparse) against HOLD-C with the
+    # default demo model plus the sparse reward, 3 seeds each under one schedule, one update
+    # per env step, at normaliser 10 (the demo model's scale: NOTES, the CPU proxy). The two
+    # train at once, so their set-up and compilation (CPU) overlap and the GPU time-slices
+    # between them; each stops at the budget, and the comparison covers the evals both reached
+    limit=$(( ${BUDGET_S:-560} - SECONDS - 30 )) trainers=""
+    for config in fig3a_pushing_sac fig3a_pushing_holdc; do
+      timeout $(( limit + 20 )) python3 benchmarks/reward_comparison.py --configs=$config \
+        --seeds=3 --num_envs=128 --epoch_length=5000 --total_steps=${STEPS:-80000} \
+        --encoder_dtype=bfloat16 --distance_normalizer=10 --checkpoint_frequency=1000 \
+        --time_limit=$limit ${PIXEL_FLAGS:-} --tag=pixels-$config --results="$out" \
+        > "$out/pixels-$config.log" 2>&1 &
+      trainers="$trainers $!"
+    done
+    wait $trainers  # not the packer
+    tail -n 4 "$out"/pixels-*.log
+    python3 benchmarks/reward_comparison.py --tag=pixels --results="$out" \
+      --pool="$(ls "$out"/reward_comparison-pixels-fig3a_pushing_sac-*.json),$(ls \
+      "$out"/reward_comparison-pixels-fig3a_pushing_holdc-*.json)" 2>&1 | tee "$out/pixels.log" ;;
+  sparse400k)  # #3's "the reference's plain-SAC run completes": one seed at 256 worlds, rows
+    # bf16, evaluated every ~20k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
+    # ~75 s for the first (compiling) epoch, then ~19 s an epoch: ~550 s in all
+    timeout $(( ${BUDGET_S:-585} - 5 )) python3 benchmarks/train_run.py \
+      --time_limit=$(( ${BUDGET_S:-585} - 15 )) --results="$out" --config=fig3a_pushing_sac \
+      --seeds=1 --num_envs=256 --epoch_length=20000 --total_steps=400000 --encoder_dtype=bfloat16 \
+      --path_save_frequency=0 --checkpoint_frequency=1000 --out=/tmp/fig3a_sac_400k \
+      --name=fig3a_pushing_sac_400k > "$out/train.log" 2>&1
+    tail -30 "$out/train.log" ;;
   rows)  # the update rate of each encoder computation, then dense pushing (400k env steps,
     # one update per env step) with the fastest, to the budget
     convs 50

@@ -13,7 +13,8 @@ other gets ``beats_baseline`` when both of its figures exceed the baseline's. Wi
 ``--observation=state`` the policy and critics see the task's state while the distance reward
 still scores the rendered frames, which makes the comparison affordable on a CPU; the paper's
 policies see pixels. ``--pool=a.json,b.json`` compares the rows of earlier results trained on
-different ``--seed`` as one run over all their seeds, training nothing. Writes
+different ``--seed`` as one run over all their seeds, training nothing. Runs stopped early
+(``--time_limit``) are compared over the evals that all of them reached. Writes
 ``benchmarks/results/reward_comparison[-<tag>]-<device>.json``.
 """
 
@@ -39,14 +40,28 @@ def success_figures(curve: list[dict], last: int) -> dict:
             "mean_success_last_evals": float(np.mean(per_eval[-last:]))}
 
 
-def compare(rows: list[dict]) -> list[dict]:
+def compare(rows: list[dict], last: int) -> list[dict]:
     """Marks each row after the first with whether it beats the first (the baseline) on both
-    figures; their curves must share env steps, or the comparison is not at equal steps."""
+    figures. Their curves must share env steps, or the comparison is not at equal steps; a
+    run stopped early (a time limit) shares the first of them, so every row is then cut to
+    the evals they all reached (``evals_compared``) and its figures recomputed there."""
     base = rows[0]
+    reached = min(len(row["env_steps"]) for row in rows)
     for row in rows[1:]:
-        if row["env_steps"] != base["env_steps"]:
+        if row["env_steps"][:reached] != base["env_steps"][:reached]:
             raise ValueError(f"{row['config']} and {base['config']} were evaluated at different "
                              "env steps; give both the same schedule flags")
+    for row in rows:
+        if len(row["env_steps"]) > reached:
+            row["env_steps"] = row["env_steps"][:reached]
+            if "eval_success_per_seed" in row:
+                row["eval_success_per_seed"] = [s[:reached] for s in row["eval_success_per_seed"]]
+            per_eval = row["mean_success_per_eval"][:reached]
+            row.update(mean_success_per_eval=per_eval,
+                       mean_success_all_evals=float(np.mean(per_eval)),
+                       mean_success_last_evals=float(np.mean(per_eval[-last:])))
+        row["evals_compared"] = reached
+    for row in rows[1:]:
         row["beats_baseline"] = all(row[k] > base[k] for k in
                                     ("mean_success_all_evals", "mean_success_last_evals"))
     return rows
@@ -137,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         rows = [trained_row(config, train_flags, args.last)
                 for config in args.configs.split(",")]
-    compare(rows)
+    compare(rows, args.last)
 
     print(f"{'config':>24} {'reward':>7} {'all evals':>9} {'last ' + str(args.last):>7} "
           f"{'beats':>6}  mean success per eval")

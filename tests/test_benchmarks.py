@@ -335,10 +335,21 @@ def test_reward_comparison_at_equal_env_steps(tmp_path, monkeypatch):
     written = json.loads(next(tmp_path.glob("reward_comparison-*.json")).read_text())
     assert written["rows"][1]["beats_baseline"]
 
-    curves["fig5a_pushing_l2"] = curves["fig5a_pushing_l2"][:2]  # stopped early: unequal steps
+    # A run stopped early (a time limit) is compared over the evals both reached.
+    curves["fig5a_pushing_l2"] = curves["fig5a_pushing_l2"][:2]
+    sac, l2 = reward_comparison.main(["--configs=fig3a_pushing_sac,fig5a_pushing_l2",
+                                      "--last=1", f"--results={tmp_path}"])["rows"]
+    assert sac["evals_compared"] == l2["evals_compared"] == 2
+    assert sac["env_steps"] == l2["env_steps"] == [1000, 2000]
+    assert sac["eval_success_per_seed"] == [[0.0, 0.0], [0.0, 0.1]]
+    assert sac["mean_success_all_evals"] == pytest.approx(0.025)
+    assert sac["mean_success_last_evals"] == pytest.approx(0.05)
+    assert not l2["beats_baseline"]  # ahead over both evals (0.2), behind at the last (0.0)
+    # Other schedules (not a prefix of each other) do not compare at equal steps.
+    rows = [{"config": c, "env_steps": steps, "mean_success_per_eval": [0.0, 0.0]}
+            for c, steps in (("a", [1000, 2000]), ("b", [500, 1000]))]
     with pytest.raises(ValueError, match="different env steps"):
-        reward_comparison.main(["--configs=fig3a_pushing_sac,fig5a_pushing_l2",
-                                f"--results={tmp_path}"])
+        reward_comparison.compare(rows, last=1)
 
 
 def test_reward_comparison_pools_runs_made_on_other_seeds(tmp_path):
