@@ -48,7 +48,7 @@ def summarize(records: list[dict], config: TrainConfig) -> dict:
         "env_steps_per_seed": last["env_steps"],
         "wall_s": last["wall_s"],
         # Set-up before the first epoch's clock starts (logged since 2026-11-27).
-        **({"setup_s": records[0]["setup_s"]} if "setup_s" in records[0] else {}),
+        **{k: records[0][k] for k in ("setup_s", "init_s") if k in records[0]},
         # Summed over seeds, from the start (compilation included), as train logs it.
         "env_steps_per_s": last["env_steps_per_s"],
         "final_eval_success_per_seed": last["eval_success_rate"],

@@ -519,7 +519,9 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
         print(f"replay: {held} transitions per seed, {replay_bytes / 1e9:.2f} GB{where}",
               file=sys.stderr)
     trainer = get_trainer(config)
-    state, replay = trainer.init(config.seed)
+    init_start = time.perf_counter()
+    state, replay = jax.block_until_ready(trainer.init(config.seed))
+    init_s = time.perf_counter() - init_start
     start_epoch = 0
     if resume:
         if checkpoint.holds_replay(run_dir, latest):
@@ -570,8 +572,10 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 "train_s": round(trained - epoch_start, 3),
                 "eval_s": round(evaluated - trained, 3),
                 # This session's set-up before its first epoch (environments, renderer,
-                # reward model, initial state and its compilation), not in wall_s.
-                **({"setup_s": round(start - entered, 2)} if epoch == start_epoch else {}),
+                # reward model, initial state), not in wall_s; init_s is the initial state's
+                # share (its compilation, the first reset and render).
+                **({"setup_s": round(start - entered, 2), "init_s": round(init_s, 2)}
+                   if epoch == start_epoch else {}),
                 **summary,
                 **eval_stats,
             }

@@ -55,8 +55,9 @@ def test_train_run_summary_of_a_stopped_two_seed_run():
 def test_train_run_summary_reports_the_set_up_time():
     config, _ = config_from_args(["--num_envs=64", "--epoch_length=5000"])
     records = [record(1, 5056, 50.0, [0.0]), record(2, 10112, 56.0, [0.1])]
-    records[0]["setup_s"] = 112.5
-    assert train_run.summarize(records, config)["setup_s"] == 112.5
+    records[0].update(setup_s=112.5, init_s=80.0)
+    summary = train_run.summarize(records, config)
+    assert summary["setup_s"] == 112.5 and summary["init_s"] == 80.0
 
 
 def test_train_run_summary_splits_steady_epochs_into_training_and_evaluation():
