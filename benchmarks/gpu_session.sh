@@ -171,7 +171,10 @@ case "${1:-envs}" in
     # default demo model plus the sparse reward, 3 seeds each under one schedule, one update
     # per env step, at normaliser 10 (the demo model's scale: NOTES, the CPU proxy). The two
     # train at once, so their set-up and compilation (CPU) overlap and the GPU time-slices
-    # between them; each stops at the budget, and the comparison covers the evals both reached
+    # between them; each stops at the budget, and the comparison covers the evals both reached.
+    # The default demo model trains first where it is missing (~45 s of GPU); carrying one
+    # trained here (`python -m holdjax.reward.train --task=pushing`, 236 KB: carry
+    # "runs/reward_models" beside ".device/rest") spares that
     limit=$(( ${BUDGET_S:-560} - SECONDS - 30 )) trainers=""
     for config in fig3a_pushing_sac fig3a_pushing_holdc; do
       timeout $(( limit + 20 )) python3 benchmarks/reward_comparison.py --configs=$config \
