@@ -186,9 +186,14 @@ case "${1:-envs}" in
     done
     wait $trainers  # not the packer
     tail -n 4 "$out"/pixels-*.log
-    python3 benchmarks/reward_comparison.py --tag=pixels --results="$out" \
-      --pool="$(ls "$out"/reward_comparison-pixels-fig3a_pushing_sac-*.json),$(ls \
-      "$out"/reward_comparison-pixels-fig3a_pushing_holdc-*.json)" 2>&1 | tee "$out/pixels.log" ;;
+    sparse=$(ls "$out"/reward_comparison-pixels-fig3a_pushing_sac-*.json 2> /dev/null)
+    holdc=$(ls "$out"/reward_comparison-pixels-fig3a_pushing_holdc-*.json 2> /dev/null)
+    if [ -n "$sparse" ] && [ -n "$holdc" ]; then
+      python3 benchmarks/reward_comparison.py --tag=pixels --results="$out" \
+        --pool="$sparse,$holdc" 2>&1 | tee "$out/pixels.log"
+    else
+      echo "pixels: a run wrote no results (its log above), so nothing to compare"
+    fi ;;
   sparse400k)  # #3's "the reference's plain-SAC run completes": one seed at 256 worlds, rows
     # bf16, evaluated every ~20k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
     # ~75 s for the first (compiling) epoch, then ~19 s an epoch: ~550 s in all

@@ -392,6 +392,16 @@ def test_reward_comparison_pools_runs_made_on_other_seeds(tmp_path):
     with pytest.raises(ValueError, match="different env steps"):
         reward_comparison.main([f"--pool={first},{tmp_path / 'c.json'}",
                                 f"--results={tmp_path}"])
+    # Each config from its own file, one stopped an eval earlier: compared where both were.
+    early = result("d.json", ["--seeds=3"], [("fig3a_pushing_holdc", 3, [0.5])])
+    json_early = json.loads((tmp_path / "d.json").read_text())
+    json_early["rows"][0]["env_steps"] = [1000]
+    (tmp_path / "d.json").write_text(json.dumps(json_early))
+    got = reward_comparison.main([f"--pool={first}:fig3a_pushing_sac,{early}", "--last=1",
+                                  f"--results={tmp_path}"])
+    assert [r["evals_compared"] for r in got["rows"]] == [1, 1]
+    assert got["rows"][0]["mean_success_per_eval"] == pytest.approx([0.0])
+    assert got["rows"][1]["beats_baseline"]
     with pytest.raises(ValueError, match="no row of fig5a_pushing_l2"):
         reward_comparison.main([f"--pool={first}", "--configs=fig5a_pushing_l2",
                                 f"--results={tmp_path}"])
