@@ -18,6 +18,7 @@
 #   bash benchmarks/gpu_session.sh backbones  # demo HOLD-C with ResNet-50/18, 64 filters, 128/256 px
 #   bash benchmarks/gpu_session.sh pixels   # #4's figure-3a check on pixels: sparse vs HOLD-C, 3 seeds
 #   bash benchmarks/gpu_session.sh sparse400k  # #3's plain-SAC run to its end (400k), one call
+#   bash benchmarks/gpu_session.sh latency  # a step's latency and fidelity at 20 vs 10 substeps
 #   bash benchmarks/gpu_session.sh convs    # canonical vs rows encoders, then the demo model's check
 #   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
 #   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
@@ -203,6 +204,13 @@ case "${1:-envs}" in
       --path_save_frequency=0 --checkpoint_frequency=1000 --out=/tmp/fig3a_sac_400k \
       --name=fig3a_pushing_sac_400k > "$out/train.log" 2>&1
     tail -30 "$out/train.log" ;;
+  latency)  # evaluation (20 worlds) and small-N training are bound by a physics step's
+    # latency on a GPU (NOTES): the noisy expert's rate, success and contact depth at today's
+    # 20 substeps and at 10, for 20 and 256 worlds, MuJoCo Warp physics (~1 min in all)
+    for n in 20 256; do
+      timeout 150 python3 benchmarks/timestep_stability.py --timesteps=0.005,0.01 --num_envs=$n \
+        --tag=n$n --out="$out" 2>&1 | tee -a "$out/latency.log"
+    done ;;
   rows)  # the update rate of each encoder computation, then dense pushing (400k env steps,
     # one update per env step) with the fastest, to the budget
     convs 50

@@ -502,12 +502,13 @@ def test_timestep_stability_row(tmp_path):
     """A candidate timestep's row: substeps for the fixed control period, expert success,
     the blow-up and tunnelling indicators."""
     payload = timestep_stability.main(["--task=pushing", "--timesteps=0.01", "--num_envs=2",
-                                       f"--out={tmp_path}"])
+                                       f"--out={tmp_path}", "--tag=n2"])
     (row,) = payload["rows"]
     assert (row["timestep"], row["substeps"], row["episodes"]) == (0.01, 10, 2)
+    assert row["impl"] == "jax"  # auto: MJX's own physics on a CPU, MuJoCo Warp on a GPU
     assert 0.0 <= row["expert_success_rate"] <= 1.0 and np.isfinite(row["max_abs_qvel"])
     assert row["lowest_free_body_z"] > -1.0 and row["env_steps_per_s"] > 0
-    assert json.load(open(tmp_path / "timestep-pushing-cpu.json"))["rows"] == payload["rows"]
+    assert json.load(open(tmp_path / "timestep-pushing-n2-cpu.json"))["rows"] == payload["rows"]
 
 
 def test_reward_check_trains_and_scores_each_seed_then_l2(tmp_path, monkeypatch):
