@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import device_name, write_results  # noqa: E402
@@ -29,9 +30,10 @@ from holdjax.config import TrainConfig, config_from_args  # noqa: E402
 from holdjax.plot import read_metrics  # noqa: E402
 
 
-def summarize(records: list[dict], config: TrainConfig) -> dict:
+def summarize(records: list[dict], config: TrainConfig, launched: float | None = None) -> dict:
     """Speed (overall and after the first, compiling epoch), and eval success per seed with
-    the eval and train returns per epoch where the metrics have them."""
+    the eval and train returns per epoch where the metrics have them. ``launched`` (Unix time
+    the run's process started) adds ``launch_to_run_s``: imports and set-up before its clock."""
     if not records:
         raise ValueError("no epochs were completed: nothing to summarise")
     last = records[-1]
@@ -49,6 +51,8 @@ def summarize(records: list[dict], config: TrainConfig) -> dict:
         "wall_s": last["wall_s"],
         # Set-up before the first epoch's clock starts (logged since 2026-11-27).
         **{k: records[0][k] for k in ("setup_s", "init_s") if k in records[0]},
+        **({"launch_to_run_s": round(records[0]["started_at"] - launched, 2)}
+           if launched is not None and "started_at" in records[0] else {}),
         # Summed over seeds, from the start (compilation included), as train logs it.
         "env_steps_per_s": last["env_steps_per_s"],
         "final_eval_success_per_seed": last["eval_success_rate"],
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not config.out:
             train_flags.append(f"--out={tempfile.mkdtemp(prefix='train_run_')}/{config.run_name}")
             config, _ = config_from_args(train_flags)
+        launched = time.time()
         try:
             subprocess.run([sys.executable, "-m", "holdjax.train", *train_flags], check=True,
                            timeout=args.time_limit)
@@ -126,8 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
                              f"within the {args.time_limit} s time limit: nothing to summarise; "
                              f"give it a longer --time_limit or a shorter --epoch_length")
     else:
-        metrics_path = args.metrics
-    summary = summarize(read_metrics(metrics_path), config)
+        metrics_path, launched = args.metrics, None
+    summary = summarize(read_metrics(metrics_path), config, launched)
     summary["flags"] = train_flags
     summary["random_reward_weights"] = args.random_reward_weights
     if args.metrics is None:  # a summarised run's limit is not known here

@@ -545,7 +545,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     # the time logged with its checkpoint); env_steps_per_s is this session's rate.
     wall_before = logged_record(run_dir, start_epoch).get("wall_s", 0.0)
     record: dict = {}
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     # The bar moves once per epoch (one jitted call); it says what the first one waits for,
     # and its clock ticks meanwhile.
     with live_bar(total=config.scheduled_env_steps, initial=start_steps, disable=quiet,
@@ -573,9 +573,10 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 "eval_s": round(evaluated - trained, 3),
                 # This session's set-up before its first epoch (environments, renderer,
                 # reward model, initial state), not in wall_s; init_s is the initial state's
-                # share (its compilation, the first reset and render).
-                **({"setup_s": round(start - entered, 2), "init_s": round(init_s, 2)}
-                   if epoch == start_epoch else {}),
+                # share (its compilation, the first reset and render); started_at (Unix
+                # time) dates the session's clock, which lets a launcher time the imports.
+                **({"setup_s": round(start - entered, 2), "init_s": round(init_s, 2),
+                    "started_at": round(started_at, 2)} if epoch == start_epoch else {}),
                 **summary,
                 **eval_stats,
             }
@@ -583,7 +584,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 f.write(json.dumps(record) + "\n")
             if writer is not None:
                 for name, value in record.items():
-                    if value is None:
+                    if value is None or name == "started_at":  # a date, not a curve
                         continue
                     value = float(np.mean(value)) if isinstance(value, list) else value
                     writer.add_scalar(name, value, int(state.env_steps))

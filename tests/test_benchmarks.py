@@ -55,9 +55,11 @@ def test_train_run_summary_of_a_stopped_two_seed_run():
 def test_train_run_summary_reports_the_set_up_time():
     config, _ = config_from_args(["--num_envs=64", "--epoch_length=5000"])
     records = [record(1, 5056, 50.0, [0.0]), record(2, 10112, 56.0, [0.1])]
-    records[0].update(setup_s=112.5, init_s=80.0)
-    summary = train_run.summarize(records, config)
+    records[0].update(setup_s=112.5, init_s=80.0, started_at=1_800_000_130.0)
+    summary = train_run.summarize(records, config, launched=1_800_000_000.0)
     assert summary["setup_s"] == 112.5 and summary["init_s"] == 80.0
+    assert summary["launch_to_run_s"] == 130.0  # imports and set-up before the run's clock
+    assert "launch_to_run_s" not in train_run.summarize(records, config)  # --metrics: unknown
 
 
 def test_train_run_summary_splits_steady_epochs_into_training_and_evaluation():

@@ -142,6 +142,7 @@ def test_run_writes_metrics_checkpoints_video(two_seed_run):
         assert r["train_s"] + r["eval_s"] <= epoch_wall + 0.02  # wall_s is rounded to 0.01
     # The set-up before the first epoch (init's compilation at least) is logged once.
     assert 0 < records[0]["init_s"] < records[0]["setup_s"] and "setup_s" not in records[1]
+    assert records[0]["started_at"] > 1.7e9 and "started_at" not in records[1]  # Unix time
     assert record["physics_overflow_episodes"] == [0, 0]  # MJX-JAX physics keeps no record
     assert "physics_overflow_kinds" not in record
     assert checkpoint.latest_epoch(config.out_dir) == 2
