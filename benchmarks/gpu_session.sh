@@ -19,6 +19,7 @@
 #   bash benchmarks/gpu_session.sh pixels   # #4's figure-3a check on pixels: sparse vs HOLD-C, 3 seeds
 #   bash benchmarks/gpu_session.sh sparse400k  # #3's plain-SAC run to its end (400k), one call
 #   bash benchmarks/gpu_session.sh latency  # a step's latency and fidelity at 20 vs 10 substeps
+#   bash benchmarks/gpu_session.sh brax     # #5's state-based SAC against brax's, its own call
 #   bash benchmarks/gpu_session.sh convs    # canonical vs rows encoders, then the demo model's check
 #   bash benchmarks/gpu_session.sh final    # run_all, the GPU-default demo-trained HOLD-C, HOLD-R
 #   bash benchmarks/gpu_session.sh fig3a    # figure 3a's HOLD-C run, 5 seeds, to the time limit
@@ -211,6 +212,11 @@ case "${1:-envs}" in
       timeout 150 python3 benchmarks/timestep_stability.py --timesteps=0.005,0.01 --num_envs=$n \
         --tag=n$n --out="$out" 2>&1 | tee -a "$out/latency.log"
     done ;;
+  brax)  # #5's comparison with brax's sac.train (state observations, dense reward, equal
+    # settings), which run_all's 270-s share never reached: N=256, a quarter update per env
+    # step, 400k env steps, both learners, to the budget (each learner ~1-2 min predicted)
+    timeout $(( ${BUDGET_S:-300} - SECONDS - 5 )) python3 benchmarks/brax_sac.py --num_envs=256 \
+      --total_steps=400000 --updates_per_step=0.25 --out="$out" 2>&1 | tee "$out/brax_sac.log" ;;
   rows)  # the update rate of each encoder computation, then dense pushing (400k env steps,
     # one update per env step) with the fastest, to the budget
     convs 50
