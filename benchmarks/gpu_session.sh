@@ -198,7 +198,8 @@ case "${1:-envs}" in
     fi ;;
   sparse400k)  # #3's "the reference's plain-SAC run completes": one seed at 256 worlds, rows
     # bf16, evaluated every ~20k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
-    # ~75 s for the first (compiling) epoch, then ~19 s an epoch: ~550 s in all
+    # ~75 s for the first (compiling) epoch, then ~19.6 s an epoch: ~560 s in all, so give it
+    # a whole call of its own on a machine already installed (BUDGET_S=590, timeout_s=600)
     timeout $(( ${BUDGET_S:-585} - 5 )) python3 benchmarks/train_run.py \
       --time_limit=$(( ${BUDGET_S:-585} - 15 )) --results="$out" --config=fig3a_pushing_sac \
       --seeds=1 --num_envs=256 --epoch_length=20000 --total_steps=400000 --encoder_dtype=bfloat16 \
