@@ -48,11 +48,12 @@ class Encoder(nn.Module):
 class ConvReluPool(nn.Module):
     """`nn.Conv` (stride 1, SAME, Glorot-uniform kernel, zero bias), ReLU, `max_pool_2x2`.
     Parameters ("kernel" (k, k, Cin, F), "bias" (F,)) and their initial values are those of
-    the `nn.Conv` it replaces; ``conv`` names the computation in `CONV_RELU_POOL`."""
+    the `nn.Conv` it replaces; ``conv`` names the computation in `CONV_RELU_POOL` (`Encoder`
+    resolves ``"auto"`` before building its layers)."""
 
     features: int
     kernel_size: int
-    conv: str = "auto"
+    conv: str = "canonical"
     dtype: str = "float32"  # compute type; parameters are float32
 
     @nn.compact
@@ -60,7 +61,7 @@ class ConvReluPool(nn.Module):
         size = (self.kernel_size, self.kernel_size)
         kernel = self.param("kernel", glorot_uniform, (*size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return CONV_RELU_POOL[resolve_encoder_conv(self.conv)](x, kernel, bias, self.dtype)
+        return CONV_RELU_POOL[self.conv](x, kernel, bias, self.dtype)
 
 
 def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: str) -> jax.Array:
