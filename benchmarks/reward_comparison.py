@@ -32,12 +32,16 @@ import train_run  # noqa: E402
 from common import write_results  # noqa: E402
 
 
-def success_figures(curve: list[dict], last: int) -> dict:
+def figures(per_eval: list[float], last: int) -> dict:
     """Mean eval success over seeds per eval, its mean over the run and over the last evals."""
-    per_eval = [float(np.mean(point["eval_success_rate"])) for point in curve]
-    return {"mean_success_per_eval": per_eval,
+    return {"mean_success_per_eval": list(per_eval),
             "mean_success_all_evals": float(np.mean(per_eval)),
             "mean_success_last_evals": float(np.mean(per_eval[-last:]))}
+
+
+def success_figures(curve: list[dict], last: int) -> dict:
+    """`figures` of a run's curve (eval success per seed at each eval)."""
+    return figures([float(np.mean(point["eval_success_rate"])) for point in curve], last)
 
 
 def compare(rows: list[dict], last: int) -> list[dict]:
@@ -56,10 +60,7 @@ def compare(rows: list[dict], last: int) -> list[dict]:
             row["env_steps"] = row["env_steps"][:reached]
             if "eval_success_per_seed" in row:
                 row["eval_success_per_seed"] = [s[:reached] for s in row["eval_success_per_seed"]]
-            per_eval = row["mean_success_per_eval"][:reached]
-            row.update(mean_success_per_eval=per_eval,
-                       mean_success_all_evals=float(np.mean(per_eval)),
-                       mean_success_last_evals=float(np.mean(per_eval[-last:])))
+            row.update(figures(row["mean_success_per_eval"][:reached], last))
         row["evals_compared"] = reached
     for row in rows[1:]:
         row["beats_baseline"] = all(row[k] > base[k] for k in
@@ -109,9 +110,7 @@ def pool(paths: list[str], configs: list[str], last: int) -> list[dict]:
                                                      for x in row["final_eval_success_per_seed"]],
                      "sources": [{"file": os.path.basename(path), "flags": flags}
                                  for path, flags, _ in parts],
-                     "mean_success_per_eval": per_eval.tolist(),
-                     "mean_success_all_evals": float(per_eval.mean()),
-                     "mean_success_last_evals": float(per_eval[-last:].mean())})
+                     **figures(per_eval.tolist(), last)})
     return rows
 
 
