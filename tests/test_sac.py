@@ -533,14 +533,15 @@ def encoder_results(images, conv):
 
 
 @pytest.mark.parametrize(  # 14: the second layer's input is odd (7x7); 40: 4 row tiles of 10
-    ("size", "conv"), [(16, "canonical"), (14, "canonical"), (14, "rows"), (40, "rows")])
+    ("size", "conv"), [(16, "canonical"), (14, "canonical"), (14, "rows"), (40, "rows"),
+                       (16, "pallas")])
 def test_encoder_layers_match_nn_conv(size, conv):
     """Same parameters (names, shapes, initial values), features and gradients as nn.Conv."""
     images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, size, size, 3)), jnp.float32)
     params, features, grads, custom = encoder_results(images, conv)
     nn_params, nn_features, nn_grads, nn_custom = encoder_results(images, "lax")
 
-    assert custom == (conv == "canonical") and not nn_custom
+    assert custom == (conv in ("canonical", "pallas")) and not nn_custom
     assert jax.tree.map(jnp.shape, params["params"]["Conv_1"]) == {
         "kernel": (5, 5, 8, 8),
         "bias": (8,),
@@ -725,21 +726,21 @@ def test_auto_encoder_conv_is_rows_on_an_accelerator(monkeypatch, backend, expec
     assert networks.resolve_encoder_conv("lax") == "lax"
     built = networks_for(SACConfig(), ACTION_DIM, from_pixels=True)
     assert built.critic.encoder.conv == built.actor.encoder.conv == expected
-    with pytest.raises(ValueError, match="valid: auto, canonical, lax, rows"):
+    with pytest.raises(ValueError, match="valid: auto, canonical, lax, rows, pallas"):
         networks.resolve_encoder_conv("cudnn")
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_rows_encoder_gives_the_canonical_update_for_each_seed(fused):
-    """encoder_conv="rows" (and with fused_encoders) changes how convolutions are computed,
-    not what: two vmapped seeds' states and metrics after two updates equal the canonical
-    layers' up to rounding."""
+@pytest.mark.parametrize(("conv", "fused"), [("rows", False), ("rows", True), ("pallas", False)])
+def test_encoder_convs_give_the_canonical_update_for_each_seed(conv, fused):
+    """encoder_conv="rows" (also with fused_encoders) or "pallas" changes how convolutions
+    are computed, not what: two vmapped seeds' states and metrics after two updates equal the
+    canonical layers' up to rounding."""
     obs_shape = (16, 16, 3)
     batch = random_image_batch(jax.random.key(1), obs_shape)
     keys = jax.random.split(jax.random.key(3), 2)
     results = []
-    for conv in ("canonical", "rows"):
-        config = SACConfig(hidden_sizes=(32, 32), encoder_conv=conv, fused_encoders=fused)
+    for name in ("canonical", conv):
+        config = SACConfig(hidden_sizes=(32, 32), encoder_conv=name, fused_encoders=fused)
         states = jax.vmap(functools.partial(init_sac, obs_shape=obs_shape,
                                             action_dim=ACTION_DIM, config=config))(keys)
         update = jax.jit(jax.vmap(functools.partial(sac_update, batch=batch, config=config)))

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from holdjax.sac.pallas_conv import pallas_conv_relu_pool
+
 LOG_STD_MIN = -20.0
 LOG_STD_MAX = 2.0
 
@@ -136,6 +138,7 @@ CONV_RELU_POOL = {
     "canonical": conv_relu_pool,
     "lax": lax_conv_relu_pool,
     "rows": rows_conv_relu_pool,
+    "pallas": pallas_conv_relu_pool,  # GPUs; the CPU runs it in Pallas's interpreter (tests)
 }
 ENCODER_CONVS = tuple(CONV_RELU_POOL)
 

@@ -1,0 +1,105 @@
+"""The Pallas conv-ReLU-pool layer (run by Pallas's interpreter on the CPU) against lax."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from holdjax.sac import networks, pallas_conv
+
+
+def lax_layer(x, kernel, bias):
+    return networks.lax_conv_relu_pool(x, kernel, bias, "float32")
+
+
+def pallas_layer(x, kernel, bias):
+    return pallas_conv.pallas_conv_relu_pool(x, kernel, bias, "float32")
+
+
+def values_and_grads(layer, x, kernel, bias, cotangent):
+    y, vjp = jax.vjp(layer, x, kernel, bias)
+    return (y, *vjp(cotangent))
+
+
+def random_layer(seed, batch, height, width, cin, cout, size):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(batch, height, width, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(size, size, cin, cout)) / size, jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(cout,)) * 0.3, jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(batch, height // 2, width // 2, cout)), jnp.float32)
+    return x, kernel, bias, cotangent
+
+
+def assert_close(actual, expected, rtol=1e-5):
+    for a, e in zip(actual, expected, strict=True):
+        assert a.shape == e.shape and a.dtype == e.dtype
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * float(jnp.abs(e).max()))
+
+
+@pytest.mark.parametrize(  # (batch, H, W, Cin, Cout, kernel): 5x16x12 spans two programs with a
+    # tail; an even kernel pads asymmetrically; 16 x 5 x 5 inputs a row pads K to 128, 20
+    # outputs pad N to 32
+    "shape", [(3, 8, 8, 3, 8, 5), (5, 16, 12, 8, 8, 5), (2, 6, 10, 3, 8, 4), (2, 4, 12, 8, 20, 3),
+              (1, 8, 6, 16, 4, 5)])
+def test_layer_and_its_gradients_match_lax(shape):
+    x, kernel, bias, cotangent = random_layer(sum(shape), *shape)
+    expected = values_and_grads(lax_layer, x, kernel, bias, cotangent)
+    actual = jax.jit(functools.partial(values_and_grads, pallas_layer))(x, kernel, bias, cotangent)
+    assert_close(actual, expected)
+    assert float(jnp.abs(actual[0]).min()) == 0.0 and float(actual[0].max()) > 0  # ReLU active
+
+
+def test_gradient_splits_evenly_among_tied_pixels():
+    """A constant image gives equal convolutions inside each window away from the border: the
+    max's gradient goes to the tied pixels in equal shares, as lax.reduce_max's does."""
+    x = jnp.ones((2, 8, 8, 3))
+    _, kernel, bias, cotangent = random_layer(0, 2, 8, 8, 3, 8, 3)
+    expected = values_and_grads(lax_layer, x, kernel, bias, cotangent)
+    assert_close(jax.jit(functools.partial(values_and_grads, pallas_layer))(
+        x, kernel, bias, cotangent), expected)
+
+
+def test_input_gradient_only_when_the_input_is_differentiated():
+    """Images are not differentiated: the backward pass then runs one kernel (kernel and bias
+    gradients), not three (and the input-gradient convolution)."""
+    x, kernel, bias, _ = random_layer(1, 2, 8, 8, 3, 8, 5)
+
+    def loss(x, kernel, bias):
+        return jnp.sum(pallas_layer(x, kernel, bias) ** 2)
+
+    params_only = str(jax.make_jaxpr(jax.grad(loss, (1, 2)))(x, kernel, bias))
+    with_input = str(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(x, kernel, bias))
+    # Each call appears twice: the CPU's interpreted and the GPU's Triton branch.
+    assert params_only.count("pallas_call[") == 2 * 2  # forward, backward
+    assert with_input.count("pallas_call[") == 2 * 3  # and the input-gradient convolution
+    grads = jax.grad(loss, (1, 2))(x, kernel, bias)
+    assert_close(grads, jax.grad(lambda *a: jnp.sum(lax_layer(*a) ** 2), (1, 2))(x, kernel, bias))
+
+
+def test_vmapped_over_seeds_equals_each_seed():
+    x, kernel, bias, cotangent = random_layer(2, 2, 8, 8, 3, 8, 5)
+    kernels = jnp.stack([kernel, -kernel])
+    biases = jnp.stack([bias, bias + 0.1])
+    xs = jnp.stack([x, x[::-1]])
+    batched = jax.jit(jax.vmap(functools.partial(values_and_grads, pallas_layer),
+                               in_axes=(0, 0, 0, None)))(xs, kernels, biases, cotangent)
+    for seed in range(2):
+        expected = values_and_grads(lax_layer, xs[seed], kernels[seed], biases[seed], cotangent)
+        assert_close([leaf[seed] for leaf in batched], expected)
+
+
+def test_bfloat16_layer_is_close_to_float32():
+    x, kernel, bias, cotangent = random_layer(3, 2, 8, 8, 8, 8, 5)
+    y = pallas_conv.pallas_conv_relu_pool(x, kernel, bias, "bfloat16")
+    assert y.dtype == jnp.bfloat16
+    expected = lax_layer(x, kernel, bias)
+    np.testing.assert_allclose(y.astype(jnp.float32), expected,
+                               atol=2e-2 * float(jnp.abs(expected).max()))
+
+
+def test_odd_sizes_are_refused_with_the_alternatives():
+    x, kernel, bias, _ = random_layer(4, 1, 7, 8, 3, 8, 5)
+    with pytest.raises(ValueError, match="even sizes only; got 7x8.*'canonical' or 'rows'"):
+        pallas_layer(x, kernel, bias)
