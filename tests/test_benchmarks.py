@@ -17,12 +17,14 @@ import headless_gl  # noqa: E402
 import reference_loop  # noqa: E402
 import reward_comparison  # noqa: E402
 import run_all  # noqa: E402
+import sac_update  # noqa: E402
 import sample_efficiency  # noqa: E402
 import task_success  # noqa: E402
 import timestep_stability  # noqa: E402
 import train_run  # noqa: E402
 
 from holdjax.config import config_from_args  # noqa: E402
+from holdjax.sac import networks  # noqa: E402
 
 
 def record(epoch, env_steps, wall_s, success):
@@ -191,6 +193,20 @@ def fused_step_run(tmp_path_factory):
     lane = Lane()
     yield out, lane.submit("-c", FUSED_STEP_SCRIPT, *FUSED_STEP_ARGS, f"--out={out}")
     lane.close()
+
+
+def test_sac_update_checks_an_encoder_against_another(tmp_path, monkeypatch):
+    """--check_against compares features and gradients before timing: the Pallas kernels agree
+    with the canonical layers; a layer that computes something else is reported far off."""
+    payload = sac_update.main(["--seeds=1", "--updates=2", "--repeats=1", "--batch=4",
+                               "--conv=pallas", "--check_against=canonical", f"--out={tmp_path}"])
+    assert payload["check"]["max"] < 1e-5 and payload["rows"][0]["updates_per_s"] > 0
+    assert set(payload["check"]["relative_errors"]) == {
+        "features", "Conv_0/kernel", "Conv_0/bias", "Conv_1/kernel", "Conv_1/bias"}
+    assert json.loads((tmp_path / "sac_update-pallas-cpu.json").read_text())["check"]
+    monkeypatch.setitem(networks.CONV_RELU_POOL, "rows",
+                        lambda x, k, b, dtype: networks.conv_relu_pool(x, 1.1 * k, b, dtype))
+    assert sac_update.check_encoder("rows", "canonical", "float32", 4)["max"] > 0.05
 
 
 def test_reference_loop_smoke(tmp_path):
