@@ -36,8 +36,10 @@ import os
 import re
 import sys
 import time
+from contextlib import nullcontext
 
 import jax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sac_update  # noqa: E402
@@ -71,6 +73,8 @@ VARIANTS = {
     "rows_bf16": SACConfig(encoder_conv="rows", encoder_dtype="bfloat16", **GPU_DEFAULTS),
     "rows_fused_bf16": SACConfig(encoder_conv="rows", encoder_dtype="bfloat16",
                                  fused_encoders=True, **GPU_DEFAULTS),
+    "pallas": SACConfig(encoder_conv="pallas", **GPU_DEFAULTS),
+    "pallas_bf16": SACConfig(encoder_conv="pallas", encoder_dtype="bfloat16", **GPU_DEFAULTS),
 }
 
 
@@ -211,7 +215,12 @@ def compile_updates(config: SACConfig, num_seeds: int, device: jax.Device) -> tu
     seeds = () if num_seeds == 1 else (num_seeds,)
     fn = jax.jit(run) if num_seeds == 1 else jax.jit(jax.vmap(run, in_axes=(0, 0, None)))
     start = time.perf_counter()
-    compiled = fn.lower(abstract(state, seeds), abstract(key, seeds), abstract(batch)).compile()
+    # Pallas's Triton lowering asks the current (abstract) mesh for the GPU it compiles for
+    # (jax >= 0.11); with no GPU attached, that is the compile-only device.
+    mesh = jax.sharding.Mesh(np.array([device]), ("device",)).abstract_mesh
+    with jax.sharding.use_abstract_mesh(mesh) if device.platform != "cpu" else nullcontext():
+        compiled = fn.lower(abstract(state, seeds), abstract(key, seeds),
+                            abstract(batch)).compile()
     return compiled.as_text(), time.perf_counter() - start
 
 
