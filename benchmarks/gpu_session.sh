@@ -17,6 +17,7 @@
 #   bash benchmarks/gpu_session.sh sparse   # figure 3a's 400k sparse run, N=256, then 5-seed rows
 #   bash benchmarks/gpu_session.sh backbones  # demo HOLD-C with ResNet-50/18, 64 filters, 128/256 px
 #   bash benchmarks/gpu_session.sh pixels   # #4's figure-3a check on pixels: sparse vs HOLD-C, 3 seeds
+#   bash benchmarks/gpu_session.sh pallas   # Pallas encoder kernels: checked, then timed against rows
 #   bash benchmarks/gpu_session.sh sparse400k  # #3's plain-SAC run to its end (400k), one call
 #   bash benchmarks/gpu_session.sh latency  # a step's latency and fidelity at 20 vs 10 substeps
 #   bash benchmarks/gpu_session.sh brax     # #5's state-based SAC against brax's, its own call
@@ -196,6 +197,16 @@ case "${1:-envs}" in
     else
       echo "pixels: a run wrote no results (its log above), so nothing to compare"
     fi ;;
+  pallas)  # the Pallas encoder kernels (encoder_conv="pallas"), which no GPU has run yet:
+    # checked against rows on the device (features and gradients, in the payload's "check"),
+    # then the 1- and 5-seed update rates in bf16 with rows bf16 (today's default) measured in
+    # the same call, then float32 checked against canonical; each cut at its share of BUDGET_S
+    share=$(( (${BUDGET_S:-240} - SECONDS) / 3 ))
+    sac $share --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 --check_against=rows \
+      --tag=bfloat16
+    sac $share --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16-baseline
+    sac $(( ${BUDGET_S:-240} - SECONDS - 5 )) --seeds=1 --conv=pallas --check_against=canonical \
+      --tag=float32 ;;
   sparse400k)  # #3's "the reference's plain-SAC run completes": one seed at 256 worlds, rows
     # bf16, evaluated every ~20k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
     # ~75 s for the first (compiling) epoch, then ~19.6 s an epoch: ~560 s in all, so give it
