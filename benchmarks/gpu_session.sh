@@ -199,23 +199,28 @@ case "${1:-envs}" in
     fi ;;
   pallas)  # the Pallas encoder kernels (encoder_conv="pallas"), which no GPU has run yet:
     # checked against rows on the device (features and gradients, in the payload's "check"),
-    # then the 1- and 5-seed update rates in bf16 with rows bf16 (today's default) measured in
-    # the same call, then float32 checked against canonical; each cut at its share of BUDGET_S
-    share=$(( (${BUDGET_S:-240} - SECONDS) / 3 ))
+    # then the 1- and 5-seed update rates in bf16 and a profile (which kernels take the time),
+    # with rows bf16 (today's default) measured in the same call, then with fused encoders
+    # (the critic's and actor's first layers as one 16-channel kernel), then float32 checked
+    # against canonical; each cut at its share of BUDGET_S (~4 min predicted)
+    share=$(( (${BUDGET_S:-240} - SECONDS) / 4 ))
     sac $share --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 --check_against=rows \
-      --tag=bfloat16
+      --trace=/tmp/trace_pallas --tag=bfloat16
     sac $share --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16-baseline
+    sac $share --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 --fused_encoders=1 \
+      --tag=fused-bfloat16
     sac $(( ${BUDGET_S:-240} - SECONDS - 5 )) --seeds=1 --conv=pallas --check_against=canonical \
       --tag=float32 ;;
   sparse400k)  # #3's "the reference's plain-SAC run completes": one seed at 256 worlds, rows
     # bf16, evaluated every ~20k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
     # ~75 s for the first (compiling) epoch, then ~19.6 s an epoch: ~560 s in all, so give it
-    # a whole call of its own on a machine already installed (BUDGET_S=590, timeout_s=600)
+    # a whole call of its own on a machine already installed (BUDGET_S=590, timeout_s=600);
+    # TRAIN_FLAGS adds flags (e.g. "--encoder_conv=pallas --name=..." if pallas measured faster)
     timeout $(( ${BUDGET_S:-585} - 5 )) python3 benchmarks/train_run.py \
       --time_limit=$(( ${BUDGET_S:-585} - 15 )) --results="$out" --config=fig3a_pushing_sac \
       --seeds=1 --num_envs=256 --epoch_length=20000 --total_steps=400000 --encoder_dtype=bfloat16 \
       --path_save_frequency=0 --checkpoint_frequency=1000 --out=/tmp/fig3a_sac_400k \
-      --name=fig3a_pushing_sac_400k > "$out/train.log" 2>&1
+      --name=fig3a_pushing_sac_400k ${TRAIN_FLAGS:-} > "$out/train.log" 2>&1
     tail -30 "$out/train.log" ;;
   latency)  # evaluation (20 worlds) and small-N training are bound by a physics step's
     # latency on a GPU (NOTES): the noisy expert's rate, success and contact depth at today's

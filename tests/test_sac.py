@@ -631,7 +631,7 @@ def test_flat_optimizer_gives_the_per_leaf_update():
 
 
 @pytest.mark.parametrize(  # 10: the second layer's input is odd (5x5)
-    ("size", "conv"), [(16, "canonical"), (10, "canonical"), (10, "rows")])
+    ("size", "conv"), [(16, "canonical"), (10, "canonical"), (10, "rows"), (16, "pallas")])
 def test_encode_pair_equals_each_encoder_with_the_same_gradients(size, conv):
     images = jnp.asarray(np.random.default_rng(1).uniform(size=(3, size, size, 3)), jnp.float32)
     encoder = networks.Encoder(conv=conv)
@@ -730,7 +730,8 @@ def test_auto_encoder_conv_is_rows_on_an_accelerator(monkeypatch, backend, expec
         networks.resolve_encoder_conv("cudnn")
 
 
-@pytest.mark.parametrize(("conv", "fused"), [("rows", False), ("rows", True), ("pallas", False)])
+@pytest.mark.parametrize(("conv", "fused"), [("rows", False), ("rows", True), ("pallas", False),
+                                             ("pallas", True)])
 def test_encoder_convs_give_the_canonical_update_for_each_seed(conv, fused):
     """encoder_conv="rows" (also with fused_encoders) or "pallas" changes how convolutions
     are computed, not what: two vmapped seeds' states and metrics after two updates equal the

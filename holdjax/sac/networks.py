@@ -165,13 +165,13 @@ def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array
     """The features of two `Encoder`s (parameters ``first`` and ``second``, as under
     a module's "encoder") of the same images, computed as one encoder of twice the width:
     the first layer's kernels side by side; each later layer's kernel block-diagonal, or,
-    with ``conv="rows"``, the two encoders' later layers as one batched matrix product (no
-    block of zeros to multiply). Same values as applying each; half the layer calls, each
-    twice as wide, meant for GPU kernels tiled for wider outputs than 8 (on XLA:CPU it is
-    slower; benchmarks/NOTES.md).
+    with ``conv="rows"`` or ``"pallas"``, the two encoders' later layers as one batched call
+    (vmapped: no block of zeros to multiply). Same values as applying each; half the layer
+    calls, each twice as wide, meant for GPU kernels tiled for wider outputs than 8 (on
+    XLA:CPU it is slower; benchmarks/NOTES.md).
     """
     conv = resolve_encoder_conv(conv)
-    batched_later_layers = conv == "rows"
+    batched_later_layers = conv in ("rows", "pallas")
     x = images.astype(dtype)
     for i in range(1 if batched_later_layers else len(first)):
         a, b = first[f"Conv_{i}"], second[f"Conv_{i}"]
