@@ -172,6 +172,16 @@ def test_gpu_census_of_the_cpu_compile(tmp_path):
         gpu_census.main(["--target=cpu", "--variants=fast", f"--out={tmp_path}"])
 
 
+def test_pallas_encoders_compile_for_an_h100(tmp_path):
+    """Where XLA's CUDA compiler is installed (not in CI: 5 GB), the Pallas encoder kernels
+    lower to Triton and compile for an H100 without one: 14 Triton kernels in an update."""
+    pytest.importorskip("jax_cuda12_plugin")
+    payload = gpu_census.main(["--target=h100", "--variants=pallas_bf16", "--seeds=1",
+                               f"--out={tmp_path}"])
+    (row,) = payload["rows"]
+    assert row["by_kind"]["__gpu$xla.gpu.triton"]["kernels"] == 14
+
+
 TINY_HOLDC = ["--holdc_layers=18", "--holdc_filters=2", "--holdc_crop_size=32"]
 # HOLD-R only: its fused step is the one no other test times (HOLD-C's trains in test_train).
 FUSED_STEP_ARGS = ["--rewards=holdr", "--holdr_size=tiny", "--nums=2", "--ratios=1",
