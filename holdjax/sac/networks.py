@@ -72,27 +72,37 @@ def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: str)
     updates/s; benchmarks/NOTES.md). On even-sized inputs the convolution comes out as 2x2
     blocks (`conv_same_blocked`), so the pool is a max over one axis, with no transposes. The
     bias and ReLU come after the pool, as in `pool_bias_relu`."""
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=dtype)
     if x.shape[1] % 2 or x.shape[2] % 2:
         return pool_bias_relu(conv_same(x, kernel), bias)
-    return nn.relu(conv_same_blocked(x, kernel).max(axis=3) + bias)
+    return bias_relu(conv_same_blocked(x, kernel).max(axis=3), bias)
+
+
+def bias_relu(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """relu(y + bias) in y's dtype, with the addition in float32: the bias's gradient is then
+    a float32 sum over the batch and positions. In bf16 that sum stops growing at 256 (8-bit
+    significand), which is what bf16 encoders' bias gradients were before 2026-11-28
+    (benchmarks/NOTES.md)."""
+    return nn.relu(y.astype(jnp.float32) + bias.astype(jnp.float32)).astype(y.dtype)
 
 
 def pool_bias_relu(y: jax.Array, bias: jax.Array) -> jax.Array:
-    """relu(max_pool_2x2(y) + bias): the same values as max_pool_2x2(relu(y + bias)) (adding a
-    per-channel constant and ReLU are monotone, in floating point too) from a quarter of the
-    additions. On a GPU, the bias added before the pool became a full-size broadcast that
-    cuDNN read as a side input (`benchmarks/gpu_census.py`)."""
-    return nn.relu(max_pool_2x2(y) + bias)
+    """relu(max_pool_2x2(y) + bias) (`bias_relu`): the same values as
+    max_pool_2x2(relu(y + bias)) (adding a per-channel constant and ReLU are monotone, in
+    floating point too) from a quarter of the additions. On a GPU, the bias added before the
+    pool became a full-size broadcast that cuDNN read as a side input
+    (`benchmarks/gpu_census.py`)."""
+    return bias_relu(max_pool_2x2(y), bias)
 
 
 def lax_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
                        dtype: str) -> jax.Array:
     """`ConvReluPool` as `nn.Conv` computes it (``conv="lax"``): `lax.conv_general_dilated`
-    and its autodiff, kept to compare against (~30x slower inside `lax.scan` on XLA:CPU)."""
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    and its autodiff, kept to compare against (~30x slower inside `lax.scan` on XLA:CPU); the
+    bias added in float32, as everywhere here (`bias_relu`)."""
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=dtype)
     y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=NHWC)
-    return max_pool_2x2(nn.relu(y + bias))
+    return max_pool_2x2(bias_relu(y, bias))
 
 
 ROW_TILE = 16  # most output columns per banded matrix product in `rows_conv_relu_pool`
@@ -122,7 +132,7 @@ def rows_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
     hundred on each side, shaped for tensor cores, at ~3.6x the FLOPs of the direct
     convolution; forward and backward are plain `dot_general`s (no cuDNN layout conversions).
     """
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=dtype)
     b, h, w, c = x.shape
     kh, kw, _, features = kernel.shape
     tile = _row_tile(w)
