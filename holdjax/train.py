@@ -462,8 +462,10 @@ def encoder_description(config: TrainConfig) -> str:
     computation "auto" picks differs by backend, so the header says which one runs."""
     if config.observation != "pixels":
         return ""
-    return (f"{sac_networks.resolve_encoder_conv(config.encoder_conv)} {config.encoder_dtype} "
-            "encoder convolutions, ")
+    conv = sac_networks.resolve_encoder_conv(config.encoder_conv)
+    if conv == "pallas" and jax.default_backend() == "cpu":
+        conv += " (Pallas's interpreter on the CPU: for tests, far slower than canonical)"
+    return f"{conv} {config.encoder_dtype} encoder convolutions, "
 
 
 def overflow_warning(record: dict) -> str:

@@ -21,6 +21,7 @@ from holdjax.train import (
     ReplayTooLarge,
     Trainer,
     check_replay_fits,
+    encoder_description,
     free_memory,
     get_trainer,
     live_bar,
@@ -126,6 +127,15 @@ def state_run(tmp_path_factory):
     config = dataclasses.replace(TINY, observation="state",
                                  out=str(tmp_path_factory.mktemp("runs") / "state"))
     return config, train(config, quiet=True)
+
+
+def test_run_header_names_the_encoder_computation():
+    """The header says which encoder computation "auto" picked, and warns that pallas on the
+    CPU is the interpreter."""
+    assert encoder_description(TINY) == "canonical float32 encoder convolutions, "
+    pallas = dataclasses.replace(TINY, encoder_conv="pallas", encoder_dtype="bfloat16")
+    assert encoder_description(pallas).startswith("pallas (Pallas's interpreter on the CPU")
+    assert encoder_description(dataclasses.replace(TINY, observation="state")) == ""
 
 
 def test_run_writes_metrics_checkpoints_video(two_seed_run):
