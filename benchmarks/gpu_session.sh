@@ -202,14 +202,15 @@ case "${1:-envs}" in
     # then the 1- and 5-seed update rates in bf16 and a profile (which kernels take the time),
     # with rows bf16 (today's default) measured in the same call, then with fused encoders
     # (the critic's and actor's first layers as one 16-channel kernel), then float32 checked
-    # against canonical; each cut at its share of BUDGET_S (~4 min predicted)
-    share=$(( (${BUDGET_S:-240} - SECONDS) / 4 ))
-    sac $share --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 --check_against=rows \
-      --trace=/tmp/trace_pallas --tag=bfloat16
+    # against canonical; the first part (two compiles, a check, a profile) gets a third of
+    # BUDGET_S, the others share the rest (~4 min predicted)
+    sac $(( ${BUDGET_S:-270} / 3 )) --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 \
+      --check_against=rows --trace=/tmp/trace_pallas --tag=bfloat16
+    share=$(( (${BUDGET_S:-270} - SECONDS) / 3 ))
     sac $share --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16-baseline
     sac $share --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 --fused_encoders=1 \
       --tag=fused-bfloat16
-    sac $(( ${BUDGET_S:-240} - SECONDS - 5 )) --seeds=1 --conv=pallas --check_against=canonical \
+    sac $(( ${BUDGET_S:-270} - SECONDS - 5 )) --seeds=1 --conv=pallas --check_against=canonical \
       --tag=float32 ;;
   sparse400k)  # #3's "the reference's plain-SAC run completes": one seed at 256 worlds, rows
     # bf16, evaluated every ~20k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
