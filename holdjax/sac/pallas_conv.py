@@ -237,7 +237,8 @@ def _geometry(x: jax.Array, kernel: jax.Array, pool: bool, transposed: bool = Fa
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, pool: bool,
           transposed: bool = False) -> jax.Array:
     """"SAME" stride-1 convolution of NHWC x (with the `Geometry.transposed` kernel if so),
-    then, with ``pool``, 2x2 max-pool, bias and ReLU; in x's dtype."""
+    then, with ``pool``, 2x2 max-pool, bias and ReLU (``bias`` is not read without); in x's
+    dtype."""
     g = _geometry(x, kernel, pool, transposed)
     out = _pallas(functools.partial(_forward_kernel, geometry=g, bias_relu=pool),
                   jax.ShapeDtypeStruct((g.positions * g.cout,), x.dtype), g,
