@@ -86,6 +86,23 @@ print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
     best["encoder_conv"], best["encoder_dtype"], str(best["fused_encoders"]).lower()))
 ' "$out/convs" | tee -a "$out/sac_update.log"
 }
+# "--encoder_conv=pallas" if this machine's `pallas` part (earlier call, same warm machine: its
+# files are still in $out) found the Pallas encoders right (check within 5%) and faster than
+# rows with 5 seeds in bf16; else nothing (rows, the default).
+pallas_if_faster() {
+  python3 -c 'import glob, json, sys
+def rows(pattern):
+    paths = glob.glob(sys.argv[1] + "/" + pattern)
+    return json.load(open(paths[0])) if paths else None
+pallas = rows("sac_update-pallas-bfloat16-*.json")
+base = rows("sac_update-rows-bfloat16-baseline-*.json")
+def ms(run, seeds):
+    return next((r["ms_per_update"] for r in run["rows"] if r["num_seeds"] == seeds), None)
+ok = pallas and base and pallas.get("check", {}).get("max", 1) < 0.05 \
+    and ms(pallas, 5) and ms(base, 5) and ms(pallas, 5) < ms(base, 5)
+print("--encoder_conv=pallas" if ok else "")
+' "$out" | tee -a "$out/sac_update.log"
+}
 case "${1:-envs}" in
   envs)  # physics + render, both impls (Warp's first compile: ~6 s on the H200 here)
     timeout 540 python3 benchmarks/env_throughput.py --nums=256,2048,8192 --steps=50 \
@@ -177,13 +194,16 @@ case "${1:-envs}" in
     # between them; each stops at the budget, and the comparison covers the evals both reached.
     # The default demo model trains first where it is missing (~45 s of GPU); carrying one
     # trained here (`python -m holdjax.reward.train --task=pushing`, 236 KB: carry
-    # "runs/reward_models" beside ".device/rest") spares that
+    # "runs/reward_models" beside ".device/rest") spares that. The SAC encoders are pallas if
+    # `pallas` ran just before on this machine and found them right and faster (PIXEL_FLAGS
+    # overrides)
     limit=$(( ${BUDGET_S:-560} - SECONDS - 30 )) trainers=""
     for config in fig3a_pushing_sac fig3a_pushing_holdc; do
       timeout $(( limit + 20 )) python3 benchmarks/reward_comparison.py --configs=$config \
         --seeds=3 --num_envs=128 --epoch_length=5000 --total_steps=${STEPS:-80000} \
         --encoder_dtype=bfloat16 --distance_normalizer=10 --checkpoint_frequency=1000 \
-        --time_limit=$limit ${PIXEL_FLAGS:-} --tag=pixels-$config --results="$out" \
+        --time_limit=$limit ${PIXEL_FLAGS:-$(pallas_if_faster)} --tag=pixels-$config \
+        --results="$out" \
         > "$out/pixels-$config.log" 2>&1 &
       trainers="$trainers $!"
     done
