@@ -236,12 +236,12 @@ case "${1:-envs}" in
     # bf16, evaluated every ~20k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
     # ~75 s for the first (compiling) epoch, then ~19.6 s an epoch: ~560 s in all, so give it
     # a whole call of its own on a machine already installed (BUDGET_S=590, timeout_s=600);
-    # TRAIN_FLAGS adds flags (e.g. "--encoder_conv=pallas --name=..." if pallas measured faster)
+    # TRAIN_FLAGS adds flags (default: pallas encoders where pallas_if_faster says so)
     timeout $(( ${BUDGET_S:-585} - 5 )) python3 benchmarks/train_run.py \
       --time_limit=$(( ${BUDGET_S:-585} - 15 )) --results="$out" --config=fig3a_pushing_sac \
       --seeds=1 --num_envs=256 --epoch_length=20000 --total_steps=400000 --encoder_dtype=bfloat16 \
       --path_save_frequency=0 --checkpoint_frequency=1000 --out=/tmp/fig3a_sac_400k \
-      --name=fig3a_pushing_sac_400k ${TRAIN_FLAGS:-} > "$out/train.log" 2>&1
+      --name=fig3a_pushing_sac_400k ${TRAIN_FLAGS:-$(pallas_if_faster)} > "$out/train.log" 2>&1
     tail -30 "$out/train.log" ;;
   latency)  # evaluation (20 worlds) and small-N training are bound by a physics step's
     # latency on a GPU (NOTES): the noisy expert's rate, success and contact depth at today's
