@@ -75,6 +75,8 @@ VARIANTS = {
                                  fused_encoders=True, **GPU_DEFAULTS),
     "pallas": SACConfig(encoder_conv="pallas", **GPU_DEFAULTS),
     "pallas_bf16": SACConfig(encoder_conv="pallas", encoder_dtype="bfloat16", **GPU_DEFAULTS),
+    "pallas_banded_bf16": SACConfig(encoder_conv="pallas_banded", encoder_dtype="bfloat16",
+                                    **GPU_DEFAULTS),
     "pallas_fused_bf16": SACConfig(encoder_conv="pallas", encoder_dtype="bfloat16",
                                    fused_encoders=True, **GPU_DEFAULTS),
 }

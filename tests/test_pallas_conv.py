@@ -14,8 +14,13 @@ def lax_layer(x, kernel, bias):
     return networks.lax_conv_relu_pool(x, kernel, bias, "float32")
 
 
-def pallas_layer(x, kernel, bias):
-    return pallas_conv.pallas_conv_relu_pool(x, kernel, bias, "float32")
+LAYERS = {"pallas": pallas_conv.pallas_conv_relu_pool,
+          "pallas_banded": pallas_conv.pallas_banded_conv_relu_pool}
+layers = pytest.mark.parametrize("name", list(LAYERS))
+
+
+def pallas_layer(name, dtype="float32"):
+    return lambda x, kernel, bias: LAYERS[name](x, kernel, bias, dtype)
 
 
 def values_and_grads(layer, x, kernel, bias, cotangent):
@@ -43,31 +48,35 @@ def assert_close(actual, expected, rtol=1e-5):
     # outputs pad N to 32
     "shape", [(3, 8, 8, 3, 8, 5), (5, 16, 12, 8, 8, 5), (2, 6, 10, 3, 8, 4), (2, 4, 12, 8, 20, 3),
               (1, 8, 6, 16, 4, 5)])
-def test_layer_and_its_gradients_match_lax(shape):
+@layers
+def test_layer_and_its_gradients_match_lax(shape, name):
     x, kernel, bias, cotangent = random_layer(sum(shape), *shape)
     expected = values_and_grads(lax_layer, x, kernel, bias, cotangent)
-    actual = jax.jit(functools.partial(values_and_grads, pallas_layer))(x, kernel, bias, cotangent)
+    actual = jax.jit(functools.partial(values_and_grads, pallas_layer(name)))(
+        x, kernel, bias, cotangent)
     assert_close(actual, expected)
     assert float(jnp.abs(actual[0]).min()) == 0.0 and float(actual[0].max()) > 0  # ReLU active
 
 
-def test_gradient_splits_evenly_among_tied_pixels():
+@layers
+def test_gradient_splits_evenly_among_tied_pixels(name):
     """A constant image gives equal convolutions inside each window away from the border: the
     max's gradient goes to the tied pixels in equal shares, as lax.reduce_max's does."""
     x = jnp.ones((2, 8, 8, 3))
     _, kernel, bias, cotangent = random_layer(0, 2, 8, 8, 3, 8, 3)
     expected = values_and_grads(lax_layer, x, kernel, bias, cotangent)
-    assert_close(jax.jit(functools.partial(values_and_grads, pallas_layer))(
+    assert_close(jax.jit(functools.partial(values_and_grads, pallas_layer(name)))(
         x, kernel, bias, cotangent), expected)
 
 
-def test_input_gradient_only_when_the_input_is_differentiated():
+@layers
+def test_input_gradient_only_when_the_input_is_differentiated(name):
     """Images are not differentiated: the backward pass then runs one kernel (kernel and bias
     gradients), not three (and the input-gradient convolution)."""
     x, kernel, bias, _ = random_layer(1, 2, 8, 8, 3, 8, 5)
 
     def loss(x, kernel, bias):
-        return jnp.sum(pallas_layer(x, kernel, bias) ** 2)
+        return jnp.sum(pallas_layer(name)(x, kernel, bias) ** 2)
 
     params_only = str(jax.make_jaxpr(jax.grad(loss, (1, 2)))(x, kernel, bias))
     with_input = str(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(x, kernel, bias))
@@ -78,21 +87,23 @@ def test_input_gradient_only_when_the_input_is_differentiated():
     assert_close(grads, jax.grad(lambda *a: jnp.sum(lax_layer(*a) ** 2), (1, 2))(x, kernel, bias))
 
 
-def test_vmapped_over_seeds_equals_each_seed():
+@layers
+def test_vmapped_over_seeds_equals_each_seed(name):
     x, kernel, bias, cotangent = random_layer(2, 2, 8, 8, 3, 8, 5)
     kernels = jnp.stack([kernel, -kernel])
     biases = jnp.stack([bias, bias + 0.1])
     xs = jnp.stack([x, x[::-1]])
-    batched = jax.jit(jax.vmap(functools.partial(values_and_grads, pallas_layer),
+    batched = jax.jit(jax.vmap(functools.partial(values_and_grads, pallas_layer(name)),
                                in_axes=(0, 0, 0, None)))(xs, kernels, biases, cotangent)
     for seed in range(2):
         expected = values_and_grads(lax_layer, xs[seed], kernels[seed], biases[seed], cotangent)
         assert_close([leaf[seed] for leaf in batched], expected)
 
 
-def test_bfloat16_layer_is_close_to_float32():
+@layers
+def test_bfloat16_layer_is_close_to_float32(name):
     x, kernel, bias, cotangent = random_layer(3, 2, 8, 8, 8, 8, 5)
-    y = pallas_conv.pallas_conv_relu_pool(x, kernel, bias, "bfloat16")
+    y = pallas_layer(name, "bfloat16")(x, kernel, bias)
     assert y.dtype == jnp.bfloat16
     expected = lax_layer(x, kernel, bias)
     np.testing.assert_allclose(y.astype(jnp.float32), expected,
@@ -102,4 +113,4 @@ def test_bfloat16_layer_is_close_to_float32():
 def test_odd_sizes_are_refused_with_the_alternatives():
     x, kernel, bias, _ = random_layer(4, 1, 7, 8, 3, 8, 5)
     with pytest.raises(ValueError, match="even sizes only; got 7x8.*'canonical' or 'rows'"):
-        pallas_layer(x, kernel, bias)
+        pallas_layer("pallas")(x, kernel, bias)

@@ -534,14 +534,14 @@ def encoder_results(images, conv):
 
 @pytest.mark.parametrize(  # 14: the second layer's input is odd (7x7); 40: 4 row tiles of 10
     ("size", "conv"), [(16, "canonical"), (14, "canonical"), (14, "rows"), (40, "rows"),
-                       (16, "pallas")])
+                       (16, "pallas"), (16, "pallas_banded")])
 def test_encoder_layers_match_nn_conv(size, conv):
     """Same parameters (names, shapes, initial values), features and gradients as nn.Conv."""
     images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, size, size, 3)), jnp.float32)
     params, features, grads, custom = encoder_results(images, conv)
     nn_params, nn_features, nn_grads, nn_custom = encoder_results(images, "lax")
 
-    assert custom == (conv in ("canonical", "pallas")) and not nn_custom
+    assert custom == (conv in ("canonical", "pallas", "pallas_banded")) and not nn_custom
     assert jax.tree.map(jnp.shape, params["params"]["Conv_1"]) == {
         "kernel": (5, 5, 8, 8),
         "bias": (8,),

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from holdjax.sac.pallas_conv import pallas_conv_relu_pool
+from holdjax.sac.pallas_conv import pallas_banded_conv_relu_pool, pallas_conv_relu_pool
 
 LOG_STD_MIN = -20.0
 LOG_STD_MAX = 2.0
@@ -149,6 +149,7 @@ CONV_RELU_POOL = {
     "lax": lax_conv_relu_pool,
     "rows": rows_conv_relu_pool,
     "pallas": pallas_conv_relu_pool,  # GPUs; the CPU runs it in Pallas's interpreter (tests)
+    "pallas_banded": pallas_banded_conv_relu_pool,
 }
 ENCODER_CONVS = tuple(CONV_RELU_POOL)
 
@@ -175,13 +176,13 @@ def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array
     """The features of two `Encoder`s (parameters ``first`` and ``second``, as under
     a module's "encoder") of the same images, computed as one encoder of twice the width:
     the first layer's kernels side by side; each later layer's kernel block-diagonal, or,
-    with ``conv="rows"`` or ``"pallas"``, the two encoders' later layers as one batched call
+    with ``conv="rows"`` or a pallas one, the two encoders' later layers as one batched call
     (vmapped: no block of zeros to multiply). Same values as applying each; half the layer
     calls, each twice as wide, meant for GPU kernels tiled for wider outputs than 8 (on
     XLA:CPU it is slower; benchmarks/NOTES.md).
     """
     conv = resolve_encoder_conv(conv)
-    batched_later_layers = conv in ("rows", "pallas")
+    batched_later_layers = conv in ("rows", "pallas", "pallas_banded")
     x = images.astype(dtype)
     for i in range(1 if batched_later_layers else len(first)):
         a, b = first[f"Conv_{i}"], second[f"Conv_{i}"]

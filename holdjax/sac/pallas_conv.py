@@ -42,7 +42,9 @@ NUM_WARPS = 4
 class Geometry(NamedTuple):
     """A stride-1 "SAME" convolution of an NHWC input, optionally 2x2 max-pooled. With
     ``transposed`` the kernel (kh, kw, Cout, Cin) is read flipped with its channel axes
-    swapped: the convolution that gives a "SAME" convolution's input gradient."""
+    swapped: the convolution that gives a "SAME" convolution's input gradient. With ``banded``
+    (pooled only) a window spans kw + 1 columns, both pooled columns' inputs, and each kernel
+    row is two banded matrices, one per pooled column (``conv="pallas_banded"``)."""
 
     batch: int
     height: int  # input and convolution rows
@@ -55,6 +57,7 @@ class Geometry(NamedTuple):
     pad_left: int
     pool: bool
     transposed: bool
+    banded: bool
 
     @property
     def out_h(self) -> int:
@@ -69,8 +72,12 @@ class Geometry(NamedTuple):
         return self.batch * self.out_h * self.out_w
 
     @property
-    def k_pad(self) -> int:  # one kernel row's inputs, kw Cin, padded for tensor cores
-        return max(16, pl.next_power_of_2(self.kw * self.cin))
+    def span(self) -> int:  # input columns in one window
+        return self.kw + 1 if self.banded else self.kw
+
+    @property
+    def k_pad(self) -> int:  # a window's span Cin values, padded for tensor cores
+        return max(16, pl.next_power_of_2(self.span * self.cin))
 
     @property
     def n_pad(self) -> int:
@@ -85,8 +92,24 @@ class Geometry(NamedTuple):
         return ((0, 0), (0, 1), (1, 0), (1, 1)) if self.pool else ((0, 0),)
 
     @property
+    def shifts(self) -> tuple[int, ...]:  # the kernel's column offsets inside a window
+        return (0, 1) if self.banded else (0,)
+
+    @property
     def partial_rows(self) -> int:  # a program's partial gradient sums: kernel rows, then bias
-        return self.kh * self.k_pad + 1
+        return self.kh * len(self.shifts) * self.k_pad + 1
+
+    def taps(self):
+        """(window row t, window column, kernel row i, kernel shift, pixel) of every product:
+        pixel (p, q) takes window row p + i; its window starts at column q, or, banded, at 0
+        with the kernel shifted by q. Grouped by window, so each is gathered once."""
+        rows = self.kh + 1 if self.pool else self.kh
+        columns = (0, 1) if self.pool and not self.banded else (0,)
+        for t in range(rows):
+            for column in columns:
+                for p, q in self.pixels:
+                    if 0 <= t - p < self.kh and (self.banded or q == column):
+                        yield t, column, t - p, q if self.banded else 0, (p, q)
 
 
 def _positions(geometry: Geometry) -> tuple[jax.Array, ...]:
@@ -114,48 +137,57 @@ def _scatter(ref, index: jax.Array, values: jax.Array, mask: jax.Array):
     plt.store(ref.at[jnp.where(mask, index, size)], values.astype(ref.dtype), mask=mask)
 
 
-def _kernel_rows(w_ref, geometry: Geometry, dtype) -> list[jax.Array]:
-    """Kernel row i as a (k_pad, n_pad) matrix [(j, c), o] in ``dtype``, zero-padded."""
+def _kernel_rows(w_ref, geometry: Geometry, dtype) -> dict[tuple[int, int], jax.Array]:
+    """{(i, shift): kernel row i as a (k_pad, n_pad) matrix [(u, c), o] = w[i, u - shift, c,
+    o] where 0 <= u - shift < kw, zero elsewhere}, in ``dtype``."""
     g = geometry
     k = lax.iota(jnp.int32, g.k_pad)[:, None]
     o = lax.iota(jnp.int32, g.n_pad)[None, :]
-    j, c = lax.div(k, g.cin), lax.rem(k, g.cin)
-    mask = (k < g.kw * g.cin) & (o < g.cout)
-    rows = []
+    u, c = lax.div(k, g.cin), lax.rem(k, g.cin)
+    rows = {}
     for i in range(g.kh):
-        if g.transposed:  # w[kh-1-i, kw-1-j, o, c] of a (kh, kw, cout, cin) kernel
-            index = (((g.kh - 1 - i) * g.kw + g.kw - 1 - j) * g.cout + o) * g.cin + c
-        else:  # w[i, j, c, o]
-            index = ((i * g.kw + j) * g.cin + c) * g.cout + o
-        rows.append(_gather(w_ref, index, mask).astype(dtype))
+        for shift in g.shifts:
+            j = u - shift
+            mask = (k < g.span * g.cin) & (j >= 0) & (j < g.kw) & (o < g.cout)
+            if g.transposed:  # w[kh-1-i, kw-1-j, o, c] of a (kh, kw, cout, cin) kernel
+                index = (((g.kh - 1 - i) * g.kw + g.kw - 1 - j) * g.cout + o) * g.cin + c
+            else:  # w[i, j, c, o]
+                index = ((i * g.kw + j) * g.cin + c) * g.cout + o
+            rows[i, shift] = _gather(w_ref, index, mask).astype(dtype)
     return rows
 
 
-def _window_row(x_ref, geometry: Geometry, image, row, col, pixel, i) -> jax.Array:
-    """(BLOCK, k_pad): the kw Cin input values kernel row i reads for each position's conv
-    pixel (zero outside the image and in the padding columns)."""
+def _window(x_ref, geometry: Geometry, image, row, col, t, column) -> jax.Array:
+    """(BLOCK, k_pad): the span Cin consecutive input values of window row t starting at
+    window column ``column``, for each position (zero outside the image and past the span)."""
     g = geometry
     stride = 2 if g.pool else 1
-    in_row = stride * row + pixel[0] + i - g.pad_top  # per position: (BLOCK,)
-    first_col = stride * col + pixel[1] - g.pad_left
+    in_row = stride * row + t - g.pad_top  # per position: (BLOCK,)
+    first_col = stride * col + column - g.pad_left
     start = ((image * g.height + in_row) * g.width + first_col) * g.cin
     k = lax.iota(jnp.int32, g.k_pad)[None, :]  # the window's values are consecutive: start + k
-    j = lax.div(k, g.cin)  # in column first_col + j
-    mask = ((k < g.kw * g.cin) & ((in_row >= 0) & (in_row < g.height))[:, None]
-            & (j >= -first_col[:, None]) & (j < (g.width - first_col)[:, None]))
+    u = lax.div(k, g.cin)  # in column first_col + u
+    mask = ((k < g.span * g.cin) & ((in_row >= 0) & (in_row < g.height))[:, None]
+            & (u >= -first_col[:, None]) & (u < (g.width - first_col)[:, None]))
     return _gather(x_ref, start[:, None] + k, mask)
+
+
+def _windows(x_ref, geometry: Geometry, image, row, col):
+    """`Geometry.taps` with each window gathered once: (window, kernel key, pixel)."""
+    window, last = None, None
+    for t, column, i, shift, pixel in geometry.taps():
+        if (t, column) != last:
+            window, last = _window(x_ref, geometry, image, row, col, t, column), (t, column)
+        yield window, (i, shift), pixel
 
 
 def _conv_pixels(x_ref, weights, geometry: Geometry, image, row, col) -> list[jax.Array]:
     """float32 (BLOCK, n_pad) convolution outputs, one per pixel of the output positions."""
-    outputs = []
-    for pixel in geometry.pixels:
-        acc = jnp.zeros((BLOCK, geometry.n_pad), jnp.float32)
-        for i, weight in enumerate(weights):
-            window = _window_row(x_ref, geometry, image, row, col, pixel, i)
-            acc += jnp.dot(window, weight, preferred_element_type=jnp.float32)
-        outputs.append(acc)
-    return outputs
+    outputs = {pixel: jnp.zeros((BLOCK, geometry.n_pad), jnp.float32)
+               for pixel in geometry.pixels}
+    for window, key, pixel in _windows(x_ref, geometry, image, row, col):
+        outputs[pixel] += jnp.dot(window, weights[key], preferred_element_type=jnp.float32)
+    return [outputs[pixel] for pixel in geometry.pixels]
 
 
 def _channel_index(geometry: Geometry, valid, position) -> tuple[jax.Array, jax.Array]:
@@ -189,22 +221,22 @@ def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry
     d = jnp.where(pooled + bias[None, :] > 0.0, cotangent, 0.0)
     ties = [(conv == pooled).astype(jnp.float32) for conv in convs]
     share = d / functools.reduce(jnp.add, ties)
-    dconvs = [share * tie for tie in ties]
+    dconvs = {pixel: share * tie for pixel, tie in zip(g.pixels, ties, strict=True)}
 
+    dweights = {key: jnp.zeros((g.k_pad, g.n_pad), jnp.float32) for key in weights}
+    for window, key, pixel in _windows(x_ref, g, image, row, col):
+        dweights[key] += jnp.dot(window.T, dconvs[pixel].astype(window.dtype),
+                                 preferred_element_type=jnp.float32)
     start = pl.program_id(0) * g.partial_rows * g.n_pad
     k = lax.iota(jnp.int32, g.k_pad)[:, None]
     everywhere = jnp.ones((g.k_pad, g.n_pad), jnp.bool_)
-    for i in range(g.kh):
-        dw = jnp.zeros((g.k_pad, g.n_pad), jnp.float32)
-        for pixel, dconv in zip(g.pixels, dconvs, strict=True):
-            window = _window_row(x_ref, g, image, row, col, pixel, i)
-            dw += jnp.dot(window.T, dconv.astype(window.dtype),
-                          preferred_element_type=jnp.float32)
-        _scatter(partials_ref, start + (i * g.k_pad + k) * g.n_pad + c[None, :], dw, everywhere)
-    _scatter(partials_ref, start + g.kh * g.k_pad * g.n_pad + c, d.sum(axis=0), c >= 0)
+    for (i, shift), dw in dweights.items():
+        first = (i * len(g.shifts) + shift) * g.k_pad
+        _scatter(partials_ref, start + (first + k) * g.n_pad + c[None, :], dw, everywhere)
+    _scatter(partials_ref, start + (g.partial_rows - 1) * g.n_pad + c, d.sum(axis=0), c >= 0)
 
     if dy_ref:  # the convolution's cotangent, (B, H, W, Cout)
-        for (p, q), dconv in zip(g.pixels, dconvs, strict=True):
+        for (p, q), dconv in dconvs.items():
             pixel = (image * g.height + 2 * row + p) * g.width + 2 * col + q
             _scatter(dy_ref[0], pixel[:, None] * g.cout + c[None, :], dconv, mask)
 
@@ -219,7 +251,8 @@ def _pallas(kernel, out_shape, geometry: Geometry, *args):
     return lax.platform_dependent(cpu=lambda: call(True), default=lambda: call(False))
 
 
-def _geometry(x: jax.Array, kernel: jax.Array, pool: bool, transposed: bool = False) -> Geometry:
+def _geometry(x: jax.Array, kernel: jax.Array, pool: bool, transposed: bool = False,
+              banded: bool = False) -> Geometry:
     b, h, w, cin = x.shape
     kh, kw, kernel_in, kernel_out = kernel.shape
     if transposed:
@@ -231,54 +264,64 @@ def _geometry(x: jax.Array, kernel: jax.Array, pool: bool, transposed: bool = Fa
                          "encoder_conv='canonical' or 'rows')")
     # "SAME" pads (size - 1) // 2 before; its input gradient's convolution pads size // 2
     pad_top, pad_left = (kh // 2, kw // 2) if transposed else ((kh - 1) // 2, (kw - 1) // 2)
-    return Geometry(b, h, w, cin, kernel_out, kh, kw, pad_top, pad_left, pool, transposed)
+    return Geometry(b, h, w, cin, kernel_out, kh, kw, pad_top, pad_left, pool, transposed,
+                    banded and pool)
 
 
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, pool: bool,
-          transposed: bool = False) -> jax.Array:
+          transposed: bool = False, banded: bool = False) -> jax.Array:
     """"SAME" stride-1 convolution of NHWC x (with the `Geometry.transposed` kernel if so),
     then, with ``pool``, 2x2 max-pool, bias and ReLU (``bias`` is not read without); in x's
     dtype."""
-    g = _geometry(x, kernel, pool, transposed)
+    g = _geometry(x, kernel, pool, transposed, banded)
     out = _pallas(functools.partial(_forward_kernel, geometry=g, bias_relu=pool),
                   jax.ShapeDtypeStruct((g.positions * g.cout,), x.dtype), g,
                   x.reshape(-1), kernel.reshape(-1), bias)
     return out.reshape(g.batch, g.out_h, g.out_w, g.cout)
 
 
-@jax.custom_vjp
-def _conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    return _conv(x, kernel, bias, pool=True)
-
-
-def _conv_relu_pool_fwd(x, kernel, bias):
-    """With symbolic zeros, so the residuals can say whether x is differentiated: ``()`` as
-    their last entry if so, ``None`` if not (two pytree structures, seen by the backward)."""
-    residuals = (x.value, kernel.value, bias.value, () if x.perturbed else None)
-    return _conv(x.value, kernel.value, bias.value, pool=True), residuals
-
-
-def _conv_relu_pool_bwd(residuals, cotangent):
-    x, kernel, bias, input_grad = residuals
-    if isinstance(cotangent, SymbolicZero):  # the output is not differentiated
-        return None, jnp.zeros_like(kernel), jnp.zeros_like(bias)
-    g = _geometry(x, kernel, pool=True)
+def _conv_relu_pool_bwd(banded: bool, x, kernel, bias, input_grad: bool, cotangent):
+    """Kernel, bias and (with ``input_grad``) input gradients of the pooled layer."""
+    g = _geometry(x, kernel, pool=True, banded=banded)
     out_shape = [jax.ShapeDtypeStruct((g.programs * g.partial_rows * g.n_pad,), jnp.float32)]
-    if input_grad is not None:
+    if input_grad:
         out_shape.append(jax.ShapeDtypeStruct((x.size // g.cin * g.cout,), x.dtype))
     outputs = _pallas(functools.partial(_backward_kernel, geometry=g), out_shape, g,
                       x.reshape(-1), kernel.reshape(-1), bias, cotangent.reshape(-1))
     sums = outputs[0].reshape(g.programs, g.partial_rows, g.n_pad).sum(axis=0)
-    dkernel = sums[:-1].reshape(g.kh, g.k_pad, g.n_pad)[:, :g.kw * g.cin, :g.cout]
+    rows = sums[:-1].reshape(g.kh, len(g.shifts), g.k_pad, g.n_pad)
+    dkernel = sum(rows[:, shift, shift * g.cin:(shift + g.kw) * g.cin, :g.cout]
+                  for shift in g.shifts)
     dkernel = dkernel.reshape(kernel.shape).astype(kernel.dtype)
     dbias = sums[-1, :g.cout].astype(bias.dtype)
-    if input_grad is None:
+    if not input_grad:
         return None, dkernel, dbias
     dconv = outputs[1].reshape(*x.shape[:3], g.cout)
     return _conv(dconv, kernel, bias, pool=False, transposed=True), dkernel, dbias
 
 
-_conv_relu_pool.defvjp(_conv_relu_pool_fwd, _conv_relu_pool_bwd, symbolic_zeros=True)
+@functools.cache
+def _conv_relu_pool(banded: bool):
+    """The pooled layer with its custom VJP, defined with symbolic zeros so the forward pass
+    can tell the backward whether x is differentiated (the residuals' last entry: ``()`` if
+    so, ``None`` if not, two pytree structures)."""
+
+    @jax.custom_vjp
+    def layer(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+        return _conv(x, kernel, bias, pool=True, banded=banded)
+
+    def forward(x, kernel, bias):
+        residuals = (x.value, kernel.value, bias.value, () if x.perturbed else None)
+        return layer(x.value, kernel.value, bias.value), residuals
+
+    def backward(residuals, cotangent):
+        x, kernel, bias, input_grad = residuals
+        if isinstance(cotangent, SymbolicZero):  # the output is not differentiated
+            return None, jnp.zeros_like(kernel), jnp.zeros_like(bias)
+        return _conv_relu_pool_bwd(banded, x, kernel, bias, input_grad is not None, cotangent)
+
+    layer.defvjp(forward, backward, symbolic_zeros=True)
+    return layer
 
 
 def pallas_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
@@ -286,4 +329,13 @@ def pallas_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
     """`ConvReluPool` as Pallas kernels (``conv="pallas"``; see the module docstring): x in
     ``dtype``, the products in ``dtype`` with float32 sums, the parameters read as they are
     (float32) and cast in the kernels. Even H and W only."""
-    return _conv_relu_pool(x.astype(dtype), kernel, bias)
+    return _conv_relu_pool(False)(x.astype(dtype), kernel, bias)
+
+
+def pallas_banded_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
+                                 dtype: str) -> jax.Array:
+    """`pallas_conv_relu_pool` with `Geometry.banded` windows (``conv="pallas_banded"``): each
+    of a pooled position's kh + 1 input rows gathered once for both its columns, as (kw + 1)
+    Cin values, times two banded kernel rows (layer 2: 6 gathers of 64 lanes instead of 12,
+    at twice the products' width in layer 1)."""
+    return _conv_relu_pool(True)(x.astype(dtype), kernel, bias)
