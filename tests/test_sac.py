@@ -749,8 +749,8 @@ def test_auto_encoder_conv_is_rows_on_an_accelerator(monkeypatch, backend, expec
         networks.resolve_encoder_conv("cudnn")
 
 
-@pytest.mark.parametrize(("conv", "fused"), [("rows", False), ("rows", True), ("pallas", False),
-                                             ("pallas", True)])
+@pytest.mark.parametrize(  # pallas with fused encoders: test_encode_pair_equals_each_encoder...
+    ("conv", "fused"), [("rows", False), ("rows", True), ("pallas", False)])
 def test_encoder_convs_give_the_canonical_update_for_each_seed(conv, fused):
     """encoder_conv="rows" (also with fused_encoders) or "pallas" changes how convolutions
     are computed, not what: two vmapped seeds' states and metrics after two updates equal the
