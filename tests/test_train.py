@@ -21,7 +21,6 @@ from holdjax.train import (
     ReplayTooLarge,
     Trainer,
     check_replay_fits,
-    encoder_description,
     free_memory,
     get_trainer,
     live_bar,
@@ -127,15 +126,6 @@ def state_run(tmp_path_factory):
     config = dataclasses.replace(TINY, observation="state",
                                  out=str(tmp_path_factory.mktemp("runs") / "state"))
     return config, train(config, quiet=True)
-
-
-def test_run_header_names_the_encoder_computation():
-    """The header says which encoder computation "auto" picked, and warns that pallas on the
-    CPU is the interpreter."""
-    assert encoder_description(TINY) == "canonical float32 encoder convolutions, "
-    pallas = dataclasses.replace(TINY, encoder_conv="pallas", encoder_dtype="bfloat16")
-    assert encoder_description(pallas).startswith("pallas (Pallas's interpreter on the CPU")
-    assert encoder_description(dataclasses.replace(TINY, observation="state")) == ""
 
 
 def test_run_writes_metrics_checkpoints_video(two_seed_run):
@@ -614,10 +604,13 @@ def test_evaluation_runs_the_reward_model_only_for_a_goal_based_policy(goal_base
 
 def test_train_header_names_the_encoder_computation(monkeypatch, tmp_path, capsys):
     """The header says which encoder computation "auto" picked on this backend (rows on an
-    accelerator), and says nothing of encoders for state observations."""
+    accelerator), warns that pallas on the CPU is the interpreter, and says nothing of
+    encoders for state observations."""
     monkeypatch.setattr("holdjax.train.train", lambda config, resume: {})
     train_cli([f"--out={tmp_path / 'run'}", "--encoder_dtype=bfloat16"])
     assert "canonical bfloat16 encoder convolutions, on cpu" in capsys.readouterr().err
+    train_cli([f"--out={tmp_path / 'run'}", "--encoder_conv=pallas"])
+    assert "pallas (Pallas's interpreter on the CPU: for tests" in capsys.readouterr().err
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     train_cli([f"--out={tmp_path / 'run'}"])
     assert "rows float32 encoder convolutions" in capsys.readouterr().err
