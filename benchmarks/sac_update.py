@@ -20,7 +20,9 @@ The encoder's layers are `ConvReluPool`s; ``--conv`` picks their computation
 (`holdjax.sac.networks.CONV_RELU_POOL`): ``canonical`` (custom-VJP convolutions, the default
 everywhere), ``rows`` (each row tile one banded matrix product, written for GPU tensor cores),
 ``lax`` (``lax.conv_general_dilated`` and its autodiff, as ``nn.Conv``; on XLA:CPU that update
-is ~30x slower inside the scan, so use few updates).
+is ~30x slower inside the scan, so use few updates), ``pallas`` and ``pallas_banded`` (Pallas
+kernels, `holdjax.sac.pallas_conv`; interpreted on the CPU). ``--check_against=CONV`` first
+compares the encoder's features and gradients with CONV's on this device (payload's "check").
 """
 
 from __future__ import annotations
@@ -209,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
         choices=networks.ENCODER_CONVS,
         default="canonical",
         help="canonical: custom-VJP convolutions (the default); rows: banded matrix products "
-        "(for GPUs); lax: nn.Conv's lax.conv_general_dilated",
+        "(for GPUs); lax: nn.Conv's lax.conv_general_dilated; pallas, pallas_banded: Pallas "
+        "(Triton) kernels per layer (GPUs; interpreted on the CPU)",
     )
     parser.add_argument("--encoder_dtype", default="float32", help="convolutions' compute type")
     parser.add_argument("--flat_optimizer", action="store_true", help="Adam on raveled params")
@@ -227,7 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     conv_name = {"canonical": "ConvReluPool", "lax": "nn.Conv", "rows": "banded GEMM",
-                 "pallas": "Pallas kernels"}[args.conv]
+                 "pallas": "Pallas kernels", "pallas_banded": "Pallas kernels, banded windows",
+                 }.get(args.conv, args.conv)
     print(f"backend {jax.default_backend()}, encoder layers: {conv_name}", flush=True)
     check = None
     if args.check_against:
