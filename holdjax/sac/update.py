@@ -32,7 +32,8 @@ class SACConfig:
     encoder_filters: tuple[int, ...] = (8, 8)
     encoder_kernel_size: int = 5
     # "auto": rows on an accelerator, canonical on the CPU (networks.resolve_encoder_conv); or
-    # "canonical" (custom-VJP convolutions), "rows" (banded GEMMs), "lax" (nn.Conv).
+    # "canonical" (custom-VJP convolutions), "rows" (banded GEMMs), "lax" (nn.Conv), "pallas"
+    # or "pallas_banded" (Pallas kernels, sac/pallas_conv.py).
     encoder_conv: str = "auto"
     encoder_dtype: str = "float32"  # the convolutions' compute type ("bfloat16" halves bytes)
     init_log_alpha: float = 0.0
