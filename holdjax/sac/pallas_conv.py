@@ -7,12 +7,13 @@ backward, and an update runs 6 encoder passes: on an H100 the encoders are most 
 three where its input is differentiated:
 
 - forward: each program takes `BLOCK` pooled output positions; for each of the 2x2 pooled
-  pixels and each kernel row i it gathers the kw Cin consecutive input values that row reads
-  (a (BLOCK, K) tile; zeros outside the image, so no padded copy) and multiplies them by
-  kernel row i as a (K, N) matrix on tensor cores (K = kw Cin and N = Cout padded to powers of
-  two >= 16, gathered from the float32 kernel in the program); max over the 2x2 pixels, bias,
-  ReLU, stored as (B, H/2, W/2, Cout). Only the input, the parameters and the pooled output
-  touch memory.
+  pixels and each kernel row i it multiplies the kw Cin consecutive input values that row
+  reads (a (BLOCK, K) window; zeros outside the image, so no padded copy) by kernel row i as
+  a (K, N) matrix on tensor cores (K = kw Cin and N = Cout padded to powers of two >= 16,
+  gathered from the float32 kernel in the program). The 20 (pixel, row) pairs share 12
+  windows, each gathered once (`Geometry.taps`; ``pallas_banded``: 6, one per input row,
+  times two banded kernel rows). Max over the 2x2 pixels, bias, ReLU, stored as
+  (B, H/2, W/2, Cout). Only the input, the parameters and the pooled output touch memory.
 - backward: one kernel recomputes the four convolutions, routes the cotangent through ReLU
   and the max (split evenly among ties, as `lax.reduce_max`'s gradient does), and writes each
   program's partial sums of the kernel's and bias's gradients (one XLA reduction sums them).
