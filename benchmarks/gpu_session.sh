@@ -89,6 +89,7 @@ print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
 # "--encoder_conv=pallas" (or pallas_banded) if this machine's `pallas` part (earlier call,
 # same warm machine: its files are still in $out) found it right (check within 5%) and faster
 # than rows with 5 seeds in bf16 (the faster of the two); else nothing (rows, the default).
+# sparse400k uses it.
 pallas_if_faster() {
   python3 -c 'import glob, json, sys
 def run(pattern):
@@ -197,16 +198,14 @@ case "${1:-envs}" in
     # between them; each stops at the budget, and the comparison covers the evals both reached.
     # The default demo model trains first where it is missing (~45 s of GPU); carrying one
     # trained here (`python -m holdjax.reward.train --task=pushing`, 236 KB: carry
-    # "runs/reward_models" beside ".device/rest") spares that. The SAC encoders are pallas if
-    # `pallas` ran just before on this machine and found them right and faster (PIXEL_FLAGS
-    # overrides)
+    # "runs/reward_models" beside ".device/rest") spares that. The SAC encoders stay rows (a
+    # crash here would cost the session's #4 check): PIXEL_FLAGS="$(pallas_if_faster)" opts in
     limit=$(( ${BUDGET_S:-560} - SECONDS - 30 )) trainers=""
     for config in fig3a_pushing_sac fig3a_pushing_holdc; do
       timeout $(( limit + 20 )) python3 benchmarks/reward_comparison.py --configs=$config \
         --seeds=3 --num_envs=128 --epoch_length=5000 --total_steps=${STEPS:-80000} \
         --encoder_dtype=bfloat16 --distance_normalizer=10 --checkpoint_frequency=1000 \
-        --time_limit=$limit ${PIXEL_FLAGS:-$(pallas_if_faster)} --tag=pixels-$config \
-        --results="$out" \
+        --time_limit=$limit ${PIXEL_FLAGS:-} --tag=pixels-$config --results="$out" \
         > "$out/pixels-$config.log" 2>&1 &
       trainers="$trainers $!"
     done
