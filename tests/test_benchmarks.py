@@ -213,7 +213,8 @@ def test_sac_update_checks_an_encoder_against_another(tmp_path, monkeypatch):
                                "--conv=rows", "--check_against=canonical", f"--out={tmp_path}"])
     assert payload["check"]["max"] < 1e-5 and payload["rows"][0]["updates_per_s"] > 0
     assert set(payload["check"]["relative_errors"]) == {
-        "features", "Conv_0/kernel", "Conv_0/bias", "Conv_1/kernel", "Conv_1/bias"}
+        "features", "Conv_0/kernel", "Conv_0/bias", "Conv_1/kernel", "Conv_1/bias",
+        "vmapped_seed_0"}
     assert json.loads((tmp_path / "sac_update-rows-cpu.json").read_text())["check"]
     monkeypatch.setitem(networks.CONV_RELU_POOL, "rows",
                         lambda x, k, b, dtype: networks.conv_relu_pool(x, 1.1 * k, b, dtype))
