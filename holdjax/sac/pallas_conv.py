@@ -130,12 +130,15 @@ def _gather(ref, index: jax.Array, mask: jax.Array) -> jax.Array:
     return plt.load(ref.at[index], mask=mask, other=0)
 
 
-def _scatter(ref, index: jax.Array, values: jax.Array, mask: jax.Array):
-    """Stores ``values`` at ref's flat ``index`` where ``mask``. Other lanes point past the end:
-    Triton skips them, and the interpreter's scatter drops them (instead of writing back what
-    it read, which could land on a real lane's element)."""
-    size = ref.shape[0]
-    plt.store(ref.at[jnp.where(mask, index, size)], values.astype(ref.dtype), mask=mask)
+def _scatter(ref, index: jax.Array, values: jax.Array, mask: jax.Array | None = None):
+    """Stores ``values`` at ref's flat ``index`` (where ``mask``, if given). Masked-out lanes
+    point past the end: Triton skips them, and the interpreter's scatter drops them (instead
+    of writing back what it read, which could land on a real lane's element)."""
+    if mask is None:
+        plt.store(ref.at[index], values.astype(ref.dtype))
+    else:
+        size = ref.shape[0]
+        plt.store(ref.at[jnp.where(mask, index, size)], values.astype(ref.dtype), mask=mask)
 
 
 def _kernel_rows(w_ref, geometry: Geometry, dtype) -> dict[tuple[int, int], jax.Array]:
@@ -191,6 +194,12 @@ def _conv_pixels(x_ref, weights, geometry: Geometry, image, row, col) -> list[ja
     return [outputs[pixel] for pixel in geometry.pixels]
 
 
+def _bias(b_ref, geometry: Geometry) -> jax.Array:
+    """float32 (n_pad,): the bias, zero-padded."""
+    c = lax.iota(jnp.int32, geometry.n_pad)
+    return _gather(b_ref, c, c < geometry.cout).astype(jnp.float32)
+
+
 def _channel_index(geometry: Geometry, valid, position) -> tuple[jax.Array, jax.Array]:
     """Flat indices of ``position`` x channel in an (..., Cout) array, and the real lanes."""
     c = lax.iota(jnp.int32, geometry.n_pad)[None, :]
@@ -203,8 +212,7 @@ def _forward_kernel(x_ref, w_ref, b_ref, out_ref, *, geometry: Geometry, bias_re
     weights = _kernel_rows(w_ref, g, x_ref.dtype)
     conv = functools.reduce(jnp.maximum, _conv_pixels(x_ref, weights, g, image, row, col))
     if bias_relu:
-        bias = _gather(b_ref, lax.iota(jnp.int32, g.n_pad), lax.iota(jnp.int32, g.n_pad) < g.cout)
-        conv = jnp.maximum(conv + bias.astype(jnp.float32)[None, :], 0.0)
+        conv = jnp.maximum(conv + _bias(b_ref, g)[None, :], 0.0)
     index, mask = _channel_index(g, valid, (image * g.out_h + row) * g.out_w + col)
     _scatter(out_ref, index, conv, mask)
 
@@ -215,11 +223,9 @@ def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry
     weights = _kernel_rows(w_ref, g, x_ref.dtype)
     convs = _conv_pixels(x_ref, weights, g, image, row, col)
     pooled = functools.reduce(jnp.maximum, convs)
-    c = lax.iota(jnp.int32, g.n_pad)
-    bias = _gather(b_ref, c, c < g.cout).astype(jnp.float32)
     index, mask = _channel_index(g, valid, (image * g.out_h + row) * g.out_w + col)
     cotangent = _gather(g_ref, index, mask).astype(jnp.float32)  # zero past the end
-    d = jnp.where(pooled + bias[None, :] > 0.0, cotangent, 0.0)
+    d = jnp.where(pooled + _bias(b_ref, g)[None, :] > 0.0, cotangent, 0.0)
     ties = [(conv == pooled).astype(jnp.float32) for conv in convs]
     share = d / functools.reduce(jnp.add, ties)
     dconvs = {pixel: share * tie for pixel, tie in zip(g.pixels, ties, strict=True)}
@@ -230,11 +236,11 @@ def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry
                                  preferred_element_type=jnp.float32)
     start = pl.program_id(0) * g.partial_rows * g.n_pad
     k = lax.iota(jnp.int32, g.k_pad)[:, None]
-    everywhere = jnp.ones((g.k_pad, g.n_pad), jnp.bool_)
+    c = lax.iota(jnp.int32, g.n_pad)
     for (i, shift), dw in dweights.items():
         first = (i * len(g.shifts) + shift) * g.k_pad
-        _scatter(partials_ref, start + (first + k) * g.n_pad + c[None, :], dw, everywhere)
-    _scatter(partials_ref, start + (g.partial_rows - 1) * g.n_pad + c, d.sum(axis=0), c >= 0)
+        _scatter(partials_ref, start + (first + k) * g.n_pad + c[None, :], dw)
+    _scatter(partials_ref, start + (g.partial_rows - 1) * g.n_pad + c, d.sum(axis=0))
 
     if dy_ref:  # the convolution's cotangent, (B, H, W, Cout)
         for (p, q), dconv in dconvs.items():
@@ -261,7 +267,7 @@ def _geometry(x: jax.Array, kernel: jax.Array, pool: bool, transposed: bool = Fa
     if kernel_in != cin:
         raise ValueError(f"kernel {kernel.shape} does not take {cin} input channels")
     if pool and (h % 2 or w % 2):
-        raise ValueError(f"encoder_conv='pallas' pools even sizes only; got {h}x{w} (use "
+        raise ValueError(f"the pallas encoder computations pool even sizes only; got {h}x{w} (use "
                          "encoder_conv='canonical' or 'rows')")
     # "SAME" pads (size - 1) // 2 before; its input gradient's convolution pads size // 2
     pad_top, pad_left = (kh // 2, kw // 2) if transposed else ((kh - 1) // 2, (kw - 1) // 2)
