@@ -463,7 +463,7 @@ def encoder_description(config: TrainConfig) -> str:
     if config.observation != "pixels":
         return ""
     conv = sac_networks.resolve_encoder_conv(config.encoder_conv)
-    if conv == "pallas" and jax.default_backend() == "cpu":
+    if conv in sac_networks.PALLAS_CONVS and jax.default_backend() == "cpu":
         conv += " (Pallas's interpreter on the CPU: for tests, far slower than canonical)"
     return f"{conv} {config.encoder_dtype} encoder convolutions, "
 

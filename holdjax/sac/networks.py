@@ -148,10 +148,11 @@ CONV_RELU_POOL = {
     "canonical": conv_relu_pool,
     "lax": lax_conv_relu_pool,
     "rows": rows_conv_relu_pool,
-    "pallas": pallas_conv_relu_pool,  # GPUs; the CPU runs it in Pallas's interpreter (tests)
+    "pallas": pallas_conv_relu_pool,  # PALLAS_CONVS: for GPUs
     "pallas_banded": pallas_banded_conv_relu_pool,
 }
 ENCODER_CONVS = tuple(CONV_RELU_POOL)
+PALLAS_CONVS = ("pallas", "pallas_banded")  # Pallas kernels: interpreted on the CPU
 
 
 def check_encoder_conv(conv: str) -> None:
@@ -182,7 +183,7 @@ def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array
     XLA:CPU it is slower; benchmarks/NOTES.md).
     """
     conv = resolve_encoder_conv(conv)
-    batched_later_layers = conv in ("rows", "pallas", "pallas_banded")
+    batched_later_layers = conv == "rows" or conv in PALLAS_CONVS
     x = images.astype(dtype)
     for i in range(1 if batched_later_layers else len(first)):
         a, b = first[f"Conv_{i}"], second[f"Conv_{i}"]
