@@ -110,11 +110,13 @@ def check_encoder(conv: str, reference: str, dtype: str, batch_size: int) -> dic
     params = networks.Encoder(conv=reference).init(jax.random.key(0), images)
     params = jax.tree_util.tree_map_with_path(
         lambda path, x: jnp.linspace(-0.2, 0.1, x.size) if path[-1].key == "bias" else x, params)
+    def grad(encoder):
+        return jax.grad(lambda p: jnp.sum(jnp.sin(encoder.apply(p, images))))
+
     results = []
     for name in (conv, reference):
         encoder = networks.Encoder(conv=name, dtype=dtype)
-        loss = lambda p, e=encoder: jnp.sum(jnp.sin(e.apply(p, images)))  # noqa: E731
-        results.append((jax.jit(encoder.apply)(params, images), jax.jit(jax.grad(loss))(params)))
+        results.append((jax.jit(encoder.apply)(params, images), jax.jit(grad(encoder))(params)))
     (features, grads), (ref_features, ref_grads) = results
 
     def relative(a, b):
@@ -126,9 +128,8 @@ def check_encoder(conv: str, reference: str, dtype: str, batch_size: int) -> dic
         errors[key] = relative(g, ref_grads["params"][path[0].key][path[1].key])
     # Seeds are vmapped (the batching rule adds a grid axis to a Pallas kernel): seed 0 of two
     # must give the unbatched gradients.
-    encoder = networks.Encoder(conv=conv, dtype=dtype)
     seeds = jax.tree.map(lambda x: jnp.stack([x, -x]), params)
-    vmapped = jax.jit(jax.vmap(jax.grad(lambda p: jnp.sum(jnp.sin(encoder.apply(p, images))))))
+    vmapped = jax.jit(jax.vmap(grad(networks.Encoder(conv=conv, dtype=dtype))))
     errors["vmapped_seed_0"] = max(relative(a[0], b) for a, b in zip(
         jax.tree.leaves(vmapped(seeds)), jax.tree.leaves(grads), strict=True))
     return {"against": reference, "relative_errors": errors, "max": max(errors.values())}
