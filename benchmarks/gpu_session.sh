@@ -199,7 +199,7 @@ case "${1:-envs}" in
     # The default demo model trains first where it is missing (~45 s of GPU); carrying one
     # trained here (`python -m holdjax.reward.train --task=pushing`, 236 KB: carry
     # "runs/reward_models" beside ".device/rest") spares that. The SAC encoders stay rows (a
-    # crash here would cost the session's #4 check): PIXEL_FLAGS="$(pallas_if_faster)" opts in
+    # crash here would cost the session's #4 check): PIXEL_FLAGS=--encoder_conv=pallas opts in
     limit=$(( ${BUDGET_S:-560} - SECONDS - 30 )) trainers=""
     for config in fig3a_pushing_sac fig3a_pushing_holdc; do
       timeout $(( limit + 20 )) python3 benchmarks/reward_comparison.py --configs=$config \
