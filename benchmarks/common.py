@@ -69,8 +69,9 @@ def write_results(name: str, payload: dict, out_dir: str | None = None,
         **payload,
     }
     path = os.path.join(out_dir, f"{name}-{device or device_name()}.json")
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:  # replaced whole: a run killed mid-write keeps the last
         json.dump(payload, f, indent=1)
+    os.replace(path + ".tmp", path)
     return path
 
 

@@ -255,12 +255,6 @@ def main(argv: list[str] | None = None) -> dict:
         **({} if args.fused_encoders is None else {"fused_encoders": bool(args.fused_encoders)}),
         **({} if args.batched_q_heads is None else {"batched_q_heads": bool(args.batched_q_heads)}),
     )
-    rows = []
-    for num_seeds in map(int, args.seeds.split(",")):
-        row = measure(num_seeds, args.updates, args.repeats, config, args.unroll)
-        rows.append(row)
-        print(format_row(row), flush=True)
-
     payload = {
         "image_shape": list(IMAGE_SHAPE),
         "action_dim": ACTION_DIM,
@@ -272,19 +266,28 @@ def main(argv: list[str] | None = None) -> dict:
         "encoder_dtype": args.encoder_dtype,
         "repeats": args.repeats,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "rows": rows,
+        "rows": [],
+        **({"check": check} if check else {}),
     }
+    name = "sac_update" if args.conv == "canonical" else f"sac_update-{args.conv}"
+
+    def save() -> str:  # after the check and each seed count: a part cut short keeps them
+        return write_results(name, payload, out_dir=args.out, tag=args.tag)
+
     if check:
-        payload["check"] = check
+        save()
+    for num_seeds in map(int, args.seeds.split(",")):
+        row = measure(num_seeds, args.updates, args.repeats, config, args.unroll)
+        payload["rows"].append(row)
+        print(format_row(row), flush=True)
+        save()
     if args.trace:
         try:
             payload["profile"] = profile(args.trace, args.updates, config, args.unroll)
         except Exception as e:  # e.g. no CUPTI on this machine: keep the timings
             payload["profile"] = {"error": repr(e)[:300]}
         print(json.dumps(payload["profile"], indent=1), flush=True)
-    name = "sac_update" if args.conv == "canonical" else f"sac_update-{args.conv}"
-    path = write_results(name, payload, out_dir=args.out, tag=args.tag)
-    print(f"wrote {path}")
+    print(f"wrote {save()}")
     return payload
 
 
