@@ -121,6 +121,8 @@ def trained_row(config: str, train_flags: list[str], last: int) -> dict:
     return {"config": config, "reward": summary["reward"],
             "seeds": summary["seeds"], "completed": summary["completed"],
             "wall_s": summary["wall_s"],
+            **{k: summary[k] for k in ("first_epoch_s", "steady_env_steps_per_s_per_seed")
+               if k in summary},  # speed (GPUs: two configs time-slice one chip)
             "env_steps": [point["env_steps"] for point in summary["curve"]],
             "final_eval_success_per_seed": summary["final_eval_success_per_seed"],
             "eval_success_per_seed": np.array(

@@ -221,6 +221,32 @@ def test_sac_update_checks_an_encoder_against_another(tmp_path, monkeypatch):
     assert sac_update.check_encoder("rows", "canonical", "float32", 4)["max"] > 0.05
 
 
+def test_sac_update_keeps_what_a_cut_run_measured(tmp_path, monkeypatch):
+    """The results file is written after the check and after each seed count, so a part that
+    its time limit stops keeps the check and the rates it finished."""
+    monkeypatch.setattr(sac_update, "check_encoder",
+                        lambda *args: {"against": "canonical", "relative_errors": {}, "max": 0.001})
+    written = []
+
+    def measure(num_seeds, *args):
+        path = tmp_path / "sac_update-rows-cpu.json"
+        written.append(json.loads(path.read_text()) if path.exists() else None)
+        if num_seeds == 5:
+            raise KeyboardInterrupt  # the time limit's signal, say
+        return {"num_seeds": num_seeds, "updates_per_scan": 2, "batch_size": 4,
+                "ms_per_update": 1.0, "updates_per_s": 1000.0, "seed_updates_per_s": 1000.0,
+                "compile_and_first_run_s": 0.0, "unroll": 1}
+
+    monkeypatch.setattr(sac_update, "measure", measure)
+    with pytest.raises(KeyboardInterrupt):
+        sac_update.main(["--seeds=1,5", "--conv=rows", "--check_against=canonical",
+                         f"--out={tmp_path}"])
+    assert written[0]["check"]["max"] == 0.001 and written[0]["rows"] == []
+    kept = json.loads((tmp_path / "sac_update-rows-cpu.json").read_text())
+    assert [row["num_seeds"] for row in kept["rows"]] == [1] and kept["check"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_reference_loop_smoke(tmp_path):
     result = reference_loop.main(["--steps=3", "--warmup=1", "--batch_size=8",
                                   f"--out={tmp_path}", *TINY_HOLDC])
@@ -350,7 +376,9 @@ def test_reward_comparison_at_equal_env_steps(tmp_path, monkeypatch):
         curve = [{"env_steps": 1000 * (i + 1), "wall_s": 1.0, "eval_success_rate": s}
                  for i, s in enumerate(curves[config])]
         return {"reward": config.split("_")[-1], "seeds": 2, "completed": True, "wall_s": 3.0,
-                "curve": curve, "final_eval_success_per_seed": curve[-1]["eval_success_rate"]}
+                "curve": curve, "final_eval_success_per_seed": curve[-1]["eval_success_rate"],
+                **({"first_epoch_s": 2.0, "steady_env_steps_per_s_per_seed": 500.0}
+                   if len(curve) > 1 else {})}
 
     monkeypatch.setattr(reward_comparison.train_run, "main", fake_run)
     configs = "--configs=fig3a_pushing_sac,fig3a_pushing_holdc,fig5a_pushing_l2"
@@ -362,6 +390,7 @@ def test_reward_comparison_at_equal_env_steps(tmp_path, monkeypatch):
     assert sac["mean_success_all_evals"] == pytest.approx(0.05)
     assert holdc["mean_success_last_evals"] == pytest.approx(0.5)
     assert holdc["beats_baseline"] and "beats_baseline" not in sac
+    assert sac["steady_env_steps_per_s_per_seed"] == 500.0 and sac["first_epoch_s"] == 2.0
     assert not l2["beats_baseline"]  # better over all evals (0.133), worse over the last two
     written = json.loads(next(tmp_path.glob("reward_comparison-*.json")).read_text())
     assert written["rows"][1]["beats_baseline"]
