@@ -86,26 +86,36 @@ print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
     best["encoder_conv"], best["encoder_dtype"], str(best["fused_encoders"]).lower()))
 ' "$out/convs" | tee -a "$out/sac_update.log"
 }
-# "--encoder_conv=pallas" (or pallas_banded) if this machine's `pallas` part (earlier call,
-# same warm machine: its files are still in $out) found it right (check within 5%) and faster
-# than rows with 5 seeds in bf16 (the faster of the two); else nothing (rows, the default).
-# sparse400k uses it.
+# The flags of the fastest pallas variant (pallas, pallas_banded, pallas with fused encoders)
+# if `pallas` parts found it right (the kernels' check within 5%) and faster than rows with 5
+# seeds in bf16, measured on this GPU kind: this machine's files in $out (an earlier call, same
+# warm machine) or, where it has none, those committed in benchmarks/results/; else nothing
+# (rows, the default). sparse400k uses it.
 pallas_if_faster() {
-  python3 -c 'import glob, json, sys
+  python3 -c 'import glob, json, re, subprocess, sys
+gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                     capture_output=True, text=True).stdout.strip().lower()
+gpu = re.sub("[^a-z0-9]+", "-", gpu).strip("-")  # as benchmarks/common.device_name
 def run(pattern):
-    paths = glob.glob(sys.argv[1] + "/" + pattern)
-    return json.load(open(paths[0])) if paths else None
+    for folder in sys.argv[1:]:
+        paths = glob.glob(folder + "/" + pattern + "-" + gpu + ".json")
+        if paths:
+            return json.load(open(paths[0]))
 def ms(run, seeds=5):
     return next((r["ms_per_update"] for r in run["rows"] if r["num_seeds"] == seeds), None)
-base = run("sac_update-rows-bfloat16-baseline-*.json")
+def right(run):
+    return run and run.get("check", {}).get("max", 1) < 0.05
+base = run("sac_update-rows-bfloat16-baseline")
 best, best_ms = "", ms(base) if base else None
-for conv in ("pallas", "pallas_banded"):
-    candidate = run("sac_update-%s-bfloat16-*.json" % conv)
-    if candidate and candidate.get("check", {}).get("max", 1) < 0.05 and ms(candidate) \
-            and best_ms and ms(candidate) < best_ms:
-        best, best_ms = "--encoder_conv=" + conv, ms(candidate)
+for conv, tag, checked_by, flags in (
+        ("pallas", "bfloat16", "pallas", ""), ("pallas_banded", "bfloat16", "pallas_banded", ""),
+        ("pallas", "fused-bfloat16", "pallas", " --fused_encoders=true")):
+    candidate = run("sac_update-%s-%s" % (conv, tag))
+    checked = run("sac_update-%s-bfloat16" % checked_by)
+    if candidate and right(checked) and ms(candidate) and best_ms and ms(candidate) < best_ms:
+        best, best_ms = "--encoder_conv=" + conv + flags, ms(candidate)
 print(best)
-' "$out" | tee -a "$out/sac_update.log"
+' "$out" benchmarks/results | tee -a "$out/sac_update.log"
 }
 case "${1:-envs}" in
   envs)  # physics + render, both impls (Warp's first compile: ~6 s on the H200 here)
