@@ -114,3 +114,28 @@ def test_odd_sizes_are_refused_with_the_alternatives():
     x, kernel, bias, _ = random_layer(4, 1, 7, 8, 3, 8, 5)
     with pytest.raises(ValueError, match="even sizes only; got 7x8.*'canonical' or 'rows'"):
         pallas_layer("pallas")(x, kernel, bias)
+
+
+@pytest.mark.parametrize("tiling", [pallas_conv.Tiling(16, 2, 4, False),
+                                    pallas_conv.Tiling(32, 8, 2, True)])
+@layers
+def test_every_tiling_computes_the_same_layer(name, tiling):
+    """Positions per program, warps and regathering change how the work is split, not what
+    it computes: 5x16x12 gives 240 positions, 15 or 8 programs (the last one a tail)."""
+    x, kernel, bias, cotangent = random_layer(5, 5, 16, 12, 8, 8, 5)
+    expected = values_and_grads(lax_layer, x, kernel, bias, cotangent)
+    tiled = functools.partial(LAYERS[name], dtype="float32", tiling=tiling)
+    assert_close(jax.jit(functools.partial(values_and_grads, tiled))(x, kernel, bias, cotangent),
+                 expected)
+
+
+def test_tiling_reads_and_writes_its_text_form():
+    tiling = pallas_conv.Tiling.parse("32:4:8:0")
+    assert tiling == pallas_conv.Tiling(32, 4, 8, False) and str(tiling) == "32:4:8:0"
+    assert pallas_conv.Tiling.parse(str(pallas_conv.TILING)) == pallas_conv.TILING
+    with pytest.raises(ValueError, match="four integers"):
+        pallas_conv.Tiling.parse("64:8")
+    with pytest.raises(ValueError, match="power of two >= 16"):
+        pallas_conv.Tiling.parse("48:8:8:1")
+    with pytest.raises(ValueError, match="regather 0 or 1"):
+        pallas_conv.Tiling.parse("64:8:8:2")

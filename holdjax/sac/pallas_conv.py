@@ -6,9 +6,9 @@ backward, and an update runs 6 encoder passes: on an H100 the encoders are most 
 (benchmarks/NOTES.md). Here a layer's forward pass is one kernel and its backward pass two, or
 three where its input is differentiated:
 
-- forward: each program takes `BLOCK` pooled output positions; for each of the 2x2 pooled
+- forward: each program takes `Tiling.block` pooled output positions; for each of the 2x2 pooled
   pixels and each kernel row i it multiplies the kw Cin consecutive input values that row
-  reads (a (BLOCK, K) window; zeros outside the image, so no padded copy) by kernel row i as
+  reads (a (block, K) window; zeros outside the image, so no padded copy) by kernel row i as
   a (K, N) matrix on tensor cores (K = kw Cin and N = Cout padded to powers of two >= 16,
   gathered from the float32 kernel in the program). The 20 (pixel, row) pairs share 12
   windows, each gathered once (`Geometry.taps`; ``pallas_banded``: 6, one per input row,
@@ -36,8 +36,39 @@ from jax.custom_derivatives import SymbolicZero
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-BLOCK = 128  # output positions per program
-NUM_WARPS = 4
+
+class Tiling(NamedTuple):
+    """Output positions per program, warps per program of the forward and backward kernels,
+    and whether the backward pass gathers its windows again for the kernel's gradient
+    (`_windows`). Chosen by the registers, spills and shared memory that Triton reports for
+    an H100 (`benchmarks/triton_resources.py`, NOTES.md): at 128 positions and 4 warps
+    without regathering (the first GPU timing) the backward kernels spill and layer 2's
+    holds one program per SM; here none spill and the forward kernels keep 32 warps per SM
+    instead of 8. Written ``block:forward_warps:backward_warps:regather``."""
+
+    block: int = 64
+    forward_warps: int = 8
+    backward_warps: int = 8
+    regather: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> "Tiling":
+        """``"64:8:8:1"`` -> Tiling(64, 8, 8, True)."""
+        try:
+            block, forward_warps, backward_warps, regather = map(int, text.split(":"))
+        except ValueError:
+            raise ValueError(f"a tiling is block:forward_warps:backward_warps:regather (four "
+                             f"integers, e.g. 64:8:8:1); got {text!r}") from None
+        if block < 16 or block & (block - 1) or regather not in (0, 1):
+            raise ValueError(f"tiling {text!r}: block a power of two >= 16 (tensor-core "
+                             "products), regather 0 or 1")
+        return cls(block, forward_warps, backward_warps, bool(regather))
+
+    def __str__(self) -> str:
+        return f"{self.block}:{self.forward_warps}:{self.backward_warps}:{int(self.regather)}"
+
+
+TILING = Tiling()
 
 
 class Geometry(NamedTuple):
@@ -59,6 +90,7 @@ class Geometry(NamedTuple):
     pool: bool
     transposed: bool
     banded: bool
+    block: int  # output positions per program
 
     @property
     def out_h(self) -> int:
@@ -86,7 +118,7 @@ class Geometry(NamedTuple):
 
     @property
     def programs(self) -> int:
-        return pl.cdiv(self.positions, BLOCK)
+        return pl.cdiv(self.positions, self.block)
 
     @property
     def pixels(self) -> tuple[tuple[int, int], ...]:  # the conv pixels of an output position
@@ -114,9 +146,9 @@ class Geometry(NamedTuple):
 
 
 def _positions(geometry: Geometry) -> tuple[jax.Array, ...]:
-    """Which of this program's `BLOCK` slots hold output positions, and each slot's (image,
-    row, column) (the last position's for slots past the end)."""
-    slot = pl.program_id(0) * BLOCK + lax.iota(jnp.int32, BLOCK)
+    """Which of this program's `Geometry.block` slots hold output positions, and each slot's
+    (image, row, column) (the last position's for slots past the end)."""
+    slot = pl.program_id(0) * geometry.block + lax.iota(jnp.int32, geometry.block)
     valid = slot < geometry.positions
     n = jnp.minimum(slot, geometry.positions - 1)
     per_image = geometry.out_h * geometry.out_w
@@ -124,10 +156,11 @@ def _positions(geometry: Geometry) -> tuple[jax.Array, ...]:
     return valid, image, lax.div(within, geometry.out_w), lax.rem(within, geometry.out_w)
 
 
-def _gather(ref, index: jax.Array, mask: jax.Array) -> jax.Array:
+def _gather(ref, index: jax.Array, mask: jax.Array, eviction_policy: str | None = None
+            ) -> jax.Array:
     """ref's flat elements at ``index`` where ``mask``, zeros elsewhere (Triton reads only the
     masked lanes; the interpreter clamps the others' indices, and then zeros them)."""
-    return plt.load(ref.at[index], mask=mask, other=0)
+    return plt.load(ref.at[index], mask=mask, other=0, eviction_policy=eviction_policy)
 
 
 def _scatter(ref, index: jax.Array, values: jax.Array, mask: jax.Array | None = None):
@@ -161,33 +194,39 @@ def _kernel_rows(w_ref, geometry: Geometry, dtype) -> dict[tuple[int, int], jax.
     return rows
 
 
-def _window(x_ref, geometry: Geometry, image, row, col, t, column) -> jax.Array:
-    """(BLOCK, k_pad): the span Cin consecutive input values of window row t starting at
+def _window(x_ref, geometry: Geometry, image, row, col, t, column,
+            eviction_policy: str | None = None) -> jax.Array:
+    """(block, k_pad): the span Cin consecutive input values of window row t starting at
     window column ``column``, for each position (zero outside the image and past the span)."""
     g = geometry
     stride = 2 if g.pool else 1
-    in_row = stride * row + t - g.pad_top  # per position: (BLOCK,)
+    in_row = stride * row + t - g.pad_top  # per position: (block,)
     first_col = stride * col + column - g.pad_left
     start = ((image * g.height + in_row) * g.width + first_col) * g.cin
     k = lax.iota(jnp.int32, g.k_pad)[None, :]  # the window's values are consecutive: start + k
     u = lax.div(k, g.cin)  # in column first_col + u
     mask = ((k < g.span * g.cin) & ((in_row >= 0) & (in_row < g.height))[:, None]
             & (u >= -first_col[:, None]) & (u < (g.width - first_col)[:, None]))
-    return _gather(x_ref, start[:, None] + k, mask)
+    return _gather(x_ref, start[:, None] + k, mask, eviction_policy)
 
 
-def _windows(x_ref, geometry: Geometry, image, row, col):
-    """`Geometry.taps` with each window gathered once: (window, kernel key, pixel)."""
+def _windows(x_ref, geometry: Geometry, image, row, col, eviction_policy: str | None = None):
+    """`Geometry.taps` with each window gathered once: (window, kernel key, pixel). With
+    `Tiling.regather` the backward pass gathers them again for the kernel's gradient with
+    another ``eviction_policy``: identical loads are merged by Triton's compiler, which then
+    keeps all 12 windows from the recomputation to the gradient (in shared memory: 196 KB in
+    layer 2 at 128 positions a program, one program per SM)."""
     window, last = None, None
     for t, column, i, shift, pixel in geometry.taps():
         if (t, column) != last:
-            window, last = _window(x_ref, geometry, image, row, col, t, column), (t, column)
+            window = _window(x_ref, geometry, image, row, col, t, column, eviction_policy)
+            last = (t, column)
         yield window, (i, shift), pixel
 
 
 def _conv_pixels(x_ref, weights, geometry: Geometry, image, row, col) -> list[jax.Array]:
-    """float32 (BLOCK, n_pad) convolution outputs, one per pixel of the output positions."""
-    outputs = {pixel: jnp.zeros((BLOCK, geometry.n_pad), jnp.float32)
+    """float32 (block, n_pad) convolution outputs, one per pixel of the output positions."""
+    outputs = {pixel: jnp.zeros((geometry.block, geometry.n_pad), jnp.float32)
                for pixel in geometry.pixels}
     for window, key, pixel in _windows(x_ref, geometry, image, row, col):
         outputs[pixel] += jnp.dot(window, weights[key], preferred_element_type=jnp.float32)
@@ -217,7 +256,8 @@ def _forward_kernel(x_ref, w_ref, b_ref, out_ref, *, geometry: Geometry, bias_re
     _scatter(out_ref, index, conv, mask)
 
 
-def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry: Geometry):
+def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry: Geometry,
+                     regather: bool):
     g = geometry
     valid, image, row, col = _positions(g)
     weights = _kernel_rows(w_ref, g, x_ref.dtype)
@@ -231,7 +271,8 @@ def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry
     dconvs = {pixel: share * tie for pixel, tie in zip(g.pixels, ties, strict=True)}
 
     dweights = {key: jnp.zeros((g.k_pad, g.n_pad), jnp.float32) for key in weights}
-    for window, key, pixel in _windows(x_ref, g, image, row, col):
+    for window, key, pixel in _windows(x_ref, g, image, row, col,
+                                       "evict_first" if regather else None):
         dweights[key] += jnp.dot(window.T, dconvs[pixel].astype(window.dtype),
                                  preferred_element_type=jnp.float32)
     start = pl.program_id(0) * g.partial_rows * g.n_pad
@@ -248,18 +289,19 @@ def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry
             _scatter(dy_ref[0], pixel[:, None] * g.cout + c[None, :], dconv, mask)
 
 
-def _pallas(kernel, out_shape, geometry: Geometry, *args):
-    """``kernel`` over the geometry's programs: Triton on a GPU, the interpreter on the CPU."""
+def _pallas(kernel, out_shape, geometry: Geometry, warps: int, *args):
+    """``kernel`` over the geometry's programs: Triton on a GPU with ``warps`` warps a program,
+    the interpreter on the CPU."""
     def call(interpret: bool):
-        params = {} if interpret else {"compiler_params": plt.CompilerParams(num_warps=NUM_WARPS)}
+        params = {} if interpret else {"compiler_params": plt.CompilerParams(num_warps=warps)}
         return pl.pallas_call(kernel, out_shape=out_shape, grid=(geometry.programs,),
                               interpret=interpret, **params)(*args)
 
     return lax.platform_dependent(cpu=lambda: call(True), default=lambda: call(False))
 
 
-def _geometry(x: jax.Array, kernel: jax.Array, pool: bool, transposed: bool = False,
-              banded: bool = False) -> Geometry:
+def _geometry(x: jax.Array, kernel: jax.Array, tiling: Tiling, pool: bool,
+              transposed: bool = False, banded: bool = False) -> Geometry:
     b, h, w, cin = x.shape
     kh, kw, kernel_in, kernel_out = kernel.shape
     if transposed:
@@ -272,29 +314,31 @@ def _geometry(x: jax.Array, kernel: jax.Array, pool: bool, transposed: bool = Fa
     # "SAME" pads (size - 1) // 2 before; its input gradient's convolution pads size // 2
     pad_top, pad_left = (kh // 2, kw // 2) if transposed else ((kh - 1) // 2, (kw - 1) // 2)
     return Geometry(b, h, w, cin, kernel_out, kh, kw, pad_top, pad_left, pool, transposed,
-                    banded and pool)
+                    banded and pool, tiling.block)
 
 
-def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, pool: bool,
+def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, tiling: Tiling, pool: bool,
           transposed: bool = False, banded: bool = False) -> jax.Array:
     """"SAME" stride-1 convolution of NHWC x (with the `Geometry.transposed` kernel if so),
     then, with ``pool``, 2x2 max-pool, bias and ReLU (``bias`` is not read without); in x's
     dtype."""
-    g = _geometry(x, kernel, pool, transposed, banded)
+    g = _geometry(x, kernel, tiling, pool, transposed, banded)
     out = _pallas(functools.partial(_forward_kernel, geometry=g, bias_relu=pool),
-                  jax.ShapeDtypeStruct((g.positions * g.cout,), x.dtype), g,
+                  jax.ShapeDtypeStruct((g.positions * g.cout,), x.dtype), g, tiling.forward_warps,
                   x.reshape(-1), kernel.reshape(-1), bias)
     return out.reshape(g.batch, g.out_h, g.out_w, g.cout)
 
 
-def _conv_relu_pool_bwd(banded: bool, x, kernel, bias, input_grad: bool, cotangent):
+def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, x, kernel, bias, input_grad: bool,
+                        cotangent):
     """Kernel, bias and (with ``input_grad``) input gradients of the pooled layer."""
-    g = _geometry(x, kernel, pool=True, banded=banded)
+    g = _geometry(x, kernel, tiling, pool=True, banded=banded)
     out_shape = [jax.ShapeDtypeStruct((g.programs * g.partial_rows * g.n_pad,), jnp.float32)]
     if input_grad:
         out_shape.append(jax.ShapeDtypeStruct((x.size // g.cin * g.cout,), x.dtype))
-    outputs = _pallas(functools.partial(_backward_kernel, geometry=g), out_shape, g,
-                      x.reshape(-1), kernel.reshape(-1), bias, cotangent.reshape(-1))
+    outputs = _pallas(functools.partial(_backward_kernel, geometry=g, regather=tiling.regather),
+                      out_shape, g, tiling.backward_warps, x.reshape(-1), kernel.reshape(-1),
+                      bias, cotangent.reshape(-1))
     sums = outputs[0].reshape(g.programs, g.partial_rows, g.n_pad).sum(axis=0)
     rows = sums[:-1].reshape(g.kh, len(g.shifts), g.k_pad, g.n_pad)
     dkernel = sum(rows[:, shift, shift * g.cin:(shift + g.kw) * g.cin, :g.cout]
@@ -304,18 +348,18 @@ def _conv_relu_pool_bwd(banded: bool, x, kernel, bias, input_grad: bool, cotange
     if not input_grad:
         return None, dkernel, dbias
     dconv = outputs[1].reshape(*x.shape[:3], g.cout)
-    return _conv(dconv, kernel, bias, pool=False, transposed=True), dkernel, dbias
+    return _conv(dconv, kernel, bias, tiling, pool=False, transposed=True), dkernel, dbias
 
 
 @functools.cache
-def _conv_relu_pool(banded: bool):
+def _conv_relu_pool(banded: bool, tiling: Tiling):
     """The pooled layer with its custom VJP, defined with symbolic zeros so the forward pass
     can tell the backward whether x is differentiated (the residuals' last entry: ``()`` if
     so, ``None`` if not, two pytree structures)."""
 
     @jax.custom_vjp
     def layer(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-        return _conv(x, kernel, bias, pool=True, banded=banded)
+        return _conv(x, kernel, bias, tiling, pool=True, banded=banded)
 
     def forward(x, kernel, bias):
         residuals = (x.value, kernel.value, bias.value, () if x.perturbed else None)
@@ -325,24 +369,25 @@ def _conv_relu_pool(banded: bool):
         x, kernel, bias, input_grad = residuals
         if isinstance(cotangent, SymbolicZero):  # the output is not differentiated
             return None, jnp.zeros_like(kernel), jnp.zeros_like(bias)
-        return _conv_relu_pool_bwd(banded, x, kernel, bias, input_grad is not None, cotangent)
+        return _conv_relu_pool_bwd(banded, tiling, x, kernel, bias, input_grad is not None,
+                                   cotangent)
 
     layer.defvjp(forward, backward, symbolic_zeros=True)
     return layer
 
 
-def pallas_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
-                          dtype: str) -> jax.Array:
+def pallas_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: str,
+                          tiling: Tiling = TILING) -> jax.Array:
     """`ConvReluPool` as Pallas kernels (``conv="pallas"``; see the module docstring): x in
     ``dtype``, the products in ``dtype`` with float32 sums, the parameters read as they are
     (float32) and cast in the kernels. Even H and W only."""
-    return _conv_relu_pool(False)(x.astype(dtype), kernel, bias)
+    return _conv_relu_pool(False, tiling)(x.astype(dtype), kernel, bias)
 
 
-def pallas_banded_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
-                                 dtype: str) -> jax.Array:
+def pallas_banded_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: str,
+                                 tiling: Tiling = TILING) -> jax.Array:
     """`pallas_conv_relu_pool` with `Geometry.banded` windows (``conv="pallas_banded"``): each
     of a pooled position's kh + 1 input rows gathered once for both its columns, as (kw + 1)
     Cin values, times two banded kernel rows (layer 2: 6 gathers of 64 lanes instead of 12,
     at twice the products' width in layer 1)."""
-    return _conv_relu_pool(True)(x.astype(dtype), kernel, bias)
+    return _conv_relu_pool(True, tiling)(x.astype(dtype), kernel, bias)
