@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import glob
 import gzip
 import json
 import os
 import sys
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +43,7 @@ import jax.numpy as jnp
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import timed, write_results  # noqa: E402
 
-from holdjax.sac import networks, replay  # noqa: E402
+from holdjax.sac import networks, pallas_conv, replay  # noqa: E402
 from holdjax.sac.update import SACConfig, init_sac, sac_update  # noqa: E402
 
 IMAGE_SHAPE = (48, 48, 3)
@@ -234,9 +236,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--check_against", default="", choices=("", *networks.ENCODER_CONVS),
                         help="first compare the encoder's features and gradients with this "
                         "computation's (payload's 'check')")
+    parser.add_argument("--pallas_tiling", type=tiling_argument, default=pallas_conv.TILING,
+                        help="block:forward_warps:backward_warps:regather of the Pallas kernels "
+                        f"(default {pallas_conv.TILING})")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
+    # the Pallas computations at this tiling, for this run (the networks read them from here)
+    tiled = {name: functools.partial(networks.CONV_RELU_POOL[name], tiling=args.pallas_tiling)
+             for name in networks.PALLAS_CONVS}
+    with mock.patch.dict(networks.CONV_RELU_POOL, tiled):
+        return check_and_measure(args)
 
+
+def tiling_argument(text: str) -> pallas_conv.Tiling:
+    try:
+        return pallas_conv.Tiling.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def check_and_measure(args: argparse.Namespace) -> dict:
+    """The check (``--check_against``), then the rates of each seed count, then the profile;
+    the results file is written after each."""
     conv_name = {"canonical": "ConvReluPool", "lax": "nn.Conv", "rows": "banded GEMM",
                  "pallas": "Pallas kernels", "pallas_banded": "Pallas kernels, banded windows",
                  }.get(args.conv, args.conv)
@@ -266,6 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
         "encoder_dtype": args.encoder_dtype,
         "repeats": args.repeats,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        **({"pallas_tiling": str(args.pallas_tiling)}
+           if args.conv in networks.PALLAS_CONVS else {}),
         "rows": [],
         **({"check": check} if check else {}),
     }

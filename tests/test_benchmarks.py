@@ -22,9 +22,10 @@ import sample_efficiency  # noqa: E402
 import task_success  # noqa: E402
 import timestep_stability  # noqa: E402
 import train_run  # noqa: E402
+import triton_resources  # noqa: E402
 
 from holdjax.config import config_from_args  # noqa: E402
-from holdjax.sac import networks  # noqa: E402
+from holdjax.sac import networks, pallas_conv  # noqa: E402
 
 
 def record(epoch, env_steps, wall_s, success):
@@ -180,6 +181,70 @@ def test_pallas_encoders_compile_for_an_h100(tmp_path):
                                f"--out={tmp_path}"])
     (row,) = payload["rows"]
     assert row["by_kind"]["__gpu$xla.gpu.triton"]["kernels"] == 14
+
+
+DEBUG_OUTPUT = """The Triton module for pallas_call _forward_kernel at pallas_conv.py:1:
+module @_forward_kernel {
+  tt.func public @_forward_kernel(%arg0: !tt.ptr<bf16>) {
+    %c1 = arith.constant 1 : i32 "mul:"(#loc15)
+    %0 = tt.load %1, %2, %3 evictionPolicy = evict_first : tensor<64x!tt.ptr<bf16>> [unknown]
+    tt.return [unknown]
+  } [unknown]
+} [unknown]
+The grid mapping for pallas_call _forward_kernel at pallas_conv.py:1:
+module @_backward_kernel {
+  tt.return
+}
+"""
+
+
+def test_triton_resources_reads_pallas_ir_and_counts_resident_warps():
+    """Each printed module is found, named, and cleaned of the debug printer's locations;
+    an SM's resident programs follow CUDA's register, shared-memory and warp limits."""
+    (forward, ir), (backward, _) = triton_resources.triton_modules(DEBUG_OUTPUT)
+    assert (forward, backward) == ("_forward_kernel", "_backward_kernel")
+    assert "loc" not in ir and "unknown" not in ir and "evictionPolicy" not in ir
+    assert ir.startswith("module @_forward_kernel {") and ir.endswith("}")
+    assert "{holdjax.evict_first} : tensor<64x!tt.ptr<bf16>>" in ir
+    # 255 registers x 8 warps fill the 65,536 registers: one program
+    assert triton_resources.occupancy(255, 0, 8) == {
+        "programs_per_sm": 1, "warps_per_sm": 8, "limited_by": "registers"}
+    assert triton_resources.occupancy(59, 19456, 8)["warps_per_sm"] == 32  # 64 regs a thread
+    assert triton_resources.occupancy(255, 201728, 4) == {
+        "programs_per_sm": 1, "warps_per_sm": 4, "limited_by": "shared"}
+
+
+def test_triton_resources_of_the_pallas_kernels_for_an_h100(tmp_path):
+    """Where XLA's CUDA compiler and Triton are installed (not in CI), each layer's kernels
+    lower and compile for an H100: layer 1 without an input gradient, layer 2 with one."""
+    pytest.importorskip("jax_cuda12_plugin")
+    pytest.importorskip("triton")
+    payload = triton_resources.main(["--tilings=32:4:4:1", "--batch=2", f"--out={tmp_path}"])
+    assert [(row["layer"], row["kernel"]) for row in payload["rows"]] == [
+        ("layer1", "forward"), ("layer1", "backward"), ("layer2", "forward"),
+        ("layer2", "backward"), ("layer2", "input_gradient")]
+    assert all(0 < row["registers"] <= 255 and row["warps_per_sm"] > 0
+               for row in payload["rows"])
+
+
+def test_sac_update_times_the_pallas_kernels_at_a_given_tiling(tmp_path, monkeypatch):
+    """--pallas_tiling puts that tiling in the networks' table for the run, and only then."""
+    seen = []
+
+    def measure(num_seeds, *args):
+        seen.append(networks.CONV_RELU_POOL["pallas"].keywords["tiling"])
+        return {"num_seeds": num_seeds, "updates_per_scan": 2, "batch_size": 4,
+                "ms_per_update": 1.0, "updates_per_s": 1000.0, "seed_updates_per_s": 1000.0,
+                "compile_and_first_run_s": 0.0, "unroll": 1}
+
+    monkeypatch.setattr(sac_update, "measure", measure)
+    payload = sac_update.main(["--seeds=1", "--conv=pallas", "--pallas_tiling=32:2:4:0",
+                               f"--out={tmp_path}"])
+    assert seen == [pallas_conv.Tiling(32, 2, 4, False)]
+    assert payload["pallas_tiling"] == "32:2:4:0"
+    assert networks.CONV_RELU_POOL["pallas"] is pallas_conv.pallas_conv_relu_pool
+    with pytest.raises(SystemExit):
+        sac_update.main(["--conv=pallas", "--pallas_tiling=64:8"])
 
 
 TINY_HOLDC = ["--holdc_layers=18", "--holdc_filters=2", "--holdc_crop_size=32"]
