@@ -17,7 +17,7 @@
 #   bash benchmarks/gpu_session.sh sparse   # figure 3a's 400k sparse run, N=256, then 5-seed rows
 #   bash benchmarks/gpu_session.sh backbones  # demo HOLD-C with ResNet-50/18, 64 filters, 128/256 px
 #   bash benchmarks/gpu_session.sh pixels   # #4's figure-3a check on pixels: sparse vs HOLD-C, 3 seeds
-#   bash benchmarks/gpu_session.sh pallas   # Pallas encoder kernels (two kinds): checked, then timed against rows
+#   bash benchmarks/gpu_session.sh pallas   # Pallas encoder kernels: checked, timed against rows, tilings swept
 #   bash benchmarks/gpu_session.sh sparse400k  # #3's plain-SAC run to its end (400k), one call
 #   bash benchmarks/gpu_session.sh latency  # a step's latency and fidelity at 20 vs 10 substeps
 #   bash benchmarks/gpu_session.sh brax     # #5's state-based SAC against brax's, its own call
@@ -86,13 +86,15 @@ print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
     best["encoder_conv"], best["encoder_dtype"], str(best["fused_encoders"]).lower()))
 ' "$out/convs" | tee -a "$out/sac_update.log"
 }
-# The flags of the fastest pallas variant (pallas, pallas_banded, pallas with fused encoders)
-# if `pallas` parts found it right (the kernels' check within 5%) and faster than rows with 5
-# seeds in bf16, measured on this GPU kind: this machine's files in $out (an earlier call, same
-# warm machine) or, where it has none, those committed in benchmarks/results/; else nothing
-# (rows, the default). sparse400k uses it.
+# The flags of the fastest pallas variant (pallas or pallas_banded, fused encoders or not) at
+# today's tiling (pallas_conv.TILING) if `pallas` parts found it right (the kernels' check
+# within 5%, its own or that of the same kernels unfused) and faster than rows with 5 seeds in
+# bf16, measured on this GPU kind: this machine's files in $out (an earlier call, same warm
+# machine) or, where it has none, those committed in benchmarks/results/; else nothing (rows,
+# the default). sparse400k uses it.
 pallas_if_faster() {
   python3 -c 'import glob, json, re, subprocess, sys
+from holdjax.sac.pallas_conv import TILING
 gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
                      capture_output=True, text=True).stdout.strip().lower()
 gpu = re.sub("[^a-z0-9]+", "-", gpu).strip("-")  # as benchmarks/common.device_name
@@ -107,13 +109,14 @@ def right(run):
     return run and run.get("check", {}).get("max", 1) < 0.05
 base = run("sac_update-rows-bfloat16-baseline")
 best, best_ms = "", ms(base) if base else None
-for conv, tag, checked_by, flags in (
-        ("pallas", "bfloat16", "pallas", ""), ("pallas_banded", "bfloat16", "pallas_banded", ""),
-        ("pallas", "fused-bfloat16", "pallas", " --fused_encoders=true")):
-    candidate = run("sac_update-%s-%s" % (conv, tag))
-    checked = run("sac_update-%s-bfloat16" % checked_by)
-    if candidate and right(checked) and ms(candidate) and best_ms and ms(candidate) < best_ms:
-        best, best_ms = "--encoder_conv=" + conv + flags, ms(candidate)
+for conv in ("pallas", "pallas_banded"):
+    for tag, flags in (("bfloat16", ""), ("fused-bfloat16", " --fused_encoders=true")):
+        candidate = run("sac_update-%s-%s" % (conv, tag))
+        if not candidate or candidate.get("pallas_tiling", "128:4:4:0") != str(TILING):
+            continue  # files from before tilings were recorded ran 128:4:4:0
+        checked = candidate if "check" in candidate else run("sac_update-%s-bfloat16" % conv)
+        if right(checked) and ms(candidate) and best_ms and ms(candidate) < best_ms:
+            best, best_ms = "--encoder_conv=" + conv + flags, ms(candidate)
 print(best)
 ' "$out" benchmarks/results | tee -a "$out/sac_update.log"
 }
@@ -229,22 +232,21 @@ case "${1:-envs}" in
     else
       echo "pixels: a run wrote no results (its log above), so nothing to compare"
     fi ;;
-  pallas)  # the Pallas encoder kernels, which no GPU has run yet: encoder_conv="pallas"
-    # checked against rows on the device (features and gradients, in the payload's "check"),
-    # its 1- and 5-seed update rates in bf16 and a profile (which kernels take the time);
-    # rows bf16 (today's default) in the same call; the banded windows (pallas_banded),
-    # checked; float32 checked against canonical; fused encoders (the critic's and actor's
-    # first layers as one 16-channel kernel). The first part (two compiles, a check, a
-    # profile) gets a third of BUDGET_S, the others share the rest (~5 min predicted)
-    sac $(( ${BUDGET_S:-300} / 3 )) --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 \
-      --check_against=rows --trace=/tmp/trace_pallas --tag=bfloat16
-    share=$(( (${BUDGET_S:-300} - SECONDS) / 4 ))
-    sac $share --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16-baseline
-    sac $share --seeds=1,5 --conv=pallas_banded --encoder_dtype=bfloat16 --check_against=rows \
-      --tag=bfloat16
-    sac $share --seeds=1 --conv=pallas --check_against=canonical --tag=float32
-    sac $(( ${BUDGET_S:-300} - SECONDS - 5 )) --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 \
-      --fused_encoders=1 --tag=fused-bfloat16 ;;
+  pallas)  # the Pallas encoder kernels (encoder_conv="pallas") with fused encoders (the
+    # fastest update of the first timing) at today's tiling (pallas_conv.TILING, chosen by
+    # triton_resources.py): checked against rows on the device (features and gradients, in
+    # the payload's "check"), 1 and 5 seeds in bf16, profiled; rows bf16 (the default) in the
+    # same call; then the other tilings of triton_resources.py's table, the first timing's
+    # (128:4:4:0) first; then pallas_banded, checked (~6 min in all)
+    sac $(( ${BUDGET_S:-360} / 4 )) --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 \
+      --fused_encoders=1 --check_against=rows --trace=/tmp/trace_pallas --tag=fused-bfloat16
+    sac 45 --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16-baseline
+    for tiling in 128:4:4:0 64:8:8:0 64:8:4:1 32:4:4:1; do
+      sac 45 --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 --fused_encoders=1 \
+        --pallas_tiling=$tiling --tag=fused-bfloat16-tiling-${tiling//:/-}
+    done
+    sac $(( ${BUDGET_S:-360} - SECONDS - 5 )) --seeds=1,5 --conv=pallas_banded \
+      --encoder_dtype=bfloat16 --fused_encoders=1 --check_against=rows --tag=fused-bfloat16 ;;
   sparse400k)  # #3's "the reference's plain-SAC run completes": one seed at 256 worlds, rows
     # bf16, evaluated every ~20k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
     # ~75 s for the first (compiling) epoch, then ~19.6 s an epoch: ~560 s in all, so give it
