@@ -116,12 +116,14 @@ def test_odd_sizes_are_refused_with_the_alternatives():
         pallas_layer("pallas")(x, kernel, bias)
 
 
-@pytest.mark.parametrize("tiling", [pallas_conv.Tiling(16, 2, 4, False),
-                                    pallas_conv.Tiling(32, 8, 2, True)])
+@pytest.mark.parametrize("tiling", [pallas_conv.Tiling(16, 2, 4, False, 2),
+                                    pallas_conv.Tiling(32, 8, 2, True, 0)])
 @layers
 def test_every_tiling_computes_the_same_layer(name, tiling):
-    """Positions per program, warps and regathering change how the work is split, not what
-    it computes: 5x16x12 gives 240 positions, 15 or 8 programs (the last one a tail)."""
+    """Positions per block, warps, regathering and backward programs change how the work is
+    split, not what it computes. 5x16x12 gives 240 positions: 15 blocks of 16, which 2
+    backward programs' worth take 7 at a time (3 programs, the last with one real block, a
+    tail, and 6 past the end), or 8 blocks of 32, one per program (the last a tail)."""
     x, kernel, bias, cotangent = random_layer(5, 5, 16, 12, 8, 8, 5)
     expected = values_and_grads(lax_layer, x, kernel, bias, cotangent)
     tiled = functools.partial(LAYERS[name], dtype="float32", tiling=tiling)
@@ -130,12 +132,20 @@ def test_every_tiling_computes_the_same_layer(name, tiling):
 
 
 def test_tiling_reads_and_writes_its_text_form():
-    tiling = pallas_conv.Tiling.parse("32:4:8:0")
-    assert tiling == pallas_conv.Tiling(32, 4, 8, False) and str(tiling) == "32:4:8:0"
+    tiling = pallas_conv.Tiling.parse("32:4:8:0:16")
+    assert tiling == pallas_conv.Tiling(32, 4, 8, False, 16) and str(tiling) == "32:4:8:0:16"
     assert pallas_conv.Tiling.parse(str(pallas_conv.TILING)) == pallas_conv.TILING
-    with pytest.raises(ValueError, match="four integers"):
+    with pytest.raises(ValueError, match="five integers"):
         pallas_conv.Tiling.parse("64:8")
     with pytest.raises(ValueError, match="power of two >= 16"):
-        pallas_conv.Tiling.parse("48:8:8:1")
+        pallas_conv.Tiling.parse("48:8:8:1:0")
     with pytest.raises(ValueError, match="regather 0 or 1"):
-        pallas_conv.Tiling.parse("64:8:8:2")
+        pallas_conv.Tiling.parse("64:8:8:2:0")
+
+
+def test_backward_programs_loop_over_blocks():
+    """Each backward program takes blocks // backward_programs blocks (at least one), so the
+    partial sums shrink with it; 0 keeps one block a program."""
+    tiling = pallas_conv.Tiling(64, 8, 8, True, 264)
+    assert [tiling.blocks_per_program(b) for b in (100, 264, 600, 2304)] == [1, 1, 2, 8]
+    assert pallas_conv.Tiling(64, 8, 8, True, 0).blocks_per_program(2304) == 1

@@ -16,7 +16,9 @@ three where its input is differentiated:
   (B, H/2, W/2, Cout). Only the input, the parameters and the pooled output touch memory.
 - backward: one kernel recomputes the four convolutions, routes the cotangent through ReLU
   and the max (split evenly among ties, as `lax.reduce_max`'s gradient does), and writes each
-  program's partial sums of the kernel's and bias's gradients (one XLA reduction sums them).
+  program's partial sums of the kernel's and bias's gradients (one XLA reduction sums them);
+  a program can loop over several blocks of positions (`Tiling.backward_programs`), to write
+  fewer partial sums.
   Where the layer's input is differentiated (not for the images: the custom VJP sees which
   inputs are perturbed), it also writes the convolution's cotangent (B, H, W, Cout), which the
   forward kernel (no pool, no bias; the kernel read flipped and transposed) turns into the
@@ -38,37 +40,52 @@ from jax.experimental.pallas import triton as plt
 
 
 class Tiling(NamedTuple):
-    """Output positions per program, warps per program of the forward and backward kernels,
-    and whether the backward pass gathers its windows again for the kernel's gradient
-    (`_windows`). Chosen by the registers, spills and shared memory that Triton reports for
-    an H100 (`benchmarks/triton_resources.py`, NOTES.md): at 128 positions and 4 warps
-    without regathering (the first GPU timing) the backward kernels spill and layer 2's
-    holds one program per SM; here none spill and the forward kernels keep 32 warps per SM
-    instead of 8. Written ``block:forward_warps:backward_warps:regather``."""
+    """Output positions per block (a program's work in the forward kernels, one step of its
+    loop in the backward ones), warps per program of the forward and backward kernels,
+    whether the backward pass gathers its windows again for the kernel's gradient
+    (`_windows`), and the fewest backward programs (each loops over blocks, writing one set
+    of partial sums; 0: one block each). Chosen by the registers, spills and shared memory
+    that Triton reports for an H100 (`benchmarks/triton_resources.py`, NOTES.md): at 128
+    positions and 4 warps without regathering (the first GPU timing) the backward kernels
+    spill and layer 2's holds one program per SM; here none spill and the forward kernels
+    keep 32 warps per SM instead of 8. Looping (264 backward programs: two per H100 SM)
+    writes 2-8x fewer partial sums but makes the backward kernels spill, so it waits for a
+    GPU timing. Written ``block:forward_warps:backward_warps:regather:backward_programs``."""
 
     block: int = 64
     forward_warps: int = 8
     backward_warps: int = 8
     regather: bool = True
+    backward_programs: int = 0
 
     @classmethod
     def parse(cls, text: str) -> "Tiling":
-        """``"64:8:8:1"`` -> Tiling(64, 8, 8, True)."""
+        """``"64:8:8:1:264"`` -> Tiling(64, 8, 8, True, 264)."""
         try:
-            block, forward_warps, backward_warps, regather = map(int, text.split(":"))
+            block, forward_warps, backward_warps, regather, programs = map(int, text.split(":"))
         except ValueError:
-            raise ValueError(f"a tiling is block:forward_warps:backward_warps:regather (four "
-                             f"integers, e.g. 64:8:8:1); got {text!r}") from None
-        if block < 16 or block & (block - 1) or regather not in (0, 1):
+            raise ValueError(f"a tiling is block:forward_warps:backward_warps:regather:"
+                             f"backward_programs (five integers, e.g. {TILING}); got "
+                             f"{text!r}") from None
+        if block < 16 or block & (block - 1) or regather not in (0, 1) or programs < 0:
             raise ValueError(f"tiling {text!r}: block a power of two >= 16 (tensor-core "
-                             "products), regather 0 or 1")
-        return cls(block, forward_warps, backward_warps, bool(regather))
+                             "products), regather 0 or 1, backward_programs >= 0")
+        return cls(block, forward_warps, backward_warps, bool(regather), programs)
 
     def __str__(self) -> str:
-        return f"{self.block}:{self.forward_warps}:{self.backward_warps}:{int(self.regather)}"
+        return (f"{self.block}:{self.forward_warps}:{self.backward_warps}:{int(self.regather)}:"
+                f"{self.backward_programs}")
+
+    def blocks_per_program(self, blocks: int) -> int:
+        """Blocks each backward program loops over, for a layer of ``blocks`` blocks."""
+        return max(1, blocks // self.backward_programs) if self.backward_programs else 1
 
 
 TILING = Tiling()
+# Software-pipelining stages of the backward kernels' loop over blocks (Triton's default on
+# CUDA is 3): each stage would buffer a block's gathered windows in shared memory, which at
+# 64 positions a block is more than an H100 SM has in layer 2 (benchmarks/NOTES.md).
+PIPELINE_STAGES = 1
 
 
 class Geometry(NamedTuple):
@@ -90,7 +107,8 @@ class Geometry(NamedTuple):
     pool: bool
     transposed: bool
     banded: bool
-    block: int  # output positions per program
+    block: int  # output positions per block
+    blocks_per_program: int
 
     @property
     def out_h(self) -> int:
@@ -118,7 +136,7 @@ class Geometry(NamedTuple):
 
     @property
     def programs(self) -> int:
-        return pl.cdiv(self.positions, self.block)
+        return pl.cdiv(pl.cdiv(self.positions, self.block), self.blocks_per_program)
 
     @property
     def pixels(self) -> tuple[tuple[int, int], ...]:  # the conv pixels of an output position
@@ -145,10 +163,10 @@ class Geometry(NamedTuple):
                         yield t, column, t - p, q if self.banded else 0, (p, q)
 
 
-def _positions(geometry: Geometry) -> tuple[jax.Array, ...]:
-    """Which of this program's `Geometry.block` slots hold output positions, and each slot's
+def _positions(geometry: Geometry, block) -> tuple[jax.Array, ...]:
+    """Which of ``block``'s `Geometry.block` slots hold output positions, and each slot's
     (image, row, column) (the last position's for slots past the end)."""
-    slot = pl.program_id(0) * geometry.block + lax.iota(jnp.int32, geometry.block)
+    slot = block * geometry.block + lax.iota(jnp.int32, geometry.block)
     valid = slot < geometry.positions
     n = jnp.minimum(slot, geometry.positions - 1)
     per_image = geometry.out_h * geometry.out_w
@@ -247,7 +265,7 @@ def _channel_index(geometry: Geometry, valid, position) -> tuple[jax.Array, jax.
 
 def _forward_kernel(x_ref, w_ref, b_ref, out_ref, *, geometry: Geometry, bias_relu: bool):
     g = geometry
-    valid, image, row, col = _positions(g)
+    valid, image, row, col = _positions(g, pl.program_id(0))
     weights = _kernel_rows(w_ref, g, x_ref.dtype)
     conv = functools.reduce(jnp.maximum, _conv_pixels(x_ref, weights, g, image, row, col))
     if bias_relu:
@@ -259,41 +277,56 @@ def _forward_kernel(x_ref, w_ref, b_ref, out_ref, *, geometry: Geometry, bias_re
 def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry: Geometry,
                      regather: bool):
     g = geometry
-    valid, image, row, col = _positions(g)
     weights = _kernel_rows(w_ref, g, x_ref.dtype)
-    convs = _conv_pixels(x_ref, weights, g, image, row, col)
-    pooled = functools.reduce(jnp.maximum, convs)
-    index, mask = _channel_index(g, valid, (image * g.out_h + row) * g.out_w + col)
-    cotangent = _gather(g_ref, index, mask).astype(jnp.float32)  # zero past the end
-    d = jnp.where(pooled + _bias(b_ref, g)[None, :] > 0.0, cotangent, 0.0)
-    ties = [(conv == pooled).astype(jnp.float32) for conv in convs]
-    share = d / functools.reduce(jnp.add, ties)
-    dconvs = {pixel: share * tie for pixel, tie in zip(g.pixels, ties, strict=True)}
+    bias = _bias(b_ref, g)[None, :]
+    c = lax.iota(jnp.int32, g.n_pad)
+    first_block = pl.program_id(0) * g.blocks_per_program  # read outside the loop, as the
+    # interpreter substitutes program ids only there
 
-    dweights = {key: jnp.zeros((g.k_pad, g.n_pad), jnp.float32) for key in weights}
-    for window, key, pixel in _windows(x_ref, g, image, row, col,
-                                       "evict_first" if regather else None):
-        dweights[key] += jnp.dot(window.T, dconvs[pixel].astype(window.dtype),
-                                 preferred_element_type=jnp.float32)
+    def block_gradients(step, sums):
+        """Adds one block's kernel and bias gradients to ``sums`` (and writes its positions'
+        convolution cotangent)."""
+        dweights, dbias = sums
+        valid, image, row, col = _positions(g, first_block + step)
+        convs = _conv_pixels(x_ref, weights, g, image, row, col)
+        pooled = functools.reduce(jnp.maximum, convs)
+        index, mask = _channel_index(g, valid, (image * g.out_h + row) * g.out_w + col)
+        cotangent = _gather(g_ref, index, mask).astype(jnp.float32)  # zero past the end
+        d = jnp.where(pooled + bias > 0.0, cotangent, 0.0)
+        ties = [(conv == pooled).astype(jnp.float32) for conv in convs]
+        share = d / functools.reduce(jnp.add, ties)
+        dconvs = {pixel: share * tie for pixel, tie in zip(g.pixels, ties, strict=True)}
+        dweights = dict(dweights)
+        for window, key, pixel in _windows(x_ref, g, image, row, col,
+                                           "evict_first" if regather else None):
+            dweights[key] += jnp.dot(window.T, dconvs[pixel].astype(window.dtype),
+                                     preferred_element_type=jnp.float32)
+        if dy_ref:  # the convolution's cotangent, (B, H, W, Cout)
+            for (p, q), dconv in dconvs.items():
+                pixel = (image * g.height + 2 * row + p) * g.width + 2 * col + q
+                _scatter(dy_ref[0], pixel[:, None] * g.cout + c[None, :], dconv, mask)
+        return dweights, dbias + d.sum(axis=0)
+
+    zeros = ({key: jnp.zeros((g.k_pad, g.n_pad), jnp.float32) for key in weights},
+             jnp.zeros((g.n_pad,), jnp.float32))
+    if g.blocks_per_program == 1:
+        dweights, dbias = block_gradients(0, zeros)
+    else:
+        dweights, dbias = lax.fori_loop(0, g.blocks_per_program, block_gradients, zeros)
     start = pl.program_id(0) * g.partial_rows * g.n_pad
     k = lax.iota(jnp.int32, g.k_pad)[:, None]
-    c = lax.iota(jnp.int32, g.n_pad)
     for (i, shift), dw in dweights.items():
         first = (i * len(g.shifts) + shift) * g.k_pad
         _scatter(partials_ref, start + (first + k) * g.n_pad + c[None, :], dw)
-    _scatter(partials_ref, start + (g.partial_rows - 1) * g.n_pad + c, d.sum(axis=0))
-
-    if dy_ref:  # the convolution's cotangent, (B, H, W, Cout)
-        for (p, q), dconv in dconvs.items():
-            pixel = (image * g.height + 2 * row + p) * g.width + 2 * col + q
-            _scatter(dy_ref[0], pixel[:, None] * g.cout + c[None, :], dconv, mask)
+    _scatter(partials_ref, start + (g.partial_rows - 1) * g.n_pad + c, dbias)
 
 
 def _pallas(kernel, out_shape, geometry: Geometry, warps: int, *args):
     """``kernel`` over the geometry's programs: Triton on a GPU with ``warps`` warps a program,
     the interpreter on the CPU."""
     def call(interpret: bool):
-        params = {} if interpret else {"compiler_params": plt.CompilerParams(num_warps=warps)}
+        params = {} if interpret else {"compiler_params": plt.CompilerParams(
+            num_warps=warps, num_stages=PIPELINE_STAGES)}
         return pl.pallas_call(kernel, out_shape=out_shape, grid=(geometry.programs,),
                               interpret=interpret, **params)(*args)
 
@@ -301,7 +334,8 @@ def _pallas(kernel, out_shape, geometry: Geometry, warps: int, *args):
 
 
 def _geometry(x: jax.Array, kernel: jax.Array, tiling: Tiling, pool: bool,
-              transposed: bool = False, banded: bool = False) -> Geometry:
+              transposed: bool = False, banded: bool = False, backward: bool = False
+              ) -> Geometry:
     b, h, w, cin = x.shape
     kh, kw, kernel_in, kernel_out = kernel.shape
     if transposed:
@@ -313,8 +347,11 @@ def _geometry(x: jax.Array, kernel: jax.Array, tiling: Tiling, pool: bool,
                          "encoder_conv='canonical' or 'rows')")
     # "SAME" pads (size - 1) // 2 before; its input gradient's convolution pads size // 2
     pad_top, pad_left = (kh // 2, kw // 2) if transposed else ((kh - 1) // 2, (kw - 1) // 2)
+    positions = b * (h // 2 if pool else h) * (w // 2 if pool else w)
+    blocks = pl.cdiv(positions, tiling.block)
     return Geometry(b, h, w, cin, kernel_out, kh, kw, pad_top, pad_left, pool, transposed,
-                    banded and pool, tiling.block)
+                    banded and pool, tiling.block,
+                    tiling.blocks_per_program(blocks) if backward else 1)
 
 
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, tiling: Tiling, pool: bool,
@@ -332,7 +369,7 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, tiling: Tiling, pool
 def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, x, kernel, bias, input_grad: bool,
                         cotangent):
     """Kernel, bias and (with ``input_grad``) input gradients of the pooled layer."""
-    g = _geometry(x, kernel, tiling, pool=True, banded=banded)
+    g = _geometry(x, kernel, tiling, pool=True, banded=banded, backward=True)
     out_shape = [jax.ShapeDtypeStruct((g.programs * g.partial_rows * g.n_pad,), jnp.float32)]
     if input_grad:
         out_shape.append(jax.ShapeDtypeStruct((x.size // g.cin * g.cout,), x.dtype))
