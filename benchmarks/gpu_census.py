@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sac_update  # noqa: E402
 from common import write_results  # noqa: E402
 
+from holdjax.sac import pallas_conv  # noqa: E402
 from holdjax.sac.update import SACConfig, init_sac  # noqa: E402
 
 TARGETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets")
@@ -237,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", default="1,5", help="comma-separated seed counts")
     parser.add_argument("--kernel_floor_us", type=float, default=2.0)
     parser.add_argument("--hlo_dir", default="", help="also write each optimized HLO here")
+    parser.add_argument("--pallas_tiling", type=sac_update.tiling_argument,
+                        default=pallas_conv.TILING, help="the pallas variants' tiling "
+                        "(block:forward_warps:backward_warps:regather:backward_programs)")
     parser.add_argument("--tag", default="", help="names a variant of the code in the file name")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -252,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
             config = VARIANTS[variant]
             if args.target == "cpu":  # the CPU's own defaults
                 config = dataclasses.replace(config, **dict.fromkeys(GPU_DEFAULTS))
-            text, compile_s = compile_updates(config, num_seeds, device)
+            with sac_update.pallas_tiling(args.pallas_tiling):
+                text, compile_s = compile_updates(config, num_seeds, device)
             if args.hlo_dir:
                 os.makedirs(args.hlo_dir, exist_ok=True)
                 with open(os.path.join(args.hlo_dir, f"{variant}-{num_seeds}.hlo"), "w") as f:
@@ -266,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"target": args.target, "target_device": device.device_kind,
                "bandwidth_bytes_per_s": bandwidth, "kernel_floor_us": args.kernel_floor_us,
                "batch_size": SACConfig().batch_size, "image_shape": list(sac_update.IMAGE_SHAPE),
-               "xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": rows}
+               "xla_flags": os.environ.get("XLA_FLAGS", ""),
+               "pallas_tiling": str(args.pallas_tiling), "rows": rows}
     tag = "-".join(filter(None, (args.target, args.tag)))
     path = write_results("gpu_census", payload, out_dir=args.out, tag=tag)
     print(f"wrote {path}")

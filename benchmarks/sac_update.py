@@ -241,18 +241,24 @@ def main(argv: list[str] | None = None) -> dict:
                         f"(default {pallas_conv.TILING})")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
-    # the Pallas computations at this tiling, for this run (the networks read them from here)
-    tiled = {name: functools.partial(networks.CONV_RELU_POOL[name], tiling=args.pallas_tiling)
-             for name in networks.PALLAS_CONVS}
-    with mock.patch.dict(networks.CONV_RELU_POOL, tiled):
+    with pallas_tiling(args.pallas_tiling):
         return check_and_measure(args)
 
 
 def tiling_argument(text: str) -> pallas_conv.Tiling:
+    """A ``--pallas_tiling`` flag's value (argparse's error names the expected form)."""
     try:
         return pallas_conv.Tiling.parse(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def pallas_tiling(tiling: pallas_conv.Tiling):
+    """A context in which the networks' Pallas computations use ``tiling`` (they read them
+    from `networks.CONV_RELU_POOL`)."""
+    return mock.patch.dict(networks.CONV_RELU_POOL, {
+        name: functools.partial(networks.CONV_RELU_POOL[name], tiling=tiling)
+        for name in networks.PALLAS_CONVS})
 
 
 def check_and_measure(args: argparse.Namespace) -> dict:

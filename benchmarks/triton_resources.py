@@ -2,21 +2,22 @@
 for an H100, with no GPU present: how many programs an SM holds at once.
 
     pip install 'jax[cuda12]==<this jax version>' triton    # neither is a holdjax dependency
-    JAX_PLATFORMS=cpu python benchmarks/triton_resources.py --tilings=128:4:4:0,64:8:8:1
+    JAX_PLATFORMS=cpu python benchmarks/triton_resources.py --tilings=128:4:4:0:0,64:8:8:1:264
 
 The Pallas kernels (`holdjax/sac/pallas_conv.py`) gather their windows with computed
 addresses, so their time on a GPU rests on how many warps an SM keeps resident to hide the
 gathers' latency, which each program's registers and shared memory decide, and on spills
 (local-memory traffic). The first GPU timing (NOTES.md) found them two thirds of an update.
 
-For each tiling (`pallas_conv.Tiling`: output positions per program, forward and backward
-warps, whether the backward pass gathers its windows again) this lowers a
+For each tiling (`pallas_conv.Tiling`: output positions per block, forward and backward
+warps, whether the backward pass gathers its windows again, the fewest backward programs)
+this lowers a
 SAC encoder's two layers at batch 256 for the target (`gpu_census.target_device`) with
 Pallas's ``debug=True``, which prints each kernel's Triton IR, and compiles that IR with the
 `triton` package for sm_90, reading the binary's resource use with the `cuobjdump` Triton
 ships. XLA compiles the same IR with its own copy of Triton, possibly another version, so
 these figures are a proxy for XLA's: for choosing tilings, not for replacing their timing on
-a GPU. Tiling ``128:4:4:0`` is the code the first GPU timing ran.
+a GPU. Tiling ``128:4:4:0:0`` is the code the first GPU timing ran.
 
 Writes ``benchmarks/results/triton_resources-<target>[-<tag>]-<this machine>.json``.
 """
@@ -108,8 +109,9 @@ def lower_layer(device, shape, kernel_shape, input_grad: bool, batch: int, dtype
     return printed.getvalue()
 
 
-def compile_resources(ir: str, warps: int) -> dict:
-    """Registers, stack (spill) bytes and shared memory of ``ir`` compiled for sm_90."""
+def compile_resources(ir: str, warps: int, stages: int = pallas_conv.PIPELINE_STAGES) -> dict:
+    """Registers, stack (spill) bytes and shared memory of ``ir`` compiled for sm_90 with
+    ``warps`` warps and ``stages`` pipelining stages (the kernels' own, by default)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -118,7 +120,7 @@ def compile_resources(ir: str, warps: int) -> dict:
         with open(path, "w") as f:
             f.write(ir)
         compiled = triton.compile(path, target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": warps})
+                                  options={"num_warps": warps, "num_stages": stages})
         cubin = os.path.join(folder, "kernel.cubin")
         with open(cubin, "wb") as f:
             f.write(compiled.asm["cubin"])
@@ -143,12 +145,14 @@ def kernel_rows(debug_output: str, layer: str, tiling: pallas_conv.Tiling,
         seen_backward |= backward
         warps = tiling.backward_warps if backward else tiling.forward_warps
         # the input gradient's convolution has 4x the (unpooled) positions
-        programs = -(-positions * (4 if kind == "input_gradient" else 1) // tiling.block)
+        blocks = -(-positions * (4 if kind == "input_gradient" else 1) // tiling.block)
+        programs = -(-blocks // tiling.blocks_per_program(blocks)) if backward else blocks
         resources = compile_resources(ir, warps)
         fit = occupancy(resources["registers"], resources["shared_bytes"], warps)
         rows.append({"tiling": str(tiling), "layer": layer, "kernel": kind,
                      "warps": warps, "programs": programs, **resources, **fit,
-                     "waves": programs / (SMS * fit["programs_per_sm"])})
+                     "waves": (programs / (SMS * fit["programs_per_sm"])
+                               if fit["programs_per_sm"] else None)})  # None: does not fit
     return rows
 
 
@@ -156,8 +160,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="h100", help="a gpu_targets/ name")
-    parser.add_argument("--tilings", default="128:4:4:0,64:8:8:0,64:8:8:1",
-                        help="comma-separated block:forward_warps:backward_warps:regather")
+    # the first GPU timing's tiling, today's, and today's with backward loops
+    parser.add_argument("--tilings", default="128:4:4:0:0,64:8:8:1:0,64:8:8:1:264",
+                        help="comma-separated block:forward_warps:backward_warps:regather:"
+                        "backward_programs")
     parser.add_argument("--conv", default="pallas", choices=("pallas", "pallas_banded"))
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
