@@ -6,12 +6,12 @@ backward, and an update runs 6 encoder passes: on an H100 the encoders are most 
 (benchmarks/NOTES.md). Here a layer's forward pass is one kernel and its backward pass two, or
 three where its input is differentiated:
 
-- forward: each program takes `Tiling.block` pooled output positions; for each of the 2x2 pooled
-  pixels and each kernel row i it multiplies the kw Cin consecutive input values that row
-  reads (a (block, K) window; zeros outside the image, so no padded copy) by kernel row i as
-  a (K, N) matrix on tensor cores (K = kw Cin and N = Cout padded to powers of two >= 16,
-  gathered from the float32 kernel in the program). The 20 (pixel, row) pairs share 12
-  windows, each gathered once (`Geometry.taps`; ``pallas_banded``: 6, one per input row,
+- forward: each program takes a block of pooled output positions (`Tiling.block`); for each
+  of the 2x2 pooled pixels and each kernel row i it multiplies the kw Cin consecutive input
+  values that row reads (a (block, K) window; zeros outside the image, so no padded copy) by
+  kernel row i as a (K, N) matrix on tensor cores (K = kw Cin and N = Cout padded to powers
+  of two >= 16, gathered from the float32 kernel in the program). The 20 (pixel, row) pairs
+  share 12 windows, each gathered once (`Geometry.taps`; ``pallas_banded``: 6, one per input row,
   times two banded kernel rows). Max over the 2x2 pixels, bias, ReLU, stored as
   (B, H/2, W/2, Cout). Only the input, the parameters and the pooled output touch memory.
 - backward: one kernel recomputes the four convolutions, routes the cotangent through ReLU
@@ -280,8 +280,8 @@ def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry
     weights = _kernel_rows(w_ref, g, x_ref.dtype)
     bias = _bias(b_ref, g)[None, :]
     c = lax.iota(jnp.int32, g.n_pad)
-    first_block = pl.program_id(0) * g.blocks_per_program  # read outside the loop, as the
-    # interpreter substitutes program ids only there
+    # the program id is read outside the loop: the interpreter substitutes it only there
+    first_block = pl.program_id(0) * g.blocks_per_program
 
     def block_gradients(step, sums):
         """Adds one block's kernel and bias gradients to ``sums`` (and writes its positions'
@@ -347,11 +347,12 @@ def _geometry(x: jax.Array, kernel: jax.Array, tiling: Tiling, pool: bool,
                          "encoder_conv='canonical' or 'rows')")
     # "SAME" pads (size - 1) // 2 before; its input gradient's convolution pads size // 2
     pad_top, pad_left = (kh // 2, kw // 2) if transposed else ((kh - 1) // 2, (kw - 1) // 2)
-    positions = b * (h // 2 if pool else h) * (w // 2 if pool else w)
-    blocks = pl.cdiv(positions, tiling.block)
-    return Geometry(b, h, w, cin, kernel_out, kh, kw, pad_top, pad_left, pool, transposed,
-                    banded and pool, tiling.block,
-                    tiling.blocks_per_program(blocks) if backward else 1)
+    g = Geometry(b, h, w, cin, kernel_out, kh, kw, pad_top, pad_left, pool, transposed,
+                 banded and pool, tiling.block, blocks_per_program=1)
+    if backward:
+        blocks = pl.cdiv(g.positions, g.block)
+        g = g._replace(blocks_per_program=tiling.blocks_per_program(blocks))
+    return g
 
 
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, tiling: Tiling, pool: bool,
