@@ -241,7 +241,7 @@ case "${1:-envs}" in
     sac $(( ${BUDGET_S:-360} / 4 )) --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 \
       --fused_encoders=1 --check_against=rows --trace=/tmp/trace_pallas --tag=fused-bfloat16
     sac 45 --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16-baseline
-    for tiling in 128:4:4:0:0 64:8:8:1:264 64:8:8:0:0 64:4:4:1:0; do
+    for tiling in 128:4:4:0:0 64:8:8:1:264 64:8:8:0:0 64:8:16:1:0; do
       sac 45 --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 --fused_encoders=1 \
         --pallas_tiling=$tiling --tag=fused-bfloat16-tiling-${tiling//:/-}
     done
