@@ -11,13 +11,13 @@ gathers' latency, which each program's registers and shared memory decide, and o
 
 For each tiling (`pallas_conv.Tiling`: output positions per block, forward and backward
 warps, whether the backward pass gathers its windows again, the fewest backward programs)
-this lowers a
-SAC encoder's two layers at batch 256 for the target (`gpu_census.target_device`) with
-Pallas's ``debug=True``, which prints each kernel's Triton IR, and compiles that IR with the
-`triton` package for sm_90, reading the binary's resource use with the `cuobjdump` Triton
-ships. XLA compiles the same IR with its own copy of Triton, possibly another version, so
-these figures are a proxy for XLA's: for choosing tilings, not for replacing their timing on
-a GPU. Tiling ``128:4:4:0:0`` is the code the first GPU timing ran.
+this lowers a SAC encoder's two layers at batch 256 for the target
+(`gpu_census.target_device`) with Pallas's ``debug=True``, which prints each kernel's Triton
+IR, and compiles that IR with the `triton` package for sm_90, reading the binary's resource
+use with the `cuobjdump` Triton ships. XLA compiles the same IR with its own copy of Triton,
+possibly another version, so these figures are a proxy for XLA's: for choosing tilings, not
+for replacing their timing on a GPU. ``128:4:4:0:0`` is the first GPU timing's tiling (run
+here with today's kernel code).
 
 Writes ``benchmarks/results/triton_resources-<target>[-<tag>]-<this machine>.json``.
 """
