@@ -147,8 +147,9 @@ class Geometry(NamedTuple):
         return (0, 1) if self.banded else (0,)
 
     @property
-    def partial_rows(self) -> int:  # a program's partial gradient sums: kernel rows, then bias
-        return self.kh * len(self.shifts) * self.k_pad + 1
+    def partial_rows(self) -> int:  # a program's partial gradient sums: kernel rows (their
+        # span Cin real inputs each, not k_pad), then bias; Cout wide (not n_pad)
+        return self.kh * len(self.shifts) * self.span * self.cin + 1
 
     def taps(self):
         """(window row t, window column, kernel row i, kernel shift, pixel) of every product:
@@ -313,12 +314,15 @@ def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry
         dweights, dbias = block_gradients(0, zeros)
     else:
         dweights, dbias = lax.fori_loop(0, g.blocks_per_program, block_gradients, zeros)
-    start = pl.program_id(0) * g.partial_rows * g.n_pad
+    # only the real entries (span Cin rows, Cout columns): the partial sums are written and
+    # read back whole, the bytes these kernels move most of
+    start = pl.program_id(0) * g.partial_rows * g.cout
     k = lax.iota(jnp.int32, g.k_pad)[:, None]
+    real = (k < g.span * g.cin) & (c[None, :] < g.cout)
     for (i, shift), dw in dweights.items():
-        first = (i * len(g.shifts) + shift) * g.k_pad
-        _scatter(partials_ref, start + (first + k) * g.n_pad + c[None, :], dw)
-    _scatter(partials_ref, start + (g.partial_rows - 1) * g.n_pad + c, dbias)
+        first = (i * len(g.shifts) + shift) * g.span * g.cin
+        _scatter(partials_ref, start + (first + k) * g.cout + c[None, :], dw, real)
+    _scatter(partials_ref, start + (g.partial_rows - 1) * g.cout + c, dbias, c < g.cout)
 
 
 def _pallas(kernel, out_shape, geometry: Geometry, warps: int, *args):
@@ -371,18 +375,17 @@ def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, x, kernel, bias, input_gra
                         cotangent):
     """Kernel, bias and (with ``input_grad``) input gradients of the pooled layer."""
     g = _geometry(x, kernel, tiling, pool=True, banded=banded, backward=True)
-    out_shape = [jax.ShapeDtypeStruct((g.programs * g.partial_rows * g.n_pad,), jnp.float32)]
+    out_shape = [jax.ShapeDtypeStruct((g.programs * g.partial_rows * g.cout,), jnp.float32)]
     if input_grad:
         out_shape.append(jax.ShapeDtypeStruct((x.size // g.cin * g.cout,), x.dtype))
     outputs = _pallas(functools.partial(_backward_kernel, geometry=g, regather=tiling.regather),
                       out_shape, g, tiling.backward_warps, x.reshape(-1), kernel.reshape(-1),
                       bias, cotangent.reshape(-1))
-    sums = outputs[0].reshape(g.programs, g.partial_rows, g.n_pad).sum(axis=0)
-    rows = sums[:-1].reshape(g.kh, len(g.shifts), g.k_pad, g.n_pad)
-    dkernel = sum(rows[:, shift, shift * g.cin:(shift + g.kw) * g.cin, :g.cout]
-                  for shift in g.shifts)
+    sums = outputs[0].reshape(g.programs, g.partial_rows, g.cout).sum(axis=0)
+    rows = sums[:-1].reshape(g.kh, len(g.shifts), g.span * g.cin, g.cout)
+    dkernel = sum(rows[:, shift, shift * g.cin:(shift + g.kw) * g.cin] for shift in g.shifts)
     dkernel = dkernel.reshape(kernel.shape).astype(kernel.dtype)
-    dbias = sums[-1, :g.cout].astype(bias.dtype)
+    dbias = sums[-1].astype(bias.dtype)
     if not input_grad:
         return None, dkernel, dbias
     dconv = outputs[1].reshape(*x.shape[:3], g.cout)
