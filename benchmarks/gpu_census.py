@@ -220,13 +220,20 @@ def compile_updates(config: SACConfig, num_seeds: int, device: jax.Device) -> tu
     seeds = () if num_seeds == 1 else (num_seeds,)
     fn = jax.jit(run) if num_seeds == 1 else jax.jit(jax.vmap(run, in_axes=(0, 0, None)))
     start = time.perf_counter()
-    # Pallas's Triton lowering asks the current (abstract) mesh for the GPU it compiles for
-    # (jax >= 0.11); with no GPU attached, that is the compile-only device.
-    mesh = jax.sharding.Mesh(np.array([device]), ("device",)).abstract_mesh
-    with jax.sharding.use_abstract_mesh(mesh) if device.platform != "cpu" else nullcontext():
+    with compiling_for(device):
         compiled = fn.lower(abstract(state, seeds), abstract(key, seeds),
                             abstract(batch)).compile()
     return compiled.as_text(), time.perf_counter() - start
+
+
+def compiling_for(device: jax.Device):
+    """A context in which lowering targets ``device``: Pallas's Triton lowering asks the
+    current (abstract) mesh for the GPU it compiles for (jax >= 0.11), and with no GPU
+    attached that is the compile-only device (the CPU needs none)."""
+    if device.platform == "cpu":
+        return nullcontext()
+    return jax.sharding.use_abstract_mesh(
+        jax.sharding.Mesh(np.array([device]), ("device",)).abstract_mesh)
 
 
 def main(argv: list[str] | None = None) -> dict:

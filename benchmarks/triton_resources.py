@@ -37,13 +37,12 @@ from unittest import mock
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import write_results  # noqa: E402
-from gpu_census import target_device  # noqa: E402
+from gpu_census import compiling_for, target_device  # noqa: E402
 
-from holdjax.sac import pallas_conv  # noqa: E402
+from holdjax.sac import networks, pallas_conv  # noqa: E402
 
 # An H100 SM (CUDA occupancy limits for compute capability 9.0).
 SMS = 132
@@ -86,11 +85,11 @@ def lower_layer(device, shape, kernel_shape, input_grad: bool, batch: int, dtype
                 conv: str, tiling: pallas_conv.Tiling) -> str:
     """Pallas's debug output of one layer's forward and backward kernels lowered for
     ``device`` (the images' layer: no input gradient)."""
-    layer = {"pallas": pallas_conv.pallas_conv_relu_pool,
-             "pallas_banded": pallas_conv.pallas_banded_conv_relu_pool}[conv]
+    layer = networks.CONV_RELU_POOL[conv]
 
     def apply(x, kernel, bias):
-        return layer(x if input_grad else jax.lax.stop_gradient(x), kernel, bias, dtype, tiling)
+        x = x if input_grad else jax.lax.stop_gradient(x)
+        return layer(x, kernel, bias, dtype, tiling=tiling)
 
     def values_and_grads(x, kernel, bias):
         y, vjp = jax.vjp(apply, x, kernel, bias)
@@ -100,11 +99,10 @@ def lower_layer(device, shape, kernel_shape, input_grad: bool, batch: int, dtype
     args = [jax.ShapeDtypeStruct(s, d, sharding=sharding)
             for s, d in (((batch, *shape), dtype), (kernel_shape, jnp.float32),
                          ((kernel_shape[-1],), jnp.float32))]
-    mesh = jax.sharding.Mesh(np.array([device]), ("device",)).abstract_mesh
     printed = io.StringIO()
     pallas_call = functools.partial(pallas_conv.pl.pallas_call, debug=True)
     with (mock.patch.object(pallas_conv.pl, "pallas_call", pallas_call),
-          contextlib.redirect_stdout(printed), jax.sharding.use_abstract_mesh(mesh)):
+          contextlib.redirect_stdout(printed), compiling_for(device)):
         jax.jit(values_and_grads).lower(*args)
     return printed.getvalue()
 
@@ -164,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tilings", default="128:4:4:0:0,64:8:8:1:0,64:8:8:1:264",
                         help="comma-separated block:forward_warps:backward_warps:regather:"
                         "backward_programs")
-    parser.add_argument("--conv", default="pallas", choices=("pallas", "pallas_banded"))
+    parser.add_argument("--conv", default="pallas", choices=networks.PALLAS_CONVS)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--tag", default="", help="names a variant in the file name")
