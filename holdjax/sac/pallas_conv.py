@@ -127,8 +127,12 @@ class Geometry(NamedTuple):
         return self.kw + 1 if self.banded else self.kw
 
     @property
-    def k_pad(self) -> int:  # a window's span Cin values, padded for tensor cores
-        return max(16, pl.next_power_of_2(self.span * self.cin))
+    def k(self) -> int:  # a window's values: span Cin (the products' real K)
+        return self.span * self.cin
+
+    @property
+    def k_pad(self) -> int:  # a window's values, padded for tensor cores
+        return max(16, pl.next_power_of_2(self.k))
 
     @property
     def n_pad(self) -> int:
@@ -147,9 +151,9 @@ class Geometry(NamedTuple):
         return (0, 1) if self.banded else (0,)
 
     @property
-    def partial_rows(self) -> int:  # a program's partial gradient sums: kernel rows (their
-        # span Cin real inputs each, not k_pad), then bias; Cout wide (not n_pad)
-        return self.kh * len(self.shifts) * self.span * self.cin + 1
+    def partial_rows(self) -> int:  # a program's partial gradient sums: kernel rows (k real
+        # rows each, not k_pad), then bias; Cout wide (not n_pad)
+        return self.kh * len(self.shifts) * self.k + 1
 
     def taps(self):
         """(window row t, window column, kernel row i, kernel shift, pixel) of every product:
@@ -204,7 +208,7 @@ def _kernel_rows(w_ref, geometry: Geometry, dtype) -> dict[tuple[int, int], jax.
     for i in range(g.kh):
         for shift in g.shifts:
             j = u - shift
-            mask = (k < g.span * g.cin) & (j >= 0) & (j < g.kw) & (o < g.cout)
+            mask = (k < g.k) & (j >= 0) & (j < g.kw) & (o < g.cout)
             if g.transposed:  # w[kh-1-i, kw-1-j, o, c] of a (kh, kw, cout, cin) kernel
                 index = (((g.kh - 1 - i) * g.kw + g.kw - 1 - j) * g.cout + o) * g.cin + c
             else:  # w[i, j, c, o]
@@ -224,7 +228,7 @@ def _window(x_ref, geometry: Geometry, image, row, col, t, column,
     start = ((image * g.height + in_row) * g.width + first_col) * g.cin
     k = lax.iota(jnp.int32, g.k_pad)[None, :]  # the window's values are consecutive: start + k
     u = lax.div(k, g.cin)  # in column first_col + u
-    mask = ((k < g.span * g.cin) & ((in_row >= 0) & (in_row < g.height))[:, None]
+    mask = ((k < g.k) & ((in_row >= 0) & (in_row < g.height))[:, None]
             & (u >= -first_col[:, None]) & (u < (g.width - first_col)[:, None]))
     return _gather(x_ref, start[:, None] + k, mask, eviction_policy)
 
@@ -318,9 +322,9 @@ def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry
     # read back whole, the bytes these kernels move most of
     start = pl.program_id(0) * g.partial_rows * g.cout
     k = lax.iota(jnp.int32, g.k_pad)[:, None]
-    real = (k < g.span * g.cin) & (c[None, :] < g.cout)
+    real = (k < g.k) & (c[None, :] < g.cout)
     for (i, shift), dw in dweights.items():
-        first = (i * len(g.shifts) + shift) * g.span * g.cin
+        first = (i * len(g.shifts) + shift) * g.k
         _scatter(partials_ref, start + (first + k) * g.cout + c[None, :], dw, real)
     _scatter(partials_ref, start + (g.partial_rows - 1) * g.cout + c, dbias, c < g.cout)
 
@@ -382,7 +386,7 @@ def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, x, kernel, bias, input_gra
                       out_shape, g, tiling.backward_warps, x.reshape(-1), kernel.reshape(-1),
                       bias, cotangent.reshape(-1))
     sums = outputs[0].reshape(g.programs, g.partial_rows, g.cout).sum(axis=0)
-    rows = sums[:-1].reshape(g.kh, len(g.shifts), g.span * g.cin, g.cout)
+    rows = sums[:-1].reshape(g.kh, len(g.shifts), g.k, g.cout)
     dkernel = sum(rows[:, shift, shift * g.cin:(shift + g.kw) * g.cin] for shift in g.shifts)
     dkernel = dkernel.reshape(kernel.shape).astype(kernel.dtype)
     dbias = sums[-1].astype(bias.dtype)
