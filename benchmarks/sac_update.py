@@ -112,14 +112,14 @@ def check_encoder(conv: str, reference: str, dtype: str, batch_size: int) -> dic
     params = networks.Encoder(conv=reference).init(jax.random.key(0), images)
     params = jax.tree_util.tree_map_with_path(
         lambda path, x: jnp.linspace(-0.2, 0.1, x.size) if path[-1].key == "bias" else x, params)
+
     def grad(encoder):
         return jax.grad(lambda p: jnp.sum(jnp.sin(encoder.apply(p, images))))
 
-    results = []
-    for name in (conv, reference):
-        encoder = networks.Encoder(conv=name, dtype=dtype)
-        results.append((jax.jit(encoder.apply)(params, images), jax.jit(grad(encoder))(params)))
-    (features, grads), (ref_features, ref_grads) = results
+    tested, compared = (networks.Encoder(conv=name, dtype=dtype) for name in (conv, reference))
+    (features, grads), (ref_features, ref_grads) = (
+        (jax.jit(encoder.apply)(params, images), jax.jit(grad(encoder))(params))
+        for encoder in (tested, compared))
 
     def relative(a, b):
         return float(jnp.abs(a - b).max() / jnp.abs(b).max())
@@ -131,7 +131,7 @@ def check_encoder(conv: str, reference: str, dtype: str, batch_size: int) -> dic
     # Seeds are vmapped (the batching rule adds a grid axis to a Pallas kernel): seed 0 of two
     # must give the unbatched gradients.
     seeds = jax.tree.map(lambda x: jnp.stack([x, -x]), params)
-    vmapped = jax.jit(jax.vmap(grad(networks.Encoder(conv=conv, dtype=dtype))))
+    vmapped = jax.jit(jax.vmap(grad(tested)))
     errors["vmapped_seed_0"] = max(relative(a[0], b) for a, b in zip(
         jax.tree.leaves(vmapped(seeds)), jax.tree.leaves(grads), strict=True))
     return {"against": reference, "relative_errors": errors, "max": max(errors.values())}
@@ -266,7 +266,7 @@ def check_and_measure(args: argparse.Namespace) -> dict:
     the results file is written after each."""
     conv_name = {"canonical": "ConvReluPool", "lax": "nn.Conv", "rows": "banded GEMM",
                  "pallas": "Pallas kernels", "pallas_banded": "Pallas kernels, banded windows",
-                 }.get(args.conv, args.conv)
+                 }[args.conv]
     print(f"backend {jax.default_backend()}, encoder layers: {conv_name}", flush=True)
     check = None
     if args.check_against:

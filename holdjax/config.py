@@ -101,8 +101,9 @@ class TrainConfig:
     encoder_dtype: str = "float32"
     # How the encoders' convolutions are computed (same values; networks.ENCODER_CONVS):
     # "canonical" (custom-VJP convolutions), "rows" (banded matrix products, for GPUs),
-    # "pallas" or "pallas_banded" (Pallas kernels per layer, for GPUs; untimed so far) or
-    # "auto": rows on an accelerator (1.2-1.3x the updates/s on an H200), canonical on the CPU.
+    # "pallas" or "pallas_banded" (Pallas kernels per layer, for GPUs; H100 timings in
+    # benchmarks/NOTES.md) or "auto": rows on an accelerator (1.2-1.3x the updates/s on an
+    # H200), canonical on the CPU.
     encoder_conv: str = "auto"
     # Critic and actor encoders run as one encoder of twice the width on each image batch
     # (same values, half the convolutions; SACConfig.fused_encoders).
