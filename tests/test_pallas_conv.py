@@ -58,15 +58,32 @@ def test_layer_and_its_gradients_match_lax(shape, name):
     assert float(jnp.abs(actual[0]).min()) == 0.0 and float(actual[0].max()) > 0  # ReLU active
 
 
+@pytest.mark.parametrize("saved_routes", [True, False])
 @layers
-def test_gradient_splits_evenly_among_tied_pixels(name):
+def test_gradient_splits_evenly_among_tied_pixels(name, saved_routes):
     """A constant image gives equal convolutions inside each window away from the border: the
-    max's gradient goes to the tied pixels in equal shares, as lax.reduce_max's does."""
+    max's gradient goes to the tied pixels in equal shares, as lax.reduce_max's does, whether
+    the forward pass saved the ties or the backward recomputes them."""
     x = jnp.ones((2, 8, 8, 3))
     _, kernel, bias, cotangent = random_layer(0, 2, 8, 8, 3, 8, 3)
     expected = values_and_grads(lax_layer, x, kernel, bias, cotangent)
-    assert_close(jax.jit(functools.partial(values_and_grads, pallas_layer(name)))(
-        x, kernel, bias, cotangent), expected)
+    layer = functools.partial(LAYERS[name], dtype="float32",
+                              tiling=pallas_conv.TILING._replace(saved_routes=saved_routes))
+    assert_close(jax.jit(functools.partial(values_and_grads, layer))(x, kernel, bias, cotangent),
+                 expected)
+
+
+def test_saved_routes_name_the_tied_pixels_where_relu_passes():
+    """The forward pass's routes: bit k for each pixel k (row-major in its 2x2 window) that
+    ties for the max, 0 where the pooled value plus bias is not positive."""
+    x = jnp.asarray([[1.0, 3.0, 2.0, 2.0], [3.0, 0.0, 2.0, 2.0],
+                     [-1.0, -2.0, 4.0, 0.0], [-3.0, -1.0, 0.0, 5.0]])[None, :, :, None]
+    kernel = jnp.ones((1, 1, 1, 1))  # the convolution is the image
+    bias = jnp.asarray([-2.5])
+    y, routes = pallas_conv._conv(x, kernel, bias, pallas_conv.TILING, pool=True, routes=True)
+    assert routes.dtype == jnp.int8
+    np.testing.assert_array_equal(routes[0, :, :, 0], [[0b0110, 0], [0, 0b1000]])
+    np.testing.assert_allclose(y[0, :, :, 0], [[0.5, 0.0], [0.0, 2.5]])
 
 
 @layers
@@ -116,14 +133,15 @@ def test_odd_sizes_are_refused_with_the_alternatives():
         pallas_layer("pallas")(x, kernel, bias)
 
 
-@pytest.mark.parametrize("tiling", [pallas_conv.Tiling(16, 2, 4, False, 2),
-                                    pallas_conv.Tiling(32, 8, 2, True, 0)])
+@pytest.mark.parametrize("tiling", [pallas_conv.Tiling(16, 2, 4, False, 2, True),
+                                    pallas_conv.Tiling(16, 2, 4, False, 2, False),
+                                    pallas_conv.Tiling(32, 8, 2, True, 0, False)])
 @layers
 def test_every_tiling_computes_the_same_layer(name, tiling):
-    """Positions per block, warps, regathering and backward programs change how the work is
-    split, not what it computes. 5x16x12 gives 240 positions: 15 blocks of 16, which 2
-    backward programs' worth take 7 at a time (3 programs, the last with one real block, a
-    tail, and 6 past the end), or 8 blocks of 32, one per program (the last a tail)."""
+    """Positions per block, warps, regathering, backward programs and saved routes change how
+    the work is split, not what it computes. 5x16x12 gives 240 positions: 15 blocks of 16,
+    which 2 backward programs' worth take 7 at a time (3 programs, the last with one real
+    block, a tail, and 6 past the end), or 8 blocks of 32, one per program (the last a tail)."""
     x, kernel, bias, cotangent = random_layer(5, 5, 16, 12, 8, 8, 5)
     expected = values_and_grads(lax_layer, x, kernel, bias, cotangent)
     tiled = functools.partial(LAYERS[name], dtype="float32", tiling=tiling)
@@ -132,15 +150,18 @@ def test_every_tiling_computes_the_same_layer(name, tiling):
 
 
 def test_tiling_reads_and_writes_its_text_form():
-    tiling = pallas_conv.Tiling.parse("32:4:8:0:16")
-    assert tiling == pallas_conv.Tiling(32, 4, 8, False, 16) and str(tiling) == "32:4:8:0:16"
+    tiling = pallas_conv.Tiling.parse("32:4:8:0:16:0")
+    assert tiling == pallas_conv.Tiling(32, 4, 8, False, 16, False)
+    assert str(tiling) == "32:4:8:0:16:0"
     assert pallas_conv.Tiling.parse(str(pallas_conv.TILING)) == pallas_conv.TILING
-    with pytest.raises(ValueError, match="five integers"):
-        pallas_conv.Tiling.parse("64:8")
+    with pytest.raises(ValueError, match="six integers"):
+        pallas_conv.Tiling.parse("64:8:8:1:0")
     with pytest.raises(ValueError, match="power of two >= 16"):
-        pallas_conv.Tiling.parse("48:8:8:1:0")
+        pallas_conv.Tiling.parse("48:8:8:1:0:1")
     with pytest.raises(ValueError, match="regather 0 or 1"):
-        pallas_conv.Tiling.parse("64:8:8:2:0")
+        pallas_conv.Tiling.parse("64:8:8:2:0:1")
+    with pytest.raises(ValueError, match="saved_routes 0 or 1"):
+        pallas_conv.Tiling.parse("64:8:8:1:0:2")
 
 
 def test_backward_programs_loop_over_blocks():

@@ -14,11 +14,13 @@ three where its input is differentiated:
   share 12 windows, each gathered once (`Geometry.taps`; ``pallas_banded``: 6, one per input row,
   times two banded kernel rows). Max over the 2x2 pixels, bias, ReLU, stored as
   (B, H/2, W/2, Cout). Only the input, the parameters and the pooled output touch memory.
-- backward: one kernel recomputes the four convolutions, routes the cotangent through ReLU
-  and the max (split evenly among ties, as `lax.reduce_max`'s gradient does), and writes each
-  program's partial sums of the kernel's and bias's gradients (one XLA reduction sums them);
-  a program can loop over several blocks of positions (`Tiling.backward_programs`), to write
-  fewer partial sums.
+- backward: one kernel routes the cotangent through ReLU and the max (split evenly among
+  ties, as `lax.reduce_max`'s gradient does) and writes each program's partial sums of the
+  kernel's and bias's gradients (one XLA reduction sums them); a program can loop over
+  several blocks of positions (`Tiling.backward_programs`), to write fewer partial sums. The
+  routes come from the forward pass, which then also stores, per pooled output, which of its
+  pixels tie for the max and whether ReLU passes (`Tiling.saved_routes`: 4 bits a value, in
+  an int8), or the kernel recomputes the four convolutions to find them.
   Where the layer's input is differentiated (not for the images: the custom VJP sees which
   inputs are perturbed), it also writes the convolution's cotangent (B, H, W, Cout), which the
   forward kernel (no pool, no bias; the kernel read flipped and transposed) turns into the
@@ -42,39 +44,46 @@ from jax.experimental.pallas import triton as plt
 class Tiling(NamedTuple):
     """Output positions per block (a program's work in the forward kernels, one step of its
     loop in the backward ones), warps per program of the forward and backward kernels,
-    whether the backward pass gathers its windows again for the kernel's gradient
-    (`_windows`), and the fewest backward programs (each loops over blocks, writing one set
-    of partial sums; 0: one block each). Chosen by the registers, spills and shared memory
-    that Triton reports for an H100 (`benchmarks/triton_resources.py`, NOTES.md): at 128
-    positions and 4 warps without regathering (the first GPU timing) the backward kernels
-    spill and layer 2's holds one program per SM; here none spill and the forward kernels
-    keep 32 warps per SM instead of 8. Looping (264 backward programs: two per H100 SM)
-    writes 2-8x fewer partial sums but makes the backward kernels spill, so it waits for a
-    GPU timing. Written ``block:forward_warps:backward_warps:regather:backward_programs``."""
+    whether a recomputing backward pass gathers its windows again for the kernel's gradient
+    (`_windows`), the fewest backward programs (each loops over blocks, writing one set of
+    partial sums; 0: one block each), and whether the forward pass saves the max's and
+    ReLU's routes for the backward (else the backward recomputes the convolutions). Chosen by
+    the registers, spills and shared memory that Triton reports for an H100
+    (`benchmarks/triton_resources.py`, NOTES.md): at 128 positions and 4 warps, recomputing
+    without regathering (the first GPU timing) the backward kernels spill and layer 2's holds
+    one program per SM; at 64 positions and 8 warps none spill and the forward kernels keep
+    32 warps per SM instead of 8. Saved routes halve the backward's products and drop its
+    convolution accumulators and kernel rows. Looping (264 backward programs: two per H100
+    SM) writes 2-8x fewer partial sums but made the recomputing kernels spill. Written
+    ``block:forward_warps:backward_warps:regather:backward_programs:saved_routes``."""
 
     block: int = 64
     forward_warps: int = 8
     backward_warps: int = 8
     regather: bool = True
     backward_programs: int = 0
+    saved_routes: bool = True
 
     @classmethod
     def parse(cls, text: str) -> "Tiling":
-        """``"64:8:8:1:264"`` -> Tiling(64, 8, 8, True, 264)."""
+        """``"64:8:8:1:264:1"`` -> Tiling(64, 8, 8, True, 264, True)."""
         try:
-            block, forward_warps, backward_warps, regather, programs = map(int, text.split(":"))
+            block, forward_warps, backward_warps, regather, programs, saved = map(
+                int, text.split(":"))
         except ValueError:
             raise ValueError(f"a tiling is block:forward_warps:backward_warps:regather:"
-                             f"backward_programs (five integers, e.g. {TILING}); got "
-                             f"{text!r}") from None
-        if block < 16 or block & (block - 1) or regather not in (0, 1) or programs < 0:
+                             f"backward_programs:saved_routes (six integers, e.g. {TILING}); "
+                             f"got {text!r}") from None
+        if (block < 16 or block & (block - 1) or regather not in (0, 1) or programs < 0
+                or saved not in (0, 1)):
             raise ValueError(f"tiling {text!r}: block a power of two >= 16 (tensor-core "
-                             "products), regather 0 or 1, backward_programs >= 0")
-        return cls(block, forward_warps, backward_warps, bool(regather), programs)
+                             "products), regather 0 or 1, backward_programs >= 0, "
+                             "saved_routes 0 or 1")
+        return cls(block, forward_warps, backward_warps, bool(regather), programs, bool(saved))
 
     def __str__(self) -> str:
         return (f"{self.block}:{self.forward_warps}:{self.backward_warps}:{int(self.regather)}:"
-                f"{self.backward_programs}")
+                f"{self.backward_programs}:{int(self.saved_routes)}")
 
     def blocks_per_program(self, blocks: int) -> int:
         """Blocks each backward program loops over, for a layer of ``blocks`` blocks."""
@@ -268,22 +277,36 @@ def _channel_index(geometry: Geometry, valid, position) -> tuple[jax.Array, jax.
     return position[:, None] * geometry.cout + c, valid[:, None] & (c < geometry.cout)
 
 
-def _forward_kernel(x_ref, w_ref, b_ref, out_ref, *, geometry: Geometry, bias_relu: bool):
+def _forward_kernel(x_ref, w_ref, b_ref, out_ref, *routes_ref, geometry: Geometry,
+                    bias_relu: bool):
     g = geometry
     valid, image, row, col = _positions(g, pl.program_id(0))
     weights = _kernel_rows(w_ref, g, x_ref.dtype)
-    conv = functools.reduce(jnp.maximum, _conv_pixels(x_ref, weights, g, image, row, col))
-    if bias_relu:
-        conv = jnp.maximum(conv + _bias(b_ref, g)[None, :], 0.0)
+    convs = _conv_pixels(x_ref, weights, g, image, row, col)
+    pooled = functools.reduce(jnp.maximum, convs)
     index, mask = _channel_index(g, valid, (image * g.out_h + row) * g.out_w + col)
-    _scatter(out_ref, index, conv, mask)
+    out = pooled
+    if bias_relu:
+        out = pooled + _bias(b_ref, g)[None, :]
+        if routes_ref:  # bit k: pixel k ties for the max; 0 where ReLU stops the gradient
+            ties = [jnp.where(conv == pooled, 1 << k, 0) for k, conv in enumerate(convs)]
+            routes = jnp.where(out > 0.0, functools.reduce(jnp.bitwise_or, ties), 0)
+            _scatter(routes_ref[0], index, routes, mask)
+        out = jnp.maximum(out, 0.0)
+    _scatter(out_ref, index, out, mask)
 
 
-def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry: Geometry,
-                     regather: bool):
+def _backward_kernel(x_ref, *refs, geometry: Geometry, regather: bool, saved_routes: bool):
+    """Inputs x, then the forward's routes (`Tiling.saved_routes`) or the kernel and bias to
+    recompute them, then the cotangent; outputs the partial sums and, where the input is
+    differentiated, the convolution's cotangent."""
     g = geometry
-    weights = _kernel_rows(w_ref, g, x_ref.dtype)
-    bias = _bias(b_ref, g)[None, :]
+    if saved_routes:
+        routes_ref, g_ref, partials_ref, *dy_ref = refs
+    else:
+        w_ref, b_ref, g_ref, partials_ref, *dy_ref = refs
+        weights = _kernel_rows(w_ref, g, x_ref.dtype)
+        bias = _bias(b_ref, g)[None, :]
     c = lax.iota(jnp.int32, g.n_pad)
     # the program id is read outside the loop: the interpreter substitutes it only there
     first_block = pl.program_id(0) * g.blocks_per_program
@@ -293,17 +316,24 @@ def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry
         convolution cotangent)."""
         dweights, dbias = sums
         valid, image, row, col = _positions(g, first_block + step)
-        convs = _conv_pixels(x_ref, weights, g, image, row, col)
-        pooled = functools.reduce(jnp.maximum, convs)
         index, mask = _channel_index(g, valid, (image * g.out_h + row) * g.out_w + col)
+        if saved_routes:
+            routes = _gather(routes_ref, index, mask).astype(jnp.int32)  # zero past the end
+            active = routes != 0
+            ties = [((routes >> k) & 1).astype(jnp.float32) for k in range(len(g.pixels))]
+        else:
+            convs = _conv_pixels(x_ref, weights, g, image, row, col)
+            pooled = functools.reduce(jnp.maximum, convs)
+            active = pooled + bias > 0.0
+            ties = [(conv == pooled).astype(jnp.float32) for conv in convs]
         cotangent = _gather(g_ref, index, mask).astype(jnp.float32)  # zero past the end
-        d = jnp.where(pooled + bias > 0.0, cotangent, 0.0)
-        ties = [(conv == pooled).astype(jnp.float32) for conv in convs]
-        share = d / functools.reduce(jnp.add, ties)
+        d = jnp.where(active, cotangent, 0.0)
+        share = d / jnp.maximum(functools.reduce(jnp.add, ties), 1.0)  # saved: 0 ties if off
         dconvs = {pixel: share * tie for pixel, tie in zip(g.pixels, ties, strict=True)}
         dweights = dict(dweights)
         for window, key, pixel in _windows(x_ref, g, image, row, col,
-                                           "evict_first" if regather else None):
+                                           "evict_first" if regather and not saved_routes
+                                           else None):
             dweights[key] += jnp.dot(window.T, dconvs[pixel].astype(window.dtype),
                                      preferred_element_type=jnp.float32)
         if dy_ref:  # the convolution's cotangent, (B, H, W, Cout)
@@ -312,7 +342,8 @@ def _backward_kernel(x_ref, w_ref, b_ref, g_ref, partials_ref, *dy_ref, geometry
                 _scatter(dy_ref[0], pixel[:, None] * g.cout + c[None, :], dconv, mask)
         return dweights, dbias + d.sum(axis=0)
 
-    zeros = ({key: jnp.zeros((g.k_pad, g.n_pad), jnp.float32) for key in weights},
+    keys = {(i, shift) for i in range(g.kh) for shift in g.shifts}
+    zeros = ({key: jnp.zeros((g.k_pad, g.n_pad), jnp.float32) for key in keys},
              jnp.zeros((g.n_pad,), jnp.float32))
     if g.blocks_per_program == 1:
         dweights, dbias = block_gradients(0, zeros)
@@ -364,27 +395,36 @@ def _geometry(x: jax.Array, kernel: jax.Array, tiling: Tiling, pool: bool,
 
 
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, tiling: Tiling, pool: bool,
-          transposed: bool = False, banded: bool = False) -> jax.Array:
+          transposed: bool = False, banded: bool = False, routes: bool = False):
     """"SAME" stride-1 convolution of NHWC x (with the `Geometry.transposed` kernel if so),
     then, with ``pool``, 2x2 max-pool, bias and ReLU (``bias`` is not read without); in x's
-    dtype."""
+    dtype. With ``routes`` (pooled only), also the backward pass's routes: an int8 per output
+    value whose bit k says that pixel k (`Geometry.pixels`) ties for the max, 0 where ReLU
+    is off."""
     g = _geometry(x, kernel, tiling, pool, transposed, banded)
-    out = _pallas(functools.partial(_forward_kernel, geometry=g, bias_relu=pool),
-                  jax.ShapeDtypeStruct((g.positions * g.cout,), x.dtype), g, tiling.forward_warps,
-                  x.reshape(-1), kernel.reshape(-1), bias)
-    return out.reshape(g.batch, g.out_h, g.out_w, g.cout)
+    out_shape = [jax.ShapeDtypeStruct((g.positions * g.cout,), x.dtype)]
+    if routes:
+        out_shape.append(jax.ShapeDtypeStruct((g.positions * g.cout,), jnp.int8))
+    outputs = _pallas(functools.partial(_forward_kernel, geometry=g, bias_relu=pool),
+                      out_shape, g, tiling.forward_warps, x.reshape(-1), kernel.reshape(-1), bias)
+    shaped = [out.reshape(g.batch, g.out_h, g.out_w, g.cout) for out in outputs]
+    return shaped if routes else shaped[0]
 
 
-def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, x, kernel, bias, input_grad: bool,
-                        cotangent):
-    """Kernel, bias and (with ``input_grad``) input gradients of the pooled layer."""
+def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, x, kernel, bias, routes,
+                        input_grad: bool, cotangent):
+    """Kernel, bias and (with ``input_grad``) input gradients of the pooled layer, from the
+    forward pass's ``routes`` (None: recomputed from the kernel and bias)."""
     g = _geometry(x, kernel, tiling, pool=True, banded=banded, backward=True)
     out_shape = [jax.ShapeDtypeStruct((g.programs * g.partial_rows * g.cout,), jnp.float32)]
     if input_grad:
         out_shape.append(jax.ShapeDtypeStruct((x.size // g.cin * g.cout,), x.dtype))
-    outputs = _pallas(functools.partial(_backward_kernel, geometry=g, regather=tiling.regather),
-                      out_shape, g, tiling.backward_warps, x.reshape(-1), kernel.reshape(-1),
-                      bias, cotangent.reshape(-1))
+    saved_routes = routes is not None
+    route_inputs = (routes.reshape(-1),) if saved_routes else (kernel.reshape(-1), bias)
+    outputs = _pallas(functools.partial(_backward_kernel, geometry=g, regather=tiling.regather,
+                                        saved_routes=saved_routes),
+                      out_shape, g, tiling.backward_warps, x.reshape(-1), *route_inputs,
+                      cotangent.reshape(-1))
     sums = outputs[0].reshape(g.programs, g.partial_rows, g.cout).sum(axis=0)
     rows = sums[:-1].reshape(g.kh, len(g.shifts), g.k, g.cout)
     dkernel = sum(rows[:, shift, shift * g.cin:(shift + g.kw) * g.cin] for shift in g.shifts)
@@ -407,15 +447,20 @@ def _conv_relu_pool(banded: bool, tiling: Tiling):
         return _conv(x, kernel, bias, tiling, pool=True, banded=banded)
 
     def forward(x, kernel, bias):
-        residuals = (x.value, kernel.value, bias.value, () if x.perturbed else None)
-        return layer(x.value, kernel.value, bias.value), residuals
+        if tiling.saved_routes:
+            y, routes = _conv(x.value, kernel.value, bias.value, tiling, pool=True,
+                              banded=banded, routes=True)
+        else:
+            y, routes = layer(x.value, kernel.value, bias.value), None
+        residuals = (x.value, kernel.value, bias.value, routes, () if x.perturbed else None)
+        return y, residuals
 
     def backward(residuals, cotangent):
-        x, kernel, bias, input_grad = residuals
+        x, kernel, bias, routes, input_grad = residuals
         if isinstance(cotangent, SymbolicZero):  # the output is not differentiated
             return None, jnp.zeros_like(kernel), jnp.zeros_like(bias)
-        return _conv_relu_pool_bwd(banded, tiling, x, kernel, bias, input_grad is not None,
-                                   cotangent)
+        return _conv_relu_pool_bwd(banded, tiling, x, kernel, bias, routes,
+                                   input_grad is not None, cotangent)
 
     layer.defvjp(forward, backward, symbolic_zeros=True)
     return layer
