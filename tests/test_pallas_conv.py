@@ -80,7 +80,8 @@ def test_saved_routes_name_the_tied_pixels_where_relu_passes():
                      [-1.0, -2.0, 4.0, 0.0], [-3.0, -1.0, 0.0, 5.0]])[None, :, :, None]
     kernel = jnp.ones((1, 1, 1, 1))  # the convolution is the image
     bias = jnp.asarray([-2.5])
-    y, routes = pallas_conv._conv(x, kernel, bias, pallas_conv.TILING, pool=True, routes=True)
+    y, routes = pallas_conv._conv(x, (kernel,), (bias,), pallas_conv.TILING, pool=True,
+                                 routes=True)
     assert routes.dtype == jnp.int8
     np.testing.assert_array_equal(routes[0, :, :, 0], [[0b0110, 0], [0, 0b1000]])
     np.testing.assert_allclose(y[0, :, :, 0], [[0.5, 0.0], [0.0, 2.5]])
@@ -115,6 +116,30 @@ def test_vmapped_over_seeds_equals_each_seed(name):
     for seed in range(2):
         expected = values_and_grads(lax_layer, xs[seed], kernels[seed], biases[seed], cotangent)
         assert_close([leaf[seed] for leaf in batched], expected)
+
+
+@pytest.mark.parametrize("saved_routes", [True, False])
+@layers
+def test_grouped_kernels_equal_each_kernel_alone(name, saved_routes):
+    """Two kernels (and biases) on one input in one layer: the outputs stacked by group, each
+    that kernel's own layer, and every gradient the two layers' (the input's summed), with
+    routes saved or recomputed from both kernels."""
+    x, kernel, bias, cotangent = random_layer(6, 3, 8, 8, 3, 8, 5)
+    kernels, biases = (kernel, -0.5 * kernel[..., ::-1]), (bias, bias + 0.2)
+    cotangents = (cotangent, cotangent[::-1])
+
+    def grouped(x, kernels, biases):
+        return LAYERS[name](x, kernels, biases, "float32",
+                            tiling=pallas_conv.TILING._replace(saved_routes=saved_routes))
+
+    y, vjp = jax.jit(lambda *a: jax.vjp(grouped, *a))(x, kernels, biases)
+    dx, dkernels, dbiases = vjp(jnp.stack(cotangents))
+    expected = [values_and_grads(lax_layer, x, k, b, c)
+                for k, b, c in zip(kernels, biases, cotangents, strict=True)]
+    assert y.shape == (2, 3, 4, 4, 8)
+    for group, (y_e, _, dk_e, db_e) in enumerate(expected):
+        assert_close((y[group], dkernels[group], dbiases[group]), (y_e, dk_e, db_e))
+    assert_close((dx,), (expected[0][1] + expected[1][1],))
 
 
 @layers

@@ -176,31 +176,39 @@ def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array
                 dtype: str = "float32", conv: str = "auto") -> tuple[jax.Array, jax.Array]:
     """The features of two `Encoder`s (parameters ``first`` and ``second``, as under
     a module's "encoder") of the same images, computed as one encoder of twice the width:
-    the first layer's kernels side by side; each later layer's kernel block-diagonal, or,
-    with ``conv="rows"`` or a pallas one, the two encoders' later layers as one batched call
-    (vmapped: no block of zeros to multiply). Same values as applying each; half the layer
-    calls, each twice as wide, meant for GPU kernels tiled for wider outputs than 8 (on
-    XLA:CPU it is slower; benchmarks/NOTES.md).
+    the first layer's kernels side by side (a pallas layer takes them as a pair and returns
+    its two outputs stacked, with no concatenated kernel or split output to copy); each later
+    layer's kernel block-diagonal, or, with ``conv="rows"`` or a pallas one, the two
+    encoders' later layers as one batched call (vmapped: no block of zeros to multiply). Same
+    values as applying each; half the layer calls, each twice as wide, meant for GPU kernels
+    tiled for wider outputs than 8 (on XLA:CPU it is slower; benchmarks/NOTES.md).
     """
     conv = resolve_encoder_conv(conv)
-    batched_later_layers = conv == "rows" or conv in PALLAS_CONVS
     x = images.astype(dtype)
-    for i in range(1 if batched_later_layers else len(first)):
-        a, b = first[f"Conv_{i}"], second[f"Conv_{i}"]
-        if i == 0:
-            kernel = jnp.concatenate([a["kernel"], b["kernel"]], axis=-1)
-        else:
-            *size, cin_a, cout_a = a["kernel"].shape
-            cin_b, cout_b = b["kernel"].shape[-2:]
-            kernel = jnp.concatenate([
-                jnp.concatenate([a["kernel"], jnp.zeros((*size, cin_a, cout_b))], axis=-1),
-                jnp.concatenate([jnp.zeros((*size, cin_b, cout_a)), b["kernel"]], axis=-1),
-            ], axis=-2)
-        x = CONV_RELU_POOL[conv](x, kernel, jnp.concatenate([a["bias"], b["bias"]]), dtype)
-        split = a["bias"].shape[0]
-    halves = (x[..., :split], x[..., split:])
-    if batched_later_layers:
-        later = [f"Conv_{i}" for i in range(1, len(first))]
+    if conv in PALLAS_CONVS:
+        a, b = first["Conv_0"], second["Conv_0"]
+        stacked = CONV_RELU_POOL[conv](x, (a["kernel"], b["kernel"]), (a["bias"], b["bias"]),
+                                       dtype)
+    else:
+        for i in range(1 if conv == "rows" else len(first)):
+            a, b = first[f"Conv_{i}"], second[f"Conv_{i}"]
+            if i == 0:
+                kernel = jnp.concatenate([a["kernel"], b["kernel"]], axis=-1)
+            else:
+                *size, cin_a, cout_a = a["kernel"].shape
+                cin_b, cout_b = b["kernel"].shape[-2:]
+                kernel = jnp.concatenate([
+                    jnp.concatenate([a["kernel"], jnp.zeros((*size, cin_a, cout_b))], axis=-1),
+                    jnp.concatenate([jnp.zeros((*size, cin_b, cout_a)), b["kernel"]], axis=-1),
+                ], axis=-2)
+            x = CONV_RELU_POOL[conv](x, kernel, jnp.concatenate([a["bias"], b["bias"]]), dtype)
+        split = first["Conv_0"]["bias"].shape[0]
+        halves = (x[..., :split], x[..., split:])
+        if conv != "rows":  # every layer done, block-diagonal
+            return tuple(f.reshape(f.shape[0], -1).astype(jnp.float32) for f in halves)
+        stacked = jnp.stack(halves)
+    later = [f"Conv_{i}" for i in range(1, len(first))]
+    if later:
         pair = jax.tree.map(lambda a, b: jnp.stack([a, b]), {k: first[k] for k in later},
                             {k: second[k] for k in later})
 
@@ -209,8 +217,8 @@ def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array
                 x = CONV_RELU_POOL[conv](x, params[name]["kernel"], params[name]["bias"], dtype)
             return x
 
-        halves = jax.vmap(later_layers)(jnp.stack(halves), pair)
-    return tuple(f.reshape(f.shape[0], -1).astype(jnp.float32) for f in halves)
+        stacked = jax.vmap(later_layers)(stacked, pair)
+    return tuple(f.reshape(f.shape[0], -1).astype(jnp.float32) for f in stacked)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:

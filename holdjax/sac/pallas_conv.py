@@ -118,6 +118,11 @@ class Geometry(NamedTuple):
     banded: bool
     block: int  # output positions per block
     blocks_per_program: int
+    groups: int = 1  # kernels side by side (cout in all), their outputs stored group-major
+
+    @property
+    def group_cout(self) -> int:
+        return self.cout // self.groups
 
     @property
     def out_h(self) -> int:
@@ -206,23 +211,29 @@ def _scatter(ref, index: jax.Array, values: jax.Array, mask: jax.Array | None = 
         plt.store(ref.at[jnp.where(mask, index, size)], values.astype(ref.dtype), mask=mask)
 
 
-def _kernel_rows(w_ref, geometry: Geometry, dtype) -> dict[tuple[int, int], jax.Array]:
+def _kernel_rows(w_refs, geometry: Geometry, dtype) -> dict[tuple[int, int], jax.Array]:
     """{(i, shift): kernel row i as a (k_pad, n_pad) matrix [(u, c), o] = w[i, u - shift, c,
-    o] where 0 <= u - shift < kw, zero elsewhere}, in ``dtype``."""
+    o] where 0 <= u - shift < kw, zero elsewhere}, in ``dtype``; output column o reads group
+    o // group_cout's kernel (one ref each)."""
     g = geometry
     k = lax.iota(jnp.int32, g.k_pad)[:, None]
     o = lax.iota(jnp.int32, g.n_pad)[None, :]
     u, c = lax.div(k, g.cin), lax.rem(k, g.cin)
+    n = g.group_cout
     rows = {}
     for i in range(g.kh):
         for shift in g.shifts:
             j = u - shift
-            mask = (k < g.k) & (j >= 0) & (j < g.kw) & (o < g.cout)
-            if g.transposed:  # w[kh-1-i, kw-1-j, o, c] of a (kh, kw, cout, cin) kernel
-                index = (((g.kh - 1 - i) * g.kw + g.kw - 1 - j) * g.cout + o) * g.cin + c
-            else:  # w[i, j, c, o]
-                index = ((i * g.kw + j) * g.cin + c) * g.cout + o
-            rows[i, shift] = _gather(w_ref, index, mask).astype(dtype)
+            mask = (k < g.k) & (j >= 0) & (j < g.kw)
+            row = jnp.zeros((g.k_pad, g.n_pad), dtype)
+            for group, w_ref in enumerate(w_refs):
+                og = o - group * n  # the column in this group's kernel
+                if g.transposed:  # w[kh-1-i, kw-1-j, o, c] of a (kh, kw, cout, cin) kernel
+                    index = (((g.kh - 1 - i) * g.kw + g.kw - 1 - j) * n + og) * g.cin + c
+                else:  # w[i, j, c, o]
+                    index = ((i * g.kw + j) * g.cin + c) * n + og
+                row += _gather(w_ref, index, mask & (og >= 0) & (og < n)).astype(dtype)
+            rows[i, shift] = row
     return rows
 
 
@@ -265,29 +276,38 @@ def _conv_pixels(x_ref, weights, geometry: Geometry, image, row, col) -> list[ja
     return [outputs[pixel] for pixel in geometry.pixels]
 
 
-def _bias(b_ref, geometry: Geometry) -> jax.Array:
-    """float32 (n_pad,): the bias, zero-padded."""
-    c = lax.iota(jnp.int32, geometry.n_pad)
-    return _gather(b_ref, c, c < geometry.cout).astype(jnp.float32)
+def _bias(b_refs, geometry: Geometry) -> jax.Array:
+    """float32 (n_pad,): the groups' biases side by side, zero-padded."""
+    c, n = lax.iota(jnp.int32, geometry.n_pad), geometry.group_cout
+    return sum(_gather(b_ref, c - group * n, (c >= group * n) & (c < (group + 1) * n))
+               for group, b_ref in enumerate(b_refs)).astype(jnp.float32)
 
 
 def _channel_index(geometry: Geometry, valid, position) -> tuple[jax.Array, jax.Array]:
-    """Flat indices of ``position`` x channel in an (..., Cout) array, and the real lanes."""
-    c = lax.iota(jnp.int32, geometry.n_pad)[None, :]
-    return position[:, None] * geometry.cout + c, valid[:, None] & (c < geometry.cout)
-
-
-def _forward_kernel(x_ref, w_ref, b_ref, out_ref, *routes_ref, geometry: Geometry,
-                    bias_relu: bool):
+    """Flat indices of ``position`` x channel in an (..., Cout) array, or with groups in a
+    (groups, ..., group_cout) one, and the real lanes."""
     g = geometry
+    c = lax.iota(jnp.int32, g.n_pad)[None, :]
+    real = valid[:, None] & (c < g.cout)
+    if g.groups == 1:
+        return position[:, None] * g.cout + c, real
+    group, channel = lax.div(c, g.group_cout), lax.rem(c, g.group_cout)
+    return (group * g.positions + position[:, None]) * g.group_cout + channel, real
+
+
+def _forward_kernel(x_ref, *refs, geometry: Geometry, bias_relu: bool):
+    """Inputs x, each group's kernel, each group's bias; outputs y and, if asked, routes."""
+    g = geometry
+    w_refs, b_refs, (out_ref, *routes_ref) = refs[:g.groups], refs[g.groups:2 * g.groups], \
+        refs[2 * g.groups:]
     valid, image, row, col = _positions(g, pl.program_id(0))
-    weights = _kernel_rows(w_ref, g, x_ref.dtype)
+    weights = _kernel_rows(w_refs, g, x_ref.dtype)
     convs = _conv_pixels(x_ref, weights, g, image, row, col)
     pooled = functools.reduce(jnp.maximum, convs)
     index, mask = _channel_index(g, valid, (image * g.out_h + row) * g.out_w + col)
     out = pooled
     if bias_relu:
-        out = pooled + _bias(b_ref, g)[None, :]
+        out = pooled + _bias(b_refs, g)[None, :]
         if routes_ref:  # bit k: pixel k ties for the max; 0 where ReLU stops the gradient
             ties = [jnp.where(conv == pooled, 1 << k, 0) for k, conv in enumerate(convs)]
             routes = jnp.where(out > 0.0, functools.reduce(jnp.bitwise_or, ties), 0)
@@ -297,16 +317,17 @@ def _forward_kernel(x_ref, w_ref, b_ref, out_ref, *routes_ref, geometry: Geometr
 
 
 def _backward_kernel(x_ref, *refs, geometry: Geometry, regather: bool, saved_routes: bool):
-    """Inputs x, then the forward's routes (`Tiling.saved_routes`) or the kernel and bias to
-    recompute them, then the cotangent; outputs the partial sums and, where the input is
-    differentiated, the convolution's cotangent."""
+    """Inputs x, then the forward's routes (`Tiling.saved_routes`) or the groups' kernels and
+    biases to recompute them, then the cotangent; outputs the partial sums and, where the
+    input is differentiated, the convolution's cotangent (all groups side by side)."""
     g = geometry
     if saved_routes:
         routes_ref, g_ref, partials_ref, *dy_ref = refs
     else:
-        w_ref, b_ref, g_ref, partials_ref, *dy_ref = refs
-        weights = _kernel_rows(w_ref, g, x_ref.dtype)
-        bias = _bias(b_ref, g)[None, :]
+        w_refs, b_refs = refs[:g.groups], refs[g.groups:2 * g.groups]
+        g_ref, partials_ref, *dy_ref = refs[2 * g.groups:]
+        weights = _kernel_rows(w_refs, g, x_ref.dtype)
+        bias = _bias(b_refs, g)[None, :]
     c = lax.iota(jnp.int32, g.n_pad)
     # the program id is read outside the loop: the interpreter substitutes it only there
     first_block = pl.program_id(0) * g.blocks_per_program
@@ -372,55 +393,67 @@ def _pallas(kernel, out_shape, geometry: Geometry, warps: int, *args):
     return lax.platform_dependent(cpu=lambda: call(True), default=lambda: call(False))
 
 
-def _geometry(x: jax.Array, kernel: jax.Array, tiling: Tiling, pool: bool,
+def _geometry(x: jax.Array, kernels: tuple[jax.Array, ...], tiling: Tiling, pool: bool,
               transposed: bool = False, banded: bool = False, backward: bool = False
               ) -> Geometry:
     b, h, w, cin = x.shape
-    kh, kw, kernel_in, kernel_out = kernel.shape
+    if len({kernel.shape for kernel in kernels}) != 1:
+        raise ValueError(f"grouped kernels must have one shape; got "
+                         f"{[kernel.shape for kernel in kernels]}")
+    kh, kw, kernel_in, kernel_out = kernels[0].shape
     if transposed:
+        if len(kernels) != 1:
+            raise ValueError("the input-gradient convolution takes one kernel")
         kernel_in, kernel_out = kernel_out, kernel_in
     if kernel_in != cin:
-        raise ValueError(f"kernel {kernel.shape} does not take {cin} input channels")
+        raise ValueError(f"kernel {kernels[0].shape} does not take {cin} input channels")
     if pool and (h % 2 or w % 2):
         raise ValueError(f"the pallas encoder computations pool even sizes only; got {h}x{w} (use "
                          "encoder_conv='canonical' or 'rows')")
     # "SAME" pads (size - 1) // 2 before; its input gradient's convolution pads size // 2
     pad_top, pad_left = (kh // 2, kw // 2) if transposed else ((kh - 1) // 2, (kw - 1) // 2)
-    g = Geometry(b, h, w, cin, kernel_out, kh, kw, pad_top, pad_left, pool, transposed,
-                 banded and pool, tiling.block, blocks_per_program=1)
+    g = Geometry(b, h, w, cin, kernel_out * len(kernels), kh, kw, pad_top, pad_left, pool,
+                 transposed, banded and pool, tiling.block, blocks_per_program=1,
+                 groups=len(kernels))
     if backward:
         blocks = pl.cdiv(g.positions, g.block)
         g = g._replace(blocks_per_program=tiling.blocks_per_program(blocks))
     return g
 
 
-def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, tiling: Tiling, pool: bool,
-          transposed: bool = False, banded: bool = False, routes: bool = False):
+def _conv(x: jax.Array, kernels: tuple[jax.Array, ...], biases: tuple[jax.Array, ...],
+          tiling: Tiling, pool: bool, transposed: bool = False, banded: bool = False,
+          routes: bool = False):
     """"SAME" stride-1 convolution of NHWC x (with the `Geometry.transposed` kernel if so),
-    then, with ``pool``, 2x2 max-pool, bias and ReLU (``bias`` is not read without); in x's
-    dtype. With ``routes`` (pooled only), also the backward pass's routes: an int8 per output
-    value whose bit k says that pixel k (`Geometry.pixels`) ties for the max, 0 where ReLU
-    is off."""
-    g = _geometry(x, kernel, tiling, pool, transposed, banded)
+    then, with ``pool``, 2x2 max-pool, bias and ReLU (``biases`` are not read without); in x's
+    dtype; (B, H', W', Cout), or with several kernels (groups) (groups, B, H', W', Cout)
+    (each group's kernel and bias). With ``routes`` (pooled only), also the backward pass's
+    routes, laid out as the output: an int8 per output value whose bit k says that pixel k
+    (`Geometry.pixels`) ties for the max, 0 where ReLU is off."""
+    g = _geometry(x, kernels, tiling, pool, transposed, banded)
     out_shape = [jax.ShapeDtypeStruct((g.positions * g.cout,), x.dtype)]
     if routes:
         out_shape.append(jax.ShapeDtypeStruct((g.positions * g.cout,), jnp.int8))
     outputs = _pallas(functools.partial(_forward_kernel, geometry=g, bias_relu=pool),
-                      out_shape, g, tiling.forward_warps, x.reshape(-1), kernel.reshape(-1), bias)
-    shaped = [out.reshape(g.batch, g.out_h, g.out_w, g.cout) for out in outputs]
+                      out_shape, g, tiling.forward_warps, x.reshape(-1),
+                      *(kernel.reshape(-1) for kernel in kernels), *biases)
+    shape = (g.batch, g.out_h, g.out_w, g.cout) if g.groups == 1 else (
+        g.groups, g.batch, g.out_h, g.out_w, g.group_cout)
+    shaped = [out.reshape(shape) for out in outputs]
     return shaped if routes else shaped[0]
 
 
-def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, x, kernel, bias, routes,
+def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, x, kernels, biases, routes,
                         input_grad: bool, cotangent):
-    """Kernel, bias and (with ``input_grad``) input gradients of the pooled layer, from the
-    forward pass's ``routes`` (None: recomputed from the kernel and bias)."""
-    g = _geometry(x, kernel, tiling, pool=True, banded=banded, backward=True)
+    """Kernels', biases' and (with ``input_grad``) input gradients of the pooled layer, from
+    the forward pass's ``routes`` (None: recomputed from the kernels and biases)."""
+    g = _geometry(x, kernels, tiling, pool=True, banded=banded, backward=True)
     out_shape = [jax.ShapeDtypeStruct((g.programs * g.partial_rows * g.cout,), jnp.float32)]
     if input_grad:
         out_shape.append(jax.ShapeDtypeStruct((x.size // g.cin * g.cout,), x.dtype))
     saved_routes = routes is not None
-    route_inputs = (routes.reshape(-1),) if saved_routes else (kernel.reshape(-1), bias)
+    route_inputs = (routes.reshape(-1),) if saved_routes else (
+        *(kernel.reshape(-1) for kernel in kernels), *biases)
     outputs = _pallas(functools.partial(_backward_kernel, geometry=g, regather=tiling.regather,
                                         saved_routes=saved_routes),
                       out_shape, g, tiling.backward_warps, x.reshape(-1), *route_inputs,
@@ -428,56 +461,73 @@ def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, x, kernel, bias, routes,
     sums = outputs[0].reshape(g.programs, g.partial_rows, g.cout).sum(axis=0)
     rows = sums[:-1].reshape(g.kh, len(g.shifts), g.k, g.cout)
     dkernel = sum(rows[:, shift, shift * g.cin:(shift + g.kw) * g.cin] for shift in g.shifts)
-    dkernel = dkernel.reshape(kernel.shape).astype(kernel.dtype)
-    dbias = sums[-1].astype(bias.dtype)
+    dkernel = dkernel.reshape(g.kh, g.kw, g.cin, g.cout)
+    dkernels = tuple(d.astype(kernel.dtype) for d, kernel in
+                     zip(jnp.split(dkernel, g.groups, axis=-1), kernels, strict=True))
+    dbiases = tuple(d.astype(bias.dtype) for d, bias in
+                    zip(jnp.split(sums[-1], g.groups), biases, strict=True))
     if not input_grad:
-        return None, dkernel, dbias
+        return None, dkernels, dbiases
     dconv = outputs[1].reshape(*x.shape[:3], g.cout)
-    return _conv(dconv, kernel, bias, tiling, pool=False, transposed=True), dkernel, dbias
+    kernel = jnp.concatenate(kernels, axis=-1) if g.groups > 1 else kernels[0]
+    dx = _conv(dconv, (kernel,), biases[:1], tiling, pool=False, transposed=True)
+    return dx, dkernels, dbiases
 
 
 @functools.cache
 def _conv_relu_pool(banded: bool, tiling: Tiling):
-    """The pooled layer with its custom VJP, defined with symbolic zeros so the forward pass
-    can tell the backward whether x is differentiated (the residuals' last entry: ``()`` if
-    so, ``None`` if not, two pytree structures)."""
+    """The pooled layer (a tuple of kernels and one of biases: `_conv`'s groups) with its
+    custom VJP, defined with symbolic zeros so the forward pass can tell the backward whether
+    x is differentiated (the residuals' last entry: ``()`` if so, ``None`` if not, two pytree
+    structures)."""
 
     @jax.custom_vjp
-    def layer(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-        return _conv(x, kernel, bias, tiling, pool=True, banded=banded)
+    def layer(x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
+        return _conv(x, kernels, biases, tiling, pool=True, banded=banded)
 
-    def forward(x, kernel, bias):
+    def forward(x, kernels, biases):
+        kernels = tuple(kernel.value for kernel in kernels)
+        biases = tuple(bias.value for bias in biases)
         if tiling.saved_routes:
-            y, routes = _conv(x.value, kernel.value, bias.value, tiling, pool=True,
-                              banded=banded, routes=True)
+            y, routes = _conv(x.value, kernels, biases, tiling, pool=True, banded=banded,
+                              routes=True)
         else:
-            y, routes = layer(x.value, kernel.value, bias.value), None
-        residuals = (x.value, kernel.value, bias.value, routes, () if x.perturbed else None)
+            y, routes = layer(x.value, kernels, biases), None
+        residuals = (x.value, kernels, biases, routes, () if x.perturbed else None)
         return y, residuals
 
     def backward(residuals, cotangent):
-        x, kernel, bias, routes, input_grad = residuals
+        x, kernels, biases, routes, input_grad = residuals
         if isinstance(cotangent, SymbolicZero):  # the output is not differentiated
-            return None, jnp.zeros_like(kernel), jnp.zeros_like(bias)
-        return _conv_relu_pool_bwd(banded, tiling, x, kernel, bias, routes,
+            return None, tuple(map(jnp.zeros_like, kernels)), tuple(map(jnp.zeros_like, biases))
+        return _conv_relu_pool_bwd(banded, tiling, x, kernels, biases, routes,
                                    input_grad is not None, cotangent)
 
     layer.defvjp(forward, backward, symbolic_zeros=True)
     return layer
 
 
-def pallas_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: str,
-                          tiling: Tiling = TILING) -> jax.Array:
+def _grouped(banded: bool, x, kernel, bias, dtype: str, tiling: Tiling) -> jax.Array:
+    if isinstance(kernel, tuple | list):
+        return _conv_relu_pool(banded, tiling)(x.astype(dtype), tuple(kernel), tuple(bias))
+    return _conv_relu_pool(banded, tiling)(x.astype(dtype), (kernel,), (bias,))
+
+
+def pallas_conv_relu_pool(x: jax.Array, kernel, bias, dtype: str, tiling: Tiling = TILING
+                          ) -> jax.Array:
     """`ConvReluPool` as Pallas kernels (``conv="pallas"``; see the module docstring): x in
     ``dtype``, the products in ``dtype`` with float32 sums, the parameters read as they are
-    (float32) and cast in the kernels. Even H and W only."""
-    return _conv_relu_pool(False, tiling)(x.astype(dtype), kernel, bias)
+    (float32) and cast in the kernels. Even H and W only. A tuple of kernels (and one of
+    biases) of one shape applies each to x in the same kernels, as one layer of their outputs
+    side by side, returned stacked, (groups, B, H/2, W/2, Cout): two encoders' first layers
+    on the same images (`networks.encode_pair`), with no copy to split them."""
+    return _grouped(False, x, kernel, bias, dtype, tiling)
 
 
-def pallas_banded_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: str,
+def pallas_banded_conv_relu_pool(x: jax.Array, kernel, bias, dtype: str,
                                  tiling: Tiling = TILING) -> jax.Array:
     """`pallas_conv_relu_pool` with `Geometry.banded` windows (``conv="pallas_banded"``): each
     of a pooled position's kh + 1 input rows gathered once for both its columns, as (kw + 1)
     Cin values, times two banded kernel rows (layer 2: 6 gathers of 64 lanes instead of 12,
     at twice the products' width in layer 1)."""
-    return _conv_relu_pool(True, tiling)(x.astype(dtype), kernel, bias)
+    return _grouped(True, x, kernel, bias, dtype, tiling)
