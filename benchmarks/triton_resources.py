@@ -52,9 +52,12 @@ SHARED_PER_SM = 233472  # bytes, of which each block also takes 1 KB reserved
 RESERVED_SHARED_PER_BLOCK = 1024
 MAX_WARPS_PER_SM = 64
 MAX_BLOCKS_PER_SM = 32
-# A SAC encoder's layers: (name, input shape, kernel shape, input differentiated).
-LAYERS = (("layer1", (48, 48, 3), (5, 5, 3, 8), False),
-          ("layer2", (24, 24, 8), (5, 5, 8, 8), True))
+# A SAC encoder's layers: (name, input shape, kernel shape, kernels, input differentiated);
+# "layer1_pair" is the critic's and the actor's first layers as one grouped call (fused
+# encoders, `networks.encode_pair`).
+LAYERS = (("layer1", (48, 48, 3), (5, 5, 3, 8), 1, False),
+          ("layer1_pair", (48, 48, 3), (5, 5, 3, 8), 2, False),
+          ("layer2", (24, 24, 8), (5, 5, 8, 8), 1, True))
 
 
 def triton_modules(debug_output: str) -> list[tuple[str, str]]:
@@ -82,24 +85,30 @@ def occupancy(registers: int, shared_bytes: int, warps: int) -> dict:
             "limited_by": min(limits, key=limits.get)}
 
 
-def lower_layer(device, shape, kernel_shape, input_grad: bool, batch: int, dtype: str,
-                conv: str, tiling: pallas_conv.Tiling) -> str:
+def lower_layer(device, shape, kernel_shape, groups: int, input_grad: bool, batch: int,
+                dtype: str, conv: str, tiling: pallas_conv.Tiling) -> str:
     """Pallas's debug output of one layer's forward and backward kernels lowered for
-    ``device`` (the images' layer: no input gradient)."""
+    ``device`` (the images' layer: no input gradient), with ``groups`` kernels side by side
+    (a tuple of kernels when more than one)."""
     layer = networks.CONV_RELU_POOL[conv]
 
-    def apply(x, kernel, bias):
+    def apply(x, kernels, biases):
         x = x if input_grad else jax.lax.stop_gradient(x)
-        return layer(x, kernel, bias, dtype, tiling=tiling)
+        if groups == 1:
+            kernels, biases = kernels[0], biases[0]
+        return layer(x, kernels, biases, dtype, tiling=tiling)
 
-    def values_and_grads(x, kernel, bias):
-        y, vjp = jax.vjp(apply, x, kernel, bias)
+    def values_and_grads(x, kernels, biases):
+        y, vjp = jax.vjp(apply, x, kernels, biases)
         return y, vjp(jnp.ones_like(y))
 
     sharding = jax.sharding.SingleDeviceSharding(device)
-    args = [jax.ShapeDtypeStruct(s, d, sharding=sharding)
-            for s, d in (((batch, *shape), dtype), (kernel_shape, jnp.float32),
-                         ((kernel_shape[-1],), jnp.float32))]
+
+    def spec(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    args = [spec((batch, *shape), dtype), (spec(kernel_shape, jnp.float32),) * groups,
+            (spec((kernel_shape[-1],), jnp.float32),) * groups]
     printed = io.StringIO()
     pallas_call = functools.partial(pallas_conv.pl.pallas_call, debug=True)
     with (mock.patch.object(pallas_conv.pl, "pallas_call", pallas_call),
@@ -175,17 +184,17 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--target must be a GPU (a gpu_targets/ name): the CPU runs no Triton")
     tilings = [pallas_conv.Tiling.parse(t) for t in args.tilings.split(",")]
     device, _ = target_device(args.target)
-    print(f"{'tiling':>10} {'layer':>6} {'kernel':>14} {'warps':>5} {'regs':>4} {'spill':>5} "
+    print(f"{'tiling':>10} {'layer':>11} {'kernel':>14} {'warps':>5} {'regs':>4} {'spill':>5} "
           f"{'shared':>7} {'warps/SM':>8} {'limit':>9}")
     rows = []
     for tiling in tilings:
-        for layer, shape, kernel_shape, input_grad in LAYERS:
-            text = lower_layer(device, shape, kernel_shape, input_grad, args.batch, args.dtype,
-                               args.conv, tiling)
+        for layer, shape, kernel_shape, groups, input_grad in LAYERS:
+            text = lower_layer(device, shape, kernel_shape, groups, input_grad, args.batch,
+                               args.dtype, args.conv, tiling)
             positions = args.batch * shape[0] * shape[1] // 4
             for row in kernel_rows(text, layer, tiling, positions):
                 rows.append(row)
-                print(f"{row['tiling']:>10} {layer:>6} {row['kernel']:>14} {row['warps']:>5} "
+                print(f"{row['tiling']:>10} {layer:>11} {row['kernel']:>14} {row['warps']:>5} "
                       f"{row['registers']:>4} {row['stack_bytes']:>5} {row['shared_bytes']:>7} "
                       f"{row['warps_per_sm']:>8} {row['limited_by']:>9}", flush=True)
     import triton

@@ -218,13 +218,15 @@ def test_triton_resources_reads_pallas_ir_and_counts_resident_warps():
 
 def test_triton_resources_of_the_pallas_kernels_for_an_h100(tmp_path):
     """Where XLA's CUDA compiler and Triton are installed (not in CI), each layer's kernels
-    lower and compile for an H100: layer 1 without an input gradient, layer 2 with one."""
+    lower and compile for an H100: layer 1 without an input gradient (alone and as the fused
+    encoders' pair), layer 2 with one."""
     pytest.importorskip("jax_cuda12_plugin")
     pytest.importorskip("triton")
     payload = triton_resources.main(["--tilings=32:4:4:1:2:1", "--batch=2", f"--out={tmp_path}"])
     assert [(row["layer"], row["kernel"]) for row in payload["rows"]] == [
-        ("layer1", "forward"), ("layer1", "backward"), ("layer2", "forward"),
-        ("layer2", "backward"), ("layer2", "input_gradient")]
+        ("layer1", "forward"), ("layer1", "backward"), ("layer1_pair", "forward"),
+        ("layer1_pair", "backward"), ("layer2", "forward"), ("layer2", "backward"),
+        ("layer2", "input_gradient")]
     assert all(0 < row["registers"] <= 255 and row["warps_per_sm"] > 0
                for row in payload["rows"])
 
