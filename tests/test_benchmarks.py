@@ -540,16 +540,12 @@ def test_reward_comparison_pools_runs_made_on_other_seeds(tmp_path):
 def test_brax_sac_writes_well_formed_results(tmp_path, monkeypatch):
     """Both learners train and evaluate through the benchmark's own code (brax through the
     adapter and its wrappers) and the JSON holds every figure. The physics is a kinematic
-    stand-in (the action moves the hand target; no MuJoCo step or forward pass): compiling
-    MJX's pushing step for the ~9 programs of the two learners takes minutes on 2 cores,
-    and the real physics runs in the benchmark itself."""
+    stand-in (`kinematic.py`): compiling MJX's pushing step for the ~9 programs of the two
+    learners takes minutes on 2 cores, and the real physics runs in the benchmark itself."""
     import brax_sac
+    from kinematic import use_kinematic_physics
 
-    from holdjax.envs.base import ManipulationEnv
-
-    monkeypatch.setattr(ManipulationEnv, "_step_world",
-                        lambda self, data, action: self.task.apply_action(data, action))
-    monkeypatch.setattr(ManipulationEnv, "_pose_arm_and_forward", lambda self, data: data)
+    use_kinematic_physics(monkeypatch)
     brax_sac.main(["--num_envs=4", "--total_steps=800", "--evals=2", "--learning_starts=100",
                    "--batch_size=32", "--eval_episodes=4", f"--out={tmp_path}"])
     written = json.loads((tmp_path / f"brax_sac-{common.device_name()}.json").read_text())

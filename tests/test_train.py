@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import TEST_XLA_FLAGS, Lane, cached_env
+from kinematic import use_kinematic_physics
 
 from holdjax import checkpoint
 from holdjax.config import TrainConfig, config_from_args, field_help
@@ -47,16 +48,31 @@ def params_of(run_dir, config):
     return state.sac
 
 
-# A training run in its own process: the config's fields as JSON and the number of devices
-# the process must see (the XLA flags force them); prints train()'s record as JSON.
+# The trainers here run on a kinematic stand-in for the physics (kinematic.py): what these
+# tests check is the training loop around it, and compiling MJX's step would be most of each
+# trainer's minute of compilation on a CI machine.
+@pytest.fixture(autouse=True, scope="module")
+def kinematic_physics():
+    with pytest.MonkeyPatch.context() as patch:
+        use_kinematic_physics(patch)
+        yield
+
+
+# A training run in its own process (on the same stand-in): the config's fields as JSON and
+# the number of devices the process must see (the XLA flags force them); prints train()'s
+# record as JSON.
 TRAIN_SCRIPT = """
 import json, sys
 import jax
+import pytest
+sys.path.insert(0, "tests")
+from kinematic import use_kinematic_physics
 from holdjax.config import TrainConfig
 from holdjax.train import train
 fields, devices = json.loads(sys.argv[1]), int(sys.argv[2])
 assert jax.device_count() == devices, jax.devices()
 config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+use_kinematic_physics(pytest.MonkeyPatch())
 print(json.dumps(train(config, quiet=True)))
 """
 TWO_DEVICES = {"XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2",
@@ -577,7 +593,8 @@ def test_interrupted_train_cli_says_how_to_resume(monkeypatch, tmp_path, capsys)
 @pytest.mark.parametrize("goal_based_policy", [False, True])
 def test_evaluation_runs_the_reward_model_only_for_a_goal_based_policy(goal_based_policy):
     """Evaluation reports the env's success and reward; the distance model runs in it only
-    where the policy's goal image follows the subgoals it advances."""
+    where the policy's goal image follows the subgoals it advances. (Traced, not compiled:
+    the calls are counted as jit traces evaluate.)"""
     config = dataclasses.replace(TINY, reward="l2", goal_based_policy=goal_based_policy,
                                  name=f"eval_reward_{goal_based_policy}")
     trainer = Trainer(config.validate().program_key(), num_devices=1)
@@ -595,10 +612,10 @@ def test_evaluation_runs_the_reward_model_only_for_a_goal_based_policy(goal_base
             return getattr(self.inner, name)
 
     trainer.reward_fn = Counting(trainer.reward_fn)
-    state, _ = trainer.init(0)
+    state, _ = trainer.init_shapes()
     calls.clear()
-    stats, _ = trainer.evaluate(state.sac, trainer.seed_keys(1))
-    assert np.asarray(stats["eval_success_rate"]).shape == (1,)
+    stats, _ = jax.eval_shape(trainer.evaluate, state.sac, trainer.seed_keys(1))
+    assert stats["eval_success_rate"].shape == (1,)
     assert bool(calls) == goal_based_policy
 
 
