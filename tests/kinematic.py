@@ -15,11 +15,13 @@ from mujoco import mjx
 from holdjax.envs import base
 
 
-def use_kinematic_physics(patch: pytest.MonkeyPatch) -> None:
-    """Replaces every world's physics step, and its forward pass by poses only, until
-    ``patch`` is undone."""
+def use_kinematic_physics(patch: pytest.MonkeyPatch, poses: bool = True) -> None:
+    """Replaces every world's physics step, and its forward pass by poses only (or, without
+    ``poses``, by nothing: for learners that render nothing and need no consistent poses,
+    at less compilation), until ``patch`` is undone."""
     patch.setattr(base.ManipulationEnv, "_step_world",
                   lambda self, data, action: self._pose_arm_and_forward(
                       self.task.apply_action(data, action)))
     patch.setattr(base.mjx, "forward",
-                  lambda model, data: mjx.camlight(model, mjx.kinematics(model, data)))
+                  (lambda model, data: mjx.camlight(model, mjx.kinematics(model, data)))
+                  if poses else (lambda model, data: data))

@@ -545,7 +545,7 @@ def test_brax_sac_writes_well_formed_results(tmp_path, monkeypatch):
     import brax_sac
     from kinematic import use_kinematic_physics
 
-    use_kinematic_physics(monkeypatch)
+    use_kinematic_physics(monkeypatch, poses=False)  # state observations: nothing rendered
     brax_sac.main(["--num_envs=4", "--total_steps=800", "--evals=2", "--learning_starts=100",
                    "--batch_size=32", "--eval_episodes=4", f"--out={tmp_path}"])
     written = json.loads((tmp_path / f"brax_sac-{common.device_name()}.json").read_text())
