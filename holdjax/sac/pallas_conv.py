@@ -13,7 +13,9 @@ three where its input is differentiated:
   of two >= 16, gathered from the float32 kernel in the program). The 20 (pixel, row) pairs
   share 12 windows, each gathered once (`Geometry.taps`; ``pallas_banded``: 6, one per input row,
   times two banded kernel rows). Max over the 2x2 pixels, bias, ReLU, stored as
-  (B, H/2, W/2, Cout). Only the input, the parameters and the pooled output touch memory.
+  (B, H/2, W/2, Cout), or, for several kernels of one shape applied to the same input in one
+  call (`Geometry.groups`: two encoders' first layers), as (groups, B, H/2, W/2, Cout). Only
+  the input, the parameters and the pooled output touch memory.
 - backward: one kernel routes the cotangent through ReLU and the max (split evenly among
   ties, as `lax.reduce_max`'s gradient does) and writes each program's partial sums of the
   kernel's and bias's gradients (one XLA reduction sums them); a program can loop over
@@ -298,8 +300,8 @@ def _channel_index(geometry: Geometry, valid, position) -> tuple[jax.Array, jax.
 def _forward_kernel(x_ref, *refs, geometry: Geometry, bias_relu: bool):
     """Inputs x, each group's kernel, each group's bias; outputs y and, if asked, routes."""
     g = geometry
-    w_refs, b_refs, (out_ref, *routes_ref) = refs[:g.groups], refs[g.groups:2 * g.groups], \
-        refs[2 * g.groups:]
+    w_refs, b_refs = refs[:g.groups], refs[g.groups:2 * g.groups]
+    out_ref, *routes_ref = refs[2 * g.groups:]
     valid, image, row, col = _positions(g, pl.program_id(0))
     weights = _kernel_rows(w_refs, g, x_ref.dtype)
     convs = _conv_pixels(x_ref, weights, g, image, row, col)
