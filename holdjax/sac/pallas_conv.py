@@ -509,27 +509,32 @@ def _conv_relu_pool(banded: bool, tiling: Tiling):
     return layer
 
 
-def _grouped(banded: bool, x, kernel, bias, dtype: str, tiling: Tiling) -> jax.Array:
+Kernels = jax.Array | tuple[jax.Array, ...]
+
+
+def _apply_layer(banded: bool, x: jax.Array, kernel: Kernels, bias: Kernels, dtype: str,
+                 tiling: Tiling) -> jax.Array:
+    """The custom-VJP layer, which takes tuples, on one kernel and bias or on tuples."""
     if isinstance(kernel, tuple | list):
         return _conv_relu_pool(banded, tiling)(x.astype(dtype), tuple(kernel), tuple(bias))
     return _conv_relu_pool(banded, tiling)(x.astype(dtype), (kernel,), (bias,))
 
 
-def pallas_conv_relu_pool(x: jax.Array, kernel, bias, dtype: str, tiling: Tiling = TILING
-                          ) -> jax.Array:
+def pallas_conv_relu_pool(x: jax.Array, kernel: Kernels, bias: Kernels, dtype: str,
+                          tiling: Tiling = TILING) -> jax.Array:
     """`ConvReluPool` as Pallas kernels (``conv="pallas"``; see the module docstring): x in
     ``dtype``, the products in ``dtype`` with float32 sums, the parameters read as they are
     (float32) and cast in the kernels. Even H and W only. A tuple of kernels (and one of
     biases) of one shape applies each to x in the same kernels, as one layer of their outputs
     side by side, returned stacked, (groups, B, H/2, W/2, Cout): two encoders' first layers
     on the same images (`networks.encode_pair`), with no copy to split them."""
-    return _grouped(False, x, kernel, bias, dtype, tiling)
+    return _apply_layer(False, x, kernel, bias, dtype, tiling)
 
 
-def pallas_banded_conv_relu_pool(x: jax.Array, kernel, bias, dtype: str,
+def pallas_banded_conv_relu_pool(x: jax.Array, kernel: Kernels, bias: Kernels, dtype: str,
                                  tiling: Tiling = TILING) -> jax.Array:
     """`pallas_conv_relu_pool` with `Geometry.banded` windows (``conv="pallas_banded"``): each
     of a pooled position's kh + 1 input rows gathered once for both its columns, as (kw + 1)
     Cin values, times two banded kernel rows (layer 2: 6 gathers of 64 lanes instead of 12,
     at twice the products' width in layer 1)."""
-    return _grouped(True, x, kernel, bias, dtype, tiling)
+    return _apply_layer(True, x, kernel, bias, dtype, tiling)
