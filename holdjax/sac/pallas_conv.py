@@ -515,9 +515,9 @@ Kernels = jax.Array | tuple[jax.Array, ...]
 def _apply_layer(banded: bool, x: jax.Array, kernel: Kernels, bias: Kernels, dtype: str,
                  tiling: Tiling) -> jax.Array:
     """The custom-VJP layer, which takes tuples, on one kernel and bias or on tuples."""
-    if isinstance(kernel, tuple | list):
-        return _conv_relu_pool(banded, tiling)(x.astype(dtype), tuple(kernel), tuple(bias))
-    return _conv_relu_pool(banded, tiling)(x.astype(dtype), (kernel,), (bias,))
+    grouped = isinstance(kernel, tuple | list)
+    kernels, biases = (tuple(kernel), tuple(bias)) if grouped else ((kernel,), (bias,))
+    return _conv_relu_pool(banded, tiling)(x.astype(dtype), kernels, biases)
 
 
 def pallas_conv_relu_pool(x: jax.Array, kernel: Kernels, bias: Kernels, dtype: str,
