@@ -3,7 +3,7 @@
 The action moves the hand target; the forward pass computes poses only (kinematics and the
 camera: what rendering and the task's observations read), with no MJX step, collisions or
 constraint solver. Compiling MJX's step is most of a trainer's compilation on a CPU (the
-state-observation test run: 56 s with it, 8 s without, on 2 cores), and tests of the
+state-observation test run: 56 s with it, 12 s on this stand-in, on 2 cores), and tests of the
 training loop, the benchmarks' plumbing and checkpoints do not need it. The physics has its
 own tests (test_envs, test_tabletop), and `test_fused_step_smoke` runs the trainer's fused
 step on it.
