@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hlo_dir", default="", help="also write each optimized HLO here")
     parser.add_argument("--pallas_tiling", type=sac_update.tiling_argument,
                         default=pallas_conv.TILING, help="the pallas variants' tiling (block:"
-                        "forward_warps:backward_warps:regather:backward_programs:saved_routes)")
+                        "forward_warps:backward_warps:regather:backward_programs:saved_routes:patches)")
     parser.add_argument("--tag", default="", help="names a variant of the code in the file name")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)

@@ -114,7 +114,7 @@ for conv in ("pallas", "pallas_banded"):
         candidate = run("sac_update-%s-%s" % (conv, tag))
         if not candidate or candidate.get("pallas_tiling", "128:4:4:0:0:0") != str(TILING):
             continue  # files from before tilings were recorded ran 128:4:4:0:0:0, and
-            # five-field tilings are those of before saved routes (their sixth field: 0)
+            # shorter tilings are those of before saved routes or patches
         checked = candidate if "check" in candidate else run("sac_update-%s-bfloat16" % conv)
         if right(checked) and ms(candidate) and best_ms and ms(candidate) < best_ms:
             best, best_ms = "--encoder_conv=" + conv + flags, ms(candidate)
@@ -237,13 +237,14 @@ case "${1:-envs}" in
     # fastest update of the first timing) at today's tiling (pallas_conv.TILING, chosen by
     # triton_resources.py): checked against rows on the device (features and gradients, in
     # the payload's "check"), 1 and 5 seeds in bf16, profiled; rows bf16 (the default) in the
-    # same call; then the other tilings of triton_resources.py's table: today's recomputing
-    # its routes (the saved routes' gain), the first timing's (128:4:4:0:0:0), backward loops
-    # and 16 backward warps with saved routes; then pallas_banded, checked (~6 min in all)
+    # same call; then the other tilings of triton_resources.py's table: the previous default
+    # (8 backward warps, no loops, the first layer's windows one by one), the same with
+    # patches (their gain alone), today's without loops, and the patches recomputing their
+    # routes (the saved routes' gain); then pallas_banded, checked (~6 min in all)
     sac $(( ${BUDGET_S:-360} / 4 )) --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 \
       --fused_encoders=1 --check_against=rows --trace=/tmp/trace_pallas --tag=fused-bfloat16
     sac 45 --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16-baseline
-    for tiling in 64:8:8:1:0:0 128:4:4:0:0:0 64:8:8:1:264:1 64:8:16:1:0:1; do
+    for tiling in 64:8:8:1:0:1:0 64:8:8:1:0:1:1 64:8:16:1:0:1:1 64:8:8:1:0:0:1; do
       sac 45 --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 --fused_encoders=1 \
         --pallas_tiling=$tiling --tag=fused-bfloat16-tiling-${tiling//:/-}
     done

@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "computation's (payload's 'check')")
     parser.add_argument("--pallas_tiling", type=tiling_argument, default=pallas_conv.TILING,
                         help="the Pallas kernels' block:forward_warps:backward_warps:regather:"
-                        f"backward_programs:saved_routes (default {pallas_conv.TILING})")
+                        f"backward_programs:saved_routes:patches (default {pallas_conv.TILING})")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     with pallas_tiling(args.pallas_tiling):

@@ -2,7 +2,7 @@
 for an H100, with no GPU present: how many programs an SM holds at once.
 
     pip install 'jax[cuda12]==<this jax version>' triton    # neither is a holdjax dependency
-    JAX_PLATFORMS=cpu python benchmarks/triton_resources.py --tilings=128:4:4:0:0:0,64:8:8:1:0:1
+    JAX_PLATFORMS=cpu python benchmarks/triton_resources.py --tilings=64:8:16:1:1152:1:1
 
 The Pallas kernels (`holdjax/sac/pallas_conv.py`) gather their windows with computed
 addresses, so their time on a GPU rests on how many warps an SM keeps resident to hide the
@@ -11,13 +11,14 @@ gathers' latency, which each program's registers and shared memory decide, and o
 
 For each tiling (`pallas_conv.Tiling`: output positions per block, forward and backward
 warps, whether the backward pass gathers its windows again, the fewest backward programs,
-whether the forward pass saves the backward's routes)
+whether the forward pass saves the backward's routes, whether the first layer's backward
+multiplies patches)
 this lowers a SAC encoder's two layers at batch 256 for the target
 (`gpu_census.target_device`) with Pallas's ``debug=True``, which prints each kernel's Triton
 IR, and compiles that IR with the `triton` package for sm_90, reading the binary's resource
 use with the `cuobjdump` Triton ships. XLA compiles the same IR with its own copy of Triton,
 possibly another version, so these figures are a proxy for XLA's: for choosing tilings, not
-for replacing their timing on a GPU. ``128:4:4:0:0:0`` is the first GPU timing's tiling (run
+for replacing their timing on a GPU. ``128:4:4:0:0:0:0`` is the first GPU timing's tiling (run
 here with today's kernel code).
 
 Writes ``benchmarks/results/triton_resources-<target>[-<tag>]-<this machine>.json``.
@@ -168,12 +169,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="h100", help="a gpu_targets/ name")
-    # the first GPU timing's tiling; today's, recomputing the routes, with backward loops,
-    # and with 16 backward warps
-    parser.add_argument("--tilings", default="128:4:4:0:0:0,64:8:8:1:0:1,64:8:8:1:0:0,"
-                        "64:8:8:1:264:1,64:8:16:1:0:1",
+    # the first GPU timing's tiling; today's; the previous one (8 backward warps, no loops,
+    # windows), and with patches; today's without loops; patches recomputing the routes
+    parser.add_argument("--tilings", default="128:4:4:0:0:0:0,64:8:16:1:1152:1:1,"
+                        "64:8:8:1:0:1:0,64:8:8:1:0:1:1,64:8:16:1:0:1:1,64:8:8:1:0:0:1",
                         help="comma-separated block:forward_warps:backward_warps:regather:"
-                        "backward_programs:saved_routes")
+                        "backward_programs:saved_routes:patches")
     parser.add_argument("--conv", default="pallas", choices=networks.PALLAS_CONVS)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))

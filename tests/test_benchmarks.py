@@ -222,7 +222,7 @@ def test_triton_resources_of_the_pallas_kernels_for_an_h100(tmp_path):
     encoders' pair), layer 2 with one."""
     pytest.importorskip("jax_cuda12_plugin")
     pytest.importorskip("triton")
-    payload = triton_resources.main(["--tilings=32:4:4:1:2:1", "--batch=2", f"--out={tmp_path}"])
+    payload = triton_resources.main(["--tilings=32:4:4:1:2:1:1", "--batch=2", f"--out={tmp_path}"])
     assert [(row["layer"], row["kernel"]) for row in payload["rows"]] == [
         ("layer1", "forward"), ("layer1", "backward"), ("layer1_pair", "forward"),
         ("layer1_pair", "backward"), ("layer2", "forward"), ("layer2", "backward"),
@@ -242,10 +242,10 @@ def test_sac_update_times_the_pallas_kernels_at_a_given_tiling(tmp_path, monkeyp
                 "compile_and_first_run_s": 0.0, "unroll": 1}
 
     monkeypatch.setattr(sac_update, "measure", measure)
-    payload = sac_update.main(["--seeds=1", "--conv=pallas", "--pallas_tiling=32:2:4:0:16:0",
+    payload = sac_update.main(["--seeds=1", "--conv=pallas", "--pallas_tiling=32:2:4:0:16:0:0",
                                f"--out={tmp_path}"])
-    assert seen == [pallas_conv.Tiling(32, 2, 4, False, 16, False)]
-    assert payload["pallas_tiling"] == "32:2:4:0:16:0"
+    assert seen == [pallas_conv.Tiling(32, 2, 4, False, 16, False, False)]
+    assert payload["pallas_tiling"] == "32:2:4:0:16:0:0"
     assert networks.CONV_RELU_POOL["pallas"] is pallas_conv.pallas_conv_relu_pool
     with pytest.raises(SystemExit):
         sac_update.main(["--conv=pallas", "--pallas_tiling=64:8"])

@@ -160,14 +160,17 @@ def test_odd_sizes_are_refused_with_the_alternatives():
 
 @pytest.mark.parametrize("tiling", [pallas_conv.Tiling(16, 2, 4, False, 2, True),
                                     pallas_conv.Tiling(16, 2, 4, False, 2, False),
-                                    pallas_conv.Tiling(32, 8, 2, True, 0, False)])
+                                    pallas_conv.Tiling(32, 8, 2, True, 0, False),
+                                    pallas_conv.Tiling(16, 2, 4, True, 2, True, False)])
+@pytest.mark.parametrize("cin", [3, 8])
 @layers
-def test_every_tiling_computes_the_same_layer(name, tiling):
-    """Positions per block, warps, regathering, backward programs and saved routes change how
-    the work is split, not what it computes. 5x16x12 gives 240 positions: 15 blocks of 16,
-    which 2 backward programs' worth take 7 at a time (3 programs, the last with one real
-    block, a tail, and 6 past the end), or 8 blocks of 32, one per program (the last a tail)."""
-    x, kernel, bias, cotangent = random_layer(5, 5, 16, 12, 8, 8, 5)
+def test_every_tiling_computes_the_same_layer(name, tiling, cin):
+    """Positions per block, warps, regathering, backward programs, saved routes and patches
+    change how the work is split, not what it computes. 5x16x12 gives 240 positions: 15
+    blocks of 16, which 2 backward programs' worth take 7 at a time (3 programs, the last
+    with one real block, a tail, and 6 past the end), or 8 blocks of 32, one per program (the
+    last a tail). 3 input channels: the first layer's patches (`pallas` only), 8: windows."""
+    x, kernel, bias, cotangent = random_layer(5, 5, 16, 12, cin, 8, 5)
     expected = values_and_grads(lax_layer, x, kernel, bias, cotangent)
     tiled = functools.partial(LAYERS[name], dtype="float32", tiling=tiling)
     assert_close(jax.jit(functools.partial(values_and_grads, tiled))(x, kernel, bias, cotangent),
@@ -175,18 +178,18 @@ def test_every_tiling_computes_the_same_layer(name, tiling):
 
 
 def test_tiling_reads_and_writes_its_text_form():
-    tiling = pallas_conv.Tiling.parse("32:4:8:0:16:0")
-    assert tiling == pallas_conv.Tiling(32, 4, 8, False, 16, False)
-    assert str(tiling) == "32:4:8:0:16:0"
+    tiling = pallas_conv.Tiling.parse("32:4:8:0:16:0:1")
+    assert tiling == pallas_conv.Tiling(32, 4, 8, False, 16, False, True)
+    assert str(tiling) == "32:4:8:0:16:0:1"
     assert pallas_conv.Tiling.parse(str(pallas_conv.TILING)) == pallas_conv.TILING
-    with pytest.raises(ValueError, match="six integers"):
-        pallas_conv.Tiling.parse("64:8:8:1:0")
+    with pytest.raises(ValueError, match="seven integers"):
+        pallas_conv.Tiling.parse("64:8:8:1:0:1")
     with pytest.raises(ValueError, match="power of two >= 16"):
-        pallas_conv.Tiling.parse("48:8:8:1:0:1")
+        pallas_conv.Tiling.parse("48:8:8:1:0:1:1")
     with pytest.raises(ValueError, match="regather 0 or 1"):
-        pallas_conv.Tiling.parse("64:8:8:2:0:1")
+        pallas_conv.Tiling.parse("64:8:8:2:0:1:1")
     with pytest.raises(ValueError, match="saved_routes 0 or 1"):
-        pallas_conv.Tiling.parse("64:8:8:1:0:2")
+        pallas_conv.Tiling.parse("64:8:8:1:0:2:1")
 
 
 def test_backward_programs_loop_over_blocks():
@@ -195,3 +198,25 @@ def test_backward_programs_loop_over_blocks():
     tiling = pallas_conv.Tiling(64, 8, 8, True, 264)
     assert [tiling.blocks_per_program(b) for b in (100, 264, 600, 2304)] == [1, 1, 2, 8]
     assert pallas_conv.Tiling(64, 8, 8, True, 0).blocks_per_program(2304) == 1
+
+
+@pytest.mark.parametrize(("cin", "size", "banded", "patches", "expected"), [
+    (3, 5, False, True, True),     # the first layer: 5 rows of 15 values in 8 x 16 columns
+    (8, 5, False, True, False),    # the second: 5 rows of 40 values would need 8 x 64
+    (8, 3, False, True, True),     # 3 rows of 24 values in 4 x 32
+    (3, 5, True, True, False),     # banded windows take each row's two shifted kernels
+    (3, 5, False, False, False)])  # Tiling.patches off
+def test_patches_where_a_pixels_windows_fit_in_128_columns(cin, size, banded, patches, expected):
+    x = jnp.zeros((2, 8, 8, cin))
+    kernel = jnp.zeros((size, size, cin, 8))
+    tiling = pallas_conv.TILING._replace(patches=patches)
+    geometry = pallas_conv._geometry(x, (kernel,), tiling, pool=True, banded=banded,
+                                     backward=True)
+    assert geometry.patched == expected
+
+
+def test_side_by_side_puts_window_w_value_e_in_column_e_n_plus_w():
+    windows = [jnp.full((2, 4), 10 * w) + jnp.arange(4) for w in range(8)]
+    patch = pallas_conv._side_by_side(windows)
+    expected = np.array([[10 * w + e for e in range(4) for w in range(8)]] * 2)
+    np.testing.assert_array_equal(patch, expected)

@@ -18,7 +18,9 @@ three where its input is differentiated:
   the input, the parameters and the pooled output touch memory.
 - backward: one kernel routes the cotangent through ReLU and the max (split evenly among
   ties, as `lax.reduce_max`'s gradient does) and writes each program's partial sums of the
-  kernel's and bias's gradients (one XLA reduction sums them); a program can loop over
+  kernel's and bias's gradients (one XLA reduction sums them), from products of the windows
+  and the cotangent, or, in the first layer, of patches: a pixel's five windows side by side
+  (`Tiling.patches`), one product for all kernel rows; a program can loop over
   several blocks of positions (`Tiling.backward_programs`), to write fewer partial sums. The
   routes come from the forward pass, which then also stores, per pooled output, which of its
   pixels tie for the max and whether ReLU passes (`Tiling.saved_routes`: 4 bits a value, in
@@ -48,44 +50,51 @@ class Tiling(NamedTuple):
     loop in the backward ones), warps per program of the forward and backward kernels,
     whether a recomputing backward pass gathers its windows again for the kernel's gradient
     (`_windows`), the fewest backward programs (each loops over blocks, writing one set of
-    partial sums; 0: one block each), and whether the forward pass saves the max's and
-    ReLU's routes for the backward (else the backward recomputes the convolutions). Chosen by
+    partial sums; 0: one block each), whether the forward pass saves the max's and ReLU's
+    routes for the backward (else the backward recomputes the convolutions), and whether the
+    backward pass multiplies a pixel's kh windows side by side as one patch where they fit in
+    128 columns (`Geometry.patched`: the first layer), else each window by itself. Chosen by
     the registers, spills and shared memory that Triton reports for an H100
     (`benchmarks/triton_resources.py`, NOTES.md): at 128 positions and 4 warps, recomputing
     without regathering (the first GPU timing) the backward kernels spill and layer 2's holds
     one program per SM; at 64 positions and 8 warps none spill and the forward kernels keep
     32 warps per SM instead of 8. Saved routes halve the backward's products and drop its
-    convolution accumulators and kernel rows. Looping (264 backward programs: two per H100
-    SM) writes 2-8x fewer partial sums but made the recomputing kernels spill. Written
-    ``block:forward_warps:backward_warps:regather:backward_programs:saved_routes``."""
+    convolution accumulators and kernel rows. The first layer's (16 x 64) x (64 x 16)
+    products of single windows held 184 registers (each of 8 warps kept every pixel's whole
+    cotangent); its patches' (128 x 64) x (64 x 16) products need 109, or 78 at 16 warps,
+    where looping over 2 blocks (1,152 backward programs for its 2,304 blocks; the second
+    layer's 576 take one each) halves its partial sums without spilling. Written
+    ``block:forward_warps:backward_warps:regather:backward_programs:saved_routes:patches``."""
 
     block: int = 64
     forward_warps: int = 8
-    backward_warps: int = 8
+    backward_warps: int = 16
     regather: bool = True
-    backward_programs: int = 0
+    backward_programs: int = 1152
     saved_routes: bool = True
+    patches: bool = True
 
     @classmethod
     def parse(cls, text: str) -> "Tiling":
-        """``"64:8:8:1:264:1"`` -> Tiling(64, 8, 8, True, 264, True)."""
+        """``"64:8:8:1:264:1:0"`` -> Tiling(64, 8, 8, True, 264, True, False)."""
         try:
-            block, forward_warps, backward_warps, regather, programs, saved = map(
+            block, forward_warps, backward_warps, regather, programs, saved, patches = map(
                 int, text.split(":"))
         except ValueError:
             raise ValueError(f"a tiling is block:forward_warps:backward_warps:regather:"
-                             f"backward_programs:saved_routes (six integers, e.g. {TILING}); "
-                             f"got {text!r}") from None
+                             f"backward_programs:saved_routes:patches (seven integers, e.g. "
+                             f"{TILING}); got {text!r}") from None
         if (block < 16 or block & (block - 1) or regather not in (0, 1) or programs < 0
-                or saved not in (0, 1)):
+                or saved not in (0, 1) or patches not in (0, 1)):
             raise ValueError(f"tiling {text!r}: block a power of two >= 16 (tensor-core "
                              "products), regather 0 or 1, backward_programs >= 0, "
-                             "saved_routes 0 or 1")
-        return cls(block, forward_warps, backward_warps, bool(regather), programs, bool(saved))
+                             "saved_routes 0 or 1, patches 0 or 1")
+        return cls(block, forward_warps, backward_warps, bool(regather), programs, bool(saved),
+                   bool(patches))
 
     def __str__(self) -> str:
         return (f"{self.block}:{self.forward_warps}:{self.backward_warps}:{int(self.regather)}:"
-                f"{self.backward_programs}:{int(self.saved_routes)}")
+                f"{self.backward_programs}:{int(self.saved_routes)}:{int(self.patches)}")
 
     def blocks_per_program(self, blocks: int) -> int:
         """Blocks each backward program loops over, for a layer of ``blocks`` blocks."""
@@ -121,6 +130,7 @@ class Geometry(NamedTuple):
     block: int  # output positions per block
     blocks_per_program: int
     groups: int = 1  # kernels side by side (cout in all), their outputs stored group-major
+    patches: bool = False  # `Tiling.patches`: see `patched`
 
     @property
     def group_cout(self) -> int:
@@ -149,6 +159,20 @@ class Geometry(NamedTuple):
     @property
     def k_pad(self) -> int:  # a window's values, padded for tensor cores
         return max(16, pl.next_power_of_2(self.k))
+
+    @property
+    def rows_pad(self) -> int:  # kernel rows, padded to a power of two for `_side_by_side`
+        return pl.next_power_of_2(self.kh)
+
+    @property
+    def patched(self) -> bool:
+        """Whether the backward pass puts each pixel's kh windows side by side, one (block,
+        rows_pad k_pad) patch, for one (rows_pad k_pad, block) x (block, n_pad) product of all
+        kernel rows' gradients: where that fits in 128 columns (the first layer: 5 rows of 15
+        values in 8 x 16). Single windows' (k_pad, block) x (block, n_pad) products of a
+        first layer leave most of 8 warps' tensor-core tiles idle and have each warp hold
+        every pixel's whole cotangent."""
+        return self.patches and not self.banded and self.rows_pad * self.k_pad <= 128
 
     @property
     def n_pad(self) -> int:
@@ -269,6 +293,29 @@ def _windows(x_ref, geometry: Geometry, image, row, col, eviction_policy: str | 
         yield window, (i, shift), pixel
 
 
+def _side_by_side(windows: list[jax.Array]) -> jax.Array:
+    """(block, n k) from n (a power of two) (block, k) windows, window w's value e in column
+    e n + w: Triton joins two tensors along a new minor axis, so each level pairs window w
+    with window w + n/2."""
+    while len(windows) > 1:
+        half = len(windows) // 2
+        windows = [jnp.stack([a, b], axis=-1).reshape(a.shape[0], -1)
+                   for a, b in zip(windows[:half], windows[half:], strict=True)]
+    return windows[0]
+
+
+def _patches(x_ref, geometry: Geometry, image, row, col, eviction_policy: str | None
+             ) -> dict[tuple[int, int], jax.Array]:
+    """{pixel: (block, rows_pad k_pad) patch}: the pixel's windows of kernel rows 0..kh-1
+    `_side_by_side`, zeros for the padding rows (`Geometry.patched`)."""
+    g = geometry
+    zero = jnp.zeros((g.block, g.k_pad), x_ref.dtype)
+    rows = {pixel: [zero] * g.rows_pad for pixel in g.pixels}
+    for window, (i, _), pixel in _windows(x_ref, g, image, row, col, eviction_policy):
+        rows[pixel][i] = window
+    return {pixel: _side_by_side(windows) for pixel, windows in rows.items()}
+
+
 def _conv_pixels(x_ref, weights, geometry: Geometry, image, row, col) -> list[jax.Array]:
     """float32 (block, n_pad) convolution outputs, one per pixel of the output positions."""
     outputs = {pixel: jnp.zeros((geometry.block, geometry.n_pad), jnp.float32)
@@ -318,6 +365,22 @@ def _forward_kernel(x_ref, *refs, geometry: Geometry, bias_relu: bool):
     _scatter(out_ref, index, out, mask)
 
 
+PATCH = "patch"  # the key of a patched backward pass's one accumulator
+
+
+def _partial_rows(geometry: Geometry, key) -> tuple[jax.Array, jax.Array]:
+    """(rows, 1) indices into a program's partial sums (`Geometry.partial_rows`) of the rows of
+    the accumulator of ``key``, a (kernel row, shift) or `PATCH`, and which rows are real."""
+    g = geometry
+    if key == PATCH:  # row r: kernel row r % rows_pad, window value r // rows_pad
+        r = lax.iota(jnp.int32, g.rows_pad * g.k_pad)[:, None]
+        i, e = lax.rem(r, g.rows_pad), lax.div(r, g.rows_pad)
+        return i * g.k + e, (i < g.kh) & (e < g.k)
+    i, shift = key
+    k = lax.iota(jnp.int32, g.k_pad)[:, None]
+    return (i * len(g.shifts) + shift) * g.k + k, k < g.k
+
+
 def _backward_kernel(x_ref, *refs, geometry: Geometry, regather: bool, saved_routes: bool):
     """Inputs x, then the forward's routes (`Tiling.saved_routes`) or the groups' kernels and
     biases to recompute them, then the cotangent; outputs the partial sums and, where the
@@ -354,10 +417,14 @@ def _backward_kernel(x_ref, *refs, geometry: Geometry, regather: bool, saved_rou
         share = d / jnp.maximum(functools.reduce(jnp.add, ties), 1.0)  # saved: 0 ties if off
         dconvs = {pixel: share * tie for pixel, tie in zip(g.pixels, ties, strict=True)}
         dweights = dict(dweights)
-        for window, key, pixel in _windows(x_ref, g, image, row, col,
-                                           "evict_first" if regather and not saved_routes
-                                           else None):
-            dweights[key] += jnp.dot(window.T, dconvs[pixel].astype(window.dtype),
+        policy = "evict_first" if regather and not saved_routes else None
+        if g.patched:
+            products = ((patch, PATCH, pixel) for pixel, patch in
+                        _patches(x_ref, g, image, row, col, policy).items())
+        else:
+            products = _windows(x_ref, g, image, row, col, policy)
+        for values, key, pixel in products:
+            dweights[key] += jnp.dot(values.T, dconvs[pixel].astype(values.dtype),
                                      preferred_element_type=jnp.float32)
         if dy_ref:  # the convolution's cotangent, (B, H, W, Cout)
             for (p, q), dconv in dconvs.items():
@@ -365,9 +432,12 @@ def _backward_kernel(x_ref, *refs, geometry: Geometry, regather: bool, saved_rou
                 _scatter(dy_ref[0], pixel[:, None] * g.cout + c[None, :], dconv, mask)
         return dweights, dbias + d.sum(axis=0)
 
-    keys = {(i, shift) for i in range(g.kh) for shift in g.shifts}
-    zeros = ({key: jnp.zeros((g.k_pad, g.n_pad), jnp.float32) for key in keys},
-             jnp.zeros((g.n_pad,), jnp.float32))
+    if g.patched:
+        accumulators = {PATCH: jnp.zeros((g.rows_pad * g.k_pad, g.n_pad), jnp.float32)}
+    else:
+        accumulators = {(i, shift): jnp.zeros((g.k_pad, g.n_pad), jnp.float32)
+                        for i in range(g.kh) for shift in g.shifts}
+    zeros = (accumulators, jnp.zeros((g.n_pad,), jnp.float32))
     if g.blocks_per_program == 1:
         dweights, dbias = block_gradients(0, zeros)
     else:
@@ -375,11 +445,10 @@ def _backward_kernel(x_ref, *refs, geometry: Geometry, regather: bool, saved_rou
     # only the real entries (span Cin rows, Cout columns): the partial sums are written and
     # read back whole, the bytes these kernels move most of
     start = pl.program_id(0) * g.partial_rows * g.cout
-    k = lax.iota(jnp.int32, g.k_pad)[:, None]
-    real = (k < g.k) & (c[None, :] < g.cout)
-    for (i, shift), dw in dweights.items():
-        first = (i * len(g.shifts) + shift) * g.k
-        _scatter(partials_ref, start + (first + k) * g.cout + c[None, :], dw, real)
+    for key, dw in dweights.items():
+        rows, real = _partial_rows(g, key)
+        _scatter(partials_ref, start + rows * g.cout + c[None, :], dw,
+                 real & (c[None, :] < g.cout))
     _scatter(partials_ref, start + (g.partial_rows - 1) * g.cout + c, dbias, c < g.cout)
 
 
@@ -416,7 +485,7 @@ def _geometry(x: jax.Array, kernels: tuple[jax.Array, ...], tiling: Tiling, pool
     pad_top, pad_left = (kh // 2, kw // 2) if transposed else ((kh - 1) // 2, (kw - 1) // 2)
     g = Geometry(b, h, w, cin, kernel_out * len(kernels), kh, kw, pad_top, pad_left, pool,
                  transposed, banded and pool, tiling.block, blocks_per_program=1,
-                 groups=len(kernels))
+                 groups=len(kernels), patches=tiling.patches)
     if backward:
         blocks = pl.cdiv(g.positions, g.block)
         g = g._replace(blocks_per_program=tiling.blocks_per_program(blocks))
