@@ -240,7 +240,8 @@ case "${1:-envs}" in
     # same call; then the other tilings of triton_resources.py's table: the previous default
     # (8 backward warps, no loops, the first layer's windows one by one), the same with
     # patches (their gain alone), today's without loops, and the patches recomputing their
-    # routes (the saved routes' gain); then pallas_banded, checked (~6 min in all)
+    # routes (the saved routes' gain); then pallas_banded, checked, at the previous default
+    # with patches (at today's, its first layer's backward, never patched, spills) (~6 min)
     sac $(( ${BUDGET_S:-360} / 4 )) --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 \
       --fused_encoders=1 --check_against=rows --trace=/tmp/trace_pallas --tag=fused-bfloat16
     sac 45 --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16-baseline
@@ -249,7 +250,8 @@ case "${1:-envs}" in
         --pallas_tiling=$tiling --tag=fused-bfloat16-tiling-${tiling//:/-}
     done
     sac $(( ${BUDGET_S:-360} - SECONDS - 5 )) --seeds=1,5 --conv=pallas_banded \
-      --encoder_dtype=bfloat16 --fused_encoders=1 --check_against=rows --tag=fused-bfloat16 ;;
+      --encoder_dtype=bfloat16 --fused_encoders=1 --check_against=rows --tag=fused-bfloat16 \
+      --pallas_tiling=64:8:8:1:0:1:1 ;;
   sparse400k)  # #3's "the reference's plain-SAC run completes": one seed at 256 worlds, rows
     # bf16, evaluated every ~20k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
     # ~75 s for the first (compiling) epoch, then ~19.6 s an epoch: ~560 s in all, so give it
