@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--kernel_floor_us", type=float, default=2.0)
     parser.add_argument("--hlo_dir", default="", help="also write each optimized HLO here")
     parser.add_argument("--pallas_tiling", type=sac_update.tiling_argument,
-                        default=pallas_conv.TILING, help="the pallas variants' tiling (block:"
+                        default=None, help="the pallas variants' tiling (default: each "
+                        "computation's own; block:"
                         "forward_warps:backward_warps:regather:backward_programs:saved_routes:patches)")
     parser.add_argument("--tag", default="", help="names a variant of the code in the file name")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
@@ -279,7 +280,9 @@ def main(argv: list[str] | None = None) -> dict:
                "bandwidth_bytes_per_s": bandwidth, "kernel_floor_us": args.kernel_floor_us,
                "batch_size": SACConfig().batch_size, "image_shape": list(sac_update.IMAGE_SHAPE),
                "xla_flags": os.environ.get("XLA_FLAGS", ""),
-               "pallas_tiling": str(args.pallas_tiling), "rows": rows}
+               "pallas_tiling": str(args.pallas_tiling or pallas_conv.TILING),
+               "pallas_banded_tiling": str(args.pallas_tiling or pallas_conv.BANDED_TILING),
+               "rows": rows}
     tag = "-".join(filter(None, (args.target, args.tag)))
     path = write_results("gpu_census", payload, out_dir=args.out, tag=tag)
     print(f"wrote {path}")

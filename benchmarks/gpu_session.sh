@@ -87,14 +87,14 @@ print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
 ' "$out/convs" | tee -a "$out/sac_update.log"
 }
 # The flags of the fastest pallas variant (pallas or pallas_banded, fused encoders or not) at
-# today's tiling (pallas_conv.TILING) if `pallas` parts found it right (the kernels' check
+# its default tiling today (pallas_conv.TILING or BANDED_TILING) if `pallas` parts found it right (the kernels' check
 # within 5%, its own or that of the same kernels unfused) and faster than rows with 5 seeds in
 # bf16, measured on this GPU kind: this machine's files in $out (an earlier call, same warm
 # machine) or, where it has none, those committed in benchmarks/results/; else nothing (rows,
 # the default). sparse400k uses it.
 pallas_if_faster() {
   python3 -c 'import glob, json, re, subprocess, sys
-from holdjax.sac.pallas_conv import TILING
+from holdjax.sac.pallas_conv import BANDED_TILING, TILING
 gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
                      capture_output=True, text=True).stdout.strip().lower()
 gpu = re.sub("[^a-z0-9]+", "-", gpu).strip("-")  # as benchmarks/common.device_name
@@ -112,7 +112,8 @@ best, best_ms = "", ms(base) if base else None
 for conv in ("pallas", "pallas_banded"):
     for tag, flags in (("bfloat16", ""), ("fused-bfloat16", " --fused_encoders=true")):
         candidate = run("sac_update-%s-%s" % (conv, tag))
-        if not candidate or candidate.get("pallas_tiling", "128:4:4:0:0:0") != str(TILING):
+        tiling = TILING if conv == "pallas" else BANDED_TILING
+        if not candidate or candidate.get("pallas_tiling", "128:4:4:0:0:0") != str(tiling):
             continue  # files from before tilings were recorded ran 128:4:4:0:0:0, and
             # shorter tilings are those of before saved routes or patches
         checked = candidate if "check" in candidate else run("sac_update-%s-bfloat16" % conv)
@@ -240,8 +241,8 @@ case "${1:-envs}" in
     # same call; then the other tilings of triton_resources.py's table: the previous default
     # (8 backward warps, no loops, the first layer's windows one by one), the same with
     # patches (their gain alone), today's without loops, and the patches recomputing their
-    # routes (the saved routes' gain); then pallas_banded, checked, at the previous default
-    # with patches (at today's, its first layer's backward, never patched, spills) (~6 min)
+    # routes (the saved routes' gain); then pallas_banded, checked, at its own default
+    # (pallas_conv.BANDED_TILING: at pallas's, its unpatched first layer's backward spills)
     sac $(( ${BUDGET_S:-360} / 4 )) --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 \
       --fused_encoders=1 --check_against=rows --trace=/tmp/trace_pallas --tag=fused-bfloat16
     sac 45 --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16-baseline
@@ -250,8 +251,7 @@ case "${1:-envs}" in
         --pallas_tiling=$tiling --tag=fused-bfloat16-tiling-${tiling//:/-}
     done
     sac $(( ${BUDGET_S:-360} - SECONDS - 5 )) --seeds=1,5 --conv=pallas_banded \
-      --encoder_dtype=bfloat16 --fused_encoders=1 --check_against=rows --tag=fused-bfloat16 \
-      --pallas_tiling=64:8:8:1:0:1:1 ;;
+      --encoder_dtype=bfloat16 --fused_encoders=1 --check_against=rows --tag=fused-bfloat16 ;;
   sparse400k)  # #3's "the reference's plain-SAC run completes": one seed at 256 worlds, rows
     # bf16, evaluated every ~20k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
     # ~75 s for the first (compiling) epoch, then ~19.6 s an epoch: ~560 s in all, so give it

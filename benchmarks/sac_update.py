@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import glob
 import gzip
@@ -236,9 +237,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--check_against", default="", choices=("", *networks.ENCODER_CONVS),
                         help="first compare the encoder's features and gradients with this "
                         "computation's (payload's 'check')")
-    parser.add_argument("--pallas_tiling", type=tiling_argument, default=pallas_conv.TILING,
+    parser.add_argument("--pallas_tiling", type=tiling_argument, default=None,
                         help="the Pallas kernels' block:forward_warps:backward_warps:regather:"
-                        f"backward_programs:saved_routes:patches (default {pallas_conv.TILING})")
+                        "backward_programs:saved_routes:patches (default: each computation's "
+                        f"own, pallas {pallas_conv.TILING}, pallas_banded "
+                        f"{pallas_conv.BANDED_TILING})")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     with pallas_tiling(args.pallas_tiling):
@@ -253,9 +256,14 @@ def tiling_argument(text: str) -> pallas_conv.Tiling:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def pallas_tiling(tiling: pallas_conv.Tiling):
+DEFAULT_TILINGS = {"pallas": pallas_conv.TILING, "pallas_banded": pallas_conv.BANDED_TILING}
+
+
+def pallas_tiling(tiling: pallas_conv.Tiling | None):
     """A context in which the networks' Pallas computations use ``tiling`` (they read them
-    from `networks.CONV_RELU_POOL`)."""
+    from `networks.CONV_RELU_POOL`); None: each its own default."""
+    if tiling is None:
+        return contextlib.nullcontext()
     return mock.patch.dict(networks.CONV_RELU_POOL, {
         name: functools.partial(networks.CONV_RELU_POOL[name], tiling=tiling)
         for name in networks.PALLAS_CONVS})
@@ -293,7 +301,7 @@ def check_and_measure(args: argparse.Namespace) -> dict:
         "encoder_dtype": args.encoder_dtype,
         "repeats": args.repeats,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        **({"pallas_tiling": str(args.pallas_tiling)}
+        **({"pallas_tiling": str(args.pallas_tiling or DEFAULT_TILINGS[args.conv])}
            if args.conv in networks.PALLAS_CONVS else {}),
         "rows": [],
         **({"check": check} if check else {}),

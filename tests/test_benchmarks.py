@@ -1,5 +1,6 @@
 """The benchmark scripts' own logic: summaries and result files (no timings asserted)."""
 
+import inspect
 import json
 import os
 import sys
@@ -249,6 +250,27 @@ def test_sac_update_times_the_pallas_kernels_at_a_given_tiling(tmp_path, monkeyp
     assert networks.CONV_RELU_POOL["pallas"] is pallas_conv.pallas_conv_relu_pool
     with pytest.raises(SystemExit):
         sac_update.main(["--conv=pallas", "--pallas_tiling=64:8"])
+
+
+@pytest.mark.parametrize("conv", ["pallas", "pallas_banded"])
+def test_sac_update_without_a_tiling_records_each_computations_default(conv, tmp_path,
+                                                                       monkeypatch):
+    """With no --pallas_tiling the networks' table is left alone: pallas runs TILING and
+    pallas_banded BANDED_TILING (its windows are never patched), and the payload says which."""
+    function = {"pallas": pallas_conv.pallas_conv_relu_pool,
+                "pallas_banded": pallas_conv.pallas_banded_conv_relu_pool}[conv]
+
+    def measure(num_seeds, *args):
+        assert networks.CONV_RELU_POOL[conv] is function
+        return {"num_seeds": num_seeds, "updates_per_scan": 2, "batch_size": 4,
+                "ms_per_update": 1.0, "updates_per_s": 1000.0, "seed_updates_per_s": 1000.0,
+                "compile_and_first_run_s": 0.0, "unroll": 1}
+
+    monkeypatch.setattr(sac_update, "measure", measure)
+    payload = sac_update.main(["--seeds=1", f"--conv={conv}", f"--out={tmp_path}"])
+    used = inspect.signature(function).parameters["tiling"].default
+    assert payload["pallas_tiling"] == str(used)
+    assert used == (pallas_conv.TILING if conv == "pallas" else pallas_conv.BANDED_TILING)
 
 
 TINY_HOLDC = ["--holdc_layers=18", "--holdc_filters=2", "--holdc_crop_size=32"]

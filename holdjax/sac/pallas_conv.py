@@ -102,6 +102,9 @@ class Tiling(NamedTuple):
 
 
 TILING = Tiling()
+# pallas_banded's tiling: its windows are never patched (`Geometry.patched`), and at TILING its
+# first layer's backward spills (benchmarks/NOTES.md); 8 backward warps, one block each.
+BANDED_TILING = Tiling(backward_warps=8, backward_programs=0)
 # Software-pipelining stages of the backward kernels' loop over blocks (Triton's default on
 # CUDA is 3): each stage would buffer a block's gathered windows in shared memory, which at
 # 64 positions a block is more than an H100 SM has in layer 2 (benchmarks/NOTES.md).
@@ -601,7 +604,7 @@ def pallas_conv_relu_pool(x: jax.Array, kernel: Kernels, bias: Kernels, dtype: s
 
 
 def pallas_banded_conv_relu_pool(x: jax.Array, kernel: Kernels, bias: Kernels, dtype: str,
-                                 tiling: Tiling = TILING) -> jax.Array:
+                                 tiling: Tiling = BANDED_TILING) -> jax.Array:
     """`pallas_conv_relu_pool` with `Geometry.banded` windows (``conv="pallas_banded"``): each
     of a pooled position's kh + 1 input rows gathered once for both its columns, as (kw + 1)
     Cin values, times two banded kernel rows (layer 2: 6 gathers of 64 lanes instead of 12,
