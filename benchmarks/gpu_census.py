@@ -280,8 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
                "bandwidth_bytes_per_s": bandwidth, "kernel_floor_us": args.kernel_floor_us,
                "batch_size": SACConfig().batch_size, "image_shape": list(sac_update.IMAGE_SHAPE),
                "xla_flags": os.environ.get("XLA_FLAGS", ""),
-               "pallas_tiling": str(args.pallas_tiling or pallas_conv.TILING),
-               "pallas_banded_tiling": str(args.pallas_tiling or pallas_conv.BANDED_TILING),
+               **{f"{conv}_tiling": str(args.pallas_tiling or tiling)
+                  for conv, tiling in pallas_conv.DEFAULT_TILINGS.items()},
                "rows": rows}
     tag = "-".join(filter(None, (args.target, args.tag)))
     path = write_results("gpu_census", payload, out_dir=args.out, tag=tag)

@@ -87,14 +87,14 @@ print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
 ' "$out/convs" | tee -a "$out/sac_update.log"
 }
 # The flags of the fastest pallas variant (pallas or pallas_banded, fused encoders or not) at
-# its default tiling today (pallas_conv.TILING or BANDED_TILING) if `pallas` parts found it right (the kernels' check
-# within 5%, its own or that of the same kernels unfused) and faster than rows with 5 seeds in
-# bf16, measured on this GPU kind: this machine's files in $out (an earlier call, same warm
-# machine) or, where it has none, those committed in benchmarks/results/; else nothing (rows,
-# the default). sparse400k uses it.
+# its default tiling today (pallas_conv.DEFAULT_TILINGS) if `pallas` parts found it right
+# (the kernels' check within 5%, its own or that of the same kernels unfused) and faster
+# than rows with 5 seeds in bf16, measured on this GPU kind: this machine's files in $out
+# (an earlier call, same warm machine) or, where it has none, those committed in
+# benchmarks/results/; else nothing (rows, the default). sparse400k uses it.
 pallas_if_faster() {
   python3 -c 'import glob, json, re, subprocess, sys
-from holdjax.sac.pallas_conv import BANDED_TILING, TILING
+from holdjax.sac.pallas_conv import DEFAULT_TILINGS
 gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
                      capture_output=True, text=True).stdout.strip().lower()
 gpu = re.sub("[^a-z0-9]+", "-", gpu).strip("-")  # as benchmarks/common.device_name
@@ -112,8 +112,8 @@ best, best_ms = "", ms(base) if base else None
 for conv in ("pallas", "pallas_banded"):
     for tag, flags in (("bfloat16", ""), ("fused-bfloat16", " --fused_encoders=true")):
         candidate = run("sac_update-%s-%s" % (conv, tag))
-        tiling = TILING if conv == "pallas" else BANDED_TILING
-        if not candidate or candidate.get("pallas_tiling", "128:4:4:0:0:0") != str(tiling):
+        tiling = str(DEFAULT_TILINGS[conv])
+        if not candidate or candidate.get("pallas_tiling", "128:4:4:0:0:0") != tiling:
             continue  # files from before tilings were recorded ran 128:4:4:0:0:0, and
             # shorter tilings are those of before saved routes or patches
         checked = candidate if "check" in candidate else run("sac_update-%s-bfloat16" % conv)

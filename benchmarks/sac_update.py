@@ -256,9 +256,6 @@ def tiling_argument(text: str) -> pallas_conv.Tiling:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-DEFAULT_TILINGS = {"pallas": pallas_conv.TILING, "pallas_banded": pallas_conv.BANDED_TILING}
-
-
 def pallas_tiling(tiling: pallas_conv.Tiling | None):
     """A context in which the networks' Pallas computations use ``tiling`` (they read them
     from `networks.CONV_RELU_POOL`); None: each its own default."""
@@ -301,7 +298,7 @@ def check_and_measure(args: argparse.Namespace) -> dict:
         "encoder_dtype": args.encoder_dtype,
         "repeats": args.repeats,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        **({"pallas_tiling": str(args.pallas_tiling or DEFAULT_TILINGS[args.conv])}
+        **({"pallas_tiling": str(args.pallas_tiling or pallas_conv.DEFAULT_TILINGS[args.conv])}
            if args.conv in networks.PALLAS_CONVS else {}),
         "rows": [],
         **({"check": check} if check else {}),

@@ -270,7 +270,7 @@ def test_sac_update_without_a_tiling_records_each_computations_default(conv, tmp
     payload = sac_update.main(["--seeds=1", f"--conv={conv}", f"--out={tmp_path}"])
     used = inspect.signature(function).parameters["tiling"].default
     assert payload["pallas_tiling"] == str(used)
-    assert used == (pallas_conv.TILING if conv == "pallas" else pallas_conv.BANDED_TILING)
+    assert used == pallas_conv.DEFAULT_TILINGS[conv]
 
 
 TINY_HOLDC = ["--holdc_layers=18", "--holdc_filters=2", "--holdc_crop_size=32"]

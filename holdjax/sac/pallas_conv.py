@@ -105,6 +105,8 @@ TILING = Tiling()
 # pallas_banded's tiling: its windows are never patched (`Geometry.patched`), and at TILING its
 # first layer's backward spills (benchmarks/NOTES.md); 8 backward warps, one block each.
 BANDED_TILING = Tiling(backward_warps=8, backward_programs=0)
+# Each computation's default, by its `networks.CONV_RELU_POOL` name.
+DEFAULT_TILINGS = {"pallas": TILING, "pallas_banded": BANDED_TILING}
 # Software-pipelining stages of the backward kernels' loop over blocks (Triton's default on
 # CUDA is 3): each stage would buffer a block's gathered windows in shared memory, which at
 # 64 positions a block is more than an H100 SM has in layer 2 (benchmarks/NOTES.md).
