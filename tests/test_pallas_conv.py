@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from holdjax.sac import networks, pallas_conv
+from holdjax.sac.augment import ShiftedImages
 
 
 def lax_layer(x, kernel, bias):
@@ -220,3 +221,65 @@ def test_side_by_side_puts_window_w_value_e_in_column_e_n_plus_w():
     patch = pallas_conv._side_by_side(windows)
     expected = np.array([[10 * w + e for e in range(4) for w in range(8)]] * 2)
     np.testing.assert_array_equal(patch, expected)
+
+
+def shifted_images(seed, batch, height, width, channels, pad=4):
+    """Random uint8 images and shifts, including the extremes -pad and pad."""
+    rng = np.random.default_rng(seed)
+    images = jnp.asarray(rng.integers(0, 256, (batch, height, width, channels)), jnp.uint8)
+    shifts = rng.integers(-pad, pad + 1, (batch, 2))
+    shifts[0], shifts[-1] = (pad, -pad), (-pad, pad)
+    return ShiftedImages(images, jnp.asarray(shifts, jnp.int32), pad)
+
+
+@pytest.mark.parametrize("tiling", [None, pallas_conv.Tiling(16, 2, 4, False, 2, False, False)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@layers
+def test_shifted_images_give_the_layer_of_the_shifted_float_images(name, dtype, tiling):
+    """The first layer reading uint8 pixels through each image's shift computes exactly the
+    layer (values, kernel and bias gradients) of `ShiftedImages.to_float`, with two encoders'
+    kernels grouped as `encode_pair` runs them; routes saved (the default) or recomputed."""
+    x = shifted_images(7, 5, 16, 12, 3)
+    _, kernel, bias, cotangent = random_layer(7, 5, 16, 12, 3, 8, 5)
+    kernels, biases = (kernel, -kernel[..., ::-1]), (bias, bias - 0.2)
+    cotangent = jnp.stack([cotangent, cotangent[::-1]]).astype(dtype)
+    tiled = {} if tiling is None else {"tiling": tiling}
+
+    def layer(x, kernels, biases):
+        return LAYERS[name](x, kernels, biases, dtype, **tiled)
+
+    def values_and_param_grads(x):
+        y, vjp = jax.vjp(lambda k, b: layer(x, k, b), kernels, biases)
+        return y, vjp(cotangent)
+
+    shifted = jax.jit(values_and_param_grads)(x)
+    converted = jax.jit(values_and_param_grads)(x.to_float())
+    assert shifted[0].dtype == jnp.dtype(dtype) and shifted[0].shape == (2, 5, 8, 6, 8)
+    jax.tree.map(np.testing.assert_array_equal, shifted, converted)
+    assert float(jnp.abs(shifted[0]).max()) > 0
+
+
+def test_shifted_images_vmapped_over_seeds_equal_each_seed():
+    """Seeds' own images, shifts and kernels (the batching rule adds a grid axis)."""
+    xs = [shifted_images(seed, 2, 8, 8, 3) for seed in (1, 2)]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *xs)
+    _, kernel, bias, _ = random_layer(3, 2, 8, 8, 3, 8, 5)
+    kernels, biases = jnp.stack([kernel, -kernel]), jnp.stack([bias, bias + 0.1])
+
+    def loss(kernel, bias, x):
+        return jnp.sum(jnp.sin(pallas_conv.pallas_conv_relu_pool(x, kernel, bias, "float32")))
+
+    batched = jax.jit(jax.vmap(jax.value_and_grad(loss, (0, 1))))(kernels, biases, stacked)
+    for seed in range(2):
+        expected = jax.value_and_grad(loss, (0, 1))(kernels[seed], biases[seed],
+                                                    xs[seed].to_float())
+        assert_close([leaf[seed] for leaf in jax.tree.leaves(batched)],
+                     jax.tree.leaves(expected))
+
+
+def test_shifted_images_must_be_uint8():
+    x = shifted_images(0, 2, 8, 8, 3)
+    _, kernel, bias, _ = random_layer(0, 2, 8, 8, 3, 8, 5)
+    with pytest.raises(ValueError, match="shifted images are uint8"):
+        pallas_conv.pallas_conv_relu_pool(x.replace(images=x.images.astype(jnp.float32)),
+                                          kernel, bias, "float32")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from holdjax.sac import losses, networks, replay
-from holdjax.sac.augment import random_shift, shift_images
+from holdjax.sac.augment import ShiftedImages, random_shifts, shift_images
 from holdjax.sac.update import SACConfig, init_sac, networks_for, sac_update
 
 OBS_DIM, ACTION_DIM, BATCH = 3, 2, 5
@@ -324,11 +324,26 @@ def test_known_shift_moves_pixels_with_edge_replication():
     np.testing.assert_array_equal(shifted[0, -1], shifted[0, -2])
 
 
-def test_random_shift_is_independent_per_sample():
+def test_random_shifts_are_independent_and_cover_minus_pad_to_pad():
+    shifts = np.asarray(random_shifts(jax.random.key(0), (2, 4000), pad=4))
+    assert shifts.shape == (2, 4000, 2) and shifts.dtype == np.int32
+    for axis in range(2):  # each of the 9 offsets ~1/9 of the time, dy and dx uncorrelated
+        counts = np.bincount(shifts[..., axis].ravel() + 4, minlength=9)
+        assert len(counts) == 9 and abs(counts / counts.sum() - 1 / 9).max() < 0.01
+    assert abs(np.corrcoef(shifts[..., 0].ravel(), shifts[..., 1].ravel())[0, 1]) < 0.03
     images = jnp.tile(numbered_images(1), (16, 1, 1, 1)).astype(jnp.uint8)
-    shifted = random_shift(jax.random.key(0), images, pad=4)
+    shifted = shift_images(images, jnp.asarray(shifts[0, :16]), 4)
     assert shifted.shape == images.shape and shifted.dtype == jnp.uint8
     assert len({np.asarray(x).tobytes() for x in shifted}) > 8
+
+
+def test_shifted_images_to_float_shifts_then_scales_to_unit_range():
+    images = numbered_images().astype(jnp.uint8)
+    shifts = jnp.asarray([[2, -3], [-4, 4]], jnp.int32)
+    lazy = ShiftedImages(images, shifts, pad=4)
+    assert lazy.shape == images.shape
+    expected = np.asarray(shift_images(images, shifts, 4), np.float32) / 255.0
+    np.testing.assert_allclose(lazy.to_float(), expected, rtol=1e-6)
 
 
 # update -----------------------------------------------------------------------------------
@@ -671,6 +686,26 @@ def test_encode_pair_equals_each_encoder_with_the_same_gradients(size, conv):
     assert_trees_close(fused_grads, separate_grads)
 
 
+@pytest.mark.parametrize("conv", ["canonical", "pallas"])
+def test_encoders_read_shifted_images_as_their_float_conversion(conv):
+    """`ShiftedImages` into an `Encoder` or `encode_pair`: the features and parameter
+    gradients of `ShiftedImages.to_float` (Pallas reads the pixels through the shifts, the
+    others convert first)."""
+    rng = np.random.default_rng(4)
+    lazy = ShiftedImages(jnp.asarray(rng.integers(0, 256, (3, 16, 16, 3)), jnp.uint8),
+                         jnp.asarray(rng.integers(-4, 5, (3, 2)), jnp.int32), 4)
+    encoder = networks.Encoder(conv=conv)
+    first, second = (encoder.init(jax.random.key(k), lazy.to_float())["params"] for k in (0, 1))
+
+    def features(first, second, images):
+        one = encoder.apply({"params": first}, images)
+        return jnp.sum(jnp.sin(one)) + jnp.sum(jnp.sin(
+            jnp.concatenate(networks.encode_pair(first, second, images, conv=conv))))
+
+    grad = jax.jit(jax.value_and_grad(features, (0, 1)))
+    assert_trees_close(grad(first, second, lazy), grad(first, second, lazy.to_float()))
+
+
 def test_rows_encode_pair_does_no_more_arithmetic_than_the_two_encoders():
     """With conv="rows" the second layer runs as a batched product, not block-diagonal: the
     compiled pair costs the FLOPs of the two encoders (the canonical pair pays for zeros)."""
@@ -754,7 +789,8 @@ def test_auto_encoder_conv_is_rows_on_an_accelerator(monkeypatch, backend, expec
 def test_encoder_convs_give_the_canonical_update_for_each_seed(conv, fused):
     """encoder_conv="rows" (also with fused_encoders) or "pallas" changes how convolutions
     are computed, not what: two vmapped seeds' states and metrics after two updates equal the
-    canonical layers' up to rounding."""
+    canonical layers' up to rounding. (Pallas reads the images through their random shifts,
+    `SACConfig.lazy_augmentation`, the others shift a copy.)"""
     obs_shape = (16, 16, 3)
     batch = random_image_batch(jax.random.key(1), obs_shape)
     keys = jax.random.split(jax.random.key(3), 2)

@@ -2,12 +2,17 @@
 
 The reference pads with zeros and `tf.image.random_crop`s the whole batch at one offset; here
 padding replicates the edge pixels (no black borders the policy could key on) and every sample
-gets its own shift, the DrQ form of the same augmentation.
+gets its own shift, the DrQ form of the same augmentation. With edges replicated, a shift is a
+clamp of the source pixel's coordinates, which is what lets the Pallas encoders read the shifted
+images straight from the stored ones (`ShiftedImages`).
 """
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
+
+from holdjax.sac.replay import stored_obs_to_float
 
 
 def shift_images(images: jax.Array, shifts: jax.Array, pad: int) -> jax.Array:
@@ -28,7 +33,29 @@ def shift_images(images: jax.Array, shifts: jax.Array, pad: int) -> jax.Array:
     return jax.vmap(crop)(padded, shifts.astype(jnp.int32))
 
 
-def random_shift(key: jax.Array, images: jax.Array, pad: int) -> jax.Array:
-    """Shift each image by an independent uniform integer offset in [-pad, pad] on both axes."""
-    shifts = jax.random.randint(key, (images.shape[0], 2), -pad, pad + 1)
-    return shift_images(images, shifts, pad)
+def random_shifts(key: jax.Array, shape: tuple[int, ...], pad: int) -> jax.Array:
+    """(*shape, 2) independent integer offsets (dy, dx) in [-pad, pad], one per image of a
+    batch of ``shape``: 32 random bits modulo 2 pad + 1, uniform to within (2 pad + 1) / 2^32
+    (`jax.random.randint` splits its key and draws twice: two more GPU kernels an update)."""
+    bits = jax.random.bits(key, (*shape, 2), jnp.uint32)
+    return (bits % (2 * pad + 1)).astype(jnp.int32) - pad
+
+
+@flax.struct.dataclass
+class ShiftedImages:
+    """Stored uint8 images (B, H, W, C) and each one's shift (B, 2), not yet applied: the
+    network input `to_float` gives. The Pallas encoders' first layer reads pixels through the
+    shifts (`pallas_conv`), so no shifted, converted copy of the batch is written and read
+    back (on a GPU, 5 kernels and ~50 MB per five-seed update; benchmarks/NOTES.md)."""
+
+    images: jax.Array
+    shifts: jax.Array
+    pad: int = flax.struct.field(pytree_node=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.images.shape
+
+    def to_float(self) -> jax.Array:
+        """The shifted images in [0, 1], float32: `shift_images`, then `stored_obs_to_float`."""
+        return stored_obs_to_float(shift_images(self.images, self.shifts, self.pad))

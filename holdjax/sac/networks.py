@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from holdjax.sac.augment import ShiftedImages
 from holdjax.sac.pallas_conv import pallas_banded_conv_relu_pool, pallas_conv_relu_pool
 
 LOG_STD_MIN = -20.0
@@ -28,7 +29,8 @@ class Encoder(nn.Module):
 
     Each layer is a `ConvReluPool`; ``conv`` picks how its convolution is computed (same
     parameters and values; `ENCODER_CONVS`). ``dtype`` is the convolutions' compute type
-    (parameters stay float32; features come out float32 for the MLPs).
+    (parameters stay float32; features come out float32 for the MLPs). Images may be
+    `ShiftedImages` (`encoder_input`).
     """
 
     filters: Sequence[int] = (8, 8)
@@ -37,14 +39,26 @@ class Encoder(nn.Module):
     dtype: str = "float32"
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:
-        chex.assert_rank(images, 4)
+    def __call__(self, images: jax.Array | ShiftedImages) -> jax.Array:
         conv = resolve_encoder_conv(self.conv)
-        x = images.astype(self.dtype)
+        x = encoder_input(images, conv, self.dtype)
         for i, num_filters in enumerate(self.filters):
             x = ConvReluPool(num_filters, self.kernel_size, conv, self.dtype,
                              name=f"Conv_{i}")(x)
         return x.reshape(x.shape[0], -1).astype(jnp.float32)
+
+
+def encoder_input(images: jax.Array | ShiftedImages, conv: str, dtype: str
+                  ) -> jax.Array | ShiftedImages:
+    """The first layer's input: images in ``dtype``; `ShiftedImages` as they are for a Pallas
+    computation (its first layer reads them through their shifts), else shifted and
+    converted here."""
+    if isinstance(images, ShiftedImages):
+        if conv in PALLAS_CONVS:
+            return images
+        images = images.to_float()
+    chex.assert_rank(images, 4)
+    return images.astype(dtype)
 
 
 class ConvReluPool(nn.Module):
@@ -172,8 +186,9 @@ def resolve_encoder_conv(conv: str) -> str:
     return "canonical" if jax.default_backend() == "cpu" else "rows"
 
 
-def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array,
-                dtype: str = "float32", conv: str = "auto") -> tuple[jax.Array, jax.Array]:
+def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree,
+                images: jax.Array | ShiftedImages, dtype: str = "float32", conv: str = "auto"
+                ) -> tuple[jax.Array, jax.Array]:
     """The features of two `Encoder`s (parameters ``first`` and ``second``, as under
     a module's "encoder") of the same images, computed as one encoder of twice the width:
     the first layer's kernels side by side (a pallas layer takes them as a pair and returns
@@ -184,7 +199,7 @@ def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree, images: jax.Array
     tiled for wider outputs than 8 (on XLA:CPU it is slower; benchmarks/NOTES.md).
     """
     conv = resolve_encoder_conv(conv)
-    x = images.astype(dtype)
+    x = encoder_input(images, conv, dtype)
     if conv in PALLAS_CONVS:
         a, b = first["Conv_0"], second["Conv_0"]
         stacked = CONV_RELU_POOL[conv](x, (a["kernel"], b["kernel"]), (a["bias"], b["bias"]),

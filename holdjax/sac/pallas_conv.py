@@ -30,6 +30,10 @@ three where its input is differentiated:
   forward kernel (no pool, no bias; the kernel read flipped and transposed) turns into the
   input's gradient.
 
+The first layer can read `augment.ShiftedImages` (``SACConfig.lazy_augmentation``): the stored
+uint8 images, each pixel through its image's random shift (a clamped index) and scaled to
+[0, 1] in the kernel, so that no shifted float copy of the batch is written and read back.
+
 On the CPU the kernels run in Pallas's interpreter (`lax.platform_dependent`), slowly: that is
 for the tests. Same parameters and values as the other computations (`CONV_RELU_POOL`).
 """
@@ -43,6 +47,8 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
+
+from holdjax.sac.augment import ShiftedImages
 
 
 class Tiling(NamedTuple):
@@ -136,6 +142,12 @@ class Geometry(NamedTuple):
     blocks_per_program: int
     groups: int = 1  # kernels side by side (cout in all), their outputs stored group-major
     patches: bool = False  # `Tiling.patches`: see `patched`
+    # The products' (and outputs') type: the input's, or, for `shifted` input, the type its
+    # pixels are converted to.
+    dtype: str = "float32"
+    # The input is `ShiftedImages`: uint8 pixels read through each image's (dy, dx) shift
+    # (`_window`) and scaled to [0, 1] in the kernel.
+    shifted: bool = False
 
     @property
     def group_cout(self) -> int:
@@ -268,23 +280,42 @@ def _kernel_rows(w_refs, geometry: Geometry, dtype) -> dict[tuple[int, int], jax
     return rows
 
 
+def _image_shifts(shifts_ref, image: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+    """Each position's image's (dy, dx) (`Geometry.shifted`), or None without shifts."""
+    if shifts_ref is None:
+        return None
+    every = image >= 0
+    return _gather(shifts_ref, 2 * image, every), _gather(shifts_ref, 2 * image + 1, every)
+
+
 def _window(x_ref, geometry: Geometry, image, row, col, t, column,
-            eviction_policy: str | None = None) -> jax.Array:
+            eviction_policy: str | None = None, shifts=None) -> jax.Array:
     """(block, k_pad): the span Cin consecutive input values of window row t starting at
-    window column ``column``, for each position (zero outside the image and past the span)."""
+    window column ``column``, for each position (zero outside the image and past the span).
+    Shifted images (``shifts``: `_image_shifts`) read pixel (y, x) at (y + dy, x + dx) clamped
+    to the image, which is `augment.shift_images` with its replicated edges."""
     g = geometry
     stride = 2 if g.pool else 1
     in_row = stride * row + t - g.pad_top  # per position: (block,)
     first_col = stride * col + column - g.pad_left
-    start = ((image * g.height + in_row) * g.width + first_col) * g.cin
     k = lax.iota(jnp.int32, g.k_pad)[None, :]  # the window's values are consecutive: start + k
     u = lax.div(k, g.cin)  # in column first_col + u
     mask = ((k < g.k) & ((in_row >= 0) & (in_row < g.height))[:, None]
             & (u >= -first_col[:, None]) & (u < (g.width - first_col)[:, None]))
-    return _gather(x_ref, start[:, None] + k, mask, eviction_policy)
+    if shifts is None:
+        start = ((image * g.height + in_row) * g.width + first_col) * g.cin
+        return _gather(x_ref, start[:, None] + k, mask, eviction_policy)
+    dy, dx = shifts
+    source_row = jnp.clip(in_row + dy, 0, g.height - 1)
+    source_col = jnp.clip(first_col[:, None] + u + dx[:, None], 0, g.width - 1)
+    index = ((image * g.height + source_row)[:, None] * g.width + source_col) * g.cin + (
+        k - u * g.cin)
+    pixels = _gather(x_ref, index, mask, eviction_policy)
+    return (pixels.astype(jnp.float32) / 255.0).astype(g.dtype)
 
 
-def _windows(x_ref, geometry: Geometry, image, row, col, eviction_policy: str | None = None):
+def _windows(x_ref, geometry: Geometry, image, row, col, eviction_policy: str | None = None,
+             shifts=None):
     """`Geometry.taps` with each window gathered once: (window, kernel key, pixel). With
     `Tiling.regather` the backward pass gathers them again for the kernel's gradient with
     another ``eviction_policy``: identical loads are merged by Triton's compiler, which then
@@ -293,7 +324,8 @@ def _windows(x_ref, geometry: Geometry, image, row, col, eviction_policy: str | 
     window, last = None, None
     for t, column, i, shift, pixel in geometry.taps():
         if (t, column) != last:
-            window = _window(x_ref, geometry, image, row, col, t, column, eviction_policy)
+            window = _window(x_ref, geometry, image, row, col, t, column, eviction_policy,
+                             shifts)
             last = (t, column)
         yield window, (i, shift), pixel
 
@@ -309,23 +341,24 @@ def _side_by_side(windows: list[jax.Array]) -> jax.Array:
     return windows[0]
 
 
-def _patches(x_ref, geometry: Geometry, image, row, col, eviction_policy: str | None
-             ) -> dict[tuple[int, int], jax.Array]:
+def _patches(x_ref, geometry: Geometry, image, row, col, eviction_policy: str | None,
+             shifts=None) -> dict[tuple[int, int], jax.Array]:
     """{pixel: (block, rows_pad k_pad) patch}: the pixel's windows of kernel rows 0..kh-1
     `_side_by_side`, zeros for the padding rows (`Geometry.patched`)."""
     g = geometry
-    zero = jnp.zeros((g.block, g.k_pad), x_ref.dtype)
+    zero = jnp.zeros((g.block, g.k_pad), g.dtype)
     rows = {pixel: [zero] * g.rows_pad for pixel in g.pixels}
-    for window, (i, _), pixel in _windows(x_ref, g, image, row, col, eviction_policy):
+    for window, (i, _), pixel in _windows(x_ref, g, image, row, col, eviction_policy, shifts):
         rows[pixel][i] = window
     return {pixel: _side_by_side(windows) for pixel, windows in rows.items()}
 
 
-def _conv_pixels(x_ref, weights, geometry: Geometry, image, row, col) -> list[jax.Array]:
+def _conv_pixels(x_ref, weights, geometry: Geometry, image, row, col, shifts=None
+                 ) -> list[jax.Array]:
     """float32 (block, n_pad) convolution outputs, one per pixel of the output positions."""
     outputs = {pixel: jnp.zeros((geometry.block, geometry.n_pad), jnp.float32)
                for pixel in geometry.pixels}
-    for window, key, pixel in _windows(x_ref, geometry, image, row, col):
+    for window, key, pixel in _windows(x_ref, geometry, image, row, col, shifts=shifts):
         outputs[pixel] += jnp.dot(window, weights[key], preferred_element_type=jnp.float32)
     return [outputs[pixel] for pixel in geometry.pixels]
 
@@ -350,13 +383,15 @@ def _channel_index(geometry: Geometry, valid, position) -> tuple[jax.Array, jax.
 
 
 def _forward_kernel(x_ref, *refs, geometry: Geometry, bias_relu: bool):
-    """Inputs x, each group's kernel, each group's bias; outputs y and, if asked, routes."""
+    """Inputs x (and shifts, `Geometry.shifted`), each group's kernel, each group's bias;
+    outputs y and, if asked, routes."""
     g = geometry
+    shifts_ref, refs = (refs[0], refs[1:]) if g.shifted else (None, refs)
     w_refs, b_refs = refs[:g.groups], refs[g.groups:2 * g.groups]
     out_ref, *routes_ref = refs[2 * g.groups:]
     valid, image, row, col = _positions(g, pl.program_id(0))
-    weights = _kernel_rows(w_refs, g, x_ref.dtype)
-    convs = _conv_pixels(x_ref, weights, g, image, row, col)
+    weights = _kernel_rows(w_refs, g, g.dtype)
+    convs = _conv_pixels(x_ref, weights, g, image, row, col, _image_shifts(shifts_ref, image))
     pooled = functools.reduce(jnp.maximum, convs)
     index, mask = _channel_index(g, valid, (image * g.out_h + row) * g.out_w + col)
     out = pooled
@@ -387,16 +422,18 @@ def _partial_rows(geometry: Geometry, key) -> tuple[jax.Array, jax.Array]:
 
 
 def _backward_kernel(x_ref, *refs, geometry: Geometry, regather: bool, saved_routes: bool):
-    """Inputs x, then the forward's routes (`Tiling.saved_routes`) or the groups' kernels and
-    biases to recompute them, then the cotangent; outputs the partial sums and, where the
-    input is differentiated, the convolution's cotangent (all groups side by side)."""
+    """Inputs x (and shifts, `Geometry.shifted`), then the forward's routes
+    (`Tiling.saved_routes`) or the groups' kernels and biases to recompute them, then the
+    cotangent; outputs the partial sums and, where the input is differentiated, the
+    convolution's cotangent (all groups side by side)."""
     g = geometry
+    shifts_ref, refs = (refs[0], refs[1:]) if g.shifted else (None, refs)
     if saved_routes:
         routes_ref, g_ref, partials_ref, *dy_ref = refs
     else:
         w_refs, b_refs = refs[:g.groups], refs[g.groups:2 * g.groups]
         g_ref, partials_ref, *dy_ref = refs[2 * g.groups:]
-        weights = _kernel_rows(w_refs, g, x_ref.dtype)
+        weights = _kernel_rows(w_refs, g, g.dtype)
         bias = _bias(b_refs, g)[None, :]
     c = lax.iota(jnp.int32, g.n_pad)
     # the program id is read outside the loop: the interpreter substitutes it only there
@@ -407,13 +444,14 @@ def _backward_kernel(x_ref, *refs, geometry: Geometry, regather: bool, saved_rou
         convolution cotangent)."""
         dweights, dbias = sums
         valid, image, row, col = _positions(g, first_block + step)
+        shifts = _image_shifts(shifts_ref, image)
         index, mask = _channel_index(g, valid, (image * g.out_h + row) * g.out_w + col)
         if saved_routes:
             routes = _gather(routes_ref, index, mask).astype(jnp.int32)  # zero past the end
             active = routes != 0
             ties = [((routes >> k) & 1).astype(jnp.float32) for k in range(len(g.pixels))]
         else:
-            convs = _conv_pixels(x_ref, weights, g, image, row, col)
+            convs = _conv_pixels(x_ref, weights, g, image, row, col, shifts)
             pooled = functools.reduce(jnp.maximum, convs)
             active = pooled + bias > 0.0
             ties = [(conv == pooled).astype(jnp.float32) for conv in convs]
@@ -425,9 +463,9 @@ def _backward_kernel(x_ref, *refs, geometry: Geometry, regather: bool, saved_rou
         policy = "evict_first" if regather and not saved_routes else None
         if g.patched:
             products = ((patch, PATCH, pixel) for pixel, patch in
-                        _patches(x_ref, g, image, row, col, policy).items())
+                        _patches(x_ref, g, image, row, col, policy, shifts).items())
         else:
-            products = _windows(x_ref, g, image, row, col, policy)
+            products = _windows(x_ref, g, image, row, col, policy, shifts)
         for values, key, pixel in products:
             dweights[key] += jnp.dot(values.T, dconvs[pixel].astype(values.dtype),
                                      preferred_element_type=jnp.float32)
@@ -469,9 +507,21 @@ def _pallas(kernel, out_shape, geometry: Geometry, warps: int, *args):
     return lax.platform_dependent(cpu=lambda: call(True), default=lambda: call(False))
 
 
-def _geometry(x: jax.Array, kernels: tuple[jax.Array, ...], tiling: Tiling, pool: bool,
-              transposed: bool = False, banded: bool = False, backward: bool = False
-              ) -> Geometry:
+Input = jax.Array | ShiftedImages
+
+
+def _input_operands(x: Input) -> tuple[jax.Array, ...]:
+    """The kernels' flat input operands: x's values, or shifted images' pixels and shifts."""
+    if isinstance(x, ShiftedImages):
+        return x.images.reshape(-1), x.shifts.astype(jnp.int32).reshape(-1)
+    return (x.reshape(-1),)
+
+
+def _geometry(x: Input, kernels: tuple[jax.Array, ...], tiling: Tiling, pool: bool,
+              transposed: bool = False, banded: bool = False, backward: bool = False,
+              dtype: str | None = None) -> Geometry:
+    """The geometry of x's layer; ``dtype``: the products' type for `ShiftedImages` (an
+    array's own otherwise)."""
     b, h, w, cin = x.shape
     if len({kernel.shape for kernel in kernels}) != 1:
         raise ValueError(f"grouped kernels must have one shape; got "
@@ -488,30 +538,34 @@ def _geometry(x: jax.Array, kernels: tuple[jax.Array, ...], tiling: Tiling, pool
                          "encoder_conv='canonical' or 'rows')")
     # "SAME" pads (size - 1) // 2 before; its input gradient's convolution pads size // 2
     pad_top, pad_left = (kh // 2, kw // 2) if transposed else ((kh - 1) // 2, (kw - 1) // 2)
+    shifted = isinstance(x, ShiftedImages)
+    if shifted and (dtype is None or x.images.dtype != jnp.uint8):
+        raise ValueError("shifted images are uint8 and need the products' dtype")
     g = Geometry(b, h, w, cin, kernel_out * len(kernels), kh, kw, pad_top, pad_left, pool,
                  transposed, banded and pool, tiling.block, blocks_per_program=1,
-                 groups=len(kernels), patches=tiling.patches)
+                 groups=len(kernels), patches=tiling.patches,
+                 dtype=str(jnp.dtype(dtype if shifted else x.dtype)), shifted=shifted)
     if backward:
         blocks = pl.cdiv(g.positions, g.block)
         g = g._replace(blocks_per_program=tiling.blocks_per_program(blocks))
     return g
 
 
-def _conv(x: jax.Array, kernels: tuple[jax.Array, ...], biases: tuple[jax.Array, ...],
+def _conv(x: Input, kernels: tuple[jax.Array, ...], biases: tuple[jax.Array, ...],
           tiling: Tiling, pool: bool, transposed: bool = False, banded: bool = False,
-          routes: bool = False):
+          routes: bool = False, dtype: str | None = None):
     """"SAME" stride-1 convolution of NHWC x (with the `Geometry.transposed` kernel if so),
     then, with ``pool``, 2x2 max-pool, bias and ReLU (``biases`` are not read without); in x's
-    dtype; (B, H', W', Cout), or with several kernels (groups) (groups, B, H', W', Cout)
-    (each group's kernel and bias). With ``routes`` (pooled only), also the backward pass's
-    routes, laid out as the output: an int8 per output value whose bit k says that pixel k
-    (`Geometry.pixels`) ties for the max, 0 where ReLU is off."""
-    g = _geometry(x, kernels, tiling, pool, transposed, banded)
-    out_shape = [jax.ShapeDtypeStruct((g.positions * g.cout,), x.dtype)]
+    dtype (``dtype`` for `ShiftedImages`); (B, H', W', Cout), or with several kernels (groups)
+    (groups, B, H', W', Cout) (each group's kernel and bias). With ``routes`` (pooled only),
+    also the backward pass's routes, laid out as the output: an int8 per output value whose
+    bit k says that pixel k (`Geometry.pixels`) ties for the max, 0 where ReLU is off."""
+    g = _geometry(x, kernels, tiling, pool, transposed, banded, dtype=dtype)
+    out_shape = [jax.ShapeDtypeStruct((g.positions * g.cout,), g.dtype)]
     if routes:
         out_shape.append(jax.ShapeDtypeStruct((g.positions * g.cout,), jnp.int8))
     outputs = _pallas(functools.partial(_forward_kernel, geometry=g, bias_relu=pool),
-                      out_shape, g, tiling.forward_warps, x.reshape(-1),
+                      out_shape, g, tiling.forward_warps, *_input_operands(x),
                       *(kernel.reshape(-1) for kernel in kernels), *biases)
     shape = (g.batch, g.out_h, g.out_w, g.cout) if g.groups == 1 else (
         g.groups, g.batch, g.out_h, g.out_w, g.group_cout)
@@ -519,11 +573,11 @@ def _conv(x: jax.Array, kernels: tuple[jax.Array, ...], biases: tuple[jax.Array,
     return shaped if routes else shaped[0]
 
 
-def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, x, kernels, biases, routes,
+def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, dtype: str, x, kernels, biases, routes,
                         input_grad: bool, cotangent):
     """Kernels', biases' and (with ``input_grad``) input gradients of the pooled layer, from
     the forward pass's ``routes`` (None: recomputed from the kernels and biases)."""
-    g = _geometry(x, kernels, tiling, pool=True, banded=banded, backward=True)
+    g = _geometry(x, kernels, tiling, pool=True, banded=banded, backward=True, dtype=dtype)
     out_shape = [jax.ShapeDtypeStruct((g.programs * g.partial_rows * g.cout,), jnp.float32)]
     if input_grad:
         out_shape.append(jax.ShapeDtypeStruct((x.size // g.cin * g.cout,), x.dtype))
@@ -532,7 +586,7 @@ def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, x, kernels, biases, routes
         *(kernel.reshape(-1) for kernel in kernels), *biases)
     outputs = _pallas(functools.partial(_backward_kernel, geometry=g, regather=tiling.regather,
                                         saved_routes=saved_routes),
-                      out_shape, g, tiling.backward_warps, x.reshape(-1), *route_inputs,
+                      out_shape, g, tiling.backward_warps, *_input_operands(x), *route_inputs,
                       cotangent.reshape(-1))
     sums = outputs[0].reshape(g.programs, g.partial_rows, g.cout).sum(axis=0)
     rows = sums[:-1].reshape(g.kh, len(g.shifts), g.k, g.cout)
@@ -551,32 +605,34 @@ def _conv_relu_pool_bwd(banded: bool, tiling: Tiling, x, kernels, biases, routes
 
 
 @functools.cache
-def _conv_relu_pool(banded: bool, tiling: Tiling):
+def _conv_relu_pool(banded: bool, tiling: Tiling, dtype: str):
     """The pooled layer (a tuple of kernels and one of biases: `_conv`'s groups) with its
     custom VJP, defined with symbolic zeros so the forward pass can tell the backward whether
     x is differentiated (the residuals' last entry: ``()`` if so, ``None`` if not, two pytree
-    structures)."""
+    structures). x is an array in ``dtype`` or `ShiftedImages` (never differentiated)."""
 
     @jax.custom_vjp
-    def layer(x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
-        return _conv(x, kernels, biases, tiling, pool=True, banded=banded)
+    def layer(x: Input, kernels: tuple, biases: tuple) -> jax.Array:
+        return _conv(x, kernels, biases, tiling, pool=True, banded=banded, dtype=dtype)
 
     def forward(x, kernels, biases):
+        perturbed = any(leaf.perturbed for leaf in jax.tree.leaves(x))
+        x = jax.tree.map(lambda leaf: leaf.value, x)
         kernels = tuple(kernel.value for kernel in kernels)
         biases = tuple(bias.value for bias in biases)
         if tiling.saved_routes:
-            y, routes = _conv(x.value, kernels, biases, tiling, pool=True, banded=banded,
-                              routes=True)
+            y, routes = _conv(x, kernels, biases, tiling, pool=True, banded=banded,
+                              routes=True, dtype=dtype)
         else:
-            y, routes = layer(x.value, kernels, biases), None
-        residuals = (x.value, kernels, biases, routes, () if x.perturbed else None)
+            y, routes = layer(x, kernels, biases), None
+        residuals = (x, kernels, biases, routes, () if perturbed else None)
         return y, residuals
 
     def backward(residuals, cotangent):
         x, kernels, biases, routes, input_grad = residuals
         if isinstance(cotangent, SymbolicZero):  # the output is not differentiated
             return None, tuple(map(jnp.zeros_like, kernels)), tuple(map(jnp.zeros_like, biases))
-        return _conv_relu_pool_bwd(banded, tiling, x, kernels, biases, routes,
+        return _conv_relu_pool_bwd(banded, tiling, dtype, x, kernels, biases, routes,
                                    input_grad is not None, cotangent)
 
     layer.defvjp(forward, backward, symbolic_zeros=True)
@@ -586,26 +642,30 @@ def _conv_relu_pool(banded: bool, tiling: Tiling):
 Kernels = jax.Array | tuple[jax.Array, ...]
 
 
-def _apply_layer(banded: bool, x: jax.Array, kernel: Kernels, bias: Kernels, dtype: str,
+def _apply_layer(banded: bool, x: Input, kernel: Kernels, bias: Kernels, dtype: str,
                  tiling: Tiling) -> jax.Array:
     """The custom-VJP layer, which takes tuples, on one kernel and bias or on tuples."""
     grouped = isinstance(kernel, tuple | list)
     kernels, biases = (tuple(kernel), tuple(bias)) if grouped else ((kernel,), (bias,))
-    return _conv_relu_pool(banded, tiling)(x.astype(dtype), kernels, biases)
+    dtype = str(jnp.dtype(dtype))
+    if not isinstance(x, ShiftedImages):
+        x = x.astype(dtype)
+    return _conv_relu_pool(banded, tiling, dtype)(x, kernels, biases)
 
 
-def pallas_conv_relu_pool(x: jax.Array, kernel: Kernels, bias: Kernels, dtype: str,
+def pallas_conv_relu_pool(x: Input, kernel: Kernels, bias: Kernels, dtype: str,
                           tiling: Tiling = TILING) -> jax.Array:
     """`ConvReluPool` as Pallas kernels (``conv="pallas"``; see the module docstring): x in
     ``dtype``, the products in ``dtype`` with float32 sums, the parameters read as they are
     (float32) and cast in the kernels. Even H and W only. A tuple of kernels (and one of
     biases) of one shape applies each to x in the same kernels, as one layer of their outputs
     side by side, returned stacked, (groups, B, H/2, W/2, Cout): two encoders' first layers
-    on the same images (`networks.encode_pair`), with no copy to split them."""
+    on the same images (`networks.encode_pair`), with no copy to split them. x may be
+    `ShiftedImages`: the layer of ``x.to_float()``, read from the stored images."""
     return _apply_layer(False, x, kernel, bias, dtype, tiling)
 
 
-def pallas_banded_conv_relu_pool(x: jax.Array, kernel: Kernels, bias: Kernels, dtype: str,
+def pallas_banded_conv_relu_pool(x: Input, kernel: Kernels, bias: Kernels, dtype: str,
                                  tiling: Tiling = BANDED_TILING) -> jax.Array:
     """`pallas_conv_relu_pool` with `Geometry.banded` windows (``conv="pallas_banded"``): each
     of a pooled position's kh + 1 input rows gathered once for both its columns, as (kw + 1)
