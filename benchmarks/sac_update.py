@@ -8,7 +8,8 @@
 Reference networks (two [conv 8x5x5 SAME, ReLU, 2x2 max-pool] encoders, 256-256 MLPs), a replay
 batch of ``--batch`` uint8 images of 48x48x3 with 2-D actions. For each seed count S one jitted
 function runs ``--updates`` ``sac_update``s in a ``lax.scan`` (S > 1: the whole scan vmapped
-over S learner states, one shared batch, per-seed keys). The first call, which includes
+over S learner states, keys and batches: each seed its own, as in training; before 2026-12-06
+the seeds shared one batch). The first call, which includes
 compilation, is reported separately; then the best of ``--repeats`` calls. Writes
 ``benchmarks/results/sac_update-<device>.json`` (``sac_update-<tag>-<device>.json`` with
 ``--tag``; the payload records ``XLA_FLAGS``) and prints a table. ``--unroll`` unrolls the scan
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import timed, write_results  # noqa: E402
 
-from holdjax.sac import networks, pallas_conv, replay  # noqa: E402
+from holdjax.sac import augment, networks, pallas_conv, replay  # noqa: E402
 from holdjax.sac.update import SACConfig, init_sac, sac_update  # noqa: E402
 
 IMAGE_SHAPE = (48, 48, 3)
@@ -79,18 +80,23 @@ def scan_updates(config: SACConfig, batch: replay.Transition, updates: int, unro
 
 
 def measure(num_seeds: int, updates: int, repeats: int, config: SACConfig, unroll: int) -> dict:
-    batch = make_batch(jax.random.key(1), config.batch_size)
     init = jax.jit(lambda key: init_sac(key, IMAGE_SHAPE, ACTION_DIM, config))
-    run_one = scan_updates(config, batch, updates, unroll)
+
+    def run_one(state, key, batch):
+        return scan_updates(config, batch, updates, unroll)(state, key)
+
     if num_seeds == 1:
         state, keys = init(jax.random.key(0)), jax.random.key(2)
+        batch = make_batch(jax.random.key(1), config.batch_size)
         run = jax.jit(run_one)
     else:
         state = jax.vmap(init)(jax.random.split(jax.random.key(0), num_seeds))
         keys = jax.random.split(jax.random.key(2), num_seeds)
+        batch = jax.vmap(make_batch, (0, None))(jax.random.split(jax.random.key(1), num_seeds),
+                                                 config.batch_size)
         run = jax.jit(jax.vmap(run_one))
 
-    first, best = timed(lambda: run(state, keys), repeats)
+    first, best = timed(lambda: run(state, keys, batch), repeats)
     return {
         "num_seeds": num_seeds,
         "updates_per_scan": updates,
@@ -108,19 +114,24 @@ def check_encoder(conv: str, reference: str, dtype: str, batch_size: int) -> dic
     every kernel and bias, at nonzero biases) are from ``reference``'s on this device, as the
     largest difference over the largest reference value, per leaf. Timings say nothing about
     whether a kernel computes the right thing; this does (rounding: ~1e-3 in float32 with
-    TF32 products, ~1e-2 in bf16)."""
-    images = jax.random.uniform(jax.random.key(1), (batch_size, *IMAGE_SHAPE))
-    params = networks.Encoder(conv=reference).init(jax.random.key(0), images)
+    TF32 products, ~1e-2 in bf16). ``conv`` reads randomly shifted uint8 images as the update
+    gives them (`ShiftedImages`: a Pallas encoder reads them through the shifts), ``reference``
+    their float conversion."""
+    keys = jax.random.split(jax.random.key(1), 2)
+    shifted = augment.ShiftedImages(
+        jax.random.randint(keys[0], (batch_size, *IMAGE_SHAPE), 0, 256).astype(jnp.uint8),
+        augment.random_shifts(keys[1], (batch_size,), 4), 4)
+    params = networks.Encoder(conv=reference).init(jax.random.key(0), shifted.to_float())
     params = jax.tree_util.tree_map_with_path(
         lambda path, x: jnp.linspace(-0.2, 0.1, x.size) if path[-1].key == "bias" else x, params)
 
-    def grad(encoder):
+    def grad(encoder, images):
         return jax.grad(lambda p: jnp.sum(jnp.sin(encoder.apply(p, images))))
 
     tested, compared = (networks.Encoder(conv=name, dtype=dtype) for name in (conv, reference))
     (features, grads), (ref_features, ref_grads) = (
-        (jax.jit(encoder.apply)(params, images), jax.jit(grad(encoder))(params))
-        for encoder in (tested, compared))
+        (jax.jit(encoder.apply)(params, images), jax.jit(grad(encoder, images))(params))
+        for encoder, images in ((tested, shifted), (compared, shifted.to_float())))
 
     def relative(a, b):
         return float(jnp.abs(a - b).max() / jnp.abs(b).max())
@@ -132,7 +143,7 @@ def check_encoder(conv: str, reference: str, dtype: str, batch_size: int) -> dic
     # Seeds are vmapped (the batching rule adds a grid axis to a Pallas kernel): seed 0 of two
     # must give the unbatched gradients.
     seeds = jax.tree.map(lambda x: jnp.stack([x, -x]), params)
-    vmapped = jax.jit(jax.vmap(grad(tested)))
+    vmapped = jax.jit(jax.vmap(grad(tested, shifted)))
     errors["vmapped_seed_0"] = max(relative(a[0], b) for a, b in zip(
         jax.tree.leaves(vmapped(seeds)), jax.tree.leaves(grads), strict=True))
     return {"against": reference, "relative_errors": errors, "max": max(errors.values())}
@@ -231,6 +242,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="critic and actor encoders as one (default: SACConfig's)")
     parser.add_argument("--batched_q_heads", type=int, choices=(0, 1), default=None,
                         help="the Q heads as one batched MLP (default: SACConfig's, by backend)")
+    parser.add_argument("--lazy_augmentation", type=int, choices=(0, 1), default=None,
+                        help="Pallas encoders read images through their random shifts "
+                        "(default: SACConfig's)")
     parser.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
     parser.add_argument("--tag", default="", help="variant name for the results file")
     parser.add_argument("--trace", default="", help="profile one 1-seed scan into this folder")
@@ -286,6 +300,8 @@ def check_and_measure(args: argparse.Namespace) -> dict:
         flat_optimizer=args.flat_optimizer,
         **({} if args.fused_encoders is None else {"fused_encoders": bool(args.fused_encoders)}),
         **({} if args.batched_q_heads is None else {"batched_q_heads": bool(args.batched_q_heads)}),
+        **({} if args.lazy_augmentation is None
+           else {"lazy_augmentation": bool(args.lazy_augmentation)}),
     )
     payload = {
         "image_shape": list(IMAGE_SHAPE),
@@ -295,6 +311,8 @@ def check_and_measure(args: argparse.Namespace) -> dict:
         "flat_optimizer": args.flat_optimizer,
         "fused_encoders": config.fused_encoders,
         "batched_q_heads": config.resolved_batched_q_heads,
+        "lazy_augmentation": config.lazy_augmentation,
+        "per_seed_batches": True,
         "encoder_dtype": args.encoder_dtype,
         "repeats": args.repeats,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import write_results  # noqa: E402
 from gpu_census import compiling_for, target_device  # noqa: E402
 
-from holdjax.sac import networks, pallas_conv  # noqa: E402
+from holdjax.sac import augment, networks, pallas_conv  # noqa: E402
 
 # An H100 SM (CUDA occupancy limits for compute capability 9.0).
 SMS = 132
@@ -55,10 +55,12 @@ MAX_WARPS_PER_SM = 64
 MAX_BLOCKS_PER_SM = 32
 # A SAC encoder's layers: (name, input shape, kernel shape, kernels, input differentiated);
 # "layer1_pair" is the critic's and the actor's first layers as one grouped call (fused
-# encoders, `networks.encode_pair`).
+# encoders, `networks.encode_pair`). The first layer reads uint8 images through their random
+# shifts, as an update gives them (`augment.ShiftedImages`; before 2026-12-06, bf16 images).
 LAYERS = (("layer1", (48, 48, 3), (5, 5, 3, 8), 1, False),
           ("layer1_pair", (48, 48, 3), (5, 5, 3, 8), 2, False),
           ("layer2", (24, 24, 8), (5, 5, 8, 8), 1, True))
+SHIFT_PAD = 4
 
 
 def triton_modules(debug_output: str) -> list[tuple[str, str]]:
@@ -89,12 +91,11 @@ def occupancy(registers: int, shared_bytes: int, warps: int) -> dict:
 def lower_layer(device, shape, kernel_shape, groups: int, input_grad: bool, batch: int,
                 dtype: str, conv: str, tiling: pallas_conv.Tiling) -> str:
     """Pallas's debug output of one layer's forward and backward kernels lowered for
-    ``device`` (the images' layer: no input gradient), with ``groups`` kernels side by side
-    (a tuple of kernels when more than one)."""
+    ``device`` (the images' layer, no input gradient: shifted uint8 images), with ``groups``
+    kernels side by side (a tuple of kernels when more than one)."""
     layer = networks.CONV_RELU_POOL[conv]
 
     def apply(x, kernels, biases):
-        x = x if input_grad else jax.lax.stop_gradient(x)
         if groups == 1:
             kernels, biases = kernels[0], biases[0]
         return layer(x, kernels, biases, dtype, tiling=tiling)
@@ -108,7 +109,9 @@ def lower_layer(device, shape, kernel_shape, groups: int, input_grad: bool, batc
     def spec(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
-    args = [spec((batch, *shape), dtype), (spec(kernel_shape, jnp.float32),) * groups,
+    x = spec((batch, *shape), dtype) if input_grad else augment.ShiftedImages(
+        spec((batch, *shape), jnp.uint8), spec((batch, 2), jnp.int32), SHIFT_PAD)
+    args = [x, (spec(kernel_shape, jnp.float32),) * groups,
             (spec((kernel_shape[-1],), jnp.float32),) * groups]
     printed = io.StringIO()
     pallas_call = functools.partial(pallas_conv.pl.pallas_call, debug=True)

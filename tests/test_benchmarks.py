@@ -252,6 +252,22 @@ def test_sac_update_times_the_pallas_kernels_at_a_given_tiling(tmp_path, monkeyp
         sac_update.main(["--conv=pallas", "--pallas_tiling=64:8"])
 
 
+@pytest.mark.parametrize("flag", [[], ["--lazy_augmentation=0"]])
+def test_sac_update_records_whether_pallas_reads_images_through_their_shifts(
+        flag, tmp_path, monkeypatch):
+    configs = []
+
+    def measure(num_seeds, updates, repeats, config, unroll):
+        configs.append(config)
+        return {"num_seeds": num_seeds, "updates_per_scan": 2, "batch_size": 4,
+                "ms_per_update": 1.0, "updates_per_s": 1000.0, "seed_updates_per_s": 1000.0,
+                "compile_and_first_run_s": 0.0, "unroll": 1}
+
+    monkeypatch.setattr(sac_update, "measure", measure)
+    payload = sac_update.main(["--seeds=1", "--conv=pallas", f"--out={tmp_path}", *flag])
+    assert configs[0].lazy_augmentation == payload["lazy_augmentation"] == (not flag)
+
+
 @pytest.mark.parametrize("conv", ["pallas", "pallas_banded"])
 def test_sac_update_without_a_tiling_records_each_computations_default(conv, tmp_path,
                                                                        monkeypatch):
@@ -300,9 +316,10 @@ def test_sac_update_checks_an_encoder_against_another(tmp_path, monkeypatch):
     """--check_against compares features and gradients before timing: rows agrees with the
     canonical layers (the Pallas ones are compared in test_pallas_conv and test_sac); a layer
     that computes something else is reported far off."""
-    payload = sac_update.main(["--seeds=1", "--updates=2", "--repeats=1", "--batch=4",
+    payload = sac_update.main(["--seeds=1,2", "--updates=2", "--repeats=1", "--batch=4",
                                "--conv=rows", "--check_against=canonical", f"--out={tmp_path}"])
     assert payload["check"]["max"] < 1e-5 and payload["rows"][0]["updates_per_s"] > 0
+    assert payload["rows"][1]["num_seeds"] == 2 and payload["per_seed_batches"]
     assert set(payload["check"]["relative_errors"]) == {
         "features", "Conv_0/kernel", "Conv_0/bias", "Conv_1/kernel", "Conv_1/bias",
         "vmapped_seed_0"}
