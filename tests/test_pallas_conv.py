@@ -280,6 +280,6 @@ def test_shifted_images_vmapped_over_seeds_equal_each_seed():
 def test_shifted_images_must_be_uint8():
     x = shifted_images(0, 2, 8, 8, 3)
     _, kernel, bias, _ = random_layer(0, 2, 8, 8, 3, 8, 5)
-    with pytest.raises(ValueError, match="shifted images are uint8"):
+    with pytest.raises(ValueError, match="uint8 frames, got float32.*plain array"):
         pallas_conv.pallas_conv_relu_pool(x.replace(images=x.images.astype(jnp.float32)),
                                           kernel, bias, "float32")

@@ -36,7 +36,7 @@ def shift_images(images: jax.Array, shifts: jax.Array, pad: int) -> jax.Array:
 def random_shifts(key: jax.Array, shape: tuple[int, ...], pad: int) -> jax.Array:
     """(*shape, 2) independent integer offsets (dy, dx) in [-pad, pad], one per image of a
     batch of ``shape``: 32 random bits modulo 2 pad + 1, uniform to within (2 pad + 1) / 2^32
-    (`jax.random.randint` splits its key and draws twice: two more GPU kernels an update)."""
+    (`jax.random.randint` splits its key first: one more GPU kernel an update)."""
     bits = jax.random.bits(key, (*shape, 2), jnp.uint32)
     return (bits % (2 * pad + 1)).astype(jnp.int32) - pad
 

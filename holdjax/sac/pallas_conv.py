@@ -539,8 +539,11 @@ def _geometry(x: Input, kernels: tuple[jax.Array, ...], tiling: Tiling, pool: bo
     # "SAME" pads (size - 1) // 2 before; its input gradient's convolution pads size // 2
     pad_top, pad_left = (kh // 2, kw // 2) if transposed else ((kh - 1) // 2, (kw - 1) // 2)
     shifted = isinstance(x, ShiftedImages)
-    if shifted and (dtype is None or x.images.dtype != jnp.uint8):
-        raise ValueError("shifted images are uint8 and need the products' dtype")
+    if shifted and x.images.dtype != jnp.uint8:
+        raise ValueError(f"ShiftedImages hold stored uint8 frames, got {x.images.dtype}: "
+                         "pass float images as a plain array instead")
+    if shifted and dtype is None:
+        raise ValueError("ShiftedImages need the products' dtype (pallas_conv_relu_pool's)")
     g = Geometry(b, h, w, cin, kernel_out * len(kernels), kh, kw, pad_top, pad_left, pool,
                  transposed, banded and pool, tiling.block, blocks_per_program=1,
                  groups=len(kernels), patches=tiling.patches,

@@ -125,7 +125,7 @@ def init_sac(
     )
 
 
-def prepare_obs(obs: jax.Array, shifts: jax.Array, aug_pad: int, lazy: bool = False
+def prepare_obs(obs: jax.Array, shifts: jax.Array | None, aug_pad: int, lazy: bool = False
                 ) -> jax.Array | ShiftedImages:
     """Stored observations to network input: images shifted by ``shifts`` (B, 2) (on uint8;
     none when ``aug_pad`` is 0), then to float; with ``lazy``, the images and their shifts,
@@ -163,7 +163,8 @@ def sac_update(
     networks = networks_for(config, action_dim, from_pixels)
     shift_key, next_noise_key, noise_key = jax.random.split(key, 3)
     # obs and next obs shifts drawn at once: one random-number kernel on a GPU, not two
-    shifts = random_shifts(shift_key, (2, batch.action.shape[0]), config.aug_pad)
+    shifts = (random_shifts(shift_key, (2, batch.action.shape[0]), config.aug_pad)
+              if from_pixels else (None, None))
     lazy = (config.lazy_augmentation and from_pixels
             and networks.critic.encoder.conv in PALLAS_CONVS)
     batch = batch.replace(
