@@ -48,10 +48,9 @@ from holdjax.sac.replay import (
     is_image_shape,
     replay_nbytes,
     replay_rows,
-    sample,
     stored_obs_to_float,
 )
-from holdjax.sac.update import SACState, init_sac, networks_for, sac_update
+from holdjax.sac.update import SACState, init_sac, networks_for, sampled_updates
 
 VIDEO_WORLDS = 4
 
@@ -285,13 +284,9 @@ class Trainer:
 
     def _updates(self, sac: SACState, replay: ReplayBuffer, key: jax.Array):
         """``updates_per_iteration`` sequential SAC updates of one seed; mean metrics."""
-        def one(sac, key):
-            sample_key, update_key = jax.random.split(key)
-            batch = sample(replay, sample_key, self.config.batch_size)
-            return sac_update(sac, batch, update_key, self.config.sac)
-
-        keys = jax.random.split(key, self.config.updates_per_iteration)
-        sac, metrics = jax.lax.scan(one, sac, keys, unroll=self.config.resolved_update_unroll)
+        sac, metrics = sampled_updates(sac, replay, key, self.config.sac,
+                                       self.config.updates_per_iteration,
+                                       self.config.resolved_update_unroll)
         return sac, jax.tree.map(jnp.mean, metrics)
 
     @functools.cached_property

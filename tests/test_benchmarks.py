@@ -120,7 +120,8 @@ def test_write_results_names_the_device(tmp_path):
 
 
 # A scan's loop body as XLA prints optimized HLO: a fusion that reads a tenth of its operand
-# through a slice, a cuDNN call, and bookkeeping that launches nothing.
+# through a slice, one that gathers 3 of its 100 rows (a replay buffer's sampled frames), a
+# cuDNN call, and bookkeeping that launches nothing.
 CENSUS_HLO = """HloModule jit_run, entry_computation_layout={(f32[100]{0})->f32[100]{0}}
 
 %fused_slice (param_0.1: f32[100]) -> f32[10] {
@@ -129,11 +130,20 @@ CENSUS_HLO = """HloModule jit_run, entry_computation_layout={(f32[100]{0})->f32[
   ROOT %add.1 = f32[10]{0} add(%slice.1, %slice.1)
 }
 
+%fused_gather (param_0.2: f32[100,8], param_1.2: s32[3,1]) -> f32[3,8] {
+  %param_0.2 = f32[100,8]{1,0} parameter(0)
+  %param_1.2 = s32[3,1]{1,0} parameter(1)
+  ROOT %gather.1 = f32[3,8]{1,0} gather(%param_0.2, %param_1.2), slice_sizes={1,8}
+}
+
 %body (p: (s32[], f32[100], f32[4,8])) -> (s32[], f32[100], f32[4,8]) {
   %p = (s32[], f32[100]{0}, f32[4,8]{1,0}) parameter(0)
   %v = f32[100]{0} get-tuple-element(%p), index=1
   %w = f32[4,8]{1,0} get-tuple-element(%p), index=2
+  %frames = f32[100,8]{1,0} bitcast(%v)
+  %rows = s32[3,1]{1,0} constant({ {4}, {50}, {7} })
   %loop_slice_fusion = f32[10]{0} fusion(%v), kind=kLoop, calls=%fused_slice
+  %loop_gather_fusion = f32[3,8]{1,0} fusion(%frames, %rows), kind=kLoop, calls=%fused_gather
   %conv = (f32[4,8]{1,0}, u8[0]{0}) custom-call(%w, %w), custom_call_target="__cudnn$convForward"
   %b = f32[32]{0} bitcast(%w)
   ROOT %t = (s32[], f32[100]{0}, f32[4,8]{1,0}) tuple(%p, %v, %w)
@@ -150,11 +160,12 @@ def test_gpu_census_counts_the_loop_bodys_kernels_and_bytes():
     kernels = gpu_census.loop_body_kernels(CENSUS_HLO)
     assert [(k["kind"], k["bytes"]) for k in kernels] == [
         ("fusion kLoop", 10 * 4 + 10 * 4),  # the slice it reads, its output
+        ("fusion kLoop", 3 * 8 * 4 + 3 * 4 + 3 * 8 * 4),  # the rows, the indices, the output
         ("__cudnn$convForward", 2 * 32 * 4 + 32 * 4),  # two operands, an output
     ]
     summary = gpu_census.summarize(kernels, bandwidth=1e9, kernel_floor_us=2.0)
-    assert summary["kernels_per_update"] == 2
-    assert summary["floor_us"] == pytest.approx(1e6 * 464 / 1e9 + 4.0)
+    assert summary["kernels_per_update"] == 3
+    assert summary["floor_us"] == pytest.approx(1e6 * (464 + 204) / 1e9 + 6.0)
     with pytest.raises(ValueError, match="no while loop"):
         gpu_census.loop_body_kernels(CENSUS_HLO.replace("while(", "call("))
 

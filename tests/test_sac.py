@@ -10,7 +10,7 @@ import pytest
 
 from holdjax.sac import losses, networks, replay
 from holdjax.sac.augment import ShiftedImages, random_shifts, shift_images
-from holdjax.sac.update import SACConfig, init_sac, networks_for, sac_update
+from holdjax.sac.update import SACConfig, init_sac, networks_for, sac_update, sampled_updates
 
 OBS_DIM, ACTION_DIM, BATCH = 3, 2, 5
 SMALL = SACConfig(hidden_sizes=(8, 8))
@@ -256,6 +256,22 @@ def test_replay_wraps_around_and_samples_only_valid_rows():
     assert rows == {(e, t) for e in range(4, 8) for t in range(3)} - {(4, 0), (4, 1)}
 
 
+def test_replay_draws_many_batches_of_valid_indices_at_once():
+    """`sample_indices` of shape (updates, batch): every draw a valid row and world (the
+    10 newest rows of 11 after 15), and `gather` of each update's draws its transitions."""
+    buffer = filled(replay.init_replay(20, (1,), 2, num_envs=2, episode_length=3),
+                    episode_rows(5, 3, 2))
+    rows, worlds = jax.jit(replay.sample_indices, static_argnums=2)(
+        buffer, jax.random.key(4), (3, 400))
+    assert rows.shape == worlds.shape == (3, 400)
+    assert set(np.asarray(worlds).ravel().tolist()) == {0, 1}
+    for update in range(3):
+        batch = replay.gather(buffer, rows[update], worlds[update])
+        assert_consistent(batch)
+        steps = {(int(r) // 1000, int(r) % 1000 // 10) for r in np.asarray(batch.reward)}
+        assert steps == {(e, t) for e in range(1, 5) for t in range(3)} - {(1, 0), (1, 1)}
+
+
 def test_replay_refilled_from_the_middle_of_an_episode():
     """A run resumed without its buffer starts inserting at step 2 of an episode."""
     rows = list(episode_rows(2, 4, 1))[2:]
@@ -405,17 +421,11 @@ def test_sac_learns_one_step_bandit():
     buffer = replay.insert(replay.init_replay(num_data, (obs_dim,), 1, num_data, 1), data,
                            jnp.asarray(True))
 
-    @functools.partial(jax.jit, static_argnums=2)
-    def train(state, key, num_steps):
-        def step(state, key):
-            sample_key, update_key = jax.random.split(key)
-            batch = replay.sample(buffer, sample_key, config.batch_size)
-            return sac_update(state, batch, update_key, config)
-
-        return jax.lax.scan(step, state, jax.random.split(key, num_steps))
-
+    # the trainer's loop of updates, each on a batch drawn from the buffer
+    train = jax.jit(sampled_updates, static_argnums=(3, 4))
     state = init_sac(k[1], (obs_dim,), 1, config)
-    state, metrics = train(state, k[2], 500)
+    state, metrics = train(state, buffer, k[2], config, 500)
+    assert int(state.step) == 500 and metrics["critic_loss"].shape == (500,)
     nets = networks_for(config, 1, from_pixels=False)
     action = networks.deterministic_action(nets.actor, state.actor_params, obs[:1])
     np.testing.assert_allclose(action, 0.5, atol=0.05)

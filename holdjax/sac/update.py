@@ -15,7 +15,14 @@ import optax
 from holdjax.sac.augment import ShiftedImages, random_shifts, shift_images
 from holdjax.sac.losses import actor_loss, alpha_loss, critic_loss, fused_encoder_losses
 from holdjax.sac.networks import PALLAS_CONVS, SACNetworks, check_encoder_conv, make_networks
-from holdjax.sac.replay import Transition, is_image_shape, stored_obs_to_float
+from holdjax.sac.replay import (
+    ReplayBuffer,
+    Transition,
+    gather,
+    is_image_shape,
+    sample_indices,
+    stored_obs_to_float,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,3 +233,19 @@ def sac_update(
     )
     metrics = {**metrics, "alpha": jnp.exp(log_alpha), "entropy": -jnp.mean(log_prob)}
     return new_state, metrics
+
+
+def sampled_updates(state: SACState, replay: ReplayBuffer, key: jax.Array, config: SACConfig,
+                    updates: int, unroll: int = 1) -> tuple[SACState, dict[str, jax.Array]]:
+    """``updates`` sequential `sac_update`s (a `lax.scan` unrolled ``unroll`` times), each on
+    a batch drawn from ``replay``, as the trainer runs them; metrics per update. Every batch
+    is drawn before the loop (the buffer does not change inside it), so the random numbers of
+    sampling cost no kernels in the loop (benchmarks/NOTES.md)."""
+    def one(state, inputs):
+        update_key, row, world = inputs
+        return sac_update(state, gather(replay, row, world), update_key, config)
+
+    sample_key, update_key = jax.random.split(key)
+    rows, worlds = sample_indices(replay, sample_key, (updates, config.batch_size))
+    keys = jax.random.split(update_key, updates)
+    return jax.lax.scan(one, state, (keys, rows, worlds), unroll=unroll)
