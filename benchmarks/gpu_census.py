@@ -16,7 +16,9 @@ slices counts the slices' bytes), so ``mb_per_update`` is the HBM traffic if not
 in L2. ``floor_us`` = bytes / the card's bandwidth + kernels x ``--kernel_floor_us`` (the
 H100 profile in NOTES.md: 2.6 us on average for the kernels outside its 15 costliest) is a
 lower bound on an update's time that ignores FLOPs and slow kernels; the timed figures come
-from `sac_update.py` on the GPU. ``--hlo_dir`` keeps the HLO to read. Conv algorithms are not
+from `sac_update.py` on the GPU. ``--sampled`` compiles the trainer's loop of updates instead
+(`sampled_updates`: each batch gathered from a replay buffer; a gather counts the rows it
+reads, not its whole operand). ``--hlo_dir`` keeps the HLO to read. Conv algorithms are not
 autotuned without a device, and custom calls hide their internal kernels (cuDNN's layout
 conversions), so GPU profiles count a few more kernels than this census.
 
@@ -46,10 +48,13 @@ import sac_update  # noqa: E402
 from common import write_results  # noqa: E402
 
 from holdjax.sac import pallas_conv  # noqa: E402
-from holdjax.sac.update import SACConfig, init_sac  # noqa: E402
+from holdjax.sac.replay import init_replay  # noqa: E402
+from holdjax.sac.update import SACConfig, init_sac, sampled_updates  # noqa: E402
 
 TARGETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets")
 UPDATES_PER_SCAN = 4
+# `--sampled`'s replay buffer: figure 3a's 400k transitions from 256 worlds' 100-step episodes
+SAMPLED_CAPACITY, SAMPLED_WORLDS, SAMPLED_EPISODE_LENGTH = 400_000, 256, 100
 # Instructions that launch nothing.
 BOOKKEEPING = {
     "parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all",
@@ -115,13 +120,16 @@ def parse_hlo(text: str) -> dict[str, list[dict]]:
 
 
 def _operand_bytes(fused: list[dict], index: int, full: int) -> int:
-    """Bytes a fusion reads of its ``index``-th operand: the slices' when it only slices it."""
+    """Bytes a fusion reads of its ``index``-th operand: the slices' (or gathered rows') when
+    it only slices (or gathers from) it, as a replay buffer's frames are sampled."""
     param = next((i for i in fused if i["opcode"] == "parameter"
                   and i["operands"] == [str(index)]), None)
     if param is None:
         return full
     users = [i for i in fused if param["name"] in i["operands"]]
-    if users and all(i["opcode"] in ("slice", "dynamic-slice") for i in users):
+    if users and all(i["opcode"] in ("slice", "dynamic-slice")
+                     or (i["opcode"] == "gather" and i["operands"][0] == param["name"])
+                     for i in users):
         return sum(shape_bytes(i["shape"]) for i in users)
     return full
 
@@ -205,19 +213,31 @@ def target_device(target: str) -> tuple[jax.Device, float]:
     return topology.devices[0], bandwidth
 
 
-def compile_updates(config: SACConfig, num_seeds: int, device: jax.Device) -> tuple[str, float]:
-    """Optimized HLO text of `sac_update.scan_updates` for ``device``, and the compile time."""
+def compile_updates(config: SACConfig, num_seeds: int, device: jax.Device,
+                    sampled: bool = False) -> tuple[str, float]:
+    """Optimized HLO text of `sac_update.scan_updates` for ``device``, and the compile time;
+    ``sampled``: of `sampled_updates`, each update's batch drawn from a replay buffer as the
+    trainer does (figure 3a's: 400k transitions, `SAMPLED_WORLDS` worlds)."""
     sharding = jax.sharding.SingleDeviceSharding(device)
 
     def abstract(tree, leading=()):
         return jax.tree.map(
             lambda x: jax.ShapeDtypeStruct((*leading, *x.shape), x.dtype, sharding=sharding), tree)
 
-    def run(state, key, batch):
-        return sac_update.scan_updates(config, batch, UPDATES_PER_SCAN, 1)(state, key)
+    if sampled:
+        def run(state, key, replay):
+            state, metrics = sampled_updates(state, replay, key, config, UPDATES_PER_SCAN)
+            return state.step, metrics["critic_loss"][-1]
 
-    batch = jax.eval_shape(functools.partial(sac_update.make_batch, jax.random.key(1),
-                                             config.batch_size))
+        batch = jax.eval_shape(functools.partial(
+            init_replay, SAMPLED_CAPACITY, sac_update.IMAGE_SHAPE, sac_update.ACTION_DIM,
+            SAMPLED_WORLDS, SAMPLED_EPISODE_LENGTH))
+    else:
+        def run(state, key, batch):
+            return sac_update.scan_updates(config, batch, UPDATES_PER_SCAN, 1)(state, key)
+
+        batch = jax.eval_shape(functools.partial(sac_update.make_batch, jax.random.key(1),
+                                                 config.batch_size))
     state = jax.eval_shape(functools.partial(init_sac, jax.random.key(0), sac_update.IMAGE_SHAPE,
                                              sac_update.ACTION_DIM, config))
     key = jax.eval_shape(lambda: jax.random.key(2))
@@ -253,6 +273,9 @@ def main(argv: list[str] | None = None) -> dict:
                         default=None, help="the pallas variants' tiling (default: each "
                         "computation's own; block:"
                         "forward_warps:backward_warps:regather:backward_programs:saved_routes:patches)")
+    parser.add_argument("--sampled", action="store_true",
+                        help="each update samples its batch from a replay buffer, as the "
+                        "trainer does (default: one given batch, as sac_update.py times)")
     parser.add_argument("--tag", default="", help="names a variant of the code in the file name")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -269,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
             if args.target == "cpu":  # the CPU's own defaults
                 config = dataclasses.replace(config, **dict.fromkeys(GPU_DEFAULTS))
             with sac_update.pallas_tiling(args.pallas_tiling):
-                text, compile_s = compile_updates(config, num_seeds, device)
+                text, compile_s = compile_updates(config, num_seeds, device, args.sampled)
             if args.hlo_dir:
                 os.makedirs(args.hlo_dir, exist_ok=True)
                 with open(os.path.join(args.hlo_dir, f"{variant}-{num_seeds}.hlo"), "w") as f:
@@ -285,6 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
                "batch_size": SACConfig().batch_size, "image_shape": list(sac_update.IMAGE_SHAPE),
                "xla_flags": os.environ.get("XLA_FLAGS", ""),
                "per_seed_batches": True,  # before 2026-12-06 the seeds shared one batch
+               "sampled": args.sampled,
                **{f"{conv}_tiling": str(args.pallas_tiling or tiling)
                   for conv, tiling in pallas_conv.DEFAULT_TILINGS.items()},
                "rows": rows}
