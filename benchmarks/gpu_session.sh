@@ -240,17 +240,17 @@ case "${1:-envs}" in
     # the payload's "check"), 1 and 5 seeds in bf16, profiled; rows bf16 (the default) in the
     # same call; the default with the images shifted and converted by XLA before the first
     # layer (lazy augmentation's gain alone); then the other tilings of triton_resources.py's
-    # table: the previous default
-    # (8 backward warps, no loops, the first layer's windows one by one), the same with
-    # patches (their gain alone), today's without loops, and the patches recomputing their
-    # routes (the saved routes' gain); then pallas_banded, checked, at its own default
-    # (pallas_conv.BANDED_TILING: at pallas's, its unpatched first layer's backward spills)
+    # table: the previous default (2 blocks a backward program, not 4), the one before (8
+    # backward warps, no loops, the first layer's windows one by one), today's without loops,
+    # and the patches recomputing their routes (the saved routes' gain); then pallas_banded,
+    # checked, at its own default (pallas_conv.BANDED_TILING: at pallas's, its unpatched
+    # first layer's backward spills)
     sac $(( ${BUDGET_S:-360} / 4 )) --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 \
       --fused_encoders=1 --check_against=rows --trace=/tmp/trace_pallas --tag=fused-bfloat16
     sac 45 --seeds=1,5 --conv=rows --encoder_dtype=bfloat16 --tag=bfloat16-baseline
     sac 45 --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 --fused_encoders=1 \
       --lazy_augmentation=0 --tag=fused-bfloat16-eager
-    for tiling in 64:8:8:1:0:1:0 64:8:8:1:0:1:1 64:8:16:1:0:1:1 64:8:8:1:0:0:1; do
+    for tiling in 64:8:16:1:1152:1:1 64:8:8:1:0:1:0 64:8:16:1:0:1:1 64:8:8:1:0:0:1; do
       sac 45 --seeds=1,5 --conv=pallas --encoder_dtype=bfloat16 --fused_encoders=1 \
         --pallas_tiling=$tiling --tag=fused-bfloat16-tiling-${tiling//:/-}
     done

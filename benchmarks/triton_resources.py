@@ -2,7 +2,7 @@
 for an H100, with no GPU present: how many programs an SM holds at once.
 
     pip install 'jax[cuda12]==<this jax version>' triton    # neither is a holdjax dependency
-    JAX_PLATFORMS=cpu python benchmarks/triton_resources.py --tilings=64:8:16:1:1152:1:1
+    JAX_PLATFORMS=cpu python benchmarks/triton_resources.py --tilings=64:8:16:1:576:1:1
 
 The Pallas kernels (`holdjax/sac/pallas_conv.py`) gather their windows with computed
 addresses, so their time on a GPU rests on how many warps an SM keeps resident to hide the
@@ -172,10 +172,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="h100", help="a gpu_targets/ name")
-    # the first GPU timing's tiling; today's; the previous one (8 backward warps, no loops,
-    # windows), and with patches; today's without loops; patches recomputing the routes
-    parser.add_argument("--tilings", default="128:4:4:0:0:0:0,64:8:16:1:1152:1:1,"
-                        "64:8:8:1:0:1:0,64:8:8:1:0:1:1,64:8:16:1:0:1:1,64:8:8:1:0:0:1",
+    # the first GPU timing's tiling; today's; the previous one (2 blocks a backward program);
+    # the one before (8 backward warps, no loops, windows); today's without loops; patches
+    # recomputing the routes
+    parser.add_argument("--tilings", default="128:4:4:0:0:0:0,64:8:16:1:576:1:1,"
+                        "64:8:16:1:1152:1:1,64:8:8:1:0:1:0,64:8:16:1:0:1:1,64:8:8:1:0:0:1",
                         help="comma-separated block:forward_warps:backward_warps:regather:"
                         "backward_programs:saved_routes:patches")
     parser.add_argument("--conv", default="pallas", choices=networks.PALLAS_CONVS)

@@ -67,16 +67,17 @@ class Tiling(NamedTuple):
     32 warps per SM instead of 8. Saved routes halve the backward's products and drop its
     convolution accumulators and kernel rows. The first layer's (16 x 64) x (64 x 16)
     products of single windows held 184 registers (each of 8 warps kept every pixel's whole
-    cotangent); its patches' (128 x 64) x (64 x 16) products need 109, or 78 at 16 warps,
-    where looping over 2 blocks (1,152 backward programs for its 2,304 blocks; the second
-    layer's 576 take one each) halves its partial sums without spilling. Written
+    cotangent); its patches' (128 x 64) x (64 x 16) products need 109, or ~80 at 16 warps,
+    where looping over 4 blocks (576 backward programs for its 2,304 blocks; the second
+    layer's 576 take one each) quarters its partial sums without spilling (at 288 programs
+    the second layer's loop spills). Written
     ``block:forward_warps:backward_warps:regather:backward_programs:saved_routes:patches``."""
 
     block: int = 64
     forward_warps: int = 8
     backward_warps: int = 16
     regather: bool = True
-    backward_programs: int = 1152
+    backward_programs: int = 576
     saved_routes: bool = True
     patches: bool = True
 
