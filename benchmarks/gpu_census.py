@@ -229,24 +229,25 @@ def compile_updates(config: SACConfig, num_seeds: int, device: jax.Device,
             state, metrics = sampled_updates(state, replay, key, config, UPDATES_PER_SCAN)
             return state.step, metrics["critic_loss"][-1]
 
-        batch = jax.eval_shape(functools.partial(
+        data = jax.eval_shape(functools.partial(
             init_replay, SAMPLED_CAPACITY, sac_update.IMAGE_SHAPE, sac_update.ACTION_DIM,
             SAMPLED_WORLDS, SAMPLED_EPISODE_LENGTH))
     else:
         def run(state, key, batch):
             return sac_update.scan_updates(config, batch, UPDATES_PER_SCAN, 1)(state, key)
 
-        batch = jax.eval_shape(functools.partial(sac_update.make_batch, jax.random.key(1),
-                                                 config.batch_size))
+        data = jax.eval_shape(functools.partial(sac_update.make_batch, jax.random.key(1),
+                                                config.batch_size))
     state = jax.eval_shape(functools.partial(init_sac, jax.random.key(0), sac_update.IMAGE_SHAPE,
                                              sac_update.ACTION_DIM, config))
     key = jax.eval_shape(lambda: jax.random.key(2))
     seeds = () if num_seeds == 1 else (num_seeds,)
-    fn = jax.jit(run) if num_seeds == 1 else jax.jit(jax.vmap(run))  # a batch per seed
+    # a batch (or replay buffer) per seed
+    fn = jax.jit(run) if num_seeds == 1 else jax.jit(jax.vmap(run))
     start = time.perf_counter()
     with compiling_for(device):
         compiled = fn.lower(abstract(state, seeds), abstract(key, seeds),
-                            abstract(batch, seeds)).compile()
+                            abstract(data, seeds)).compile()
     return compiled.as_text(), time.perf_counter() - start
 
 
