@@ -19,6 +19,7 @@
 #   bash benchmarks/gpu_session.sh pixels   # #4's figure-3a check on pixels: sparse vs HOLD-C, 3 seeds
 #   bash benchmarks/gpu_session.sh pallas   # Pallas encoder kernels: checked, timed against rows, tilings swept
 #   bash benchmarks/gpu_session.sh sparse400k  # #3's plain-SAC run to its end (400k), one call
+#   bash benchmarks/gpu_session.sh sparse400k5 # the same run for 5 seeds at once, to the budget
 #   bash benchmarks/gpu_session.sh latency  # a step's latency and fidelity at 20 vs 10 substeps
 #   bash benchmarks/gpu_session.sh brax     # #5's state-based SAC against brax's, its own call
 #   bash benchmarks/gpu_session.sh convs    # canonical vs rows encoders, then the demo model's check
@@ -91,7 +92,7 @@ print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
 # (the kernels' check within 5%, its own or that of the same kernels unfused) and faster
 # than rows with 5 seeds in bf16, measured on this GPU kind: this machine's files in $out
 # (an earlier call, same warm machine) or, where it has none, those committed in
-# benchmarks/results/; else nothing (rows, the default). sparse400k uses it.
+# benchmarks/results/; else nothing (rows, the default). sparse400k and sparse400k5 use it.
 pallas_if_faster() {
   python3 -c 'import glob, json, re, subprocess, sys
 from holdjax.sac.pallas_conv import DEFAULT_TILINGS
@@ -267,6 +268,16 @@ case "${1:-envs}" in
       --seeds=1 --num_envs=256 --epoch_length=20000 --total_steps=400000 --encoder_dtype=bfloat16 \
       --path_save_frequency=0 --checkpoint_frequency=1000 --out=/tmp/fig3a_sac_400k \
       --name=fig3a_pushing_sac_400k ${TRAIN_FLAGS:-$(pallas_if_faster)} > "$out/train.log" 2>&1
+    tail -30 "$out/train.log" ;;
+  sparse400k5)  # #3's "under 10 minutes for 5 seeds at once": the sparse400k run with five
+    # seeds in one program, stopped at the budget (a call's ~10 minutes, set-up included, is
+    # the target itself: an unfinished run misses it, and its steady env steps/s per seed say
+    # by how much); TRAIN_FLAGS as for sparse400k
+    timeout $(( ${BUDGET_S:-585} - 5 )) python3 benchmarks/train_run.py \
+      --time_limit=$(( ${BUDGET_S:-585} - 15 )) --results="$out" --config=fig3a_pushing_sac \
+      --seeds=5 --num_envs=256 --epoch_length=20000 --total_steps=400000 --encoder_dtype=bfloat16 \
+      --path_save_frequency=0 --checkpoint_frequency=1000 --out=/tmp/fig3a_sac_400k_5seeds \
+      --name=fig3a_pushing_sac_400k_5seeds ${TRAIN_FLAGS:-$(pallas_if_faster)} > "$out/train.log" 2>&1
     tail -30 "$out/train.log" ;;
   latency)  # evaluation (20 worlds) and small-N training are bound by a physics step's
     # latency on a GPU (NOTES): the noisy expert's rate, success and contact depth at today's
