@@ -93,6 +93,17 @@ print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
 # than rows with 5 seeds in bf16, measured on this GPU kind: this machine's files in $out
 # (an earlier call, same warm machine) or, where it has none, those committed in
 # benchmarks/results/; else nothing (rows, the default). sparse400k and sparse400k5 use it.
+# Figure 3a's plain-SAC run (sparse reward, 400k env steps, 256 worlds, bf16 encoders) for
+# $1 seeds in one program, named $2, stopped at the budget; TRAIN_FLAGS adds flags (default:
+# pallas encoders where pallas_if_faster says so).
+sparse_pushing() {
+  timeout $(( ${BUDGET_S:-585} - 5 )) python3 benchmarks/train_run.py \
+    --time_limit=$(( ${BUDGET_S:-585} - 15 )) --results="$out" --config=fig3a_pushing_sac \
+    --seeds="$1" --num_envs=256 --epoch_length=20000 --total_steps=400000 \
+    --encoder_dtype=bfloat16 --path_save_frequency=0 --checkpoint_frequency=1000 \
+    --out="/tmp/$2" --name="$2" ${TRAIN_FLAGS:-$(pallas_if_faster)} > "$out/train.log" 2>&1
+  tail -30 "$out/train.log"
+}
 pallas_if_faster() {
   python3 -c 'import glob, json, re, subprocess, sys
 from holdjax.sac.pallas_conv import DEFAULT_TILINGS
@@ -263,22 +274,12 @@ case "${1:-envs}" in
     # ~75 s for the first (compiling) epoch, then ~19.6 s an epoch: ~560 s in all, so give it
     # a whole call of its own on a machine already installed (BUDGET_S=590, timeout_s=600);
     # TRAIN_FLAGS adds flags (default: pallas encoders where pallas_if_faster says so)
-    timeout $(( ${BUDGET_S:-585} - 5 )) python3 benchmarks/train_run.py \
-      --time_limit=$(( ${BUDGET_S:-585} - 15 )) --results="$out" --config=fig3a_pushing_sac \
-      --seeds=1 --num_envs=256 --epoch_length=20000 --total_steps=400000 --encoder_dtype=bfloat16 \
-      --path_save_frequency=0 --checkpoint_frequency=1000 --out=/tmp/fig3a_sac_400k \
-      --name=fig3a_pushing_sac_400k ${TRAIN_FLAGS:-$(pallas_if_faster)} > "$out/train.log" 2>&1
-    tail -30 "$out/train.log" ;;
+    sparse_pushing 1 fig3a_pushing_sac_400k ;;
   sparse400k5)  # #3's "under 10 minutes for 5 seeds at once": the sparse400k run with five
     # seeds in one program, stopped at the budget (a call's ~10 minutes, set-up included, is
     # the target itself: an unfinished run misses it, and its steady env steps/s per seed say
     # by how much); TRAIN_FLAGS as for sparse400k
-    timeout $(( ${BUDGET_S:-585} - 5 )) python3 benchmarks/train_run.py \
-      --time_limit=$(( ${BUDGET_S:-585} - 15 )) --results="$out" --config=fig3a_pushing_sac \
-      --seeds=5 --num_envs=256 --epoch_length=20000 --total_steps=400000 --encoder_dtype=bfloat16 \
-      --path_save_frequency=0 --checkpoint_frequency=1000 --out=/tmp/fig3a_sac_400k_5seeds \
-      --name=fig3a_pushing_sac_400k_5seeds ${TRAIN_FLAGS:-$(pallas_if_faster)} > "$out/train.log" 2>&1
-    tail -30 "$out/train.log" ;;
+    sparse_pushing 5 fig3a_pushing_sac_400k_5seeds ;;
   latency)  # evaluation (20 worlds) and small-N training are bound by a physics step's
     # latency on a GPU (NOTES): the noisy expert's rate, success and contact depth at today's
     # 20 substeps and at 10, for 20 and 256 worlds, MuJoCo Warp physics (~1 min in all)
