@@ -255,10 +255,10 @@ def _scatter(ref, index: jax.Array, values: jax.Array, mask: jax.Array | None = 
         plt.store(ref.at[jnp.where(mask, index, size)], values.astype(ref.dtype), mask=mask)
 
 
-def _kernel_rows(w_refs, geometry: Geometry, dtype) -> dict[tuple[int, int], jax.Array]:
+def _kernel_rows(w_refs, geometry: Geometry) -> dict[tuple[int, int], jax.Array]:
     """{(i, shift): kernel row i as a (k_pad, n_pad) matrix [(u, c), o] = w[i, u - shift, c,
-    o] where 0 <= u - shift < kw, zero elsewhere}, in ``dtype``; output column o reads group
-    o // group_cout's kernel (one ref each)."""
+    o] where 0 <= u - shift < kw, zero elsewhere}, in the products' type (`Geometry.dtype`);
+    output column o reads group o // group_cout's kernel (one ref each)."""
     g = geometry
     k = lax.iota(jnp.int32, g.k_pad)[:, None]
     o = lax.iota(jnp.int32, g.n_pad)[None, :]
@@ -269,14 +269,14 @@ def _kernel_rows(w_refs, geometry: Geometry, dtype) -> dict[tuple[int, int], jax
         for shift in g.shifts:
             j = u - shift
             mask = (k < g.k) & (j >= 0) & (j < g.kw)
-            row = jnp.zeros((g.k_pad, g.n_pad), dtype)
+            row = jnp.zeros((g.k_pad, g.n_pad), g.dtype)
             for group, w_ref in enumerate(w_refs):
                 og = o - group * n  # the column in this group's kernel
                 if g.transposed:  # w[kh-1-i, kw-1-j, o, c] of a (kh, kw, cout, cin) kernel
                     index = (((g.kh - 1 - i) * g.kw + g.kw - 1 - j) * n + og) * g.cin + c
                 else:  # w[i, j, c, o]
                     index = ((i * g.kw + j) * g.cin + c) * n + og
-                row += _gather(w_ref, index, mask & (og >= 0) & (og < n)).astype(dtype)
+                row += _gather(w_ref, index, mask & (og >= 0) & (og < n)).astype(g.dtype)
             rows[i, shift] = row
     return rows
 
@@ -299,11 +299,11 @@ def _window(x_ref, geometry: Geometry, image, row, col, t, column,
     stride = 2 if g.pool else 1
     in_row = stride * row + t - g.pad_top  # per position: (block,)
     first_col = stride * col + column - g.pad_left
-    k = lax.iota(jnp.int32, g.k_pad)[None, :]  # the window's values are consecutive: start + k
+    k = lax.iota(jnp.int32, g.k_pad)[None, :]  # the window's k-th value
     u = lax.div(k, g.cin)  # in column first_col + u
     mask = ((k < g.k) & ((in_row >= 0) & (in_row < g.height))[:, None]
             & (u >= -first_col[:, None]) & (u < (g.width - first_col)[:, None]))
-    if shifts is None:
+    if shifts is None:  # the window's values are consecutive: start + k
         start = ((image * g.height + in_row) * g.width + first_col) * g.cin
         return _gather(x_ref, start[:, None] + k, mask, eviction_policy)
     dy, dx = shifts
@@ -391,7 +391,7 @@ def _forward_kernel(x_ref, *refs, geometry: Geometry, bias_relu: bool):
     w_refs, b_refs = refs[:g.groups], refs[g.groups:2 * g.groups]
     out_ref, *routes_ref = refs[2 * g.groups:]
     valid, image, row, col = _positions(g, pl.program_id(0))
-    weights = _kernel_rows(w_refs, g, g.dtype)
+    weights = _kernel_rows(w_refs, g)
     convs = _conv_pixels(x_ref, weights, g, image, row, col, _image_shifts(shifts_ref, image))
     pooled = functools.reduce(jnp.maximum, convs)
     index, mask = _channel_index(g, valid, (image * g.out_h + row) * g.out_w + col)
@@ -434,7 +434,7 @@ def _backward_kernel(x_ref, *refs, geometry: Geometry, regather: bool, saved_rou
     else:
         w_refs, b_refs = refs[:g.groups], refs[g.groups:2 * g.groups]
         g_ref, partials_ref, *dy_ref = refs[2 * g.groups:]
-        weights = _kernel_rows(w_refs, g, g.dtype)
+        weights = _kernel_rows(w_refs, g)
         bias = _bias(b_refs, g)[None, :]
     c = lax.iota(jnp.int32, g.n_pad)
     # the program id is read outside the loop: the interpreter substitutes it only there
