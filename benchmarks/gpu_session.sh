@@ -93,17 +93,6 @@ print("--encoder_conv=%s --encoder_dtype=%s --fused_encoders=%s" % (
 # than rows with 5 seeds in bf16, measured on this GPU kind: this machine's files in $out
 # (an earlier call, same warm machine) or, where it has none, those committed in
 # benchmarks/results/; else nothing (rows, the default). sparse400k and sparse400k5 use it.
-# Figure 3a's plain-SAC run (sparse reward, 400k env steps, 256 worlds, bf16 encoders) for
-# $1 seeds in one program, named $2, stopped at the budget; TRAIN_FLAGS adds flags (default:
-# pallas encoders where pallas_if_faster says so).
-sparse_pushing() {
-  timeout $(( ${BUDGET_S:-585} - 5 )) python3 benchmarks/train_run.py \
-    --time_limit=$(( ${BUDGET_S:-585} - 15 )) --results="$out" --config=fig3a_pushing_sac \
-    --seeds="$1" --num_envs=256 --epoch_length=20000 --total_steps=400000 \
-    --encoder_dtype=bfloat16 --path_save_frequency=0 --checkpoint_frequency=1000 \
-    --out="/tmp/$2" --name="$2" ${TRAIN_FLAGS:-$(pallas_if_faster)} > "$out/train.log" 2>&1
-  tail -30 "$out/train.log"
-}
 pallas_if_faster() {
   python3 -c 'import glob, json, re, subprocess, sys
 from holdjax.sac.pallas_conv import DEFAULT_TILINGS
@@ -133,6 +122,17 @@ for conv in ("pallas", "pallas_banded"):
             best, best_ms = "--encoder_conv=" + conv + flags, ms(candidate)
 print(best)
 ' "$out" benchmarks/results | tee -a "$out/sac_update.log"
+}
+# Figure 3a's plain-SAC run (sparse reward, 400k env steps, 256 worlds, bf16 encoders) for
+# $1 seeds in one program, named $2, stopped at the budget; TRAIN_FLAGS adds flags (default:
+# pallas encoders where pallas_if_faster says so).
+sparse_pushing() {
+  timeout $(( ${BUDGET_S:-585} - 5 )) python3 benchmarks/train_run.py \
+    --time_limit=$(( ${BUDGET_S:-585} - 15 )) --results="$out" --config=fig3a_pushing_sac \
+    --seeds="$1" --num_envs=256 --epoch_length=20000 --total_steps=400000 \
+    --encoder_dtype=bfloat16 --path_save_frequency=0 --checkpoint_frequency=1000 \
+    --out="/tmp/$2" --name="$2" ${TRAIN_FLAGS:-$(pallas_if_faster)} > "$out/train.log" 2>&1
+  tail -30 "$out/train.log"
 }
 case "${1:-envs}" in
   envs)  # physics + render, both impls (Warp's first compile: ~6 s on the H200 here)
