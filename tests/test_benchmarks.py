@@ -243,15 +243,20 @@ def test_triton_resources_of_the_pallas_kernels_for_an_h100(tmp_path):
                for row in payload["rows"])
 
 
+def measured_row(num_seeds: int) -> dict:
+    """A stand-in for `sac_update.measure`'s row, for tests of what is around the timing."""
+    return {"num_seeds": num_seeds, "updates_per_scan": 2, "batch_size": 4,
+            "ms_per_update": 1.0, "updates_per_s": 1000.0, "seed_updates_per_s": 1000.0,
+            "compile_and_first_run_s": 0.0, "unroll": 1}
+
+
 def test_sac_update_times_the_pallas_kernels_at_a_given_tiling(tmp_path, monkeypatch):
     """--pallas_tiling puts that tiling in the networks' table for the run, and only then."""
     seen = []
 
     def measure(num_seeds, *args):
         seen.append(networks.CONV_RELU_POOL["pallas"].keywords["tiling"])
-        return {"num_seeds": num_seeds, "updates_per_scan": 2, "batch_size": 4,
-                "ms_per_update": 1.0, "updates_per_s": 1000.0, "seed_updates_per_s": 1000.0,
-                "compile_and_first_run_s": 0.0, "unroll": 1}
+        return measured_row(num_seeds)
 
     monkeypatch.setattr(sac_update, "measure", measure)
     payload = sac_update.main(["--seeds=1", "--conv=pallas", "--pallas_tiling=32:2:4:0:16:0:0",
@@ -270,9 +275,7 @@ def test_sac_update_records_whether_pallas_reads_images_through_their_shifts(
 
     def measure(num_seeds, updates, repeats, config, unroll):
         configs.append(config)
-        return {"num_seeds": num_seeds, "updates_per_scan": 2, "batch_size": 4,
-                "ms_per_update": 1.0, "updates_per_s": 1000.0, "seed_updates_per_s": 1000.0,
-                "compile_and_first_run_s": 0.0, "unroll": 1}
+        return measured_row(num_seeds)
 
     monkeypatch.setattr(sac_update, "measure", measure)
     payload = sac_update.main(["--seeds=1", "--conv=pallas", f"--out={tmp_path}", *flag])
@@ -289,9 +292,7 @@ def test_sac_update_without_a_tiling_records_each_computations_default(conv, tmp
 
     def measure(num_seeds, *args):
         assert networks.CONV_RELU_POOL[conv] is function
-        return {"num_seeds": num_seeds, "updates_per_scan": 2, "batch_size": 4,
-                "ms_per_update": 1.0, "updates_per_s": 1000.0, "seed_updates_per_s": 1000.0,
-                "compile_and_first_run_s": 0.0, "unroll": 1}
+        return measured_row(num_seeds)
 
     monkeypatch.setattr(sac_update, "measure", measure)
     payload = sac_update.main(["--seeds=1", f"--conv={conv}", f"--out={tmp_path}"])
@@ -352,9 +353,7 @@ def test_sac_update_keeps_what_a_cut_run_measured(tmp_path, monkeypatch):
         written.append(json.loads(path.read_text()) if path.exists() else None)
         if num_seeds == 5:
             raise KeyboardInterrupt  # the time limit's signal, say
-        return {"num_seeds": num_seeds, "updates_per_scan": 2, "batch_size": 4,
-                "ms_per_update": 1.0, "updates_per_s": 1000.0, "seed_updates_per_s": 1000.0,
-                "compile_and_first_run_s": 0.0, "unroll": 1}
+        return measured_row(num_seeds)
 
     monkeypatch.setattr(sac_update, "measure", measure)
     with pytest.raises(KeyboardInterrupt):
