@@ -82,10 +82,10 @@ class TrainConfig:
     update_unroll: int = 0
     initial_random_steps: int = 1000
     learning_starts: int = 0  # transitions per seed before updates; 0 -> one episode
-    # Transitions kept per seed (rounded up to whole steps of all worlds);
-    # 0 -> min(1e6, num_epochs * epoch_length). The reference took min(1e6, num_epochs * 1000)
-    # whatever the epoch length (a quirk: 40k for its 400k-step drawer runs, 80k for the
-    # 400k-step figure-5 runs); --replay_size=40000 etc. reproduces that.
+    # Transitions kept per seed (rounded up to whole steps of all worlds); 0 -> min(1e6,
+    # num_epochs * epoch_length), at least one batch. The reference took min(1e6, num_epochs
+    # * 1000) whatever the epoch length (a quirk: 40k for its 400k-step drawer runs, 80k for
+    # the 400k-step figure-5 runs); --replay_size=40000 etc. reproduces that.
     replay_size: int = 0
     timeouts_as_terminal: bool = False  # the reference's quirk; off = correct bootstrapping
     eval_episodes: int = 20
@@ -137,8 +137,9 @@ class TrainConfig:
 
     @property
     def replay_capacity(self) -> int:
-        """Transitions kept per seed."""
-        return self.replay_size or min(1_000_000, self.total_steps)
+        """Transitions kept per seed: the run's whole length up to the reference's million,
+        and at least one batch (a run shorter than a batch still trains)."""
+        return self.replay_size or max(self.batch_size, min(1_000_000, self.total_steps))
 
     @property
     def iterations_per_epoch(self) -> int:

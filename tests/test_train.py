@@ -362,6 +362,15 @@ def test_out_of_range_settings_fail_before_anything_is_built(field, value, messa
         dataclasses.replace(TrainConfig(), **{field: value}).validate()
 
 
+def test_replay_capacity_is_the_run_up_to_a_million_and_at_least_a_batch():
+    assert TrainConfig(num_epochs=4, epoch_length=1000).replay_capacity == 4000
+    assert TrainConfig(num_epochs=2000, epoch_length=1000).replay_capacity == 1_000_000
+    short = TrainConfig(num_epochs=1, epoch_length=200, batch_size=256)
+    assert short.replay_capacity == 256
+    short.program_key().validate()  # the trainer's config of a run shorter than one batch
+    assert TrainConfig(replay_size=40_000).replay_capacity == 40_000
+
+
 def test_total_steps_must_be_a_positive_int():
     """Rounded up to whole epochs, never silently turned into one epoch."""
     assert config_from_args(["--total_steps=1001"])[0].num_epochs == 2
