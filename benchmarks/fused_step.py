@@ -71,10 +71,11 @@ def network_alone(reward: str, holdc_model: holdc.HoldCConfig, holdr_model: hold
     ``prepare`` crops, resizes and normalises (untimed), ``run`` is the network alone: what
     the reward's cost per step is compared with (HOLD-C's embedding; HOLD-R's one spatial
     pass per frame, the bulk of its per-step cost)."""
-    if reward == "holdc":
-        net = holdc.build_model(holdc_model)
+    if reward == "holdc":  # as the reward runs it: batch norms folded
+        net, folded = (holdc.build_model(holdc_model, folded=True),
+                       holdc.fold_batch_norm(holdc_model, variables))
         return (functools.partial(holdc.preprocess, holdc_model),
-                jax.jit(lambda images: net.apply(variables, images.astype(holdc_model.dtype))))
+                jax.jit(lambda images: net.apply(folded, images.astype(holdc_model.dtype))))
     if reward == "holdr":
         size = holdr_model.crop_size
         return (lambda frames: holdr.preprocess(frames[:, None], size),

@@ -16,6 +16,7 @@ import env_throughput  # noqa: E402
 import gpu_census  # noqa: E402
 import headless_gl  # noqa: E402
 import reference_loop  # noqa: E402
+import reward_census  # noqa: E402
 import reward_comparison  # noqa: E402
 import run_all  # noqa: E402
 import sac_update  # noqa: E402
@@ -195,6 +196,35 @@ def test_pallas_encoders_compile_for_an_h100(tmp_path):
                                f"--out={tmp_path}"])
     (row,) = payload["rows"]
     assert row["by_kind"]["__gpu$xla.gpu.triton"]["kernels"] == 16
+
+
+TINY_RESNETS = ["--layers=18", "--filters=4", "--crop_size=32", "--frames=2"]
+
+
+def test_reward_census_of_the_cpu_compile(tmp_path):
+    payload = reward_census.main(["--target=cpu", "--dtype=float32", *TINY_RESNETS,
+                                  f"--out={tmp_path}"])
+    assert [(r["model"], r["form"]) for r in payload["rows"]] == [
+        ("holdc", "checkpoint"), ("holdc", "folded"), ("r3m", "checkpoint"), ("r3m", "folded")]
+    for row in payload["rows"]:
+        assert row["kernels"] > 10 and row["mb"] > 0 and row["frames"] == 2
+        assert sum(k["kernels"] for k in row["by_kind"].values()) == row["kernels"]
+    assert (tmp_path / "reward_census-cpu-cpu.json").exists()
+    with pytest.raises(SystemExit, match="unknown model 'vit'"):
+        reward_census.main(["--target=cpu", "--models=vit", f"--out={tmp_path}"])
+
+
+def test_folded_batch_norms_make_one_cudnn_kernel_of_each_convolution(tmp_path):
+    """Where XLA's CUDA compiler is installed (not in CI): for an H100, every convolution of
+    the folded networks is a cuDNN convolution with bias and activation, none a plain one
+    followed by an elementwise pass, so the forward pass has fewer kernels."""
+    pytest.importorskip("jax_cuda12_plugin")
+    rows = reward_census.main(["--target=h100", *TINY_RESNETS, f"--out={tmp_path}"])["rows"]
+    for checkpoint, folded in zip(rows[::2], rows[1::2], strict=True):
+        assert "__cudnn$convForward" in checkpoint["by_kind"]
+        assert "__cudnn$convForward" not in folded["by_kind"]
+        assert folded["by_kind"]["__cudnn$convBiasActivationForward"]["kernels"] > 10
+        assert folded["kernels"] < checkpoint["kernels"] and folded["mb"] < checkpoint["mb"]
 
 
 DEBUG_OUTPUT = """The Triton module for pallas_call _forward_kernel at pallas_conv.py:1:

@@ -2,6 +2,7 @@
 preprocessing, and distances. Tiny networks and 32x32 images keep it fast on the CPU."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -193,6 +194,26 @@ def test_forward_pass_matches_manual_computation(tmp_path, depth):
     got = holdc.embed(config(depth), variables, jnp.asarray(frames))
     assert got.shape == (3, EMBEDDING) and got.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # the batch norms (random statistics here) folded into the convolutions: the same network
+    folded = holdc.embed(config(depth), holdc.fold_batch_norm(config(depth), variables),
+                         jnp.asarray(frames))
+    np.testing.assert_allclose(folded, want, rtol=1e-4, atol=1e-5)
+
+
+def test_folded_variables_have_a_bias_per_convolution_and_no_batch_norm():
+    cfg = config(50, dtype="bfloat16")
+    variables = holdc.random_variables(cfg)
+    folded = flat_of(holdc.fold_batch_norm(cfg, variables))
+    convs = [p for p in flat_of(variables) if re.search(r"(conv\d?|proj_conv)/kernel$", p)]
+    assert convs and set(folded) == (
+        {p for p in convs} | {p.replace("/kernel", "/bias") for p in convs}
+        | {"params/output_projection/kernel", "params/output_projection/bias"})
+    assert {leaf.dtype for leaf in folded.values()} == {jnp.dtype(jnp.bfloat16)}
+    model = holdc.HoldCDistance(cfg, variables)  # scores with them
+    assert flat_of(model.variables).keys() == folded.keys()
+    with pytest.raises(ValueError, match="folded batch norms are for inference"):
+        holdc.build_model(cfg, folded=True).apply(model.variables, jnp.zeros((1, 32, 32, 3)),
+                                                  train=True)
 
 
 def test_bfloat16_embedding_is_close_to_float32():

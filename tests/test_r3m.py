@@ -414,8 +414,9 @@ def test_orbax_round_trip_and_default_path(tmp_path, monkeypatch):
     monkeypatch.setenv("HOLD_TOP_DIR", str(tmp_path))
     assert r3m.default_weights_path() == str(path)
     imported = r3m.convert_to_orbax(str(path), str(tmp_path / "orbax"), config(18))
-    restored = r3m.load_r3m(str(tmp_path / "orbax"), config(18)).variables
-    for want, got in zip(jax.tree.leaves(imported), jax.tree.leaves(restored), strict=True):
+    restored = r3m.load_r3m(str(tmp_path / "orbax"), config(18)).variables  # folded
+    folded = jax.jit(r3m.fold_batch_norm, static_argnums=0)(config(18), imported)
+    for want, got in zip(jax.tree.leaves(folded), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(got, want)
     with pytest.raises(CheckpointMismatchError, match="orbax checkpoint"):
         r3m.restore_orbax(str(tmp_path / "orbax"), config(50))

@@ -10,8 +10,12 @@ released scenic checkpoint maps onto it leaf for leaf (see ``scenic_checkpoint``
     params/output_projection/{kernel (C, E), bias (E,)}
     batch_stats/<each batch norm above>/{mean, var}
 
-Blocks are numbered 0.. across all stages. Only inference is needed here, so batch norm
-always uses the running statistics.
+Blocks are numbered 0.. across all stages. Batch norm uses the running statistics unless
+training (holdjax's demo-trained model, ``holdjax.reward.train``). For scoring frames,
+`fold_batch_norm` folds each batch norm into the convolution before it (a kernel scaled per
+output channel and a bias), so that on a GPU each convolution, its bias, the ReLU and the
+residual sum run as one cuDNN kernel instead of a convolution and an elementwise pass over
+its output (`benchmarks/NOTES.md`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from holdjax.envs.base import image_to_float
+from holdjax.reward import batch_norm
 
 # Depth -> (blocks per stage, bottleneck blocks), as in scenic's ResNet.
 BLOCK_SIZES = {
@@ -70,7 +75,8 @@ class HoldCConfig:
     zero_centering: bool = True
     distance_type: str = "eucl"
     distance_params: tuple[float, ...] = ()
-    dtype: str = "float32"  # compute dtype ("bfloat16" for speed); parameters stay float32
+    # compute dtype ("bfloat16" for speed); the scoring (folded) parameters are cast to it once
+    dtype: str = "float32"
 
     def __post_init__(self):
         if self.num_layers not in BLOCK_SIZES:
@@ -81,9 +87,16 @@ class HoldCConfig:
         jnp.dtype(self.dtype)  # fails early on a bad dtype name
 
 
-def _norm(name: str, dtype, train: bool, **kwargs) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                        dtype=dtype, name=name, **kwargs)
+# Each convolution's batch norm, by the names in scenic's tree.
+CONV_NORMS = {"stem_conv": "init_bn", "conv1": "bn1", "conv2": "bn2", "conv3": "bn3",
+              "proj_conv": "proj_bn"}
+
+
+def conv_norm(parent: nn.Module, x: jax.Array, features: int, kernel: int, strides: int,
+              conv_name: str, train: bool, **norm_kwargs) -> jax.Array:
+    return batch_norm.conv_norm(parent, x, features, kernel, strides, conv_name,
+                                CONV_NORMS[conv_name], BN_EPSILON, train,
+                                momentum=BN_MOMENTUM, **norm_kwargs)
 
 
 class ResidualBlock(nn.Module):
@@ -93,28 +106,22 @@ class ResidualBlock(nn.Module):
     strides: int = 1
     bottleneck: bool = True
     dtype: Any = jnp.float32
+    folded: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         out_channels = self.filters * 4 if self.bottleneck else self.filters
-        stride = (self.strides, self.strides)
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
         # scenic tests ``channels != 4 * filters`` even for basic blocks, so every basic block
         # has a projection shortcut; its checkpoints hold proj_conv/proj_bn there too.
         shortcut = x
         if x.shape[-1] != self.filters * 4 or self.strides != 1:
-            shortcut = conv(out_channels, (1, 1), stride, name="proj_conv")(x)
-            shortcut = _norm("proj_bn", self.dtype, train)(shortcut)
+            shortcut = conv_norm(self, x, out_channels, 1, self.strides, "proj_conv", train)
         y = x
         if self.bottleneck:
-            y = nn.relu(_norm("bn1", self.dtype, train)(conv(self.filters, (1, 1),
-                                                             name="conv1")(y)))
-        y = conv(self.filters, (3, 3), stride, padding=((1, 1), (1, 1)), name="conv2")(y)
-        y = nn.relu(_norm("bn2", self.dtype, train)(y))
-        last = (1, 1) if self.bottleneck else (3, 3)
-        pad = (last[0] // 2, last[0] // 2)
-        y = conv(out_channels, last, padding=(pad, pad), name="conv3")(y)
-        y = _norm("bn3", self.dtype, train, scale_init=nn.initializers.zeros)(y)
+            y = nn.relu(conv_norm(self, y, self.filters, 1, 1, "conv1", train))
+        y = nn.relu(conv_norm(self, y, self.filters, 3, self.strides, "conv2", train))
+        y = conv_norm(self, y, out_channels, 1 if self.bottleneck else 3, 1, "conv3", train,
+                      scale_init=nn.initializers.zeros)
         return nn.relu(shortcut + y)
 
 
@@ -125,26 +132,33 @@ class ResNet(nn.Module):
     num_filters: int = 64
     num_layers: int = 50
     dtype: Any = jnp.float32
+    folded: bool = False  # batch norms folded into the convolutions (`fold_batch_norm`)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         block_sizes, bottleneck = BLOCK_SIZES[self.num_layers]
-        x = nn.Conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                    dtype=self.dtype, name="stem_conv")(x)
-        x = nn.relu(_norm("init_bn", self.dtype, train)(x))
+        x = nn.relu(conv_norm(self, x, self.num_filters, 7, 2, "stem_conv", train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(block_sizes):
             for j in range(num_blocks):
                 x = ResidualBlock(self.num_filters * 2**stage,
                                   strides=2 if stage > 0 and j == 0 else 1,
-                                  bottleneck=bottleneck, dtype=self.dtype)(x, train)
+                                  bottleneck=bottleneck, dtype=self.dtype,
+                                  folded=self.folded)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="output_projection")(x)
 
 
-def build_model(config: HoldCConfig) -> ResNet:
+def build_model(config: HoldCConfig, folded: bool = False) -> ResNet:
     return ResNet(num_outputs=config.embedding_size, num_filters=config.num_filters,
-                  num_layers=config.num_layers, dtype=jnp.dtype(config.dtype))
+                  num_layers=config.num_layers, dtype=jnp.dtype(config.dtype), folded=folded)
+
+
+def fold_batch_norm(config: HoldCConfig, variables: dict) -> dict:
+    """A checkpoint's {'params', 'batch_stats'} as the inference parameters of
+    `build_model(config, folded=True)` (`batch_norm.fold_batch_norms`)."""
+    return batch_norm.fold_batch_norms(variables, CONV_NORMS, BN_EPSILON,
+                                       jnp.dtype(config.dtype))
 
 
 def abstract_variables(config: HoldCConfig) -> dict:
@@ -192,9 +206,11 @@ def preprocess(config: HoldCConfig, frames: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=0)
 def embed(config: HoldCConfig, variables: dict, frames: jax.Array) -> jax.Array:
-    """Embeddings (N, E) float32 of uint8 frames (N, H, W, 3)."""
+    """Embeddings (N, E) float32 of uint8 frames (N, H, W, 3); ``variables`` a checkpoint's or
+    `fold_batch_norm`'s."""
     images = preprocess(config, frames)
-    out = build_model(config).apply(variables, images.astype(jnp.dtype(config.dtype)))
+    model = build_model(config, folded=batch_norm.is_folded(variables))
+    out = model.apply(variables, images.astype(jnp.dtype(config.dtype)))
     chex.assert_shape(out, (frames.shape[0], config.embedding_size))
     return out.astype(jnp.float32)
 
@@ -228,11 +244,13 @@ def distance(config: HoldCConfig, variables: dict, frames: jax.Array,
 
 
 class HoldCDistance:
-    """A HOLD-C model bound to its variables, callable as ``distance(frames, goals)``."""
+    """A HOLD-C model bound to its variables, callable as ``distance(frames, goals)``; it
+    scores with the batch norms folded (`fold_batch_norm`)."""
 
     def __init__(self, config: HoldCConfig, variables: dict):
         self.config = config
-        self.variables = variables
+        self.variables = (variables if batch_norm.is_folded(variables)
+                          else jax.jit(fold_batch_norm, static_argnums=0)(config, variables))
 
     def __call__(self, frames: jax.Array, goals: jax.Array) -> jax.Array:
         return distance(self.config, self.variables, frames, goals)

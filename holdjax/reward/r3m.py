@@ -43,6 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from holdjax.reward import batch_norm
 from holdjax.reward.scenic_checkpoint import (
     CheckpointMismatchError,
     leaf_problems,
@@ -73,7 +74,8 @@ class R3MConfig:
     num_filters: int = 64  # stem width; stage k has num_filters * 2**k (x4 out if bottleneck)
     resize_size: int = 256  # the shorter side is resized to this...
     crop_size: int = 224  # ...then the central crop_size square is the network's input
-    dtype: str = "float32"  # compute dtype ("bfloat16" for speed); parameters stay float32
+    # compute dtype ("bfloat16" for speed); the scoring (folded) parameters are cast to it once
+    dtype: str = "float32"
 
     def __post_init__(self):
         if self.num_layers not in LAYOUTS:
@@ -113,15 +115,15 @@ class R3MConfig:
         return cls(num_layers=depths[0], num_filters=width, **overrides)
 
 
-def _norm(name: str, dtype) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=True, epsilon=BN_EPSILON, dtype=dtype, name=name)
+# Each convolution's batch norm, by torchvision's names.
+CONV_NORMS = {"conv1": "bn1", "conv2": "bn2", "conv3": "bn3", "downsample_0": "downsample_1"}
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
-    """torchvision's convolutions: no bias, symmetric padding kernel // 2."""
-    pad = (kernel // 2, kernel // 2)
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=(pad, pad),
-                   use_bias=False, dtype=dtype, name=name)
+def conv_norm(parent: nn.Module, x: jax.Array, features: int, kernel: int, stride: int,
+              conv_name: str) -> jax.Array:
+    """torchvision's convolution (no bias, symmetric padding kernel // 2) and batch norm."""
+    return batch_norm.conv_norm(parent, x, features, kernel, stride, conv_name,
+                                CONV_NORMS[conv_name], BN_EPSILON)
 
 
 class Block(nn.Module):
@@ -132,24 +134,21 @@ class Block(nn.Module):
     stride: int
     bottleneck: bool
     dtype: Any = jnp.float32
+    folded: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out = self.filters * 4 if self.bottleneck else self.filters
         if self.bottleneck:
-            y = nn.relu(_norm("bn1", self.dtype)(
-                _conv(self.filters, 1, 1, "conv1", self.dtype)(x)))
-            y = nn.relu(_norm("bn2", self.dtype)(
-                _conv(self.filters, 3, self.stride, "conv2", self.dtype)(y)))
-            y = _norm("bn3", self.dtype)(_conv(out, 1, 1, "conv3", self.dtype)(y))
+            y = nn.relu(conv_norm(self, x, self.filters, 1, 1, "conv1"))
+            y = nn.relu(conv_norm(self, y, self.filters, 3, self.stride, "conv2"))
+            y = conv_norm(self, y, out, 1, 1, "conv3")
         else:
-            y = nn.relu(_norm("bn1", self.dtype)(
-                _conv(out, 3, self.stride, "conv1", self.dtype)(x)))
-            y = _norm("bn2", self.dtype)(_conv(out, 3, 1, "conv2", self.dtype)(y))
+            y = nn.relu(conv_norm(self, x, out, 3, self.stride, "conv1"))
+            y = conv_norm(self, y, out, 3, 1, "conv2")
         shortcut = x
         if self.stride != 1 or x.shape[-1] != out:
-            shortcut = _norm("downsample_1", self.dtype)(
-                _conv(out, 1, self.stride, "downsample_0", self.dtype)(x))
+            shortcut = conv_norm(self, x, out, 1, self.stride, "downsample_0")
         return nn.relu(y + shortcut)
 
 
@@ -159,22 +158,29 @@ class ResNet(nn.Module):
     num_layers: int = 50
     num_filters: int = 64
     dtype: Any = jnp.float32
+    folded: bool = False  # batch norms folded into the convolutions (`fold_batch_norm`)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         stages, bottleneck = LAYOUTS[self.num_layers]
-        x = nn.relu(_norm("bn1", self.dtype)(_conv(self.num_filters, 7, 2, "conv1",
-                                                   self.dtype)(x)))
+        x = nn.relu(conv_norm(self, x, self.num_filters, 7, 2, "conv1"))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(stages):
             for j in range(num_blocks):
                 x = Block(self.num_filters * 2**stage, 2 if stage > 0 and j == 0 else 1,
-                          bottleneck, self.dtype, name=f"layer{stage + 1}_{j}")(x)
+                          bottleneck, self.dtype, self.folded, name=f"layer{stage + 1}_{j}")(x)
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-def build_model(config: R3MConfig) -> ResNet:
-    return ResNet(config.num_layers, config.num_filters, jnp.dtype(config.dtype))
+def build_model(config: R3MConfig, folded: bool = False) -> ResNet:
+    return ResNet(config.num_layers, config.num_filters, jnp.dtype(config.dtype), folded)
+
+
+def fold_batch_norm(config: R3MConfig, variables: dict) -> dict:
+    """A checkpoint's {'params', 'batch_stats'} as the inference parameters of
+    `build_model(config, folded=True)` (`batch_norm.fold_batch_norms`)."""
+    return batch_norm.fold_batch_norms(variables, CONV_NORMS, BN_EPSILON,
+                                       jnp.dtype(config.dtype))
 
 
 def abstract_variables(config: R3MConfig) -> dict:
@@ -208,9 +214,10 @@ def preprocess(config: R3MConfig, frames: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=0)
 def embed(config: R3MConfig, variables: dict, frames: jax.Array) -> jax.Array:
-    """Embeddings (N, E) float32 of uint8 frames (N, H, W, 3)."""
+    """Embeddings (N, E) float32 of uint8 frames (N, H, W, 3); ``variables`` a checkpoint's or
+    `fold_batch_norm`'s."""
     images = preprocess(config, frames).astype(jnp.dtype(config.dtype))
-    out = build_model(config).apply(variables, images)
+    out = build_model(config, folded=batch_norm.is_folded(variables)).apply(variables, images)
     chex.assert_shape(out, (frames.shape[0], config.embedding_size))
     return out
 
@@ -226,11 +233,13 @@ def distance_to_embeddings(config: R3MConfig, variables: dict, frames: jax.Array
 
 
 class R3MDistance:
-    """An R3M model bound to its variables, callable as ``distance(frames, goals)``."""
+    """An R3M model bound to its variables, callable as ``distance(frames, goals)``; it scores
+    with the batch norms folded (`fold_batch_norm`)."""
 
     def __init__(self, config: R3MConfig, variables: dict):
         self.config = config
-        self.variables = variables
+        self.variables = (variables if batch_norm.is_folded(variables)
+                          else jax.jit(fold_batch_norm, static_argnums=0)(config, variables))
 
     def __call__(self, frames: jax.Array, goals: jax.Array) -> jax.Array:
         """uint8 frames (N, H, W, 3), goals (G, H', W', 3) -> (N, G) distances."""
