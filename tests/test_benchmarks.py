@@ -202,7 +202,8 @@ TINY_RESNETS = ["--layers=18", "--filters=4", "--crop_size=32", "--frames=2"]
 
 
 def test_reward_census_of_the_cpu_compile(tmp_path):
-    payload = reward_census.main(["--target=cpu", "--dtype=float32", *TINY_RESNETS,
+    payload = reward_census.main(["--target=cpu", "--dtype=float32", "--models=holdc,r3m",
+                                  *TINY_RESNETS,
                                   f"--out={tmp_path}"])
     assert [(r["model"], r["form"]) for r in payload["rows"]] == [
         ("holdc", "checkpoint"), ("holdc", "folded"), ("r3m", "checkpoint"), ("r3m", "folded")]
@@ -214,17 +215,24 @@ def test_reward_census_of_the_cpu_compile(tmp_path):
         reward_census.main(["--target=cpu", "--models=vit", f"--out={tmp_path}"])
 
 
-def test_folded_batch_norms_make_one_cudnn_kernel_of_each_convolution(tmp_path):
+def test_reward_networks_scoring_forms_for_an_h100(tmp_path):
     """Where XLA's CUDA compiler is installed (not in CI): for an H100, every convolution of
-    the folded networks is a cuDNN convolution with bias and activation, none a plain one
-    followed by an elementwise pass, so the forward pass has fewer kernels."""
+    the folded ResNets is a cuDNN convolution with bias and activation, none a plain one
+    followed by an elementwise pass; HOLD-R's cuDNN attention is one fused kernel a layer.
+    Each scoring form has fewer kernels or bytes than the other."""
     pytest.importorskip("jax_cuda12_plugin")
     rows = reward_census.main(["--target=h100", *TINY_RESNETS, f"--out={tmp_path}"])["rows"]
-    for checkpoint, folded in zip(rows[::2], rows[1::2], strict=True):
+    forms = {(r["model"], r["form"]): r for r in rows}
+    for model in ("holdc", "r3m"):
+        checkpoint, folded = forms[model, "checkpoint"], forms[model, "folded"]
         assert "__cudnn$convForward" in checkpoint["by_kind"]
         assert "__cudnn$convForward" not in folded["by_kind"]
         assert folded["by_kind"]["__cudnn$convBiasActivationForward"]["kernels"] > 10
         assert folded["kernels"] < checkpoint["kernels"] and folded["mb"] < checkpoint["mb"]
+    flax_attention, cudnn = forms["holdr", "flax_attention"], forms["holdr", "cudnn_attention"]
+    assert cudnn["by_kind"]["__cudnn$fmhaSoftmax"]["kernels"] == 1  # one spatial layer
+    assert "__cudnn$fmhaSoftmax" not in flax_attention["by_kind"]
+    assert cudnn["kernels"] < flax_attention["kernels"]
 
 
 DEBUG_OUTPUT = """The Triton module for pallas_call _forward_kernel at pallas_conv.py:1:

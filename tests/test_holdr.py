@@ -1,9 +1,11 @@
 """HOLD-R (ViViT factorised encoder) against a scenic-layout tree written out by hand and a
 numpy forward pass written from the architecture, not from the module."""
 
+import dataclasses
 import functools
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -203,6 +205,33 @@ def test_bfloat16_close_to_float32():
                                                            "dtype": jnp.bfloat16}))
     assert half.dtype == jnp.float32
     np.testing.assert_allclose(half, full, rtol=0.1, atol=0.1)
+
+
+def test_attention_settings():
+    """flax's attention on the CPU whatever the setting asks; "cudnn" asked for where there is
+    no cuDNN fails at trace time, saying so; an unknown name fails at once."""
+    bf16 = holdr.HoldRConfig(**{**vars(CONFIG), "dtype": jnp.bfloat16})
+    assert holdr.attention_function("auto", jnp.bfloat16) is flax.linen.dot_product_attention
+    assert holdr.attention_function("flax", jnp.bfloat16) is flax.linen.dot_product_attention
+    variables = scenic_checkpoint.holdr_variables(scenic_tree(), CONFIG)
+    frames = _frames(9, (2, 32, 32, 3))
+    with pytest.raises(RuntimeError, match="cuDNN"):
+        holdr.frame_features(dataclasses.replace(bf16, attention="cudnn"), variables, frames)
+    with pytest.raises(ValueError, match="unknown attention 'flash'; valid: auto, flax, cudnn"):
+        holdr.HoldRConfig(attention="flash")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN's attention needs a GPU")
+def test_cudnn_attention_is_close_to_flax_attention_on_a_gpu():
+    """Run by the GPU session (not in CI): the same clip through both attentions in bf16."""
+    bf16 = holdr.HoldRConfig(**{**vars(CONFIG), "dtype": jnp.bfloat16})
+    variables = scenic_checkpoint.holdr_variables(scenic_tree(), CONFIG)
+    frames = _frames(9, (4, 32, 32, 3))
+    flax_out = holdr.frame_features(dataclasses.replace(bf16, attention="flax"), variables,
+                                    frames)
+    cudnn_out = holdr.frame_features(dataclasses.replace(bf16, attention="cudnn"), variables,
+                                     frames)
+    np.testing.assert_allclose(cudnn_out, flax_out, rtol=0.05, atol=0.05)
 
 
 def test_preprocess_crops_centre_and_zero_centres():

@@ -34,6 +34,8 @@ import numpy as np
 
 from holdjax.envs.base import image_to_float
 
+ATTENTIONS = ("auto", "flax", "cudnn")
+
 
 @dataclasses.dataclass(frozen=True)
 class HoldRConfig:
@@ -53,6 +55,15 @@ class HoldRConfig:
     zero_centering: bool = True
     num_outputs: int = 1  # the regressed time to goal
     dtype: Any = jnp.float32  # activations; parameters stay float32
+    # "flax" (flax's attention: the (heads, tokens, tokens) weights written to memory),
+    # "cudnn" (cuDNN's fused flash attention; a GPU, bf16 or float16), or "auto": cuDNN where
+    # it takes the shapes on a GPU in a 16-bit dtype, else flax's (benchmarks/NOTES.md)
+    attention: str = "auto"
+
+    def __post_init__(self):
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {self.attention!r}; valid: "
+                             f"{', '.join(ATTENTIONS)}")
 
     @property
     def history_length(self) -> int:
@@ -158,12 +169,35 @@ class MlpBlock(nn.Module):
         return dense(x.shape[-1], name="Dense_1")(y)
 
 
+def attention_function(attention: str, dtype) -> Any:
+    """The attention weights-and-sum of ``nn.MultiHeadDotProductAttention`` for an
+    ``attention`` setting (`HoldRConfig.attention`): flax's own, or cuDNN's flash attention,
+    which never writes the attention weights to memory. "auto" takes cuDNN's on a GPU in a
+    16-bit dtype, and flax's where cuDNN refuses the call (its version, the GPU's compute
+    capability or the shapes: checked as the model is traced)."""
+    sixteen_bit = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    if attention == "flax" or (attention == "auto" and not (
+            sixteen_bit and jax.default_backend() == "gpu")):
+        return nn.dot_product_attention
+
+    def cudnn_attention(query, key, value, **flax_arguments):  # no mask, bias or dropout here
+        try:
+            return jax.nn.dot_product_attention(query, key, value, implementation="cudnn")
+        except (RuntimeError, ValueError, NotImplementedError):
+            if attention == "cudnn":
+                raise
+            return nn.dot_product_attention(query, key, value, **flax_arguments)
+
+    return cudnn_attention
+
+
 class EncoderBlock(nn.Module):
     """Pre-norm transformer block (scenic vivit ``EncoderBlock``)."""
 
     mlp_dim: int
     num_heads: int
     dtype: Any = jnp.float32
+    attention: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -171,6 +205,7 @@ class EncoderBlock(nn.Module):
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype,
             kernel_init=nn.initializers.xavier_uniform(),
+            attention_fn=attention_function(self.attention, self.dtype),
             name="MultiHeadDotProductAttention_0")(y, y, deterministic=True)
         x = x + y
         y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")(x)
@@ -185,13 +220,14 @@ class Encoder(nn.Module):
     mlp_dim: int
     num_heads: int
     dtype: Any = jnp.float32
+    attention: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         chex.assert_rank(x, 3)
         x = AddPositionEmbs(name="posembed_input")(x)
         for i in range(self.num_layers):
-            x = EncoderBlock(self.mlp_dim, self.num_heads, self.dtype,
+            x = EncoderBlock(self.mlp_dim, self.num_heads, self.dtype, self.attention,
                              name=f"encoderblock_{i}")(x)
         return nn.LayerNorm(name="encoder_norm")(x)
 
@@ -221,11 +257,11 @@ class HoldR(nn.Module):
         self.cls_SpatialTransformer = self.param(
             "cls_SpatialTransformer", zeros, (1, 1, cfg.hidden_size), jnp.float32)
         self.SpatialTransformer = Encoder(cfg.spatial_layers, cfg.spatial_mlp_dim,
-                                          cfg.spatial_heads, cfg.dtype)
+                                          cfg.spatial_heads, cfg.dtype, cfg.attention)
         self.cls_TemporalTransformer = self.param(
             "cls_TemporalTransformer", zeros, (1, 1, cfg.hidden_size), jnp.float32)
         self.TemporalTransformer = Encoder(cfg.temporal_layers, cfg.temporal_mlp_dim,
-                                           cfg.temporal_heads, cfg.dtype)
+                                           cfg.temporal_heads, cfg.dtype, cfg.attention)
         self.output_projection = nn.Dense(cfg.num_outputs, kernel_init=zeros)
 
     def __call__(self, clip: jax.Array) -> jax.Array:
