@@ -76,11 +76,11 @@ def network_alone(reward: str, holdc_model: holdc.HoldCConfig, holdr_model: hold
                        holdc.fold_batch_norm(holdc_model, variables))
         return (functools.partial(holdc.preprocess, holdc_model),
                 jax.jit(lambda images: net.apply(folded, images.astype(holdc_model.dtype))))
-    if reward == "holdr":
-        size = holdr_model.crop_size
+    if reward == "holdr":  # as the reward runs it: its parameters cast once
+        size, scoring = holdr_model.crop_size, holdr.scoring_variables(holdr_model, variables)
         return (lambda frames: holdr.preprocess(frames[:, None], size),
                 jax.jit(lambda clip: holdr.HoldR(holdr_model).apply(
-                    variables, clip, method=holdr.HoldR.frame_tokens)))
+                    scoring, clip, method=holdr.HoldR.frame_tokens)))
     return None
 
 

@@ -2,7 +2,9 @@
 a GPU, with no GPU present, in two forms each: HOLD-C's and R3M's ResNets as the checkpoint
 has them (each convolution, then its batch norm) and folded, as the reward runs them
 (`holdjax.reward.batch_norm`); HOLD-R's per-frame spatial transformer (the fused step's
-per-step part) with flax's attention and with cuDNN's flash attention (`HoldRConfig.attention`).
+per-step part) with flax's attention, with cuDNN's flash attention (`HoldRConfig.attention`),
+and with that and its parameters cast to bf16 once (`holdr.scoring_variables`), as the reward
+runs it.
 
     JAX_PLATFORMS=cpu python benchmarks/reward_census.py --models=holdc,r3m,holdr --frames=512
 
@@ -31,7 +33,7 @@ from holdjax.reward import holdc, holdr, r3m  # noqa: E402
 
 FRAME_SHAPE = (48, 48, 3)  # the pushing camera's
 FORMS = {"holdc": ("checkpoint", "folded"), "r3m": ("checkpoint", "folded"),
-         "holdr": ("flax_attention", "cudnn_attention")}
+         "holdr": ("flax_attention", "cudnn_attention", "cudnn_cast_once")}
 CROP_SIZES = {"holdc": 256, "r3m": 224, "holdr": 256}  # the released models'
 
 
@@ -61,8 +63,12 @@ def model_and_variables(model: str, form: str, layers: int, filters: int, crop_s
             spatial_mlp_dim=filters * 32, temporal_layers=1, temporal_heads=2,
             temporal_mlp_dim=filters * 32)
         config = holdr.HoldRConfig(crop_size=crop_size, dtype=jnp.dtype(dtype),
-                                   attention=form.removesuffix("_attention"), **small)
-        return config, holdr.variable_shapes(config), holdr.frame_features
+                                   attention="flax" if form == "flax_attention" else "cudnn",
+                                   **small)
+        variables = holdr.variable_shapes(config)
+        if form == "cudnn_cast_once":  # as the reward runs it
+            variables = jax.eval_shape(lambda v: holdr.scoring_variables(config, v), variables)
+        return config, variables, holdr.frame_features
     raise SystemExit(f"unknown model {model!r}; valid: {', '.join(FORMS)}")
 
 

@@ -233,6 +233,7 @@ def test_reward_networks_scoring_forms_for_an_h100(tmp_path):
     assert cudnn["by_kind"]["__cudnn$fmhaSoftmax"]["kernels"] == 1  # one spatial layer
     assert "__cudnn$fmhaSoftmax" not in flax_attention["by_kind"]
     assert cudnn["kernels"] < flax_attention["kernels"]
+    assert forms["holdr", "cudnn_cast_once"]["kernels"] < cudnn["kernels"]
 
 
 DEBUG_OUTPUT = """The Triton module for pallas_call _forward_kernel at pallas_conv.py:1:

@@ -221,6 +221,23 @@ def test_attention_settings():
         holdr.HoldRConfig(attention="flash")
 
 
+def test_scoring_variables_cast_the_blocks_once_and_keep_float32_norms_and_head():
+    bf16 = holdr.HoldRConfig(**{**vars(CONFIG), "dtype": jnp.bfloat16})
+    variables = scenic_checkpoint.holdr_variables(scenic_tree(), CONFIG)
+    model = holdr.HoldRDistance(bf16, variables)
+    flat = flax.traverse_util.flatten_dict(model.variables["params"], sep="/")
+    for path, leaf in flat.items():
+        in_blocks = path.startswith("embedding/") or "/encoderblock_" in path
+        assert leaf.dtype == (jnp.bfloat16 if in_blocks else jnp.float32), path
+    assert sum(p.startswith("embedding/") or "/encoderblock_" in p for p in flat) > 10
+    frames = _frames(10, (3, 32, 32, 3))
+    np.testing.assert_allclose(model.features(frames),
+                               holdr.frame_features(bf16, variables, frames), rtol=0.05,
+                               atol=0.05)
+    same = holdr.HoldRDistance(CONFIG, variables).variables  # float32: nothing to cast
+    jax.tree.map(np.testing.assert_array_equal, same, variables)
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN's attention needs a GPU")
 def test_cudnn_attention_is_close_to_flax_attention_on_a_gpu():
     """Run by the GPU session (not in CI): the same clip through both attentions in bf16."""

@@ -378,14 +378,28 @@ def time_to_goals(config: HoldRConfig, variables: dict, history: jax.Array,
     return jax.vmap(to_goal, out_axes=1)(goal_features).astype(jnp.float32)
 
 
+def scoring_variables(config: HoldRConfig, variables: dict) -> dict:
+    """``variables`` with the tubelet embedding's and the transformer blocks' parameters cast
+    to the compute dtype once, here, rather than at each call (the final norms and the head
+    compute in float32, as scenic's, and keep theirs). On a GPU in bf16 this also lets XLA
+    fuse the biases into the matrix products (`benchmarks/NOTES.md`)."""
+    def cast(path, leaf):
+        names = [getattr(key, "key", "") for key in path]
+        in_blocks = names[1] == "embedding" or any(n.startswith("encoderblock_") for n in names)
+        return leaf.astype(config.dtype) if in_blocks else leaf
+
+    return jax.tree_util.tree_map_with_path(cast, variables)
+
+
 class HoldRDistance:
-    """A HOLD-R model bound to its variables. The reward keeps, per world, the features of
-    its last ``history_length`` frames (:meth:`features`); ``to_goals`` scores them."""
+    """A HOLD-R model bound to its variables (as `scoring_variables`). The reward keeps, per
+    world, the features of its last ``history_length`` frames (:meth:`features`);
+    ``to_goals`` scores them."""
 
     def __init__(self, config: HoldRConfig, variables: dict):
         _check_one_frame_tubelets(config)
         self.config = config
-        self.variables = variables
+        self.variables = jax.jit(scoring_variables, static_argnums=0)(config, variables)
 
     @property
     def history_length(self) -> int:
