@@ -217,6 +217,12 @@ def assert_consistent(batch: replay.Transition):
     np.testing.assert_array_equal(batch.done, obs)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def draw(buffer: replay.ReplayBuffer, key: jax.Array, batch_size: int) -> replay.Transition:
+    """One batch as the trainer draws it: indices (`sample_indices`), then `gather`."""
+    return replay.gather(buffer, *replay.sample_indices(buffer, key, (batch_size,)))
+
+
 def test_replay_keeps_one_frame_per_step_and_the_episodes_last_apart():
     """Capacity 20 transitions of 2 worlds and 3-step episodes: 11 rows of which 10 are
     valid, one frame row per row, and 5 slots for episodes' last next observations."""
@@ -228,7 +234,7 @@ def test_replay_keeps_one_frame_per_step_and_the_episodes_last_apart():
     np.testing.assert_array_equal(buffer.frames[:6, 1, 0], [1, 11, 21, 1001, 1011, 1021])
     np.testing.assert_array_equal(buffer.last_frames[:2, 1, 0], [31, 1031])
     np.testing.assert_array_equal(buffer.last_slot[:6], [-1, -1, 0, -1, -1, 1])
-    batch = jax.jit(replay.sample, static_argnums=2)(buffer, jax.random.key(0), 400)
+    batch = draw(buffer, jax.random.key(0), 400)
     assert_consistent(batch)
     assert set(np.asarray(batch.reward).tolist()) == {
         1000.0 * e + 10.0 * t + w for e in range(2) for t in range(3) for w in range(2)}
@@ -241,7 +247,7 @@ def test_replay_wraps_around_and_samples_only_valid_rows():
     buffer = filled(replay.init_replay(20, (1,), 2, num_envs=2, episode_length=3),
                     episode_rows(5, 3, 2))
     assert int(buffer.size) == 10 and int(buffer.cursor) == 4
-    batch = jax.jit(replay.sample, static_argnums=2)(buffer, jax.random.key(1), 1000)
+    batch = draw(buffer, jax.random.key(1), 1000)
     assert_consistent(batch)
     rows = {(int(r) // 1000, int(r) % 1000 // 10) for r in np.asarray(batch.reward)}
     assert rows == {(e, t) for e in range(1, 5) for t in range(3)} - {(1, 0), (1, 1)}
@@ -250,7 +256,7 @@ def test_replay_wraps_around_and_samples_only_valid_rows():
     # Three episodes more: the 5 slots of last frames wrap around (8 last rows written).
     buffer = filled(buffer, list(episode_rows(8, 3, 2))[15:])
     assert int(buffer.episodes) == 8 and int(buffer.cursor) == 2
-    batch = jax.jit(replay.sample, static_argnums=2)(buffer, jax.random.key(3), 1000)
+    batch = draw(buffer, jax.random.key(3), 1000)
     assert_consistent(batch)
     rows = {(int(r) // 1000, int(r) % 1000 // 10) for r in np.asarray(batch.reward)}
     assert rows == {(e, t) for e in range(4, 8) for t in range(3)} - {(4, 0), (4, 1)}
@@ -277,7 +283,7 @@ def test_replay_refilled_from_the_middle_of_an_episode():
     rows = list(episode_rows(2, 4, 1))[2:]
     buffer = filled(replay.init_replay(12, (1,), 2, num_envs=1, episode_length=4), rows)
     assert int(buffer.size) == 6
-    batch = replay.sample(buffer, jax.random.key(2), 300)
+    batch = draw(buffer, jax.random.key(2), 300)
     assert_consistent(batch)
     assert set(np.asarray(batch.reward).tolist()) == {20.0, 30.0, 1000.0, 1010.0, 1020.0,
                                                       1030.0}

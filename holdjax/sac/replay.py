@@ -159,11 +159,6 @@ def insert(buffer: ReplayBuffer, transitions: Transition, episode_end: jax.Array
     )
 
 
-def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int) -> Transition:
-    """Uniform draw with replacement from the valid transitions; call only once size > 0."""
-    return gather(buffer, *sample_indices(buffer, key, (batch_size,)))
-
-
 def sample_indices(buffer: ReplayBuffer, key: jax.Array, shape: tuple[int, ...]
                    ) -> tuple[jax.Array, jax.Array]:
     """(row, world) of ``shape`` uniform draws with replacement from the valid transitions,
