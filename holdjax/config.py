@@ -21,6 +21,7 @@ import typing
 from holdjax.envs.base import check_impl
 from holdjax.reward.base import REWARDS
 from holdjax.reward.holdc import check_distance
+from holdjax.reward.holdr import ATTENTIONS
 from holdjax.reward.shaping import ShapingConfig
 from holdjax.sac.networks import check_encoder_conv
 from holdjax.sac.update import SACConfig
@@ -53,6 +54,9 @@ class TrainConfig:
     distance_type: str = "eucl"  # eucl | sq_eucl | sq_eucl_huber
     distance_params: tuple[float, ...] = ()  # comma-separated; sq_eucl_huber takes 3
     reward_dtype: str = "float32"  # bfloat16 for speed on accelerators
+    # HOLD-R's attention: auto (cuDNN's flash attention on a GPU in bf16, else flax's) | flax
+    # | cudnn (holdjax.reward.holdr.attention_function)
+    holdr_attention: str = "auto"
 
     ## Reward shaping (SPEC.md "Reward"); used by distance rewards (l2, HOLD-C/R, R3M).
     distance_normalizer: float = 1.0
@@ -234,6 +238,9 @@ class TrainConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: "
                                  f"{', '.join(COMPUTE_DTYPES)}")
         check_distance(self.distance_type, self.distance_params)
+        if self.holdr_attention not in ATTENTIONS:
+            raise ValueError(f"unknown holdr_attention {self.holdr_attention!r}; valid: "
+                             f"{', '.join(ATTENTIONS)}")
         check_impl(self.impl)
         check_encoder_conv(self.encoder_conv)
         for name in ("initial_random_steps", "learning_starts", "replay_size", "aug_pad",

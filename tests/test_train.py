@@ -356,6 +356,7 @@ def test_update_unroll_device_default(monkeypatch):
     ("aug_pad", -1, "aug_pad must be >= 0"),
     ("subtask_hold_steps", 0, "subtask_hold_steps must be at least 1"),
     ("replay_size", 100, "replay_size 100 is smaller than one batch"),
+    ("holdr_attention", "flash", "unknown holdr_attention 'flash'; valid: auto, flax, cudnn"),
 ])
 def test_out_of_range_settings_fail_before_anything_is_built(field, value, message):
     with pytest.raises(ValueError, match=message):

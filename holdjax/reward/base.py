@@ -158,7 +158,8 @@ def holdr_model(config):
             "locations in the README); holdjax can train only a HOLD-C stand-in "
             "(--reward=holdc)")
     print(f"reward holdr: released HOLD-R checkpoint {source}", file=sys.stderr)
-    return scenic_checkpoint.load_holdr(source, dtype=jnp.dtype(config.reward_dtype)), source
+    return scenic_checkpoint.load_holdr(source, dtype=jnp.dtype(config.reward_dtype),
+                                        attention=config.holdr_attention), source
 
 
 def distance_settings(config) -> dict:

@@ -54,7 +54,8 @@ class HoldRConfig:
     crop_size: int = 256  # dataset_configs.crop_size of the HOLD-R config
     zero_centering: bool = True
     num_outputs: int = 1  # the regressed time to goal
-    dtype: Any = jnp.float32  # activations; parameters stay float32
+    # activations; scoring (`scoring_variables`) casts the blocks' parameters to it once
+    dtype: Any = jnp.float32
     # "flax" (flax's attention: the (heads, tokens, tokens) weights written to memory),
     # "cudnn" (cuDNN's fused flash attention; a GPU, bf16 or float16), or "auto": cuDNN where
     # it takes the shapes on a GPU in a 16-bit dtype, else flax's (benchmarks/NOTES.md)

@@ -184,7 +184,7 @@ def load_holdr(path: str | None = None, orbax_dir: str | None = None,
     reference's location), converted to an orbax copy (``<checkpoint file>.orbax``) on first
     use as HOLD-C's is. Its architecture is read from the parameter shapes
     (:meth:`holdr.HoldRConfig.from_params`), since the checkpoint stores no config;
-    ``overrides`` set ``dtype``."""
+    ``overrides`` set ``dtype`` and ``attention``."""
     source = find_checkpoint(path or default_checkpoint_path("holdr"))
     orbax_dir = orbax_dir or source + ".orbax"
     converted = os.path.isdir(orbax_dir)
