@@ -145,7 +145,7 @@ def run_holdjax(config: TrainConfig) -> list[dict]:
         jax.block_until_ready(state)
         train_s += time.perf_counter() - start
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, epoch)
-        stats, _ = trainer.evaluate(state.sac, keys)
+        stats, _ = trainer.evaluate_policies(state.sac.actor_params, keys)
         curve.append({"env_steps": int(state.env_steps), "train_s": train_s,
                       "eval_success": [float(s) for s in stats["eval_success_rate"]]})
     return curve

@@ -93,6 +93,12 @@ class TrainConfig:
     replay_size: int = 0
     timeouts_as_terminal: bool = False  # the reference's quirk; off = correct bootstrapping
     eval_episodes: int = 20
+    # Epochs whose policies are evaluated together, as one batched rollout after the last of
+    # them (the same episodes and results as evaluating after each; an accelerator runs many
+    # worlds in the time of a few, so a run's sequential evaluations are 1 / eval_batch as
+    # many). Each checkpoint and video epoch ends a batch. 0 -> 10 on an accelerator, 1 on
+    # the CPU.
+    eval_batch: int = 0
 
     ## SAC (the reference's settings).
     learning_rate: float = 3e-4
@@ -165,6 +171,14 @@ class TrainConfig:
         return 1.0 / self.num_envs if jax.default_backend() == "cpu" else 1.0
 
     @property
+    def resolved_eval_batch(self) -> int:
+        if self.eval_batch:
+            return self.eval_batch
+        import jax
+
+        return 1 if jax.default_backend() == "cpu" else 10
+
+    @property
     def resolved_update_unroll(self) -> int:
         if self.update_unroll:
             return self.update_unroll
@@ -180,7 +194,7 @@ class TrainConfig:
         """This config with the fields that do not change the compiled program reset, so
         runs that differ only in output, length or logging share one trainer."""
         return dataclasses.replace(self, name="", out="", num_epochs=1, checkpoint_frequency=1,
-                                   save_replay=False, path_save_frequency=0,
+                                   save_replay=False, path_save_frequency=0, eval_batch=0,
                                    replay_size=self.replay_capacity)
 
     @property
@@ -244,7 +258,7 @@ class TrainConfig:
         check_impl(self.impl)
         check_encoder_conv(self.encoder_conv)
         for name in ("initial_random_steps", "learning_starts", "replay_size", "aug_pad",
-                     "path_save_frequency"):
+                     "path_save_frequency", "eval_batch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name, low, high in (("learning_rate", 0.0, None), ("tau", 0.0, 1.0),

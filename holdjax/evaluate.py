@@ -30,7 +30,7 @@ def evaluate_run(run_dir: str, episodes: int, step: int | None = None, seed: int
     state_like = trainer.init_shapes()[0]
     epoch, state, _ = checkpoint.restore(run_dir, state_like, epoch=step)
     keys = trainer.seed_keys(seed)
-    stats, frames = trainer.evaluate(state.sac, keys)
+    stats, frames = trainer.evaluate_policies(state.sac.actor_params, keys)
     per_seed = {k: np.asarray(v).tolist() for k, v in stats.items()}
     result = {
         "run": run_dir,

@@ -9,7 +9,8 @@ gradient updates; an *epoch* is a jitted ``lax.scan`` of iterations covering
 ``epoch_length`` environment steps per seed, with no host round trip inside. K seeds train
 in one program: the environment runs K x N worlds as one batch (one render call) and the
 learner is vmapped over the seed axis. Between epochs the host evaluates, logs, writes
-checkpoints and videos.
+checkpoints and videos; with ``eval_batch`` > 1 it evaluates the policies of that many
+epochs in one batched rollout after the last of them.
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ class TrainState:
     env_steps: jax.Array  # () environment steps taken per seed
 
 
+@dataclasses.dataclass
+class PendingEpoch:
+    """A trained epoch waiting for its evaluation (`TrainConfig.eval_batch`)."""
+
+    epoch: int
+    summary: dict
+    env_steps: int
+    policy: chex.ArrayTree  # the actor's parameters after the epoch, (K, ...)
+    eval_keys: jax.Array  # (K, 2)
+    train_s: float
+    trained: float  # perf_counter() at the end of its training
+
+
 def over_seeds(fn, num_seeds: int):
     """``fn`` mapped over the leading seed axis of its arguments and results: vmapped, or
     with one seed the axis indexed away and put back, since XLA:CPU runs a state-based
@@ -130,8 +144,8 @@ class Trainer:
         out_specs = {"updated": same, **{name: per_step for name in seed_axis_outputs}}
         train_epoch = jax.shard_map(train_epoch, mesh=mesh, in_specs=(state_specs, split),
                                     out_specs=(state_specs, split, out_specs), check_vma=False)
-        evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(split, split),
-                                 out_specs=(split, per_step), check_vma=False)
+        evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(per_step, per_step),
+                                 out_specs=(per_step, per_step), check_vma=False)
         init = jax.shard_map(init, mesh=mesh, in_specs=split, out_specs=(state_specs, split),
                              check_vma=False)
         return init, train_epoch, evaluate
@@ -199,12 +213,16 @@ class Trainer:
         chex.assert_shape(obs, (env_state.step_count.shape[0], *self.obs_shape))
         return obs
 
-    def video_frames(self, env_state: EnvState) -> jax.Array:
-        """Images of the first ``VIDEO_WORLDS`` worlds: the observations when the env renders,
-        else rendered for the video alone (state-based runs skip the camera elsewhere)."""
+    def video_frames(self, env_state: EnvState, groups: int = 1) -> jax.Array:
+        """Images of the first ``VIDEO_WORLDS`` worlds of each of ``groups`` equal blocks of
+        worlds, block after block: the observations when the env renders, else rendered for
+        the video alone (state-based runs skip the camera elsewhere)."""
+        per_group = env_state.step_count.shape[0] // groups
+        first = (per_group * np.arange(groups)[:, None]
+                 + np.arange(min(VIDEO_WORLDS, per_group))).ravel()
         if self.env.render_obs:
-            return env_state.obs[:VIDEO_WORLDS]
-        data = jax.tree.map(lambda x: x[:VIDEO_WORLDS], env_state.data)
+            return env_state.obs[first]
+        data = jax.tree.map(lambda x: x[first], env_state.data)
         return self.env.render_worlds(data.qpos,
                                       data.mocap_pos[:, self.env.task.hand_target_mocap])
 
@@ -302,38 +320,57 @@ class Trainer:
         return state, replay, out
 
     # ---- evaluation ------------------------------------------------------------------------
-    def _evaluate(self, sac: SACState, seed_keys: jax.Array):
-        """Deterministic episodes, ``eval_episodes`` per seed; env success and return only, so
-        the reward model runs only where the policy's input follows it (a goal-based policy
-        sees the current subgoal's image); elsewhere it would cost a HOLD network call per
-        eval frame for nothing."""
+    def _evaluate(self, actor_params: chex.ArrayTree, seed_keys: jax.Array):
+        """Deterministic episodes, ``eval_episodes`` per seed, of the policies of E epochs at
+        once: ``actor_params`` and ``seed_keys`` (E, K, ...) -> ({stat: (E, K)}, video frames
+        (T + 1, E x worlds, H, W, 3) of each epoch's first worlds). Each epoch's episodes
+        are those it would have alone. Env success and return only, so the reward model runs
+        only where the policy's input follows it (a goal-based policy sees the current
+        subgoal's image); elsewhere it would cost a HOLD network call per eval frame for
+        nothing."""
+        epochs, seeds = seed_keys.shape[:2]
         episodes = self.config.eval_episodes
-        keys = jax.vmap(lambda k: jax.random.split(k, episodes))(seed_keys).reshape(-1, 2)
+        policies = jax.tree.map(lambda x: x.reshape(epochs * seeds, *x.shape[2:]), actor_params)
+        keys = jax.vmap(lambda k: jax.random.split(k, episodes))(
+            seed_keys.reshape(epochs * seeds, 2)).reshape(-1, 2)
         env_state = self.env.reset_with_keys(keys)
         reward_state = self.reward_fn.init(env_state)
 
         def body(carry, _):
             env_state, reward_state = carry
             obs = self.policy_obs(env_state, reward_state)
-            obs = obs.reshape(self.num_seeds, episodes, *obs.shape[1:])
-            actions = jax.vmap(lambda s, o: sac_networks.deterministic_action(
-                self.networks.actor, s.actor_params, stored_obs_to_float(o)))(sac, obs)
+            obs = obs.reshape(epochs * seeds, episodes, *obs.shape[1:])
+            actions = jax.vmap(lambda p, o: sac_networks.deterministic_action(
+                self.networks.actor, p, stored_obs_to_float(o)))(policies, obs)
             env_state = self.env.step(env_state, actions.reshape(-1, self.action_dim))
             if self.config.goal_based_policy:
                 _, reward_state = self.reward_fn(env_state, reward_state)  # advances subgoals
             return (env_state, reward_state), (env_state.success, env_state.reward,
-                                               self.video_frames(env_state))
+                                               self.video_frames(env_state, epochs))
 
         _, (success, reward, frames) = jax.lax.scan(
             body, (env_state, reward_state), None, length=self.env.episode_length)
-        frames = jnp.concatenate([self.video_frames(env_state)[None], frames])
-        per_seed = lambda x: x.reshape(x.shape[0], self.num_seeds, episodes)  # noqa: E731
+        frames = jnp.concatenate([self.video_frames(env_state, epochs)[None], frames])
+        per_seed = lambda x: x.reshape(x.shape[0], epochs, seeds, episodes)  # noqa: E731
         success, reward = per_seed(success), per_seed(reward)
         return {
-            "eval_success_rate": success.any(axis=0).mean(axis=-1),  # (K,)
+            "eval_success_rate": success.any(axis=0).mean(axis=-1),  # (E, K)
             "eval_success_rate_last": success[-1].mean(axis=-1),
             "eval_return": reward.sum(axis=0).mean(axis=-1),
         }, frames
+
+    def evaluate_policies(self, actor_params: chex.ArrayTree, seed_keys: jax.Array):
+        """`evaluate` of one set of policies, ``actor_params`` (K, ...): ({stat: (K,)},
+        video frames)."""
+        stats, frames = self.evaluate(jax.tree.map(lambda x: x[None], actor_params),
+                                      seed_keys[None])
+        return {name: value[0] for name, value in stats.items()}, frames
+
+    def epoch_video(self, frames: np.ndarray, index: int) -> np.ndarray:
+        """The video frames of the ``index``-th epoch that `evaluate` rolled out (its first
+        device's first worlds)."""
+        per_epoch = min(VIDEO_WORLDS, self.num_seeds * self.config.eval_episodes)
+        return frames[:, index * per_epoch:(index + 1) * per_epoch]
 
 
 def policy_obs_shape(config: TrainConfig) -> tuple[int, ...]:
@@ -544,7 +581,9 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     record: dict = {}
     start, started_at = time.perf_counter(), time.time()
     # The bar moves once per epoch (one jitted call); it says what the first one waits for,
-    # and its clock ticks meanwhile.
+    # and its clock ticks meanwhile. Evaluation waits until `eval_batch` epochs (or a
+    # checkpoint, a video or the run's end) are due, then rolls all their policies out at once.
+    eval_batch, pending = config.resolved_eval_batch, []
     with live_bar(total=config.scheduled_env_steps, initial=start_steps, disable=quiet,
                   desc=config.run_name, waiting="compiling and running the first epoch") as bar:
         for epoch in range(start_epoch, config.num_epochs):
@@ -552,48 +591,66 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
             state, replay, out = trainer.train_epoch(state, replay)
             summary = summarize_epoch(out, config)  # waits for the epoch's fused steps
             check_finite(summary, epoch, run_dir)
-            trained = time.perf_counter()
-            epoch_eval_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, epoch)
-            eval_stats, frames = trainer.evaluate(state.sac, epoch_eval_keys)
-            eval_stats = {k: np.asarray(v).tolist() for k, v in eval_stats.items()}
+            pending.append(PendingEpoch(
+                epoch=epoch, summary=summary, env_steps=int(state.env_steps),
+                # a copy: the next epoch donates (and so invalidates) the state's buffers
+                policy=jax.tree.map(jnp.copy, state.sac.actor_params),
+                eval_keys=jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, epoch),
+                train_s=time.perf_counter() - epoch_start, trained=time.perf_counter()))
+            bar.update(pending[-1].env_steps - bar.n)
+            done = epoch + 1
+            checkpoint_due = done % config.checkpoint_frequency == 0 or done == config.num_epochs
+            video_due = config.path_save_frequency and (
+                done % config.path_save_frequency == 0 or done == config.num_epochs)
+            if len(pending) < eval_batch and not (checkpoint_due or video_due):
+                continue
+            stack = lambda *xs: jnp.stack(xs)  # noqa: E731
+            stats, frames = trainer.evaluate(
+                jax.tree.map(stack, *[p.policy for p in pending]),
+                stack(*[p.eval_keys for p in pending]))
+            stats = {k: np.asarray(v) for k, v in stats.items()}  # (epochs, seeds)
             evaluated = time.perf_counter()
-            wall = evaluated - start
-            env_steps = int(state.env_steps)  # epochs round up to whole fused steps
-            record = {
-                "epoch": epoch + 1,
-                "env_steps": env_steps,
-                "wall_s": round(wall_before + wall, 2),
-                "env_steps_per_s": (env_steps - start_steps) * config.seeds / wall,
-                # Where the epoch's time went: its fused steps, then its evaluation episodes
-                # (in the first epoch each includes its compilation).
-                "train_s": round(trained - epoch_start, 3),
-                "eval_s": round(evaluated - trained, 3),
-                # This session's set-up before its first epoch (environments, renderer,
-                # reward model, initial state), not in wall_s; init_s is the initial state's
-                # share (its compilation, the first reset and render); started_at (Unix
-                # time) dates the session's clock, which lets a launcher time the imports.
-                **({"setup_s": round(start - entered, 2), "init_s": round(init_s, 2),
-                    "started_at": round(started_at, 2)} if epoch == start_epoch else {}),
-                **summary,
-                **eval_stats,
-            }
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if writer is not None:
-                for name, value in record.items():
-                    if value is None or name == "started_at":  # a date, not a curve
-                        continue
-                    value = float(np.mean(value)) if isinstance(value, list) else value
-                    writer.add_scalar(name, value, int(state.env_steps))
-            if (epoch + 1) % config.checkpoint_frequency == 0 or epoch + 1 == config.num_epochs:
-                checkpoint.save(mngr, epoch + 1, state, replay if config.save_replay else None)
-            if config.path_save_frequency and ((epoch + 1) % config.path_save_frequency == 0
-                                               or epoch + 1 == config.num_epochs):
-                write_video(os.path.join(run_dir, "videos", f"eval_epoch{epoch + 1:04d}.mp4"),
-                            np.asarray(frames))
-            if "physics_overflow_kinds" in record:
-                bar.write(overflow_warning(record), file=sys.stderr)
-            bar.update(env_steps - bar.n)
+            eval_s = (evaluated - pending[-1].trained) / len(pending)  # each epoch's share
+            for index, done_epoch in enumerate(pending):
+                # an epoch's wall time: its training's end plus the evaluations up to its own
+                wall = done_epoch.trained - start + (index + 1) * eval_s
+                record = {
+                    "epoch": done_epoch.epoch + 1,
+                    "env_steps": done_epoch.env_steps,  # epochs round up to whole fused steps
+                    "wall_s": round(wall_before + wall, 2),
+                    "env_steps_per_s": (done_epoch.env_steps - start_steps) * config.seeds
+                    / wall,
+                    # Where the epoch's time went: its fused steps, then its evaluation
+                    # episodes (in the first epoch each includes its compilation).
+                    "train_s": round(done_epoch.train_s, 3),
+                    "eval_s": round(eval_s, 3),
+                    # This session's set-up before its first epoch (environments, renderer,
+                    # reward model, initial state), not in wall_s; init_s is the initial
+                    # state's share (its compilation, the first reset and render);
+                    # started_at (Unix time) dates the session's clock, which lets a
+                    # launcher time the imports.
+                    **({"setup_s": round(start - entered, 2), "init_s": round(init_s, 2),
+                        "started_at": round(started_at, 2)}
+                       if done_epoch.epoch == start_epoch else {}),
+                    **done_epoch.summary,
+                    **{k: v[index].tolist() for k, v in stats.items()},
+                }
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    for name, value in record.items():
+                        if value is None or name == "started_at":  # a date, not a curve
+                            continue
+                        value = float(np.mean(value)) if isinstance(value, list) else value
+                        writer.add_scalar(name, value, done_epoch.env_steps)
+                if "physics_overflow_kinds" in record:
+                    bar.write(overflow_warning(record), file=sys.stderr)
+            if checkpoint_due:
+                checkpoint.save(mngr, done, state, replay if config.save_replay else None)
+            if video_due:
+                write_video(os.path.join(run_dir, "videos", f"eval_epoch{done:04d}.mp4"),
+                            trainer.epoch_video(np.asarray(frames), len(pending) - 1))
+            pending = []
             bar.set_postfix(eval_success=f"{np.mean(record['eval_success_rate']):.2f}",
                             steps_per_s=f"{record['env_steps_per_s']:.0f}")
     if writer is not None:

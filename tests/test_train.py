@@ -8,6 +8,7 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import TEST_XLA_FLAGS, Lane, cached_env
@@ -467,6 +468,64 @@ def test_two_devices_give_the_same_result(two_seed_run, background_runs):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
 
 
+def test_evaluations_batched_over_epochs_equal_one_at_a_time(state_run, tmp_path,
+                                                              monkeypatch):
+    """`eval_batch`: the policies of several epochs rolled out together give each epoch the
+    episodes and results it gets alone, the same records and parameters; a checkpoint (here
+    also a video and the run's end) ends a batch early. (Each epoch's eval_return here is
+    made of its evaluation keys, so that a record given another epoch's results shows.)"""
+    config = dataclasses.replace(state_run[0], num_epochs=4, checkpoint_frequency=4,
+                                 path_save_frequency=4, save_replay=False)
+    runs = {batch: dataclasses.replace(config, eval_batch=batch, out=str(tmp_path / str(batch)))
+            for batch in (1, 3)}
+    trainer = get_trainer(config)
+    evaluate = trainer.evaluate
+
+    def keyed(policies, keys):
+        stats, frames = evaluate(policies, keys)
+        return {**stats, "eval_return": keys[..., 1].astype(jnp.float32)}, frames
+
+    monkeypatch.setattr(trainer, "evaluate", keyed)
+    for run in runs.values():
+        train(run, quiet=True)
+    assert evaluate._cache_size() >= 2  # rolled out 3 epochs at once, then 1
+    records = {batch: [json.loads(line) for line in open(
+        os.path.join(run.out_dir, "metrics.jsonl"))] for batch, run in runs.items()}
+    assert [r["epoch"] for r in records[3]] == [1, 2, 3, 4]
+    for one, batched in zip(records[1], records[3], strict=True):
+        for name in ("env_steps", "eval_success_rate", "eval_success_rate_last", "eval_return",
+                     "critic_loss"):
+            assert batched[name] == one[name], name
+    assert len({r["eval_return"][0] for r in records[3]}) == 4
+    walls = [r["wall_s"] for r in records[3]]
+    assert walls == sorted(walls) and records[3][0]["eval_s"] == records[3][2]["eval_s"]
+    for a, b in zip(jax.tree.leaves(params_of(runs[1].out_dir, config)),
+                    jax.tree.leaves(params_of(runs[3].out_dir, config)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert os.path.exists(os.path.join(runs[3].out_dir, "videos", "eval_epoch0004.mp4"))
+
+
+def test_a_batched_evaluation_gives_each_epoch_its_own_episodes_and_video(state_run):
+    """`evaluate` of two epochs' policies (here one policy, two epochs' keys) equals each
+    alone, statistics and video frames (`epoch_video` picks an epoch's)."""
+    config, _ = state_run
+    trainer = get_trainer(config)
+    _, state, _ = checkpoint.restore(config.out_dir, trainer.init_shapes()[0])
+    policy = state.sac.actor_params
+    keys = [jax.vmap(jax.random.fold_in, in_axes=(0, None))(trainer.seed_keys(3), epoch)
+            for epoch in (0, 1)]
+    stats, frames = trainer.evaluate(jax.tree.map(lambda x: jnp.stack([x, x]), policy),
+                                     jnp.stack(keys))
+    for index, epoch_keys in enumerate(keys):
+        alone, alone_frames = trainer.evaluate_policies(policy, epoch_keys)
+        for name, value in alone.items():
+            np.testing.assert_array_equal(np.asarray(stats[name])[index], np.asarray(value))
+        np.testing.assert_array_equal(trainer.epoch_video(np.asarray(frames), index),
+                                      np.asarray(alone_frames))
+    assert not np.array_equal(trainer.epoch_video(np.asarray(frames), 0),
+                              trainer.epoch_video(np.asarray(frames), 1))
+
+
 def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, state_run, tmp_path,
                                                          monkeypatch, capsys):
     config, _ = two_seed_run
@@ -624,7 +683,8 @@ def test_evaluation_runs_the_reward_model_only_for_a_goal_based_policy(goal_base
     trainer.reward_fn = Counting(trainer.reward_fn)
     state, _ = trainer.init_shapes()
     calls.clear()
-    stats, _ = jax.eval_shape(trainer.evaluate, state.sac, trainer.seed_keys(1))
+    stats, _ = jax.eval_shape(trainer.evaluate_policies, state.sac.actor_params,
+                              trainer.seed_keys(1))
     assert stats["eval_success_rate"].shape == (1,)
     assert bool(calls) == goal_based_policy
 
