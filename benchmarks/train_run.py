@@ -6,10 +6,12 @@
 
 Every flag other than the four below is a `python -m holdjax.train` flag. The run goes to
 ``--out`` (default: a fresh temporary folder) in a subprocess; ``--time_limit`` stops it after
-that many seconds, which loses nothing (``metrics.jsonl`` is written after every epoch), so a
-run longer than a device session still gives its learning curve and its speed. ``--metrics``
-only summarises a ``metrics.jsonl`` written earlier (e.g. copied back from the GPU machine)
-under the config the same flags give; ``--device`` then names the machine it ran on.
+that many seconds with SIGINT, as Ctrl-C would (the run then evaluates and logs the epochs
+it trained since its last evaluation; killed only if it has not exited ``STOP_GRACE_S``
+later), so a run longer than a device session still gives its learning curve and its speed.
+``--metrics`` only summarises a ``metrics.jsonl`` written earlier (e.g. copied back from the
+GPU machine) under the config the same flags give; ``--device`` then names the machine it
+ran on.
 Writes ``benchmarks/results/train-<run name>-<device>.json`` and prints the summary.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,9 @@ from common import device_name, write_results  # noqa: E402
 
 from holdjax.config import TrainConfig, config_from_args  # noqa: E402
 from holdjax.plot import read_metrics  # noqa: E402
+
+# Seconds an interrupted run may take to evaluate and log its last epochs before it is killed.
+STOP_GRACE_S = 30
 
 
 def summarize(records: list[dict], config: TrainConfig, launched: float | None = None) -> dict:
@@ -97,6 +103,25 @@ def random_released_checkpoint(config: TrainConfig) -> str:
     return random_checkpoint(variables, tempfile.mkdtemp(prefix=f"{config.reward}_random_"))
 
 
+def run_until(time_limit: float | None, command: list[str]) -> None:
+    """Runs ``command``; after ``time_limit`` seconds interrupts it (SIGINT), and kills it if
+    it has not exited ``STOP_GRACE_S`` later. Raises on a failure other than that stop."""
+    process = subprocess.Popen(command)
+    try:
+        returncode = process.wait(timeout=time_limit)
+    except subprocess.TimeoutExpired:
+        print(f"stopping the run at the {time_limit:.0f} s time limit", file=sys.stderr)
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return
+    if returncode:
+        raise subprocess.CalledProcessError(returncode, command)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,11 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
             train_flags.append(f"--out={tempfile.mkdtemp(prefix='train_run_')}/{config.run_name}")
             config, _ = config_from_args(train_flags)
         launched = time.time()
-        try:
-            subprocess.run([sys.executable, "-m", "holdjax.train", *train_flags], check=True,
-                           timeout=args.time_limit)
-        except subprocess.TimeoutExpired:
-            print(f"stopped at the {args.time_limit:.0f} s time limit", file=sys.stderr)
+        run_until(args.time_limit, [sys.executable, "-m", "holdjax.train", *train_flags])
         metrics_path = os.path.join(config.out_dir, "metrics.jsonl")
         if not os.path.exists(metrics_path):
             raise SystemExit(f"the run logged no epoch (the first compiles the fused step) "

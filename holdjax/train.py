@@ -580,79 +580,92 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     wall_before = logged_record(run_dir, start_epoch).get("wall_s", 0.0)
     record: dict = {}
     start, started_at = time.perf_counter(), time.time()
+    def evaluate_and_log(pending: list[PendingEpoch], bar) -> tuple[dict, np.ndarray]:
+        """Rolls out the pending epochs' policies at once (padded to `eval_batch` epochs, so
+        one compiled evaluation serves every batch) and logs their records; returns the last
+        record and the video frames."""
+        padding = [pending[-1]] * (eval_batch - len(pending))
+        stack = lambda *xs: jnp.stack(xs)  # noqa: E731
+        stats, frames = trainer.evaluate(
+            jax.tree.map(stack, *[p.policy for p in pending + padding]),
+            stack(*[p.eval_keys for p in pending + padding]))
+        stats = {k: np.asarray(v) for k, v in stats.items()}  # (epochs, seeds)
+        evaluated = time.perf_counter()
+        eval_s = (evaluated - pending[-1].trained) / len(pending)  # each epoch's share
+        for index, done_epoch in enumerate(pending):
+            # an epoch's wall time: its training's end plus the evaluations up to its own
+            wall = done_epoch.trained - start + (index + 1) * eval_s
+            record = {
+                "epoch": done_epoch.epoch + 1,
+                "env_steps": done_epoch.env_steps,  # epochs round up to whole fused steps
+                "wall_s": round(wall_before + wall, 2),
+                "env_steps_per_s": (done_epoch.env_steps - start_steps) * config.seeds / wall,
+                # Where the epoch's time went: its fused steps, then its evaluation episodes
+                # (in the first epoch each includes its compilation).
+                "train_s": round(done_epoch.train_s, 3),
+                "eval_s": round(eval_s, 3),
+                # This session's set-up before its first epoch (environments, renderer,
+                # reward model, initial state), not in wall_s; init_s is the initial state's
+                # share (its compilation, the first reset and render); started_at (Unix
+                # time) dates the session's clock, which lets a launcher time the imports.
+                **({"setup_s": round(start - entered, 2), "init_s": round(init_s, 2),
+                    "started_at": round(started_at, 2)}
+                   if done_epoch.epoch == start_epoch else {}),
+                **done_epoch.summary,
+                **{k: v[index].tolist() for k, v in stats.items()},
+            }
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if writer is not None:
+                for name, value in record.items():
+                    if value is None or name == "started_at":  # a date, not a curve
+                        continue
+                    value = float(np.mean(value)) if isinstance(value, list) else value
+                    writer.add_scalar(name, value, done_epoch.env_steps)
+            if "physics_overflow_kinds" in record:
+                bar.write(overflow_warning(record), file=sys.stderr)
+        bar.set_postfix(eval_success=f"{np.mean(record['eval_success_rate']):.2f}",
+                        steps_per_s=f"{record['env_steps_per_s']:.0f}")
+        return record, np.asarray(frames)
+
     # The bar moves once per epoch (one jitted call); it says what the first one waits for,
     # and its clock ticks meanwhile. Evaluation waits until `eval_batch` epochs (or a
-    # checkpoint, a video or the run's end) are due, then rolls all their policies out at once.
+    # checkpoint, a video or the run's end) are due, then rolls all their policies out at
+    # once; an interrupted run (Ctrl-C, SIGINT) still evaluates and logs the epochs it trained.
     eval_batch, pending = config.resolved_eval_batch, []
     with live_bar(total=config.scheduled_env_steps, initial=start_steps, disable=quiet,
                   desc=config.run_name, waiting="compiling and running the first epoch") as bar:
-        for epoch in range(start_epoch, config.num_epochs):
-            epoch_start = time.perf_counter()
-            state, replay, out = trainer.train_epoch(state, replay)
-            summary = summarize_epoch(out, config)  # waits for the epoch's fused steps
-            check_finite(summary, epoch, run_dir)
-            pending.append(PendingEpoch(
-                epoch=epoch, summary=summary, env_steps=int(state.env_steps),
-                # a copy: the next epoch donates (and so invalidates) the state's buffers
-                policy=jax.tree.map(jnp.copy, state.sac.actor_params),
-                eval_keys=jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, epoch),
-                train_s=time.perf_counter() - epoch_start, trained=time.perf_counter()))
-            bar.update(pending[-1].env_steps - bar.n)
-            done = epoch + 1
-            checkpoint_due = done % config.checkpoint_frequency == 0 or done == config.num_epochs
-            video_due = config.path_save_frequency and (
-                done % config.path_save_frequency == 0 or done == config.num_epochs)
-            if len(pending) < eval_batch and not (checkpoint_due or video_due):
-                continue
-            stack = lambda *xs: jnp.stack(xs)  # noqa: E731
-            stats, frames = trainer.evaluate(
-                jax.tree.map(stack, *[p.policy for p in pending]),
-                stack(*[p.eval_keys for p in pending]))
-            stats = {k: np.asarray(v) for k, v in stats.items()}  # (epochs, seeds)
-            evaluated = time.perf_counter()
-            eval_s = (evaluated - pending[-1].trained) / len(pending)  # each epoch's share
-            for index, done_epoch in enumerate(pending):
-                # an epoch's wall time: its training's end plus the evaluations up to its own
-                wall = done_epoch.trained - start + (index + 1) * eval_s
-                record = {
-                    "epoch": done_epoch.epoch + 1,
-                    "env_steps": done_epoch.env_steps,  # epochs round up to whole fused steps
-                    "wall_s": round(wall_before + wall, 2),
-                    "env_steps_per_s": (done_epoch.env_steps - start_steps) * config.seeds
-                    / wall,
-                    # Where the epoch's time went: its fused steps, then its evaluation
-                    # episodes (in the first epoch each includes its compilation).
-                    "train_s": round(done_epoch.train_s, 3),
-                    "eval_s": round(eval_s, 3),
-                    # This session's set-up before its first epoch (environments, renderer,
-                    # reward model, initial state), not in wall_s; init_s is the initial
-                    # state's share (its compilation, the first reset and render);
-                    # started_at (Unix time) dates the session's clock, which lets a
-                    # launcher time the imports.
-                    **({"setup_s": round(start - entered, 2), "init_s": round(init_s, 2),
-                        "started_at": round(started_at, 2)}
-                       if done_epoch.epoch == start_epoch else {}),
-                    **done_epoch.summary,
-                    **{k: v[index].tolist() for k, v in stats.items()},
-                }
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if writer is not None:
-                    for name, value in record.items():
-                        if value is None or name == "started_at":  # a date, not a curve
-                            continue
-                        value = float(np.mean(value)) if isinstance(value, list) else value
-                        writer.add_scalar(name, value, done_epoch.env_steps)
-                if "physics_overflow_kinds" in record:
-                    bar.write(overflow_warning(record), file=sys.stderr)
-            if checkpoint_due:
-                checkpoint.save(mngr, done, state, replay if config.save_replay else None)
-            if video_due:
-                write_video(os.path.join(run_dir, "videos", f"eval_epoch{done:04d}.mp4"),
-                            trainer.epoch_video(np.asarray(frames), len(pending) - 1))
-            pending = []
-            bar.set_postfix(eval_success=f"{np.mean(record['eval_success_rate']):.2f}",
-                            steps_per_s=f"{record['env_steps_per_s']:.0f}")
+        try:
+            for epoch in range(start_epoch, config.num_epochs):
+                epoch_start = time.perf_counter()
+                state, replay, out = trainer.train_epoch(state, replay)
+                summary = summarize_epoch(out, config)  # waits for the epoch's fused steps
+                check_finite(summary, epoch, run_dir)
+                pending.append(PendingEpoch(
+                    epoch=epoch, summary=summary, env_steps=int(state.env_steps),
+                    # a copy: the next epoch donates (and so invalidates) the state's buffers
+                    policy=jax.tree.map(jnp.copy, state.sac.actor_params),
+                    eval_keys=jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, epoch),
+                    train_s=time.perf_counter() - epoch_start, trained=time.perf_counter()))
+                bar.update(pending[-1].env_steps - bar.n)
+                done = epoch + 1
+                checkpoint_due = (done % config.checkpoint_frequency == 0
+                                  or done == config.num_epochs)
+                video_due = config.path_save_frequency and (
+                    done % config.path_save_frequency == 0 or done == config.num_epochs)
+                if len(pending) < eval_batch and not (checkpoint_due or video_due):
+                    continue
+                record, frames = evaluate_and_log(pending, bar)
+                if checkpoint_due:
+                    checkpoint.save(mngr, done, state, replay if config.save_replay else None)
+                if video_due:
+                    write_video(os.path.join(run_dir, "videos", f"eval_epoch{done:04d}.mp4"),
+                                trainer.epoch_video(frames, len(pending) - 1))
+                pending = []
+        except KeyboardInterrupt:
+            if pending:
+                evaluate_and_log(pending, bar)
+            raise
     if writer is not None:
         writer.close()
     return record

@@ -3,7 +3,9 @@
 import inspect
 import json
 import os
+import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -77,6 +79,25 @@ def test_train_run_summary_splits_steady_epochs_into_training_and_evaluation():
     assert summary["steady_train_s_per_epoch"] == pytest.approx(4.5)
     assert summary["steady_eval_s_per_epoch"] == pytest.approx(1.0)
     assert summary["steady_eval_share"] == pytest.approx(2.0 / 11.0)
+
+
+def test_train_run_stops_a_run_with_sigint_then_kills_it(tmp_path, monkeypatch):
+    """At the time limit the run gets SIGINT (and logs what it trained, as on Ctrl-C); one
+    that ignores it is killed STOP_GRACE_S later; a run that fails otherwise raises."""
+    flag = tmp_path / "interrupted"
+    polite = ("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+              f"    open({str(flag)!r}, 'w').write('logged')\n    raise")
+    start = time.perf_counter()
+    train_run.run_until(2.0, [sys.executable, "-c", polite])  # time to start up
+    assert flag.read_text() == "logged" and time.perf_counter() - start < 30
+    monkeypatch.setattr(train_run, "STOP_GRACE_S", 0.5)
+    stubborn = ("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                "time.sleep(60)")
+    start = time.perf_counter()
+    train_run.run_until(0.5, [sys.executable, "-c", stubborn])
+    assert time.perf_counter() - start < 30
+    with pytest.raises(subprocess.CalledProcessError):
+        train_run.run_until(30, [sys.executable, "-c", "raise SystemExit(3)"])
 
 
 def test_train_run_summary_needs_an_epoch():

@@ -505,6 +505,29 @@ def test_evaluations_batched_over_epochs_equal_one_at_a_time(state_run, tmp_path
     assert os.path.exists(os.path.join(runs[3].out_dir, "videos", "eval_epoch0004.mp4"))
 
 
+def test_an_interrupted_run_logs_the_epochs_it_trained(state_run, tmp_path, monkeypatch):
+    """Ctrl-C (or a launcher's SIGINT) during epoch 3 of a run that evaluates 5 epochs at a
+    time: epochs 1 and 2 are evaluated and logged before the interrupt goes on."""
+    config = dataclasses.replace(state_run[0], num_epochs=5, checkpoint_frequency=5,
+                                 path_save_frequency=0, eval_batch=5,
+                                 out=str(tmp_path / "interrupted"))
+    trainer = get_trainer(config)
+    train_epoch, calls = trainer.train_epoch, []
+
+    def interrupted_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return train_epoch(*args)
+
+    monkeypatch.setattr(trainer, "train_epoch", interrupted_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, quiet=True)
+    records = [json.loads(line) for line in open(os.path.join(config.out_dir, "metrics.jsonl"))]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(len(r["eval_success_rate"]) == config.seeds for r in records)
+
+
 def test_a_batched_evaluation_gives_each_epoch_its_own_episodes_and_video(state_run):
     """`evaluate` of two epochs' policies (here one policy, two epochs' keys) equals each
     alone, statistics and video frames (`epoch_video` picks an epoch's)."""
