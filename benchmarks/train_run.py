@@ -33,7 +33,7 @@ from holdjax.config import TrainConfig, config_from_args  # noqa: E402
 from holdjax.plot import read_metrics  # noqa: E402
 
 # Seconds an interrupted run may take to evaluate and log its last epochs before it is killed.
-STOP_GRACE_S = 30
+STOP_GRACE_S = 8  # gpu_session.sh leaves 10 s between this stop and its own
 
 
 def summarize(records: list[dict], config: TrainConfig, launched: float | None = None) -> dict:
