@@ -125,11 +125,12 @@ print(best)
 }
 # Figure 3a's plain-SAC run (sparse reward, 400k env steps, 256 worlds, bf16 encoders) for
 # $1 seeds in one program, named $2, stopped at the budget; TRAIN_FLAGS adds flags (default:
-# pallas encoders where pallas_if_faster says so).
+# pallas encoders where pallas_if_faster says so). Evaluated every 1,000 env steps as the
+# reference (the config's epochs), 10 epochs' policies at a time (eval_batch's GPU default).
 sparse_pushing() {
   timeout $(( ${BUDGET_S:-585} - 5 )) python3 benchmarks/train_run.py \
     --time_limit=$(( ${BUDGET_S:-585} - 15 )) --results="$out" --config=fig3a_pushing_sac \
-    --seeds="$1" --num_envs=256 --epoch_length=20000 --total_steps=400000 \
+    --seeds="$1" --num_envs=256 --total_steps=400000 \
     --encoder_dtype=bfloat16 --path_save_frequency=0 --checkpoint_frequency=1000 \
     --out="/tmp/$2" --name="$2" ${TRAIN_FLAGS:-$(pallas_if_faster)} > "$out/train.log" 2>&1
   tail -30 "$out/train.log"
@@ -270,8 +271,8 @@ case "${1:-envs}" in
     [ $left -gt 20 ] && sac $left --seeds=1,5 --conv=pallas_banded \
       --encoder_dtype=bfloat16 --fused_encoders=1 --check_against=rows --tag=fused-bfloat16 ;;
   sparse400k)  # #3's "the reference's plain-SAC run completes": one seed at 256 worlds, rows
-    # bf16, evaluated every ~20k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
-    # ~75 s for the first (compiling) epoch, then ~19.6 s an epoch: ~560 s in all, so give it
+    # bf16, evaluated every 1k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
+    # ~75 s for the first (compiling) epoch, then ~0.98 s per 1k env steps: ~560 s in all; give it
     # a whole call of its own on a machine already installed (BUDGET_S=590, timeout_s=600);
     # TRAIN_FLAGS adds flags (default: pallas encoders where pallas_if_faster says so)
     sparse_pushing 1 fig3a_pushing_sac_400k ;;
