@@ -310,10 +310,14 @@ case "${1:-envs}" in
       --nums=64,512 --ratios=default --iterations=3 --repeats=2 --tag=holdr --out="$out" 2>&1 \
       | tee "$out/fused_step_holdr.log" ;;
   fig3a)  # the reference's figure-3a HOLD-C run, 5 seeds at once (random released-size weights:
-    # a speed figure), stopped at the budget; the summary extrapolates nothing, it reports rates
+    # a speed figure), stopped at the budget; the summary extrapolates nothing, it reports rates.
+    # 256 worlds a seed: at 16 (the config's) physics, render, reward and evaluation took ~30%
+    # of the 2026-11-27 run's time, most of it per fused step; N is free for sample
+    # efficiency at one update per env step (NOTES)
     timeout $((${BUDGET_S:-160} - SECONDS)) python3 benchmarks/train_run.py \
       --time_limit=$((${BUDGET_S:-160} - SECONDS - 25)) --random_reward_weights \
-      --config=fig3a_pushing_holdc --seeds=5 --reward_dtype=bfloat16 --path_save_frequency=0 \
+      --config=fig3a_pushing_holdc --seeds=5 --num_envs=256 --reward_dtype=bfloat16 \
+      --path_save_frequency=0 \
       --checkpoint_frequency=1000 --out=/tmp/fig3a --results="$out" > "$out/fig3a.log" 2>&1
     tail -30 "$out/fig3a.log" ;;
   compare)  # issue 4's figure-3a question with more seeds than a CPU affords: the CPU's
