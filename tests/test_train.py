@@ -112,7 +112,7 @@ def background_runs(tmp_path_factory, holdc_checkpoint):
     get_trainer(config)  # converts the HOLD-C checkpoint, before other processes read it
     root = tmp_path_factory.mktemp("background")
     runs = {"single": (dataclasses.replace(config, seeds=1, seed=config.seed + 1), 1),
-            "sharded": (config, 2)}
+            "sharded": (dataclasses.replace(config, **SHARDED_EVALUATION), 2)}
     lane = Lane()
     futures = {}
     for name, (config, devices) in runs.items():
@@ -122,6 +122,10 @@ def background_runs(tmp_path_factory, holdc_checkpoint):
                                             env=TWO_DEVICES if devices == 2 else None)
     yield futures
     lane.close()
+
+
+# The sharded run also evaluates its two epochs together (one checkpoint, at the end).
+SHARDED_EVALUATION = dict(eval_batch=2, checkpoint_frequency=2)
 
 
 def background_run(background_runs, name):
@@ -459,10 +463,17 @@ def test_state_observation_run_trains_evaluates_and_saves(state_run):
 
 # After the state test, by when the sharded run (second in the background) has finished.
 def test_two_devices_give_the_same_result(two_seed_run, background_runs):
-    """Seeds sharded over two forced host devices train exactly as on one device."""
+    """Seeds sharded over two forced host devices train exactly as on one device, and their
+    two epochs evaluated together give the records of one at a time."""
     config, _ = two_seed_run
     sharded, _ = background_run(background_runs, "sharded")  # its process saw two devices
-    assert sharded == dataclasses.replace(config, out=sharded.out)
+    assert sharded == dataclasses.replace(config, out=sharded.out, **SHARDED_EVALUATION)
+    records = {run.out_dir: [json.loads(line) for line in open(
+        os.path.join(run.out_dir, "metrics.jsonl"))] for run in (sharded, config)}
+    for one, together in zip(records[config.out_dir], records[sharded.out_dir], strict=True):
+        for name in ("epoch", "eval_success_rate", "eval_success_rate_last", "eval_return"):
+            assert together[name] == one[name], name
+    assert os.path.exists(os.path.join(sharded.out_dir, "videos", "eval_epoch0002.mp4"))
     sharded, single = params_of(sharded.out_dir, config), params_of(config.out_dir, config)
     for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
