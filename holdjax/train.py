@@ -366,7 +366,7 @@ class Trainer:
                                       seed_keys[None])
         return {name: value[0] for name, value in stats.items()}, frames
 
-    def epoch_video(self, frames: np.ndarray, index: int) -> np.ndarray:
+    def epoch_video(self, frames: jax.Array, index: int) -> jax.Array:
         """The video frames of the ``index``-th epoch that `evaluate` rolled out (its first
         device's first worlds)."""
         per_epoch = min(VIDEO_WORLDS, self.num_seeds * self.config.eval_episodes)
@@ -580,7 +580,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     wall_before = logged_record(run_dir, start_epoch).get("wall_s", 0.0)
     record: dict = {}
     start, started_at = time.perf_counter(), time.time()
-    def evaluate_and_log(pending: list[PendingEpoch], bar) -> tuple[dict, np.ndarray]:
+    def evaluate_and_log(pending: list[PendingEpoch], bar) -> tuple[dict, jax.Array]:
         """Rolls out the pending epochs' policies at once (padded to `eval_batch` epochs, so
         one compiled evaluation serves every batch) and logs their records; returns the last
         record and the video frames."""
@@ -626,7 +626,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 bar.write(overflow_warning(record), file=sys.stderr)
         bar.set_postfix(eval_success=f"{np.mean(record['eval_success_rate']):.2f}",
                         steps_per_s=f"{record['env_steps_per_s']:.0f}")
-        return record, np.asarray(frames)
+        return record, frames  # on the device until a video wants them
 
     # The bar moves once per epoch (one jitted call); it says what the first one waits for,
     # and its clock ticks meanwhile. Evaluation waits until `eval_batch` epochs (or a
@@ -660,7 +660,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                     checkpoint.save(mngr, done, state, replay if config.save_replay else None)
                 if video_due:
                     write_video(os.path.join(run_dir, "videos", f"eval_epoch{done:04d}.mp4"),
-                                trainer.epoch_video(frames, len(pending) - 1))
+                                np.asarray(trainer.epoch_video(frames, len(pending) - 1)))
                 pending = []
         except KeyboardInterrupt:
             if pending:
