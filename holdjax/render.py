@@ -8,6 +8,8 @@ copies; ``tests/test_render.py`` checks the images are identical either way.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import mujoco
@@ -82,6 +84,21 @@ def unpack_rgb(packed: jax.Array, height: int, width: int, mirror: bool) -> jax.
     rgb = jnp.stack(channels, axis=-1).astype(jnp.uint8)
     rgb = rgb.reshape(packed.shape[:-1] + (height, width, 3))
     return jnp.flip(rgb, axis=-2) if mirror else rgb
+
+
+def render_template(mj_model: mujoco.MjModel) -> mjx.Data:
+    """One world's Warp-impl data after a forward pass, for :func:`as_render_data`. Its
+    contacts, which the renderer never reads, are zeroed: ``put_data`` leaves one of their
+    arrays as allocated, and its garbage would otherwise become a constant of every program
+    that renders, different in each process, so that no persistent compilation cache
+    (``JAX_COMPILATION_CACHE_DIR``) could give one run the programs another compiled."""
+    data = mujoco.MjData(mj_model)
+    mujoco.mj_forward(mj_model, data)
+    template = mjx.put_data(mj_model, data, impl="warp")
+    impl = template._impl
+    contacts = {field.name: jnp.zeros_like(getattr(impl, field.name))
+                for field in dataclasses.fields(impl) if field.name.startswith("contact__")}
+    return template.replace(_impl=impl.replace(**contacts))
 
 
 def as_render_data(template: mjx.Data, data: mjx.Data) -> mjx.Data:

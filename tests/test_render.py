@@ -1,11 +1,24 @@
 """MJX batch rendering: packing, mirroring, and the jax-physics -> Warp-render path."""
 
+import dataclasses
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from conftest import cached_env
 
 from holdjax.render import RENDER_FIELDS, as_render_data, unpack_rgb
+
+# The render template's bytes, in a process of its own.
+TEMPLATE_DIGEST = """
+import hashlib, jax, numpy as np
+from holdjax import envs
+from holdjax.render import render_template
+leaves = jax.tree.leaves(render_template(envs.make_task("pushing").mj_model))
+print(hashlib.sha256(b"".join(np.asarray(leaf).tobytes() for leaf in leaves)).hexdigest())
+"""
 
 
 def test_unpack_rgb_decodes_abgr_and_mirrors():
@@ -26,6 +39,20 @@ def test_as_render_data_copies_only_poses():
     for name in RENDER_FIELDS:
         np.testing.assert_array_equal(getattr(converted, name), getattr(data, name))
     assert converted.impl == env._render_template.impl
+
+
+def test_the_render_template_is_the_same_in_every_process():
+    """Its contacts (which `put_data` leaves partly as allocated) are zeroed, so the programs
+    that render lower alike in every process and a persistent compilation cache serves them
+    (a warm cache halved a tiny run's start on the CPU: NOTES.md)."""
+    impl = cached_env("pushing", "jax")._render_template._impl
+    contacts = [f.name for f in dataclasses.fields(impl) if f.name.startswith("contact__")]
+    assert "contact__geomcollisionid" in contacts
+    for name in contacts:
+        assert not np.asarray(getattr(impl, name)).any(), name
+    digests = {subprocess.run([sys.executable, "-c", TEMPLATE_DIGEST], capture_output=True,
+                              text=True, check=True).stdout.split()[-1] for _ in range(2)}
+    assert len(digests) == 1
 
 
 def test_jax_physics_renders_like_warp_physics():

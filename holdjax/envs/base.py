@@ -28,7 +28,7 @@ from flax import struct
 from mujoco import mjx
 
 from holdjax.envs import arm
-from holdjax.render import CameraRenderer, as_render_data
+from holdjax.render import CameraRenderer, as_render_data, render_template
 
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets")
 PHYSICS_IMPLS = ("warp", "jax")
@@ -212,9 +212,7 @@ class ManipulationEnv:
         )
         self._renderers: dict[int, CameraRenderer] = {}
         if impl == "jax":
-            data = mujoco.MjData(task.mj_model)
-            mujoco.mj_forward(task.mj_model, data)
-            self._render_template = mjx.put_data(task.mj_model, data, impl="warp")
+            self._render_template = render_template(task.mj_model)
 
     @property
     def episode_length(self) -> int:
