@@ -31,6 +31,15 @@ OBSERVATIONS = ("pixels", "state")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
+def device_default(value, on_cpu, on_accelerator):
+    """``value``, or where it is 0 (unset) the default for the device JAX runs on."""
+    if value:
+        return value
+    import jax
+
+    return on_cpu if jax.default_backend() == "cpu" else on_accelerator
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A training run. Defaults are the reference's plain-SAC pushing run on more worlds."""
@@ -164,27 +173,15 @@ class TrainConfig:
 
     @property
     def resolved_updates_per_step(self) -> float:
-        if self.updates_per_step:
-            return self.updates_per_step
-        import jax
-
-        return 1.0 / self.num_envs if jax.default_backend() == "cpu" else 1.0
+        return device_default(self.updates_per_step, 1.0 / self.num_envs, 1.0)
 
     @property
     def resolved_eval_batch(self) -> int:
-        if self.eval_batch:
-            return self.eval_batch
-        import jax
-
-        return 1 if jax.default_backend() == "cpu" else 10
+        return device_default(self.eval_batch, 1, 10)
 
     @property
     def resolved_update_unroll(self) -> int:
-        if self.update_unroll:
-            return self.update_unroll
-        import jax
-
-        return 1 if jax.default_backend() == "cpu" else 4
+        return device_default(self.update_unroll, 1, 4)
 
     @property
     def updates_per_iteration(self) -> int:

@@ -15,7 +15,7 @@ from conftest import TEST_XLA_FLAGS, Lane, cached_env
 from kinematic import use_kinematic_physics
 
 from holdjax import checkpoint
-from holdjax.config import TrainConfig, config_from_args, field_help
+from holdjax.config import TrainConfig, config_from_args, device_default, field_help
 from holdjax.evaluate import main as evaluate_cli
 from holdjax.plot import curves_figure, plot_runs, read_metrics
 from holdjax.plot import main as plot_cli
@@ -340,11 +340,18 @@ def test_config_flags():
 
 
 def test_update_unroll_device_default(monkeypatch):
-    """Unrolled update scans pay off on an accelerator, not in CPU compile time."""
+    """Unrolled update scans pay off on an accelerator, not in CPU compile time; so do
+    batched evaluations and one update per env step. A set value is kept on any device."""
     assert TrainConfig().resolved_update_unroll == 1  # this CPU
     assert TrainConfig(update_unroll=2).resolved_update_unroll == 2
+    assert TrainConfig().resolved_eval_batch == 1
+    assert TrainConfig(num_envs=16).resolved_updates_per_step == 1 / 16
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert TrainConfig().resolved_update_unroll == 4
+    assert TrainConfig().resolved_eval_batch == 10
+    assert TrainConfig(eval_batch=3).resolved_eval_batch == 3
+    assert TrainConfig(num_envs=16).resolved_updates_per_step == 1.0
+    assert device_default(0.25, 1, 2) == 0.25
     with pytest.raises(ValueError, match="update_unroll"):
         TrainConfig(update_unroll=-1).validate()
 
