@@ -211,6 +211,7 @@ def test_folded_variables_have_a_bias_per_convolution_and_no_batch_norm():
     assert {leaf.dtype for leaf in folded.values()} == {jnp.dtype(jnp.bfloat16)}
     model = holdc.HoldCDistance(cfg, variables)  # scores with them
     assert flat_of(model.variables).keys() == folded.keys()
+    assert holdc.HoldCDistance(cfg, model.variables).variables is model.variables  # folded once
     with pytest.raises(ValueError, match="folded batch norms are for inference"):
         holdc.build_model(cfg, folded=True).apply(model.variables, jnp.zeros((1, 32, 32, 3)),
                                                   train=True)

@@ -39,6 +39,14 @@ def is_folded(variables: dict) -> bool:
     return "batch_stats" not in variables
 
 
+def for_scoring(fold, config, variables: dict) -> dict:
+    """``variables`` folded by ``fold(config, variables)`` (jitted), unless they already are:
+    what a distance model keeps to score frames with."""
+    if is_folded(variables):
+        return variables
+    return jax.jit(fold, static_argnums=0)(config, variables)
+
+
 def fold_batch_norms(variables: dict, conv_norms: dict[str, str], epsilon: float,
                      dtype) -> dict:
     """A checkpoint's {'params', 'batch_stats'} as the folded network's {'params'}: in every

@@ -249,8 +249,7 @@ class HoldCDistance:
 
     def __init__(self, config: HoldCConfig, variables: dict):
         self.config = config
-        self.variables = (variables if batch_norm.is_folded(variables)
-                          else jax.jit(fold_batch_norm, static_argnums=0)(config, variables))
+        self.variables = batch_norm.for_scoring(fold_batch_norm, config, variables)
 
     def __call__(self, frames: jax.Array, goals: jax.Array) -> jax.Array:
         return distance(self.config, self.variables, frames, goals)

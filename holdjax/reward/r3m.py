@@ -238,8 +238,7 @@ class R3MDistance:
 
     def __init__(self, config: R3MConfig, variables: dict):
         self.config = config
-        self.variables = (variables if batch_norm.is_folded(variables)
-                          else jax.jit(fold_batch_norm, static_argnums=0)(config, variables))
+        self.variables = batch_norm.for_scoring(fold_batch_norm, config, variables)
 
     def __call__(self, frames: jax.Array, goals: jax.Array) -> jax.Array:
         """uint8 frames (N, H, W, 3), goals (G, H', W', 3) -> (N, G) distances."""
