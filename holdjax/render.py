@@ -86,6 +86,13 @@ def unpack_rgb(packed: jax.Array, height: int, width: int, mirror: bool) -> jax.
     return jnp.flip(rgb, axis=-2) if mirror else rgb
 
 
+def local_device() -> jax.Device:
+    """Where MJX puts models and data: this process's first device. MJX's own default,
+    ``jax.devices()[0]``, belongs to process 0 in a multi-process job, and an array there
+    cannot enter another process's programs."""
+    return jax.local_devices()[0]
+
+
 def render_template(mj_model: mujoco.MjModel) -> mjx.Data:
     """One world's Warp-impl data after a forward pass, for :func:`as_render_data`. Its
     contacts, which the renderer never reads, are zeroed: ``put_data`` leaves one of their
@@ -94,7 +101,7 @@ def render_template(mj_model: mujoco.MjModel) -> mjx.Data:
     (``JAX_COMPILATION_CACHE_DIR``) could give one run the programs another compiled."""
     data = mujoco.MjData(mj_model)
     mujoco.mj_forward(mj_model, data)
-    template = mjx.put_data(mj_model, data, impl="warp")
+    template = mjx.put_data(mj_model, data, impl="warp", device=local_device())
     impl = template._impl
     contacts = {field.name: jnp.zeros_like(getattr(impl, field.name))
                 for field in dataclasses.fields(impl) if field.name.startswith("contact__")}

@@ -11,6 +11,11 @@ in one program: the environment runs K x N worlds as one batch (one render call)
 learner is vmapped over the seed axis. Between epochs the host evaluates, logs, writes
 checkpoints and videos; with ``eval_batch`` > 1 it evaluates the policies of that many
 epochs in one batched rollout after the last of them.
+
+Seeds are split over all visible devices, and over several processes (hosts) when launched
+as one job: every process runs this same command with ``JAX_COORDINATOR_ADDRESS`` (process
+0's host:port), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set (under Slurm or Open MPI,
+the address alone), and process 0 writes the logs, videos and config that the others skip.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from holdjax import checkpoint, envs
@@ -54,6 +60,10 @@ from holdjax.sac.replay import (
 from holdjax.sac.update import SACState, init_sac, networks_for, sampled_updates
 
 VIDEO_WORLDS = 4
+# How the programs split their arrays over devices: seeds on the leading axis, or, for
+# outputs per fused step (or per evaluated epoch), on the second.
+SEED_AXIS = jax.sharding.PartitionSpec("seeds")
+PER_STEP_SEED_AXIS = jax.sharding.PartitionSpec(None, "seeds")
 
 
 class TrainingDiverged(RuntimeError):
@@ -125,7 +135,9 @@ class Trainer:
         # The reference starts training once the buffer holds one episode.
         self.min_replay = config.learning_starts or self.env.episode_length
         init, train_epoch, evaluate = self._init_seeds, self._train_epoch, self._evaluate
+        self.mesh = None
         if num_devices > 1:
+            self.mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("seeds",))
             init, train_epoch, evaluate = self._across_devices(init, train_epoch, evaluate)
         self._init = jax.jit(init)
         self.train_epoch = jax.jit(train_epoch, donate_argnums=(0, 1))
@@ -134,9 +146,8 @@ class Trainer:
     def _across_devices(self, init, train_epoch, evaluate):
         """Seeds are independent: each device runs the whole fused step on its own seeds
         (its own physics, renderer, replay and learner) with no communication at all."""
-        mesh = jax.sharding.Mesh(np.array(jax.devices()[: self.num_devices]), ("seeds",))
-        split, same = jax.sharding.PartitionSpec("seeds"), jax.sharding.PartitionSpec()
-        per_step = jax.sharding.PartitionSpec(None, "seeds")
+        mesh = self.mesh
+        split, same, per_step = SEED_AXIS, jax.sharding.PartitionSpec(), PER_STEP_SEED_AXIS
         state_specs = TrainState(sac=split, env=split, reward=split, episode_return=split,
                                  key=split, env_steps=same)
         seed_axis_outputs = ("finished", "train_return", "train_success", "overflow_episodes",
@@ -156,9 +167,19 @@ class Trainer:
         run, whatever the number of seeds or devices."""
         return jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(self.config.seeds))
 
+    def placed(self, x: jax.Array, spec: jax.sharding.PartitionSpec) -> jax.Array:
+        """``x``, computed alike by every process, as one array split over the training
+        devices by ``spec`` (unchanged on one device): how keys made on the host enter the
+        programs, which in a multi-process job span devices that no one process holds."""
+        if self.mesh is None:
+            return x
+        x = np.asarray(x)
+        return jax.make_array_from_callback(
+            x.shape, jax.sharding.NamedSharding(self.mesh, spec), lambda index: x[index])
+
     def init(self, seed: int) -> tuple[TrainState, ReplayBuffer]:
         """Initial state of all seeds, placed on the devices that train them."""
-        state, replay = self._init(self.seed_keys(seed))
+        state, replay = self._init(self.placed(self.seed_keys(seed), SEED_AXIS))
         # Leaves may share buffers (target = critic params; empty obs = next_obs), which
         # the epoch's buffer donation forbids: give every leaf its own. Committed to its
         # devices, like a restored checkpoint's arrays, so that a fresh and a resumed run
@@ -363,7 +384,7 @@ class Trainer:
         """`evaluate` of one set of policies, ``actor_params`` (K, ...): ({stat: (K,)},
         video frames)."""
         stats, frames = self.evaluate(jax.tree.map(lambda x: x[None], actor_params),
-                                      seed_keys[None])
+                                      self.placed(seed_keys[None], PER_STEP_SEED_AXIS))
         return {name: value[0] for name, value in stats.items()}, frames
 
     def epoch_video(self, frames: jax.Array, index: int) -> jax.Array:
@@ -411,7 +432,8 @@ def check_replay_fits(config: TrainConfig, free_bytes: int | None, num_devices: 
     buffer of 400k transitions is ~2.8 GB per seed (each frame stored once, as uint8)."""
     capacity, obs_shape = config.replay_capacity, policy_obs_shape(config)
     task = envs.task_class(config.task)
-    seeds = config.seeds if host_memory else config.seeds // num_devices
+    # The seeds whose buffers share this host's memory (or one device's).
+    seeds = config.seeds // jax.process_count() if host_memory else config.seeds // num_devices
 
     def bytes_per_seed(capacity: int) -> int:
         return replay_nbytes(capacity, obs_shape, task.action_dim, config.num_envs,
@@ -442,9 +464,16 @@ def _trainer_for(program_key: TrainConfig, num_devices: int) -> Trainer:
 
 
 def training_devices(config: TrainConfig) -> int:
-    """All visible devices when they split the seeds evenly, else one."""
+    """All visible devices when they split the seeds evenly, else one (in a one-process
+    job; in a multi-process job every process trains its share, so the seeds must split)."""
     devices = jax.device_count()
-    return devices if config.seeds % devices == 0 else 1
+    if config.seeds % devices == 0:
+        return devices
+    if jax.process_count() > 1:
+        raise ValueError(
+            f"--seeds={config.seeds} cannot be split over the job's {devices} devices "
+            f"({jax.process_count()} processes); pass a multiple of {devices}")
+    return 1
 
 
 def get_trainer(config: TrainConfig) -> Trainer:
@@ -458,17 +487,53 @@ def get_trainer(config: TrainConfig) -> Trainer:
     return _trainer_for(config.validate().program_key(), num_devices)
 
 
-# ---- devices ---------------------------------------------------------------------------
+# ---- devices and processes ----------------------------------------------------------------
 def maybe_init_distributed() -> None:
-    """Joins a multi-host job when launched as one (JAX_COORDINATOR_ADDRESS etc. set)."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+    """Joins a multi-process job when launched as one: ``JAX_COORDINATOR_ADDRESS`` (process
+    0's host:port) set, with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``, or with JAX
+    finding them under Slurm or Open MPI. Called before anything touches a device."""
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not address or jax.distributed.is_initialized():
+        return
+    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    # CPU processes exchange what the host loop gathers through Gloo (XLA's CPU default
+    # has no collectives between processes).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(address, int(count) if count else None,
+                                   int(index) if index else None)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(
+            f"cannot join the multi-process job at JAX_COORDINATOR_ADDRESS={address} ({e}); "
+            "set JAX_NUM_PROCESSES and JAX_PROCESS_ID (0 on the coordinator's host) in every "
+            "process, or unset JAX_COORDINATOR_ADDRESS for a one-process run") from None
+
+
+def processes_description() -> str:
+    """The job's processes and devices, for the run's header ("" for one process)."""
+    if jax.process_count() == 1:
+        return ""
+    return f" ({jax.device_count()} devices in {jax.process_count()} processes)"
+
+
+def is_lead_process() -> bool:
+    """Whether this process writes the run's files and prints its progress: the only one,
+    or process 0 of a multi-process job."""
+    return jax.process_index() == 0
+
+
+def to_host(tree):
+    """``tree``'s arrays as numpy arrays, whole: in a multi-process job every process
+    gathers the parts that the others' devices hold (a collective: all must call it)."""
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
 
 
 # ---- the host loop -----------------------------------------------------------------------
 def summarize_epoch(out: dict, config: TrainConfig) -> dict[str, list[float] | float]:
     """Per-seed means of an epoch's scan outputs (losses over iterations that updated)."""
-    out = jax.device_get(out)
+    out = to_host(out)
     updated = np.asarray(out.pop("updated"))
     finished = np.asarray(out.pop("finished")).reshape(len(updated), config.seeds, -1)
     returns = np.asarray(out.pop("train_return")).reshape(finished.shape)
@@ -546,6 +611,8 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     device, num_devices = jax.local_devices()[0], training_devices(config)
     host_memory = device.platform == "cpu"
     replay_bytes = check_replay_fits(config, free_memory(device), num_devices, host_memory)
+    lead = is_lead_process()
+    quiet = quiet or not lead
     if not quiet:
         where = " per device" if num_devices > 1 and not host_memory else ""
         held = held_transitions(replay_rows(config.replay_capacity, config.num_envs),
@@ -569,10 +636,11 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                   "refilling it from scratch", file=sys.stderr)
         else:
             replay = saved_replay
-    checkpoint.write_config(run_dir, config)
+    if lead:
+        checkpoint.write_config(run_dir, config)
     mngr = checkpoint.manager(run_dir)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    writer = _tensorboard(run_dir)
+    writer = _tensorboard(run_dir) if lead else None
     eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1 << 20))(trainer.seed_keys(config.seed))
     start_steps = int(state.env_steps)
     # wall_s counts training time over all of a run's sessions (a resumed run goes on from
@@ -588,8 +656,9 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
         stack = lambda *xs: jnp.stack(xs)  # noqa: E731
         stats, frames = trainer.evaluate(
             jax.tree.map(stack, *[p.policy for p in pending + padding]),
-            stack(*[p.eval_keys for p in pending + padding]))
-        stats = {k: np.asarray(v) for k, v in stats.items()}  # (epochs, seeds)
+            trainer.placed(stack(*[p.eval_keys for p in pending + padding]),
+                           PER_STEP_SEED_AXIS))
+        stats = to_host(stats)  # (epochs, seeds)
         evaluated = time.perf_counter()
         eval_s = (evaluated - pending[-1].trained) / len(pending)  # each epoch's share
         for index, done_epoch in enumerate(pending):
@@ -614,15 +683,16 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 **done_epoch.summary,
                 **{k: v[index].tolist() for k, v in stats.items()},
             }
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if lead:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
             if writer is not None:
                 for name, value in record.items():
                     if value is None or name == "started_at":  # a date, not a curve
                         continue
                     value = float(np.mean(value)) if isinstance(value, list) else value
                     writer.add_scalar(name, value, done_epoch.env_steps)
-            if "physics_overflow_kinds" in record:
+            if "physics_overflow_kinds" in record and lead:
                 bar.write(overflow_warning(record), file=sys.stderr)
         bar.set_postfix(eval_success=f"{np.mean(record['eval_success_rate']):.2f}",
                         steps_per_s=f"{record['env_steps_per_s']:.0f}")
@@ -659,8 +729,10 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 if checkpoint_due:
                     checkpoint.save(mngr, done, state, replay if config.save_replay else None)
                 if video_due:
-                    write_video(os.path.join(run_dir, "videos", f"eval_epoch{done:04d}.mp4"),
-                                np.asarray(trainer.epoch_video(frames, len(pending) - 1)))
+                    video = to_host(trainer.epoch_video(frames, len(pending) - 1))
+                    if lead:
+                        write_video(os.path.join(run_dir, "videos", f"eval_epoch{done:04d}.mp4"),
+                                    video)
                 pending = []
         except KeyboardInterrupt:
             if pending:
@@ -744,8 +816,8 @@ def main(argv: list[str] | None = None) -> dict:
     if any(a in ("-h", "--help") for a in args):
         print(usage())
         return {}
-    maybe_init_distributed()
     try:
+        maybe_init_distributed()
         config, rest = config_from_args(args)
         resume = parse_value("resume", bool, rest.pop("resume", "false"))
         if resume:
@@ -758,13 +830,16 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"unknown flags: {', '.join('--' + k for k in rest)}; "
                              "see python -m holdjax.train --help")
         config.validate()
+        training_devices(config)  # a multi-process job must split the seeds
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"run {config.run_name}: {config.scheduled_env_steps} env steps x {config.seeds} "
-          f"seed(s), {config.num_envs} worlds per seed, {config.updates_per_iteration} "
-          f"update(s) per {config.num_envs} env steps, {encoder_description(config)}on "
-          f"{jax.devices()[0].device_kind}; writing to {config.out_dir}", file=sys.stderr)
+    if is_lead_process():
+        print(f"run {config.run_name}: {config.scheduled_env_steps} env steps x {config.seeds} "
+              f"seed(s), {config.num_envs} worlds per seed, {config.updates_per_iteration} "
+              f"update(s) per {config.num_envs} env steps, {encoder_description(config)}on "
+              f"{jax.devices()[0].device_kind}{processes_description()}; writing to "
+              f"{config.out_dir}", file=sys.stderr)
     try:
         return train(config, resume=resume)
     except (FileNotFoundError, checkpoint.CheckpointError, CheckpointMismatchError,

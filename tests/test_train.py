@@ -4,6 +4,9 @@ import dataclasses
 import io
 import json
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -484,6 +487,85 @@ def test_two_devices_give_the_same_result(two_seed_run, background_runs):
     sharded, single = params_of(sharded.out_dir, config), params_of(config.out_dir, config)
     for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+
+
+# One job of two processes (jax.distributed; Gloo between CPU processes), one device each:
+# `python -m holdjax.train` on the kinematic stand-in, with the flags given; prints main()'s
+# record as JSON.
+MAIN_SCRIPT = """
+import json, sys
+import pytest
+sys.path.insert(0, "tests")
+from kinematic import use_kinematic_physics
+from holdjax.train import main
+use_kinematic_physics(pytest.MonkeyPatch())
+print(json.dumps(main(sys.argv[1:])))
+"""
+
+
+def run_two_processes(flags: list[str]) -> list[subprocess.CompletedProcess]:
+    """Runs MAIN_SCRIPT as processes 0 and 1 of one job; their results, once both end."""
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+               JAX_NUM_PROCESSES="2")
+    processes = [subprocess.Popen([sys.executable, "-c", MAIN_SCRIPT, *flags],
+                                  env=dict(env, JAX_PROCESS_ID=str(index)), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for index in range(2)]
+    results = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode,
+                                                   stdout, stderr))
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return results
+
+
+def test_two_processes_train_as_one_job(state_run, tmp_path):
+    """A job of two processes (hosts) splits two seeds over their devices; each seed trains
+    as in a one-process run, process 0 alone writes the logs, and the job resumes."""
+    config, _ = state_run
+    two = dataclasses.replace(config, seeds=2, out=str(tmp_path / "job"))
+    defaults = TrainConfig()
+    flags = [f"--{name}={value}" for name, value in dataclasses.asdict(two).items()
+             if value != getattr(defaults, name)]
+    lead, other = run_two_processes(flags)
+    records = [json.loads(p.stdout.splitlines()[-1]) for p in (lead, other)]
+    timings = ("wall_s", "env_steps_per_s", "train_s", "eval_s")
+    untimed = [{k: v for k, v in r.items() if k not in timings} for r in records]
+    assert untimed[0] == untimed[1]
+    assert "(2 devices in 2 processes)" in lead.stderr and "eval_success" in lead.stderr
+    assert "run pushing" not in other.stderr and "eval_success" not in other.stderr
+    # Seed 0 of the job is the one-seed run's seed: the same records and parameters.
+    alone, job = read_metrics(config.out_dir), read_metrics(two.out_dir)
+    assert len(open(os.path.join(two.out_dir, "metrics.jsonl")).readlines()) == len(job) == 2
+    for one, both in zip(alone, job, strict=True):
+        for name in ("eval_success_rate", "eval_return", "critic_loss", "actor_loss"):
+            assert both[name][0] == one[name][0], name
+    assert os.path.exists(os.path.join(two.out_dir, "videos", "eval_epoch0002.mp4"))
+    single = get_trainer(two)
+    _, saved, _ = checkpoint.restore(two.out_dir, single.init_shapes()[0])
+    for a, b in zip(jax.tree.leaves(saved.sac), jax.tree.leaves(params_of(config.out_dir,
+                                                                          config)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(b)[0])
+    # Killed after epoch 2: both processes restore their seeds and go on together.
+    lead, _ = run_two_processes([f"--out={two.out_dir}", "--resume", "--total_steps=24"])
+    assert json.loads(lead.stdout.splitlines()[-1])["env_steps"] == 24
+    assert [r["epoch"] for r in read_metrics(two.out_dir)] == [1, 2, 3]
+
+
+def test_a_half_configured_multi_process_launch_says_what_to_set(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS="localhost:1")
+    env.pop("JAX_NUM_PROCESSES", None)
+    result = subprocess.run([sys.executable, "-m", "holdjax.train", "--task=pushing",
+                             f"--out={tmp_path}"], env=env, text=True, capture_output=True,
+                            timeout=300)
+    assert result.returncode == 2
+    assert "set JAX_NUM_PROCESSES and JAX_PROCESS_ID" in result.stderr
+    assert not os.listdir(tmp_path)
 
 
 def test_evaluations_batched_over_epochs_equal_one_at_a_time(state_run, tmp_path,

@@ -6,8 +6,9 @@ forearm as mocap bodies placed here each step instead of simulating their joints
 """
 
 import jax.numpy as jnp
+import numpy as np
 
-SHOULDER = jnp.array([0.0, 0.0, 0.32])  # top of the pedestal (sawyer_arm.xml)
+SHOULDER = np.array([0.0, 0.0, 0.32], np.float32)  # top of the pedestal (sawyer_arm.xml)
 UPPER_ARM_LENGTH = 0.45
 FOREARM_LENGTH = 0.50
 WRIST_ABOVE_HAND = 0.21  # top of the wrist capsule in the hand frame

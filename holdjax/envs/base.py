@@ -28,7 +28,7 @@ from flax import struct
 from mujoco import mjx
 
 from holdjax.envs import arm
-from holdjax.render import CameraRenderer, as_render_data, render_template
+from holdjax.render import CameraRenderer, as_render_data, local_device, render_template
 
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets")
 PHYSICS_IMPLS = ("warp", "jax")
@@ -206,10 +206,9 @@ class ManipulationEnv:
         self.render_obs = render_obs
         self.impl = impl
         self.image_shape = tuple(image_shape or task.image_shape)
-        self.model = mjx.put_model(task.mj_model, impl=impl)
-        self._render_model = (
-            self.model if impl == "warp" else mjx.put_model(task.mj_model, impl="warp")
-        )
+        self.model = mjx.put_model(task.mj_model, impl=impl, device=local_device())
+        self._render_model = (self.model if impl == "warp" else
+                              mjx.put_model(task.mj_model, impl="warp", device=local_device()))
         self._renderers: dict[int, CameraRenderer] = {}
         if impl == "jax":
             self._render_template = render_template(task.mj_model)
@@ -278,11 +277,11 @@ class ManipulationEnv:
 
     def _world_at(self, qpos: jax.Array, hand_mocap: jax.Array, num_envs: int) -> mjx.Data:
         if self.impl == "warp":  # Warp sizes its contact buffer for all worlds together
-            data = mjx.make_data(self.task.mj_model, impl="warp",
+            data = mjx.make_data(self.task.mj_model, impl="warp", device=local_device(),
                                  naconmax=self.task.max_contacts * num_envs,
                                  njmax=self.task.max_constraint_rows)
         else:
-            data = mjx.make_data(self.task.mj_model, impl="jax")
+            data = mjx.make_data(self.task.mj_model, impl="jax", device=local_device())
         mocap_pos = data.mocap_pos.at[self.task.hand_target_mocap].set(hand_mocap)
         data = data.replace(qpos=qpos, mocap_pos=mocap_pos)
         return self._pose_arm_and_forward(data)

@@ -10,13 +10,14 @@ two-dimensional (dx forced to 0), wrapped by multiworld's
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from mujoco import mjx
 
 from holdjax.envs.base import Task, success_metrics
 
-HAND_LOW = jnp.array([-0.5, 0.40, 0.05])  # reference: mocap clipped to these bounds
-HAND_HIGH = jnp.array([0.5, 1.0, 0.5])
-HAND_START = jnp.array([0.0, 0.5, 0.25])  # reference reset: hand to (0, 0.5, 0.25)
+HAND_LOW = np.array([-0.5, 0.40, 0.05], np.float32)  # reference: mocap clipped to these bounds
+HAND_HIGH = np.array([0.5, 1.0, 0.5], np.float32)
+HAND_START = np.array([0.0, 0.5, 0.25], np.float32)  # reference reset: hand to (0, 0.5, 0.25)
 ACTION_SCALE = 0.01  # reference: mocap += 0.01 * a[:3] (metres)
 # holdjax: the mocap target stays within this distance (per axis) of the hand. In free
 # motion the hand trails the target by at most ~3 cm at full speed, so this only acts

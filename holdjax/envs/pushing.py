@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from mujoco import mjx
 
 from holdjax.envs.base import Task, success_metrics
 
-HAND_LOW = jnp.array([-0.28, 0.3, 0.05])  # SPEC.md: mocap x, y bounds; z held at 0.05
-HAND_HIGH = jnp.array([0.28, 0.9, 0.05])
-HAND_START = jnp.array([0.0, 0.2, 0.07])  # SPEC.md: the first step clips it into bounds
+HAND_LOW = np.array([-0.28, 0.3, 0.05], np.float32)  # SPEC.md: mocap x, y bounds; z held at 0.05
+HAND_HIGH = np.array([0.28, 0.9, 0.05], np.float32)
+HAND_START = np.array([0.0, 0.2, 0.07], np.float32)  # SPEC.md: the first step clips it into bounds
 ACTION_SCALE = 0.02  # SPEC.md: mocap += 0.02 * action (metres)
 PUCK_START_Y = 0.6  # SPEC.md: puck at (U(-0.1, 0.1), 0.6)
 PUCK_START_X_RANGE = 0.1
 PUCK_HALF_HEIGHT = 0.03  # pushing.xml: the mug is 6 cm tall
-GOAL = jnp.array([0.0, 0.75])  # SPEC.md: goal square centre
+GOAL = np.array([0.0, 0.75], np.float32)  # SPEC.md: goal square centre
 SUCCESS_L1 = 0.03  # SPEC.md: success when the L1 puck-goal distance is below this
 
 # Scripted expert (holdjax's own): stand this far behind the puck along the push line.

@@ -17,17 +17,18 @@ handle turned 45 degrees right, fingers against it).
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from mujoco import mjx
 
 from holdjax.envs.base import Task, success_metrics
 
-HAND_LOW = jnp.array([-0.4, 0.4, 0.0])  # reference: mocap clipped to these bounds
-HAND_HIGH = jnp.array([0.4, 0.8, 0.2])
-HAND_START = jnp.array([0.0, 0.5, 0.02])  # reference reset: hand to (0, 0.5, 0.02)
+HAND_LOW = np.array([-0.4, 0.4, 0.0], np.float32)  # reference: mocap clipped to these bounds
+HAND_HIGH = np.array([0.4, 0.8, 0.2], np.float32)
+HAND_START = np.array([0.0, 0.5, 0.02], np.float32)  # reference reset: hand to (0, 0.5, 0.02)
 ACTION_SCALE = 0.05  # reference: mocap += a[:3] / 20 (metres)
-MUG_START = jnp.array([0.0, 0.6, 0.0])  # reference: mug at (0, 0.6, 0), upright
+MUG_START = np.array([0.0, 0.6, 0.0], np.float32)  # reference: mug at (0, 0.6, 0), upright
 DRAWER_START = -0.07  # reference: qpos[16] = -0.07 (drawer 7 cm open)
-UPRIGHT = jnp.array([1.0, 0.0, 0.0, 0.0])
+UPRIGHT = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
 
 # Low-dimensional state layout (holdjax's): hand (fingertip midpoint) xyz, finger gap,
 # mug xyz, drawer slide, coffee button, faucet hinge, hand target (mocap) xyz.
@@ -132,10 +133,11 @@ class TabletopTask(Task):
 # --- close_drawer -------------------------------------------------------------------
 
 DRAWER_SUCCESS = -0.05  # reference: success when the drawer joint > -0.05
-DRAWER_DENSE_HAND = jnp.array([0.25, 0.62, 0.06])  # reference: dense reward's hand target
+# reference: dense reward's hand target
+DRAWER_DENSE_HAND = np.array([0.25, 0.62, 0.06], np.float32)
 # Handle bar (a 9 mm capsule along x) centre in the world with the drawer closed
 # (drawer body (0.25, 0.75, 0) + case 0.084 + link (0, -0.01, 0.006) + bar (0, -0.15, 0)).
-HANDLE_CLOSED = jnp.array([0.25, 0.59, 0.09])
+HANDLE_CLOSED = np.array([0.25, 0.59, 0.09], np.float32)
 
 # Scripted expert (holdjax's own): stand in front of the handle bar with the fingertips
 # below it (the finger capsules span the bar's height) and push along +y.
@@ -168,7 +170,7 @@ class CloseDrawer(TabletopTask):
 
     def goal_worlds(self):
         """The drawer closed with the fingertips against the front of its handle bar."""
-        hand = HANDLE_CLOSED.at[1].add(-_CONTACT).at[2].set(_PUSH_Z)
+        hand = jnp.asarray(HANDLE_CLOSED).at[1].add(-_CONTACT).at[2].set(_PUSH_Z)
         return {"close_drawer": self.goal_world(hand, drawer=0.0)}
 
     def expert_action(self, state):
@@ -194,7 +196,7 @@ class CloseDrawer(TabletopTask):
 
 # --- cup_forward --------------------------------------------------------------------
 
-MUG_TARGET = jnp.array([0.0, 0.7, 0.0])  # reference: target (0, .7, 0) for env1 xmls
+MUG_TARGET = np.array([0.0, 0.7, 0.0], np.float32)  # reference: target (0, .7, 0) for env1 xmls
 CUP_SUCCESS_DIST = 0.075  # reference: success when |mug - target| < 0.075
 
 # Scripted expert (holdjax's own): close the gripper (the two fingers then form a 3.6 cm
@@ -212,7 +214,7 @@ _CUP_FORWARD_BIAS = 0.03  # m: added to the target's +y offset when picking the 
 # holdjax's choice: where the hand waits once the mug is on the target, and where the goal
 # image shows it: beside the mug towards the drawer, so that cam0 sees the mug (a hand
 # behind it, anywhere between it and the camera, hides it).
-CUP_REST = jnp.array([0.1, 0.6, 0.05])
+CUP_REST = np.array([0.1, 0.6, 0.05], np.float32)
 
 
 class CupForward(TabletopTask):
@@ -266,8 +268,9 @@ class CupForward(TabletopTask):
 # --- faucet_right -------------------------------------------------------------------
 
 FAUCET_SUCCESS = -0.01  # reference: success when the faucet joint < -0.01 rad
-FAUCET_DENSE_HAND = jnp.array([-0.27, 0.53, 0.11])  # reference: dense reward's hand target
-FAUCET_HINGE = jnp.array([-0.25, 0.7])  # reference: faucet base at (-0.25, 0.7, 0)
+# reference: dense reward's hand target
+FAUCET_DENSE_HAND = np.array([-0.27, 0.53, 0.11], np.float32)
+FAUCET_HINGE = np.array([-0.25, 0.7], np.float32)  # reference: faucet base at (-0.25, 0.7, 0)
 FAUCET_HANDLE_Z = 0.125  # reference: handleStart sites at z 0.125
 FAUCET_HANDLE_LENGTH = 0.175  # reference: handleStart sites 0.175 m in front of the base
 # holdjax's choice: how far the expert turns the handle and the goal image shows it
@@ -284,7 +287,8 @@ _FAUCET_PUSH_Z = FAUCET_HANDLE_Z - 0.032  # finger capsules centred on the bar
 # aims for. The closed fingers sit 1 cm either side of the hand, so the real contact is
 # 0.7-1 cm further out and the aim keeps pressing the bar.
 _FAUCET_CONTACT = 0.012 + 0.008
-_FAUCET_FINGER_OFFSET = 0.01 * jnp.cos(FAUCET_GOAL)  # along the normal at FAUCET_GOAL
+# along the normal at FAUCET_GOAL
+_FAUCET_FINGER_OFFSET = 0.01 * float(np.cos(np.float32(FAUCET_GOAL)))
 _FAUCET_STANDOFF = 0.04  # approach point this far further out from the bar
 _FAUCET_AHEAD = 0.3  # rad: aim this far round the hinge while sweeping
 _FAUCET_CLEAR_Z = 0.1  # rise this much to pass over the bar
