@@ -25,6 +25,8 @@ from holdjax.plot import main as plot_cli
 from holdjax.train import (
     ReplayTooLarge,
     Trainer,
+    TrainingDiverged,
+    check_finite,
     check_replay_fits,
     free_memory,
     get_trainer,
@@ -503,6 +505,13 @@ print(json.dumps(main(sys.argv[1:])))
 """
 
 
+def flags_of(config: TrainConfig) -> list[str]:
+    """The command-line flags that give ``config``."""
+    defaults = TrainConfig()
+    return [f"--{name}={value}" for name, value in dataclasses.asdict(config).items()
+            if value != getattr(defaults, name)]
+
+
 def run_two_processes(flags: list[str]) -> list[subprocess.CompletedProcess]:
     """Runs MAIN_SCRIPT as processes 0 and 1 of one job; their results, once both end."""
     with socket.socket() as s:  # a free port for the coordinator
@@ -529,10 +538,7 @@ def test_two_processes_train_as_one_job(state_run, tmp_path):
     as in a one-process run, process 0 alone writes the logs, and the job resumes."""
     config, _ = state_run
     two = dataclasses.replace(config, seeds=2, out=str(tmp_path / "job"))
-    defaults = TrainConfig()
-    flags = [f"--{name}={value}" for name, value in dataclasses.asdict(two).items()
-             if value != getattr(defaults, name)]
-    lead, other = run_two_processes(flags)
+    lead, other = run_two_processes(flags_of(two))
     records = [json.loads(p.stdout.splitlines()[-1]) for p in (lead, other)]
     timings = ("wall_s", "env_steps_per_s", "train_s", "eval_s")
     untimed = [{k: v for k, v in r.items() if k not in timings} for r in records]
@@ -766,6 +772,40 @@ def test_live_bar_redraws_while_waiting_and_stops_on_exit():
     time.sleep(0.01)
     assert len(draws) == after_exit and bar.disable  # closed, no more redraws
     assert "compiling the first epoch" in out.getvalue()
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_epoch_and_last_checkpoint(
+        state_run, tmp_path, monkeypatch, capsys):
+    """Epoch 2's critic loss turns NaN: the run stops before logging or saving epoch 2, and
+    says which epoch diverged, where its last good checkpoint is and how to go on."""
+    config, _ = state_run
+    config = dataclasses.replace(config, out=str(tmp_path / "diverging"))
+    epochs = []
+
+    def diverging_in_epoch_2(out, config):
+        summary = summarize_epoch(out, config)
+        epochs.append(summary)
+        if len(epochs) == 2:
+            summary["critic_loss"] = [float("nan")]
+        return summary
+
+    monkeypatch.setattr("holdjax.train.summarize_epoch", diverging_in_epoch_2)
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli(flags_of(config))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (f"non-finite critic_loss in epoch 2; the last good checkpoint is epoch 1 in "
+            f"{config.out_dir}. Resume from it with --resume") in err
+    assert [r["epoch"] for r in read_metrics(config.out_dir)] == [1]
+    assert checkpoint.latest_epoch(config.out_dir) == 1
+
+
+def test_a_loss_that_diverges_before_any_checkpoint_says_so(tmp_path):
+    with pytest.raises(TrainingDiverged, match="non-finite actor_loss in epoch 1; no "
+                       "checkpoint was written yet"):
+        check_finite({"actor_loss": [1.0, float("inf")], "critic_loss": [0.5, 0.5],
+                      "alpha_loss": None}, 0, str(tmp_path))
+    check_finite({"actor_loss": [1.0], "alpha_loss": None}, 0, str(tmp_path))
 
 
 def test_interrupted_train_cli_says_how_to_resume(monkeypatch, tmp_path, capsys):
