@@ -235,17 +235,17 @@ class Trainer:
         return obs
 
     def video_frames(self, env_state: EnvState, groups: int = 1) -> jax.Array:
-        """Images of the first ``VIDEO_WORLDS`` worlds of each of ``groups`` equal blocks of
-        worlds, block after block: the observations when the env renders, else rendered for
-        the video alone (state-based runs skip the camera elsewhere)."""
+        """Images (groups, worlds, H, W, 3) of the first ``VIDEO_WORLDS`` worlds of each of
+        ``groups`` equal blocks of worlds: the observations when the env renders, else
+        rendered for the video alone (state-based runs skip the camera elsewhere)."""
         per_group = env_state.step_count.shape[0] // groups
-        first = (per_group * np.arange(groups)[:, None]
-                 + np.arange(min(VIDEO_WORLDS, per_group))).ravel()
+        first = per_group * np.arange(groups)[:, None] + np.arange(min(VIDEO_WORLDS, per_group))
         if self.env.render_obs:
             return env_state.obs[first]
-        data = jax.tree.map(lambda x: x[first], env_state.data)
-        return self.env.render_worlds(data.qpos,
-                                      data.mocap_pos[:, self.env.task.hand_target_mocap])
+        data = jax.tree.map(lambda x: x[first.ravel()], env_state.data)
+        frames = self.env.render_worlds(data.qpos,
+                                        data.mocap_pos[:, self.env.task.hand_target_mocap])
+        return frames.reshape(*first.shape, *frames.shape[1:])
 
     def per_seed(self, x: jax.Array) -> jax.Array:
         return x.reshape(self.num_seeds, self.num_envs, *x.shape[1:])
@@ -344,11 +344,11 @@ class Trainer:
     def _evaluate(self, actor_params: chex.ArrayTree, seed_keys: jax.Array):
         """Deterministic episodes, ``eval_episodes`` per seed, of the policies of E epochs at
         once: ``actor_params`` and ``seed_keys`` (E, K, ...) -> ({stat: (E, K)}, video frames
-        (T + 1, E x worlds, H, W, 3) of each epoch's first worlds). Each epoch's episodes
-        are those it would have alone. Env success and return only, so the reward model runs
-        only where the policy's input follows it (a goal-based policy sees the current
-        subgoal's image); elsewhere it would cost a HOLD network call per eval frame for
-        nothing."""
+        (T + 1, E, worlds, H, W, 3) of each epoch's first worlds; over D devices, (T + 1,
+        D x E, ...), the first device's E epochs first). Each epoch's episodes are those it
+        would have alone. Env success and return only, so the reward model runs only where
+        the policy's input follows it (a goal-based policy sees the current subgoal's
+        image); elsewhere it would cost a HOLD network call per eval frame for nothing."""
         epochs, seeds = seed_keys.shape[:2]
         episodes = self.config.eval_episodes
         policies = jax.tree.map(lambda x: x.reshape(epochs * seeds, *x.shape[2:]), actor_params)
@@ -382,16 +382,10 @@ class Trainer:
 
     def evaluate_policies(self, actor_params: chex.ArrayTree, seed_keys: jax.Array):
         """`evaluate` of one set of policies, ``actor_params`` (K, ...): ({stat: (K,)},
-        video frames)."""
+        video frames (T + 1, worlds, H, W, 3))."""
         stats, frames = self.evaluate(jax.tree.map(lambda x: x[None], actor_params),
                                       self.placed(seed_keys[None], PER_STEP_SEED_AXIS))
-        return {name: value[0] for name, value in stats.items()}, frames
-
-    def epoch_video(self, frames: jax.Array, index: int) -> jax.Array:
-        """The video frames of the ``index``-th epoch that `evaluate` rolled out (its first
-        device's first worlds)."""
-        per_epoch = min(VIDEO_WORLDS, self.num_seeds * self.config.eval_episodes)
-        return frames[:, index * per_epoch:(index + 1) * per_epoch]
+        return {name: value[0] for name, value in stats.items()}, frames[:, 0]
 
 
 def policy_obs_shape(config: TrainConfig) -> tuple[int, ...]:
@@ -729,7 +723,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 if checkpoint_due:
                     checkpoint.save(mngr, done, state, replay if config.save_replay else None)
                 if video_due:
-                    video = to_host(trainer.epoch_video(frames, len(pending) - 1))
+                    video = to_host(frames[:, len(pending) - 1])  # the last epoch's
                     if lead:
                         write_video(os.path.join(run_dir, "videos", f"eval_epoch{done:04d}.mp4"),
                                     video)

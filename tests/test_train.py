@@ -636,7 +636,7 @@ def test_an_interrupted_run_logs_the_epochs_it_trained(state_run, tmp_path, monk
 
 def test_a_batched_evaluation_gives_each_epoch_its_own_episodes_and_video(state_run):
     """`evaluate` of two epochs' policies (here one policy, two epochs' keys) equals each
-    alone, statistics and video frames (`epoch_video` picks an epoch's)."""
+    alone, statistics and video frames."""
     config, _ = state_run
     trainer = get_trainer(config)
     _, state, _ = checkpoint.restore(config.out_dir, trainer.init_shapes()[0])
@@ -649,10 +649,9 @@ def test_a_batched_evaluation_gives_each_epoch_its_own_episodes_and_video(state_
         alone, alone_frames = trainer.evaluate_policies(policy, epoch_keys)
         for name, value in alone.items():
             np.testing.assert_array_equal(np.asarray(stats[name])[index], np.asarray(value))
-        np.testing.assert_array_equal(trainer.epoch_video(np.asarray(frames), index),
-                                      np.asarray(alone_frames))
-    assert not np.array_equal(trainer.epoch_video(np.asarray(frames), 0),
-                              trainer.epoch_video(np.asarray(frames), 1))
+        np.testing.assert_array_equal(np.asarray(frames)[:, index], np.asarray(alone_frames))
+    assert frames.shape[1:3] == (2, min(4, config.eval_episodes))
+    assert not np.array_equal(np.asarray(frames)[:, 0], np.asarray(frames)[:, 1])
 
 
 def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, state_run, tmp_path,
