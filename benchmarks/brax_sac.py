@@ -137,15 +137,14 @@ def run_holdjax(config: TrainConfig) -> list[dict]:
     trainer = get_trainer(config)
     state, replay = trainer.init(config.seed)
     jax.block_until_ready(state)
-    eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1 << 20))(trainer.seed_keys(config.seed))
     curve, train_s = [], 0.0
     for epoch in range(config.num_epochs):
         start = time.perf_counter()
         state, replay, _ = trainer.train_epoch(state, replay)
         jax.block_until_ready(state)
         train_s += time.perf_counter() - start
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, epoch)
-        stats, _ = trainer.evaluate_policies(state.sac.actor_params, keys)
+        stats, _ = trainer.evaluate_policies(state.sac.actor_params,
+                                             trainer.eval_keys(config.seed, epoch))
         curve.append({"env_steps": int(state.env_steps), "train_s": train_s,
                       "eval_success": [float(s) for s in stats["eval_success_rate"]]})
     return curve

@@ -167,6 +167,12 @@ class Trainer:
         run, whatever the number of seeds or devices."""
         return jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(self.config.seeds))
 
+    def eval_keys(self, seed: int, epoch: int) -> jax.Array:
+        """(K, 2) keys of the evaluation after epoch ``epoch`` (from 0): each seed's own
+        stream, apart from its training's, so that evaluating never changes training."""
+        streams = jax.vmap(lambda k: jax.random.fold_in(k, 1 << 20))(self.seed_keys(seed))
+        return jax.vmap(jax.random.fold_in, in_axes=(0, None))(streams, epoch)
+
     def placed(self, x: jax.Array, spec: jax.sharding.PartitionSpec) -> jax.Array:
         """``x``, computed alike by every process, as one array split over the training
         devices by ``spec`` (unchanged on one device): how keys made on the host enter the
@@ -635,7 +641,6 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     mngr = checkpoint.manager(run_dir)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     writer = _tensorboard(run_dir) if lead else None
-    eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1 << 20))(trainer.seed_keys(config.seed))
     start_steps = int(state.env_steps)
     # wall_s counts training time over all of a run's sessions (a resumed run goes on from
     # the time logged with its checkpoint); env_steps_per_s is this session's rate.
@@ -709,7 +714,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                     epoch=epoch, summary=summary, env_steps=int(state.env_steps),
                     # a copy: the next epoch donates (and so invalidates) the state's buffers
                     policy=jax.tree.map(jnp.copy, state.sac.actor_params),
-                    eval_keys=jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, epoch),
+                    eval_keys=trainer.eval_keys(config.seed, epoch),
                     train_s=time.perf_counter() - epoch_start, trained=time.perf_counter()))
                 bar.update(pending[-1].env_steps - bar.n)
                 done = epoch + 1

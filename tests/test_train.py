@@ -602,7 +602,12 @@ def test_evaluations_batched_over_epochs_equal_one_at_a_time(state_run, tmp_path
         for name in ("env_steps", "eval_success_rate", "eval_success_rate_last", "eval_return",
                      "critic_loss"):
             assert batched[name] == one[name], name
+    # Epoch e is evaluated with eval_keys(seed, e): its own stream, apart from training's.
+    assert [r["eval_return"] for r in records[3]] == [
+        trainer.eval_keys(config.seed, epoch)[:, 1].astype(np.float32).tolist()
+        for epoch in range(4)]
     assert len({r["eval_return"][0] for r in records[3]}) == 4
+    assert not np.array_equal(trainer.eval_keys(config.seed, 0), trainer.seed_keys(config.seed))
     walls = [r["wall_s"] for r in records[3]]
     assert walls == sorted(walls) and records[3][0]["eval_s"] == records[3][2]["eval_s"]
     for a, b in zip(jax.tree.leaves(params_of(runs[1].out_dir, config)),
