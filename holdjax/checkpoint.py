@@ -105,9 +105,14 @@ def holds_replay(run_dir: str, epoch: int) -> bool:
 
 
 def write_config(run_dir: str, config) -> None:
+    """Writes the run's ``config.json`` whole or not at all (a temporary file renamed onto
+    it): a kill while writing, or another process of the job reading it to resume, never
+    meets half a file."""
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
+    path = os.path.join(run_dir, "config.json")
+    with open(f"{path}.{os.getpid()}.tmp", "w") as f:
         json.dump(dataclasses.asdict(config), f, indent=1)
+    os.replace(f.name, path)
 
 
 def read_config(run_dir: str, config_type):

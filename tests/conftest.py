@@ -5,6 +5,7 @@ import concurrent.futures
 import functools
 import gc
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -83,6 +84,30 @@ class Lane:
             if self._running is not None and self._running.poll() is None:
                 self._running.kill()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_two_processes(args: list[str],
+                      env: dict | None = None) -> list[subprocess.CompletedProcess]:
+    """Runs ``python *args`` as processes 0 and 1 of one jax.distributed job on this machine
+    (one CPU device each, Gloo between them), with ``env`` added to the environment; their
+    results once both have ended, each checked to have succeeded."""
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+               JAX_NUM_PROCESSES="2", **(env or {}))
+    processes = [subprocess.Popen([sys.executable, *args], cwd=ROOT, text=True,
+                                  env=dict(env, JAX_PROCESS_ID=str(index)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for index in range(2)]
+    results = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode,
+                                                   stdout, stderr))
+    for index, result in enumerate(results):
+        assert result.returncode == 0, f"process {index}:\n{result.stderr[-3000:]}"
+    return results
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,6 +1,7 @@
 """HOLD-C: the scenic checkpoint import, the network against a hand-written forward pass,
 preprocessing, and distances. Tiny networks and 32x32 images keep it fast on the CPU."""
 
+import json
 import os
 import re
 
@@ -285,6 +286,56 @@ def test_orbax_round_trip_and_convert_once(tmp_path, monkeypatch):
         np.testing.assert_array_equal(second[key], value, err_msg=key)
     with pytest.raises(sc.CheckpointMismatchError):
         sc.restore_orbax(str(checkpoint_dir / "checkpoint_4.orbax"), config(18))
+
+
+# Loads the HOLD-C checkpoint argv[1] in a process of a jax.distributed job and prints a
+# checksum of its variables; then asks for a default model that does not exist.
+LOAD_IN_A_JOB = """
+import json, sys
+import numpy as np
+import jax
+from holdjax.train import maybe_init_distributed
+maybe_init_distributed()
+from holdjax.reward import scenic_checkpoint as sc
+from holdjax.reward import train as reward_train
+from holdjax.reward.holdc import HoldCConfig
+config = HoldCConfig(**json.loads(sys.argv[2]))
+variables = sc.load_holdc_variables(config, sys.argv[1])
+try:
+    reward_train.ensure_default_model("pushing")
+except FileNotFoundError as e:
+    print(e)
+print(json.dumps([float(np.abs(np.asarray(x, np.float64)).sum())
+                  for x in jax.tree.leaves(variables)]))
+"""
+
+
+def test_a_multi_process_job_reads_a_released_checkpoint_and_trains_no_default_model(
+        tmp_path):
+    """The processes of a job read the released file alike without each writing its orbax
+    copy (they would write it at once), restore the copy once a one-process load made it,
+    and refuse to train a missing default model each, saying how to train it once."""
+    from conftest import run_two_processes
+
+    path = str(tmp_path / "checkpoint_3")
+    write_checkpoint(path, hold_rewards_state(random_flat_variables(18)))
+    fields = json.dumps({"num_layers": 18, "num_filters": WIDTH, "embedding_size": EMBEDDING,
+                         "crop_size": SIZE})
+    sums = [float(np.abs(np.asarray(x, np.float64)).sum())
+            for x in jax.tree.leaves(sc.import_scenic_checkpoint(path, config(18)))]
+    env = {"HOLD_TOP_DIR": str(tmp_path / "top")}
+    for converted in (False, True):
+        if converted:
+            sc.load_holdc_variables(config(18), path)  # one process: writes the copy
+        for index, result in enumerate(run_two_processes(["-c", LOAD_IN_A_JOB, path, fields],
+                                                         env)):
+            assert json.loads(result.stdout.splitlines()[-1]) == sums
+            assert "a job of 2 processes does not train one" in result.stdout
+            assert "python -m holdjax.reward.train --task=pushing" in result.stdout
+            noted = "no orbax copy of the released checkpoint" in result.stderr
+            assert noted == (index == 0 and not converted)
+        assert os.path.isdir(path + ".orbax") == converted
+    assert not os.path.exists(tmp_path / "top")
 
 
 def test_central_crop_and_centering():

@@ -4,7 +4,6 @@ import dataclasses
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TEST_XLA_FLAGS, Lane, cached_env
+from conftest import TEST_XLA_FLAGS, Lane, cached_env, run_two_processes
 from kinematic import use_kinematic_physics
 
 from holdjax import checkpoint
@@ -444,6 +443,8 @@ def test_run_config_round_trips_through_json(tmp_path):
     config = dataclasses.replace(TINY, distance_type="sq_eucl_huber",
                                  distance_params=(1.0, 2.0, 0.5), out=str(tmp_path))
     checkpoint.write_config(str(tmp_path), config)
+    checkpoint.write_config(str(tmp_path), config)  # replaces it whole
+    assert os.listdir(tmp_path) == ["config.json"]
     restored = checkpoint.read_config(str(tmp_path), TrainConfig)
     assert restored == config and hash(restored) == hash(config)
 
@@ -491,7 +492,6 @@ def test_two_devices_give_the_same_result(two_seed_run, background_runs):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
 
 
-# One job of two processes (jax.distributed; Gloo between CPU processes), one device each:
 # `python -m holdjax.train` on the kinematic stand-in, with the flags given; prints main()'s
 # record as JSON.
 MAIN_SCRIPT = """
@@ -512,33 +512,12 @@ def flags_of(config: TrainConfig) -> list[str]:
             if value != getattr(defaults, name)]
 
 
-def run_two_processes(flags: list[str]) -> list[subprocess.CompletedProcess]:
-    """Runs MAIN_SCRIPT as processes 0 and 1 of one job; their results, once both end."""
-    with socket.socket() as s:  # a free port for the coordinator
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-               JAX_NUM_PROCESSES="2")
-    processes = [subprocess.Popen([sys.executable, "-c", MAIN_SCRIPT, *flags],
-                                  env=dict(env, JAX_PROCESS_ID=str(index)), text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for index in range(2)]
-    results = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=600)
-        results.append(subprocess.CompletedProcess(process.args, process.returncode,
-                                                   stdout, stderr))
-    for result in results:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return results
-
-
 def test_two_processes_train_as_one_job(state_run, tmp_path):
     """A job of two processes (hosts) splits two seeds over their devices; each seed trains
     as in a one-process run, process 0 alone writes the logs, and the job resumes."""
     config, _ = state_run
     two = dataclasses.replace(config, seeds=2, out=str(tmp_path / "job"))
-    lead, other = run_two_processes(flags_of(two))
+    lead, other = run_two_processes(["-c", MAIN_SCRIPT, *flags_of(two)])
     records = [json.loads(p.stdout.splitlines()[-1]) for p in (lead, other)]
     timings = ("wall_s", "env_steps_per_s", "train_s", "eval_s")
     untimed = [{k: v for k, v in r.items() if k not in timings} for r in records]
@@ -558,7 +537,8 @@ def test_two_processes_train_as_one_job(state_run, tmp_path):
                                                                           config)), strict=True):
         np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(b)[0])
     # Killed after epoch 2: both processes restore their seeds and go on together.
-    lead, _ = run_two_processes([f"--out={two.out_dir}", "--resume", "--total_steps=24"])
+    lead, _ = run_two_processes(["-c", MAIN_SCRIPT, f"--out={two.out_dir}", "--resume",
+                                  "--total_steps=24"])
     assert json.loads(lead.stdout.splitlines()[-1])["env_steps"] == 24
     assert [r["epoch"] for r in read_metrics(two.out_dir)] == [1, 2, 3]
 

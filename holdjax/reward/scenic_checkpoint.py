@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import jax
 import numpy as np
@@ -140,6 +141,20 @@ def save_orbax(directory: str, variables: dict) -> None:
         checkpointer.wait_until_finished()
 
 
+def save_converted(directory: str, variables: dict) -> None:
+    """Saves a released checkpoint's converted ``variables`` as its orbax copy at
+    ``directory``, except in a multi-process job, whose processes would all write it at
+    once: there each reads the released file, every run, until a one-process command (such
+    as ``python -m holdjax.reward.check --model=<checkpoint>``) has converted it."""
+    if jax.process_count() == 1:
+        save_orbax(directory, variables)
+    elif jax.process_index() == 0:
+        print(f"note: no orbax copy of the released checkpoint at {directory}; each process "
+              "of this job reads the released file instead (a one-process run that loads it, "
+              "e.g. python -m holdjax.reward.check --model=<checkpoint>, converts it once)",
+              file=sys.stderr)
+
+
 def restore_variables(directory: str, target: dict, model: str) -> dict:
     """Variables saved by :func:`save_orbax`, restored into ``target``'s shapes (abstract
     variables) and checked leaf by leaf; ``model`` names what they should fit in errors."""
@@ -167,7 +182,7 @@ def load_holdc_variables(config: holdc.HoldCConfig, path: str | None = None,
     if os.path.isdir(orbax_dir):
         return restore_orbax(orbax_dir, config)
     variables = import_scenic_checkpoint(source, config)
-    save_orbax(orbax_dir, variables)
+    save_converted(orbax_dir, variables)
     return variables
 
 
@@ -200,5 +215,5 @@ def load_holdr(path: str | None = None, orbax_dir: str | None = None,
         raise CheckpointMismatchError(
             f"{orbax_dir if converted else source} is not a HOLD-R checkpoint: {e}") from None
     if not converted:
-        save_orbax(orbax_dir, variables)
+        save_converted(orbax_dir, variables)
     return holdr.HoldRDistance(config, variables)

@@ -683,6 +683,12 @@ def ensure_default_model(task: str) -> str:
     """The default model's directory for ``task``, training it first (with the default
     settings) when it does not exist yet."""
     path = default_model_dir(task)
+    if not model_exists(path) and jax.process_count() > 1:
+        raise FileNotFoundError(
+            f"reward holdc: no released HOLD-C checkpoint and no default model at {path}, and "
+            f"a job of {jax.process_count()} processes does not train one (each process "
+            f"would, at once); train it in one process first: python -m holdjax.reward.train "
+            f"--task={task}")
     if not model_exists(path):
         print(f"reward holdc: no released HOLD-C checkpoint and no default model at {path}; "
               f"training holdjax's demo-trained HOLD-C for {task} first "
