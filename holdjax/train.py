@@ -354,7 +354,13 @@ class Trainer:
         D x E, ...), the first device's E epochs first). Each epoch's episodes are those it
         would have alone. Env success and return only, so the reward model runs only where
         the policy's input follows it (a goal-based policy sees the current subgoal's
-        image); elsewhere it would cost a HOLD network call per eval frame for nothing."""
+        image); elsewhere it would cost a HOLD network call per eval frame for nothing.
+
+        Why not brax's ``acting.Evaluator``: it rolls out one policy per call (here the
+        policies of several epochs and seeds share one rollout), sums its env's metrics over
+        an episode (success at any step, and at the last, need the per-step flags), returns
+        no frames for the eval videos, and steps a brax env, whose step would run the reward
+        model here."""
         epochs, seeds = seed_keys.shape[:2]
         episodes = self.config.eval_episodes
         policies = jax.tree.map(lambda x: x.reshape(epochs * seeds, *x.shape[2:]), actor_params)
