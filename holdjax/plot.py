@@ -1,6 +1,8 @@
-"""Learning curves like the paper's: eval success rate against environment steps.
+"""Learning curves like the paper's: eval success rate against environment steps, or
+against training time (``--x=wall_s``: what a run costs to reach a success rate).
 
     python -m holdjax.plot runs/fig3a_pushing_sac runs/fig3a_pushing_holdc --out=curves.png
+    python -m holdjax.plot runs/fig3a_pushing_holdc --x=wall_s --out=by_time.png
 
 One line per run directory: the mean over its seeds, with a band from the lowest to the
 highest seed (a run trained with ``--seeds=K`` holds all K in its ``metrics.jsonl``).
@@ -32,8 +34,14 @@ def read_metrics(run: str) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def load_curve(run_dir: str, metric: str = "eval_success_rate") -> tuple[np.ndarray, np.ndarray]:
-    """(env steps (E,), metric per epoch and seed (E, K)) from a run's metrics.jsonl."""
+# What a curve's x axis may be: a key of every metrics record, and its axis label.
+X_AXES = {"env_steps": "environment steps", "wall_s": "training time (minutes)"}
+
+
+def load_curve(run_dir: str, metric: str = "eval_success_rate",
+               x: str = "env_steps") -> tuple[np.ndarray, np.ndarray]:
+    """(``x`` per epoch (E,): env steps, or minutes of training for "wall_s" (summed over a
+    resumed run's sessions); metric per epoch and seed (E, K)) from a run's metrics.jsonl."""
     records = read_metrics(run_dir)
     if not records:
         raise ValueError(f"{run_dir}/metrics.jsonl is empty: the run has not finished an epoch "
@@ -42,13 +50,15 @@ def load_curve(run_dir: str, metric: str = "eval_success_rate") -> tuple[np.ndar
         numeric = sorted(k for k, v in records[-1].items()
                          if isinstance(v, (int, float, list)) and k != "epoch")
         raise ValueError(f"{run_dir} logs no metric {metric!r}; available: {', '.join(numeric)}")
-    steps = np.array([r["env_steps"] for r in records])
+    if x not in X_AXES:
+        raise ValueError(f"no x axis {x!r}; choose one of {', '.join(X_AXES)}")
+    xs = np.array([r[x] for r in records], dtype=float) / (60.0 if x == "wall_s" else 1.0)
     values = np.array([np.atleast_1d(r[metric]) for r in records], dtype=float)
-    return steps, values
+    return xs, values
 
 
-def curves_figure(run_dirs: list[str], metric: str = "eval_success_rate"):
-    """A matplotlib figure of ``metric`` against env steps, one line (seed mean) and band
+def curves_figure(run_dirs: list[str], metric: str = "eval_success_rate", x: str = "env_steps"):
+    """A matplotlib figure of ``metric`` against ``x``, one line (seed mean) and band
     (seed range) per run; rates (metrics ending in "rate") on a fixed 0-1 axis, so that
     figures compare at a glance and an all-zero curve is not drawn as a band around 0."""
     import matplotlib
@@ -58,7 +68,7 @@ def curves_figure(run_dirs: list[str], metric: str = "eval_success_rate"):
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run_dir in run_dirs:
-        steps, values = load_curve(run_dir, metric)
+        steps, values = load_curve(run_dir, metric, x)
         seeds = values.shape[1]
         label = f"{os.path.basename(os.path.normpath(run_dir))} ({seeds} seed{'s' * (seeds > 1)})"
         line, = ax.plot(steps, values.mean(axis=1), label=label)
@@ -66,7 +76,7 @@ def curves_figure(run_dirs: list[str], metric: str = "eval_success_rate"):
                         color=line.get_color())
     if metric.endswith("rate"):
         ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("environment steps")
+    ax.set_xlabel(X_AXES[x])
     ax.set_ylabel(metric.replace("_", " "))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -74,11 +84,12 @@ def curves_figure(run_dirs: list[str], metric: str = "eval_success_rate"):
     return fig
 
 
-def plot_runs(run_dirs: list[str], out: str, metric: str = "eval_success_rate") -> str:
+def plot_runs(run_dirs: list[str], out: str, metric: str = "eval_success_rate",
+              x: str = "env_steps") -> str:
     """Writes `curves_figure` to the image file ``out``; returns its path."""
     import matplotlib.pyplot as plt
 
-    fig = curves_figure(run_dirs, metric)
+    fig = curves_figure(run_dirs, metric, x)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -93,9 +104,12 @@ def main(argv: list[str] | None = None) -> str:
                         help="image to write; its suffix picks the format (default: %(default)s)")
     parser.add_argument("--metric", default="eval_success_rate",
                         help="a key of the runs' metrics.jsonl (default: %(default)s)")
+    parser.add_argument("--x", default="env_steps", choices=sorted(X_AXES),
+                        help="the x axis: env steps per seed, or training time (wall_s, "
+                             "plotted in minutes) (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        path = plot_runs(args.runs, args.out, args.metric)
+        path = plot_runs(args.runs, args.out, args.metric, args.x)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

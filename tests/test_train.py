@@ -300,7 +300,8 @@ def test_plot_names_the_metrics_a_run_logs(tmp_path, capsys):
 
 def test_plot_curve_is_the_seed_mean_with_its_range_on_a_rate_axis(tmp_path):
     """One line per run at the seeds' mean, labelled with the seed count; success rates on
-    a 0-1 axis even when every value is 0; other metrics scaled to their values."""
+    a 0-1 axis even when every value is 0; other metrics scaled to their values; against
+    env steps or minutes of training."""
     import matplotlib.pyplot as plt
 
     # Run "two" was resumed from epoch 1 and logged epoch 2 twice: the later record counts.
@@ -310,8 +311,8 @@ def test_plot_curve_is_the_seed_mean_with_its_range_on_a_rate_axis(tmp_path):
         with open(tmp_path / name / "metrics.jsonl", "w") as f:
             for epoch, rate in zip([1, 2, 2] if name == "two" else [1, 2], rates, strict=True):
                 f.write(json.dumps({"epoch": epoch, "env_steps": 1000 * epoch,
-                                    "eval_success_rate": rate, "eval_return": [5.0 * epoch]})
-                        + "\n")
+                                    "wall_s": 90.0 * epoch, "eval_success_rate": rate,
+                                    "eval_return": [5.0 * epoch]}) + "\n")
     (ax,) = curves_figure([str(tmp_path / "two"), str(tmp_path / "one")]).axes
     two, one = ax.get_lines()
     np.testing.assert_allclose(two.get_xydata(), [[1000, 0.25], [2000, 0.3]])
@@ -319,9 +320,17 @@ def test_plot_curve_is_the_seed_mean_with_its_range_on_a_rate_axis(tmp_path):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["two (2 seeds)",
                                                                    "one (1 seed)"]
     assert ax.get_ylim() == (-0.02, 1.02)
+    assert ax.get_xlabel() == "environment steps"
     (ax,) = curves_figure([str(tmp_path / "one")], "eval_return").axes
     assert ax.get_ylim()[1] > 10 > 1.02
+    (ax,) = curves_figure([str(tmp_path / "two")], x="wall_s").axes
+    np.testing.assert_allclose(ax.get_lines()[0].get_xydata(), [[1.5, 0.25], [3.0, 0.3]])
+    assert ax.get_xlabel() == "training time (minutes)"
     plt.close("all")
+    with pytest.raises(SystemExit):
+        plot_cli([str(tmp_path / "two"), "--x=epochs", f"--out={tmp_path / 'c.png'}"])
+    assert os.path.exists(plot_cli([str(tmp_path / "two"), "--x=wall_s",
+                                    f"--out={tmp_path / 'by_time.png'}"]))
 
 
 def test_config_flags():
