@@ -76,7 +76,7 @@ def restore(run_dir: str, state_like, replay_like=None, epoch: int | None = None
     def abstract(tree):
         """Restore targets: shapes and dtypes of ``tree``, on its devices (default: the
         first device), so a run saved on several devices restores on one and vice versa."""
-        default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         return jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                            sharding=getattr(x, "sharding", None) or default),

@@ -157,7 +157,8 @@ class Trainer:
                                     out_specs=(state_specs, split, out_specs), check_vma=False)
         evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(per_step, per_step),
                                  out_specs=(per_step, per_step), check_vma=False)
-        init = jax.shard_map(init, mesh=mesh, in_specs=split, out_specs=(state_specs, split),
+        self._init_specs = (state_specs, split)
+        init = jax.shard_map(init, mesh=mesh, in_specs=split, out_specs=self._init_specs,
                              check_vma=False)
         return init, train_epoch, evaluate
 
@@ -194,8 +195,19 @@ class Trainer:
                             (state, replay))
 
     def init_shapes(self) -> tuple[TrainState, ReplayBuffer]:
-        """Shapes and dtypes of `init`'s result without computing it (restore targets)."""
-        return jax.eval_shape(self._init, self.seed_keys(0))
+        """Shapes, dtypes and (over several devices) shardings of `init`'s result without
+        computing it: restore targets that put a checkpoint where this trainer runs."""
+        shapes = jax.eval_shape(self._init, self.seed_keys(0))
+        if self.mesh is None:
+            return shapes
+
+        def split_by(spec, subtree):
+            sharding = jax.sharding.NamedSharding(self.mesh, spec)
+            return jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), subtree)
+
+        return jax.tree.map(split_by, self._init_specs, shapes,
+                            is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
     def _init_seeds(self, seed_keys: jax.Array) -> tuple[TrainState, ReplayBuffer]:
         split = jax.vmap(lambda k: jax.random.split(k, 3))(seed_keys)  # (K, 3, 2)

@@ -18,6 +18,7 @@ from kinematic import use_kinematic_physics
 
 from holdjax import checkpoint
 from holdjax.config import TrainConfig, config_from_args, device_default, field_help
+from holdjax.evaluate import evaluate_run
 from holdjax.evaluate import main as evaluate_cli
 from holdjax.plot import curves_figure, plot_runs, read_metrics
 from holdjax.plot import main as plot_cli
@@ -65,7 +66,7 @@ def kinematic_physics():
 
 # A training run in its own process (on the same stand-in): the config's fields as JSON and
 # the number of devices the process must see (the XLA flags force them); prints train()'s
-# record as JSON.
+# record and `holdjax.evaluate`'s result for the run's checkpoint, as one JSON object.
 TRAIN_SCRIPT = """
 import json, sys
 import jax
@@ -73,12 +74,15 @@ import pytest
 sys.path.insert(0, "tests")
 from kinematic import use_kinematic_physics
 from holdjax.config import TrainConfig
+from holdjax.evaluate import evaluate_run
 from holdjax.train import train
 fields, devices = json.loads(sys.argv[1]), int(sys.argv[2])
 assert jax.device_count() == devices, jax.devices()
 config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 use_kinematic_physics(pytest.MonkeyPatch())
-print(json.dumps(train(config, quiet=True)))
+record = train(config, quiet=True)
+evaluated, _ = evaluate_run(config.out_dir, episodes=config.eval_episodes)
+print(json.dumps({"record": record, "evaluated": evaluated}))
 """
 TWO_DEVICES = {"XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2",
                "JAX_PLATFORMS": "cpu"}
@@ -133,7 +137,8 @@ SHARDED_EVALUATION = dict(eval_batch=2, checkpoint_frequency=2)
 
 
 def background_run(background_runs, name):
-    """(config, record) of a background run, once it has finished."""
+    """(config, {"record": train()'s, "evaluated": evaluate_run()'s}) of a background run,
+    once it has finished."""
     config, future = background_runs[name]
     return config, json.loads(future.result().strip().splitlines()[-1])
 
@@ -485,10 +490,11 @@ def test_state_observation_run_trains_evaluates_and_saves(state_run):
 
 # After the state test, by when the sharded run (second in the background) has finished.
 def test_two_devices_give_the_same_result(two_seed_run, background_runs):
-    """Seeds sharded over two forced host devices train exactly as on one device, and their
-    two epochs evaluated together give the records of one at a time."""
+    """Seeds sharded over two forced host devices train exactly as on one device, their
+    two epochs evaluated together give the records of one at a time, and `holdjax.evaluate`
+    restores the run onto both devices and scores it as the one-device run scores."""
     config, _ = two_seed_run
-    sharded, _ = background_run(background_runs, "sharded")  # its process saw two devices
+    sharded, output = background_run(background_runs, "sharded")  # it saw two devices
     assert sharded == dataclasses.replace(config, out=sharded.out, **SHARDED_EVALUATION)
     records = {run.out_dir: [json.loads(line) for line in open(
         os.path.join(run.out_dir, "metrics.jsonl"))] for run in (sharded, config)}
@@ -496,6 +502,9 @@ def test_two_devices_give_the_same_result(two_seed_run, background_runs):
         for name in ("epoch", "eval_success_rate", "eval_success_rate_last", "eval_return"):
             assert together[name] == one[name], name
     assert os.path.exists(os.path.join(sharded.out_dir, "videos", "eval_epoch0002.mp4"))
+    one_device, _ = evaluate_run(config.out_dir, episodes=config.eval_episodes)
+    assert output["evaluated"]["step"] == one_device["step"] == 2
+    assert output["evaluated"]["per_seed"] == one_device["per_seed"]
     sharded, single = params_of(sharded.out_dir, config), params_of(config.out_dir, config)
     for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
