@@ -41,6 +41,7 @@ from tqdm import tqdm
 from holdjax import checkpoint, envs
 from holdjax.config import TrainConfig, config_from_args, field_help, parse_value
 from holdjax.envs.base import EnvState, ManipulationEnv, overflow_kinds, physics_overflow
+from holdjax.envs.goal_images import GoalImageError
 from holdjax.plot import read_metrics
 from holdjax.reward import RewardFunction, make_reward
 from holdjax.reward.base import DISTANCE_REWARDS, RewardState
@@ -860,7 +861,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return train(config, resume=resume)
     except (FileNotFoundError, checkpoint.CheckpointError, CheckpointMismatchError,
-            TrainingDiverged, ReplayTooLarge) as e:
+            GoalImageError, TrainingDiverged, ReplayTooLarge) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

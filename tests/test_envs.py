@@ -247,6 +247,19 @@ def test_load_goal_images_stacks_a_tasks_subgoal_images_in_order():
         np.testing.assert_array_equal(image, load_goal_image(name))
 
 
+@pytest.mark.parametrize("image", [np.zeros((64, 64, 3), np.uint8),
+                                   np.zeros((48, 48, 3), np.float32),
+                                   np.zeros((48, 48), np.uint8)])
+def test_a_goal_image_of_another_shape_or_dtype_is_named(tmp_path, image):
+    from holdjax.envs.goal_images import load_goal_images
+
+    np.save(tmp_path / "pushing.npy", image)
+    with pytest.raises(ValueError, match=rf"goal image {tmp_path}/pushing.npy is "
+                       rf"{image.dtype} \({image.shape[0]}, .*camera gives uint8 \(48, 48, 3\)"
+                       ": re-render it with `python -m holdjax.envs.goal_images`"):
+        load_goal_images(envs.make_task("pushing"), str(tmp_path))
+
+
 def test_success_metrics_defaults_subgoal_to_success():
     from holdjax.envs.base import success_metrics
 

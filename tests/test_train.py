@@ -881,3 +881,16 @@ def test_train_cli_reports_a_mismatched_released_checkpoint(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "not a HOLD-R checkpoint" in err and "TemporalTransformer/encoder_norm" in err
+
+
+def test_train_cli_names_a_goal_image_of_the_wrong_shape(tmp_path, monkeypatch, capsys):
+    from holdjax.envs import goal_images
+
+    np.save(tmp_path / "pushing.npy", np.zeros((64, 64, 3), np.uint8))
+    monkeypatch.setattr("holdjax.reward.base.load_goal_images",
+                        lambda task: goal_images.load_goal_images(task, str(tmp_path)))
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli(["--reward=l2", "--num_envs=2", f"--out={tmp_path / 'run'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: goal image {tmp_path}/pushing.npy is uint8 (64, 64, 3)" in err

@@ -22,6 +22,11 @@ import numpy as np
 
 from holdjax import envs
 
+
+class GoalImageError(ValueError):
+    """A goal image file is not the task camera's image (shape or dtype)."""
+
+
 GOAL_IMAGES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "goal_images")
 
@@ -46,8 +51,19 @@ def load_goal_image(name: str, directory: str = GOAL_IMAGES_DIR) -> np.ndarray:
 
 
 def load_goal_images(task: envs.Task, directory: str = GOAL_IMAGES_DIR) -> np.ndarray:
-    """The committed goal images of ``task``, one per subgoal in order: (G, H, W, 3) uint8."""
-    return np.stack([load_goal_image(name, directory) for name in task.goal_worlds()])
+    """The committed goal images of ``task``, one per subgoal in order: (G, H, W, 3) uint8,
+    each checked to be the task camera's image (an edited or foreign file is named)."""
+    expected = (*task.image_shape, 3)
+    images = []
+    for name in task.goal_worlds():
+        image = load_goal_image(name, directory)
+        if image.shape != expected or image.dtype != np.uint8:
+            raise GoalImageError(
+                f"goal image {os.path.join(directory, name + '.npy')} is {image.dtype} "
+                f"{image.shape}; {type(task).__name__}'s camera gives uint8 {expected}: "
+                "re-render it with `python -m holdjax.envs.goal_images`")
+        images.append(image)
+    return np.stack(images)
 
 
 def main(argv: list[str] | None = None) -> int:
