@@ -42,7 +42,7 @@ from holdjax import checkpoint, envs
 from holdjax.config import TrainConfig, config_from_args, field_help, parse_value
 from holdjax.envs.base import EnvState, ManipulationEnv, overflow_kinds, physics_overflow
 from holdjax.envs.goal_images import GoalImageError
-from holdjax.plot import read_metrics
+from holdjax.plot import plot_runs, read_metrics
 from holdjax.reward import RewardFunction, make_reward
 from holdjax.reward.base import DISTANCE_REWARDS, RewardState
 from holdjax.reward.scenic_checkpoint import CheckpointMismatchError
@@ -592,6 +592,16 @@ def overflow_warning(record: dict) -> str:
             "raise that limit in the task's MJCF (README, Tasks)")
 
 
+def write_curves(run_dir: str) -> None:
+    """Redraws the run's ``curves.png`` (eval success against env steps, `holdjax.plot`)
+    from its metrics so far; a figure that cannot be drawn is reported, never stops a run."""
+    try:
+        plot_runs([run_dir], os.path.join(run_dir, "curves.png"))
+    except Exception as e:  # noqa: BLE001 (matplotlib's failures have no common type)
+        print(f"warning: {run_dir}/curves.png not drawn ({type(e).__name__}: {e})",
+              file=sys.stderr)
+
+
 def check_finite(summary: dict, epoch: int, run_dir: str) -> None:
     """Stops the run at the first NaN/inf loss, naming the epoch and the last checkpoint."""
     bad = [name for name, values in summary.items()
@@ -746,6 +756,8 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 record, frames = evaluate_and_log(pending, bar)
                 if checkpoint_due:
                     checkpoint.save(mngr, done, state, replay if config.save_replay else None)
+                    if lead:
+                        write_curves(run_dir)
                 if video_due:
                     video = to_host(frames[:, len(pending) - 1])  # the last epoch's
                     if lead:

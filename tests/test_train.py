@@ -37,6 +37,7 @@ from holdjax.train import (
     summarize_epoch,
     train,
     training_devices,
+    write_curves,
 )
 from holdjax.train import main as train_cli
 
@@ -180,6 +181,15 @@ def test_run_writes_metrics_checkpoints_video(two_seed_run):
     assert not checkpoint.holds_replay(config.out_dir, 3)
     assert os.path.exists(os.path.join(config.out_dir, "videos", "eval_epoch0002.mp4"))
     assert os.listdir(os.path.join(config.out_dir, "tensorboard"))
+    # The learning curve, redrawn at each checkpoint: the same figure as holdjax.plot's.
+    with open(os.path.join(config.out_dir, "curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_curve_that_cannot_be_drawn_warns_and_training_goes_on(tmp_path, capsys):
+    write_curves(str(tmp_path))  # no metrics.jsonl yet
+    assert "curves.png not drawn (FileNotFoundError" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "curves.png")
 
 
 def test_fused_epoch_changes_parameters(two_seed_run):
