@@ -62,8 +62,12 @@ def latest_epoch(run_dir: str) -> int | None:
     return manager(run_dir).latest_step()
 
 
-def restore(run_dir: str, state_like, replay_like=None, epoch: int | None = None):
-    """Restores (epoch, state, replay or None) shaped like the given example trees."""
+def restore(run_dir: str, state_like, replay_like=None, epoch: int | None = None,
+            only: tuple[str, ...] = ()):
+    """Restores (epoch, state, replay or None) shaped like the given example trees. With
+    ``only`` (path prefixes, e.g. ``".sac.actor_params"``), just the state's leaves under
+    them are read, from a checkpoint that may hold a state of another shape elsewhere; the
+    rest of ``state_like`` comes back as given."""
     if not os.path.isdir(checkpoint_dir(run_dir)):
         raise CheckpointError(
             f"no checkpoints in {run_dir}; train first, or check --run/--out points at a run")
@@ -82,7 +86,14 @@ def restore(run_dir: str, state_like, replay_like=None, epoch: int | None = None
                                            sharding=getattr(x, "sharding", None) or default),
             _leaves_by_path(tree))
 
-    items = {"state": ocp.args.StandardRestore(abstract(state_like))}
+    target = abstract(state_like)
+    if only:
+        target = {path: leaf for path, leaf in target.items() if path.startswith(only)}
+        items = {"state": ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)}
+    else:
+        items = {"state": ocp.args.StandardRestore(target)}
     if replay_like is not None and holds_replay(run_dir, epoch):
         items["replay"] = ocp.args.StandardRestore(abstract(replay_like))
     try:

@@ -18,17 +18,25 @@ import numpy as np
 
 from holdjax import checkpoint
 from holdjax.config import TrainConfig
+from holdjax.envs.goal_images import GoalImageError
+from holdjax.reward.scenic_checkpoint import CheckpointMismatchError
 from holdjax.train import get_trainer
 from holdjax.video import check_video_path, write_video
 
 
 def evaluate_run(run_dir: str, episodes: int, step: int | None = None, seed: int = 12345):
-    """(result dict, video frames) for the checkpoint ``step`` (default: latest) of a run."""
+    """(result dict, video frames) for the checkpoint ``step`` (default: latest) of a run.
+    Its policy alone is restored and, unless it sees the current subgoal's image, rolled out
+    without the run's reward model, which evaluation never scores: a run evaluates where its
+    model's weights are not (or would first have to be trained)."""
     config = checkpoint.read_config(run_dir, TrainConfig)
     config = dataclasses.replace(config, eval_episodes=episodes)
+    if not config.goal_based_policy:
+        config = dataclasses.replace(config, reward="sparse")
     trainer = get_trainer(config)
     state_like = trainer.init_shapes()[0]
-    epoch, state, _ = checkpoint.restore(run_dir, state_like, epoch=step)
+    epoch, state, _ = checkpoint.restore(run_dir, state_like, epoch=step,
+                                         only=(".sac.actor_params", ".env_steps"))
     keys = trainer.seed_keys(seed)
     stats, frames = trainer.evaluate_policies(state.sac.actor_params, keys)
     per_seed = {k: np.asarray(v).tolist() for k, v in stats.items()}
@@ -55,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--episodes", type=int, default=20,
                         help="episodes per seed (default: %(default)s)")
     parser.add_argument("--video", default=None,
-                        help="also write the first episodes of each seed to this .mp4 or .gif")
+                        help="also write the first episodes (up to 4, of the first seed) side by "
+                             "side to this .mp4 or .gif")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (success_rate, return, episodes, step, ...)")
     args = parser.parse_args(argv)
@@ -66,9 +75,12 @@ def main(argv: list[str] | None = None) -> dict:
             check_video_path(args.video)
         except ValueError as e:
             parser.error(f"--video: {e}")
+    print(f"evaluating {args.run} ({args.episodes} episodes per seed; the first call "
+          "compiles, a minute or more on a CPU)", file=sys.stderr)
     try:
         result, frames = evaluate_run(args.run, args.episodes, args.step)
-    except checkpoint.CheckpointError as e:
+    except (checkpoint.CheckpointError, CheckpointMismatchError, FileNotFoundError,
+            GoalImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if args.video:

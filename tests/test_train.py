@@ -280,11 +280,19 @@ def test_resume_equals_uninterrupted(two_seed_run, tmp_path, monkeypatch, capsys
     assert trainer.train_epoch._cache_size() == trainer.evaluate._cache_size() == 1
 
 
-def test_evaluate_reads_a_checkpoint_written_by_train(two_seed_run, capsys):
+def test_evaluate_reads_a_checkpoint_written_by_train(two_seed_run, monkeypatch, capsys):
+    """`holdjax.evaluate` restores the HOLD-C run's policy and scores it without its reward
+    model (here made unloadable), as the run's own trainer scores the same policy."""
     config, _ = two_seed_run
+    trainer = get_trainer(config)
+    _, state, _ = checkpoint.restore(config.out_dir, trainer.init_shapes()[0])
+    expected, _ = trainer.evaluate_policies(state.sac.actor_params, trainer.seed_keys(12345))
+    monkeypatch.setattr("holdjax.reward.base.holdc_to_goals",
+                        lambda *args: pytest.fail("loaded the reward model"))
     result = evaluate_cli([f"--run={config.out_dir}", "--episodes=2", "--json"])
     assert result["step"] == 2 and result["episodes"] == 2 and result["seeds"] == 2
-    assert 0.0 <= result["success_rate"] <= 1.0
+    assert result["env_steps"] == int(state.env_steps) == 16
+    assert result["per_seed"] == {k: np.asarray(v).tolist() for k, v in expected.items()}
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
 
 
