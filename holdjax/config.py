@@ -21,7 +21,7 @@ import typing
 from holdjax.envs.base import check_impl
 from holdjax.reward.base import REWARDS
 from holdjax.reward.holdc import check_distance
-from holdjax.reward.holdr import ATTENTIONS
+from holdjax.reward.holdr import check_attention
 from holdjax.reward.shaping import ShapingConfig
 from holdjax.sac.networks import check_encoder_conv
 from holdjax.sac.update import SACConfig
@@ -249,9 +249,7 @@ class TrainConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: "
                                  f"{', '.join(COMPUTE_DTYPES)}")
         check_distance(self.distance_type, self.distance_params)
-        if self.holdr_attention not in ATTENTIONS:
-            raise ValueError(f"unknown holdr_attention {self.holdr_attention!r}; valid: "
-                             f"{', '.join(ATTENTIONS)}")
+        check_attention(self.holdr_attention, "holdr_attention")
         check_impl(self.impl)
         check_encoder_conv(self.encoder_conv)
         for name in ("initial_random_steps", "learning_starts", "replay_size", "aug_pad",

@@ -37,6 +37,13 @@ from holdjax.envs.base import image_to_float
 ATTENTIONS = ("auto", "flax", "cudnn")
 
 
+def check_attention(attention: str, name: str = "attention") -> None:
+    """Raises, naming the valid ones, for an attention setting (``name``: the field or flag
+    that holds it) that does not exist."""
+    if attention not in ATTENTIONS:
+        raise ValueError(f"unknown {name} {attention!r}; valid: {', '.join(ATTENTIONS)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class HoldRConfig:
     """Sizes of the model and its input; defaults are hold-rewards' HOLD-R config
@@ -62,9 +69,7 @@ class HoldRConfig:
     attention: str = "auto"
 
     def __post_init__(self):
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"unknown attention {self.attention!r}; valid: "
-                             f"{', '.join(ATTENTIONS)}")
+        check_attention(self.attention)
 
     @property
     def history_length(self) -> int:
