@@ -87,6 +87,13 @@ class TrainState:
     env_steps: jax.Array  # () environment steps taken per seed
 
 
+# How `init` (and so every restore target) lays the training state and replay buffers out over
+# several devices: each seed's on its device, the step count on all.
+INIT_SPECS = (TrainState(sac=SEED_AXIS, env=SEED_AXIS, reward=SEED_AXIS,
+                         episode_return=SEED_AXIS, key=SEED_AXIS,
+                         env_steps=jax.sharding.PartitionSpec()), SEED_AXIS)
+
+
 @dataclasses.dataclass
 class PendingEpoch:
     """A trained epoch waiting for its evaluation (`TrainConfig.eval_batch`)."""
@@ -149,8 +156,7 @@ class Trainer:
         (its own physics, renderer, replay and learner) with no communication at all."""
         mesh = self.mesh
         split, same, per_step = SEED_AXIS, jax.sharding.PartitionSpec(), PER_STEP_SEED_AXIS
-        state_specs = TrainState(sac=split, env=split, reward=split, episode_return=split,
-                                 key=split, env_steps=same)
+        state_specs = INIT_SPECS[0]
         seed_axis_outputs = ("finished", "train_return", "train_success", "overflow_episodes",
                              "overflow_bits", *self._metric_shapes)
         out_specs = {"updated": same, **{name: per_step for name in seed_axis_outputs}}
@@ -158,8 +164,7 @@ class Trainer:
                                     out_specs=(state_specs, split, out_specs), check_vma=False)
         evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(per_step, per_step),
                                  out_specs=(per_step, per_step), check_vma=False)
-        self._init_specs = (state_specs, split)
-        init = jax.shard_map(init, mesh=mesh, in_specs=split, out_specs=self._init_specs,
+        init = jax.shard_map(init, mesh=mesh, in_specs=split, out_specs=INIT_SPECS,
                              check_vma=False)
         return init, train_epoch, evaluate
 
@@ -207,7 +212,7 @@ class Trainer:
             return jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), subtree)
 
-        return jax.tree.map(split_by, self._init_specs, shapes,
+        return jax.tree.map(split_by, INIT_SPECS, shapes,
                             is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
     def _init_seeds(self, seed_keys: jax.Array) -> tuple[TrainState, ReplayBuffer]:
