@@ -607,6 +607,25 @@ def write_curves(run_dir: str) -> None:
               file=sys.stderr)
 
 
+def finished_message(config: TrainConfig, record: dict) -> str:
+    """What a finished run says last: its final evaluation (per seed when several), what it
+    left in its folder and the commands that look further."""
+    success = record["eval_success_rate"]
+    per_seed = (f" (per seed: {', '.join(f'{s:.2f}' for s in success)})"
+                if len(success) > 1 else "")
+    out = config.out_dir
+    left = [name for name in ("metrics.jsonl", "curves.png", "videos", "tensorboard")
+            if os.path.exists(os.path.join(out, name))]
+    return (f"done: {record['env_steps']} env steps x {config.seeds} seed(s) in "
+            f"{record['wall_s'] / 60:.1f} min; final eval success {np.mean(success):.2f}"
+            f"{per_seed}, return {np.mean(record['eval_return']):.2f}\n"
+            f"results in {out}: {', '.join(left)}, checkpoint of epoch {record['epoch']}\n"
+            f"  roll the policy out: python -m holdjax.evaluate --run={out} --episodes=20 "
+            f"--video={os.path.join(out, 'rollout.mp4')}\n"
+            f"  train it further: python -m holdjax.train --out={out} --resume "
+            f"--total_steps=<a larger total>")
+
+
 def check_finite(summary: dict, epoch: int, run_dir: str) -> None:
     """Stops the run at the first NaN/inf loss, naming the epoch and the last checkpoint."""
     bad = [name for name, values in summary.items()
@@ -876,7 +895,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"{jax.devices()[0].device_kind}{processes_description()}; writing to "
               f"{config.out_dir}", file=sys.stderr)
     try:
-        return train(config, resume=resume)
+        record = train(config, resume=resume)
+        if record and is_lead_process():
+            print(finished_message(config, record), file=sys.stderr)
+        return record
     except (FileNotFoundError, checkpoint.CheckpointError, CheckpointMismatchError,
             GoalImageError, TrainingDiverged, ReplayTooLarge) as e:
         print(f"error: {e}", file=sys.stderr)

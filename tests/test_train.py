@@ -28,6 +28,7 @@ from holdjax.train import (
     TrainingDiverged,
     check_finite,
     check_replay_fits,
+    finished_message,
     free_memory,
     get_trainer,
     live_bar,
@@ -561,7 +562,9 @@ def test_two_processes_train_as_one_job(state_run, tmp_path):
     untimed = [{k: v for k, v in r.items() if k not in timings} for r in records]
     assert untimed[0] == untimed[1] and untimed[0]["epoch"] == 1
     assert "(2 devices in 2 processes)" in lead.stderr and "eval_success" in lead.stderr
+    assert "done: 8 env steps x 2 seed(s)" in lead.stderr
     assert "run pushing" not in other.stderr and "eval_success" not in other.stderr
+    assert "done: " not in other.stderr
     # Both processes restore their seeds from epoch 1's checkpoint and go on together.
     run_two_processes(["-c", MAIN_SCRIPT, f"--out={two.out_dir}", "--resume",
                        f"--total_steps={two.total_steps}"])
@@ -817,6 +820,26 @@ def test_a_non_finite_loss_stops_the_run_naming_the_epoch_and_last_checkpoint(
             f"{config.out_dir}. Resume from it with --resume") in err
     assert [r["epoch"] for r in read_metrics(config.out_dir)] == [1]
     assert checkpoint.latest_epoch(config.out_dir) == 1
+
+
+def test_a_finished_run_says_how_it_ended_and_where_its_results_are(two_seed_run, state_run,
+                                                                    capsys):
+    """The last lines of a run: the final evaluation per seed, the files it left and the
+    commands that roll its policy out and extend it; a resumed finished run says them too."""
+    config, record = two_seed_run
+    message = finished_message(config, record)
+    success = record["eval_success_rate"]
+    assert message.startswith(f"done: 16 env steps x 2 seed(s) in {record['wall_s'] / 60:.1f} "
+                              f"min; final eval success {np.mean(success):.2f} (per seed: "
+                              f"{success[0]:.2f}, {success[1]:.2f})")
+    assert (f"results in {config.out_dir}: metrics.jsonl, curves.png, videos, tensorboard, "
+            "checkpoint of epoch 2\n") in message
+    assert f"python -m holdjax.evaluate --run={config.out_dir} --episodes=20" in message
+    assert f"python -m holdjax.train --out={config.out_dir} --resume --total_steps=" in message
+    config, _ = state_run
+    assert train_cli([f"--out={config.out_dir}", "--resume"])["epoch"] == config.num_epochs
+    err = capsys.readouterr().err
+    assert "done: 16 env steps x 1 seed(s)" in err and "(per seed:" not in err
 
 
 def test_a_loss_that_diverges_before_any_checkpoint_says_so(tmp_path):
