@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import json
 import os
+import signal
 import sys
 import textwrap
 import threading
@@ -753,10 +754,12 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     # The bar moves once per epoch (one jitted call); it says what the first one waits for,
     # and its clock ticks meanwhile. Evaluation waits until `eval_batch` epochs (or a
     # checkpoint, a video or the run's end) are due, then rolls all their policies out at
-    # once; an interrupted run (Ctrl-C, SIGINT) still evaluates and logs the epochs it trained.
+    # once. A first Ctrl-C or SIGTERM stops the run after its epoch with a checkpoint; a run
+    # interrupted at once (a second one) still evaluates and logs the epochs it trained.
     eval_batch, pending = config.resolved_eval_batch, []
     with live_bar(total=config.scheduled_env_steps, initial=start_steps, disable=quiet,
-                  desc=config.run_name, waiting="compiling and running the first epoch") as bar:
+                  desc=config.run_name, waiting="compiling and running the first epoch") as bar, \
+            stop_on_signal() as stop_requested:
         try:
             for epoch in range(start_epoch, config.num_epochs):
                 epoch_start = time.perf_counter()
@@ -771,8 +774,9 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                     train_s=time.perf_counter() - epoch_start, trained=time.perf_counter()))
                 bar.update(pending[-1].env_steps - bar.n)
                 done = epoch + 1
+                stopping = any_process(stop_requested.is_set()) and done < config.num_epochs
                 checkpoint_due = (done % config.checkpoint_frequency == 0
-                                  or done == config.num_epochs)
+                                  or done == config.num_epochs or stopping)
                 video_due = config.path_save_frequency and (
                     done % config.path_save_frequency == 0 or done == config.num_epochs)
                 if len(pending) < eval_batch and not (checkpoint_due or video_due):
@@ -788,6 +792,8 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                         write_video(os.path.join(run_dir, "videos", f"eval_epoch{done:04d}.mp4"),
                                     video)
                 pending = []
+                if stopping:
+                    raise KeyboardInterrupt  # main() names the checkpoint just written
         except KeyboardInterrupt:
             if pending:
                 evaluate_and_log(pending, bar)
@@ -820,6 +826,38 @@ def live_bar(waiting: str, refresh_s: float = 1.0, **tqdm_kwargs):
         if ticker.is_alive():
             ticker.join()
         bar.close()
+
+
+@contextlib.contextmanager
+def stop_on_signal():
+    """While it is open, a first SIGINT (Ctrl-C) or SIGTERM (a scheduler's, `kill`) asks the
+    run to stop after the epoch in progress, with a checkpoint, so that nothing trained is
+    lost; a second stops it at once (KeyboardInterrupt). Yields the request, an Event. Off
+    the main thread, where Python allows no handlers, signals keep their usual effect."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def ask_to_stop(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print(f"\n{signal.Signals(signum).name}: stopping after this epoch with a checkpoint; "
+              "Ctrl-C again stops at once", file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` holds in any process of the job (a collective: all must call it), so
+    that a signal to one process stops them all at the same epoch."""
+    return bool(np.any(to_host(np.array([flag]))))
 
 
 def logged_record(run_dir: str, epoch: int) -> dict:
@@ -904,7 +942,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        last = checkpoint.latest_epoch(config.out_dir)
+        last = checkpoint.latest_epoch(config.out_dir)  # every process: orbax syncs them
+        if not is_lead_process():
+            sys.exit(130)
         if last:
             print(f"\ninterrupted; its last checkpoint is epoch {last} in {config.out_dir}. "
                   f"Continue it with: python -m holdjax.train --out={config.out_dir} --resume",

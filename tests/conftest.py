@@ -86,11 +86,11 @@ class Lane:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_two_processes(args: list[str],
-                      env: dict | None = None) -> list[subprocess.CompletedProcess]:
+def run_two_processes(args: list[str], env: dict | None = None,
+                      returncode: int = 0) -> list[subprocess.CompletedProcess]:
     """Runs ``python *args`` as processes 0 and 1 of one jax.distributed job on this machine
     (one CPU device each, Gloo between them), with ``env`` added to the environment; their
-    results once both have ended, each checked to have succeeded."""
+    results once both have ended, each checked to have exited with ``returncode``."""
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -106,7 +106,7 @@ def run_two_processes(args: list[str],
         results.append(subprocess.CompletedProcess(process.args, process.returncode,
                                                    stdout, stderr))
     for index, result in enumerate(results):
-        assert result.returncode == 0, f"process {index}:\n{result.stderr[-3000:]}"
+        assert result.returncode == returncode, f"process {index}:\n{result.stderr[-3000:]}"
     return results
 
 

@@ -4,6 +4,7 @@ import dataclasses
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +36,7 @@ from holdjax.train import (
     over_seeds,
     overflow_warning,
     policy_obs_shape,
+    stop_on_signal,
     summarize_epoch,
     train,
     training_devices,
@@ -531,14 +533,21 @@ def test_two_devices_give_the_same_result(two_seed_run, background_runs):
 
 # `python -m holdjax.train` on the kinematic stand-in, with the flags given; prints main()'s
 # record as JSON.
+# With SIGTERM_PROCESS set, that process of a job gets a SIGTERM during its first epoch.
 MAIN_SCRIPT = """
-import json, sys
+import json, os, signal, sys
 import pytest
 sys.path.insert(0, "tests")
 from kinematic import use_kinematic_physics
-from holdjax.train import main
+from holdjax import train
 use_kinematic_physics(pytest.MonkeyPatch())
-print(json.dumps(main(sys.argv[1:])))
+if os.environ.get("SIGTERM_PROCESS") == os.environ.get("JAX_PROCESS_ID"):
+    summarize = train.summarize_epoch
+    def summarize_after_a_sigterm(out, config):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return summarize(out, config)
+    train.summarize_epoch = summarize_after_a_sigterm
+print(json.dumps(train.main(sys.argv[1:])))
 """
 
 
@@ -551,23 +560,28 @@ def flags_of(config: TrainConfig) -> list[str]:
 
 def test_two_processes_train_as_one_job(state_run, tmp_path):
     """A job of two processes (hosts) splits two seeds over their devices, process 0 alone
-    prints and writes the logs, and a job stopped after epoch 1 resumes: each seed then
-    ends as in an uninterrupted one-process run."""
+    prints and writes the logs, a SIGTERM to process 1 alone stops both after epoch 1 with a
+    checkpoint, and the job resumes from it: each seed then ends as in an uninterrupted
+    one-process run."""
     config, _ = state_run
-    two = dataclasses.replace(config, seeds=2, out=str(tmp_path / "job"))
-    lead, other = run_two_processes(["-c", MAIN_SCRIPT, *flags_of(two), "--total_steps=8"])
+    two = dataclasses.replace(config, seeds=2, checkpoint_frequency=2,
+                              out=str(tmp_path / "job"))
+    lead, other = run_two_processes(["-c", MAIN_SCRIPT, *flags_of(two)],
+                                    env={"SIGTERM_PROCESS": "1"}, returncode=130)
+    assert "(2 devices in 2 processes)" in lead.stderr and "eval_success" in lead.stderr
+    assert "SIGTERM: stopping after this epoch" in other.stderr
+    assert f"its last checkpoint is epoch 1 in {two.out_dir}" in lead.stderr
+    assert "run pushing" not in other.stderr and "eval_success" not in other.stderr
+    assert "last checkpoint" not in other.stderr
+    assert checkpoint.latest_epoch(two.out_dir) == 1
+    # Both processes restore their seeds from epoch 1's checkpoint and go on together.
+    lead, other = run_two_processes(["-c", MAIN_SCRIPT, f"--out={two.out_dir}", "--resume"])
     records = [json.loads(p.stdout.splitlines()[-1]) for p in (lead, other)]
     timings = ("wall_s", "env_steps_per_s", "train_s", "eval_s", "setup_s", "init_s",
                "started_at")
     untimed = [{k: v for k, v in r.items() if k not in timings} for r in records]
-    assert untimed[0] == untimed[1] and untimed[0]["epoch"] == 1
-    assert "(2 devices in 2 processes)" in lead.stderr and "eval_success" in lead.stderr
-    assert "done: 8 env steps x 2 seed(s)" in lead.stderr
-    assert "run pushing" not in other.stderr and "eval_success" not in other.stderr
-    assert "done: " not in other.stderr
-    # Both processes restore their seeds from epoch 1's checkpoint and go on together.
-    run_two_processes(["-c", MAIN_SCRIPT, f"--out={two.out_dir}", "--resume",
-                       f"--total_steps={two.total_steps}"])
+    assert untimed[0] == untimed[1] and untimed[0]["epoch"] == 2
+    assert "done: 16 env steps x 2 seed(s)" in lead.stderr and "done: " not in other.stderr
     # Seed 0 of the job is the one-seed run's seed: the same records and parameters.
     alone, job = read_metrics(config.out_dir), read_metrics(two.out_dir)
     assert len(open(os.path.join(two.out_dir, "metrics.jsonl")).readlines()) == len(job) == 2
@@ -655,6 +669,67 @@ def test_an_interrupted_run_logs_the_epochs_it_trained(state_run, tmp_path, monk
     records = [json.loads(line) for line in open(os.path.join(config.out_dir, "metrics.jsonl"))]
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(len(r["eval_success_rate"]) == config.seeds for r in records)
+
+
+def test_a_signal_stops_the_run_after_its_epoch_with_a_checkpoint(state_run, tmp_path,
+                                                                  monkeypatch, capsys):
+    """A SIGTERM (or a first Ctrl-C) during epoch 2 of a run checkpointed every 4 epochs and
+    evaluated 3 at a time: the run finishes epoch 2, evaluates and logs epochs 1 and 2, saves
+    a checkpoint of epoch 2 and stops saying so; resumed, it ends as the uninterrupted run."""
+    config = dataclasses.replace(state_run[0], num_epochs=4, checkpoint_frequency=4,
+                                 path_save_frequency=0, eval_batch=3)
+    runs = {name: dataclasses.replace(config, out=str(tmp_path / name))
+            for name in ("stopped", "uninterrupted")}
+    summaries = []
+
+    def sigterm_in_epoch_2(out, config):
+        summaries.append(1)
+        if len(summaries) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return summarize_epoch(out, config)
+
+    monkeypatch.setattr("holdjax.train.summarize_epoch", sigterm_in_epoch_2)
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli(flags_of(runs["stopped"]))
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert "SIGTERM: stopping after this epoch with a checkpoint" in err
+    assert f"its last checkpoint is epoch 2 in {runs['stopped'].out_dir}" in err
+    assert [r["epoch"] for r in read_metrics(runs["stopped"].out_dir)] == [1, 2]
+    assert checkpoint.latest_epoch(runs["stopped"].out_dir) == 2
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the usual handlers are back
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+    train(runs["stopped"], resume=True, quiet=True)
+    train(runs["uninterrupted"], quiet=True)
+    stopped, uninterrupted = (read_metrics(run.out_dir) for run in runs.values())
+    for a, b in zip(stopped, uninterrupted, strict=True):
+        for name in ("epoch", "env_steps", "eval_success_rate", "eval_return", "critic_loss"):
+            assert a[name] == b[name], name
+    for a, b in zip(*(jax.tree.leaves(params_of(run.out_dir, config)) for run in runs.values()),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_second_signal_stops_at_once():
+    """`stop_on_signal`: the first SIGINT only asks, the second raises KeyboardInterrupt; on
+    leaving, the usual handler is back; off the main thread nothing is installed."""
+    with stop_on_signal() as requested:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert requested.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here, in the main thread
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+    handlers = []
+
+    def off_the_main_thread():
+        with stop_on_signal() as requested:
+            handlers.append((signal.getsignal(signal.SIGINT), requested.is_set()))
+
+    thread = threading.Thread(target=off_the_main_thread)
+    thread.start()
+    thread.join()
+    assert handlers == [(signal.default_int_handler, False)]
 
 
 def test_a_batched_evaluation_gives_each_epoch_its_own_episodes_and_video(state_run):
