@@ -6,9 +6,10 @@
 
 Every flag other than the four below is a `python -m holdjax.train` flag. The run goes to
 ``--out`` (default: a fresh temporary folder) in a subprocess; ``--time_limit`` stops it after
-that many seconds with SIGINT, as Ctrl-C would (the run then evaluates and logs the epochs
-it trained since its last evaluation; killed only if it has not exited ``STOP_GRACE_S``
-later), so a run longer than a device session still gives its learning curve and its speed.
+that many seconds with SIGINT, as Ctrl-C would (the run then finishes its epoch, evaluates
+and logs the epochs it trained since its last evaluation, then saves a checkpoint; killed
+only if it has not exited ``STOP_GRACE_S`` later, which leaves the log whole), so a run
+longer than a device session still gives its learning curve and its speed.
 ``--metrics`` only summarises a ``metrics.jsonl`` written earlier (e.g. copied back from the
 GPU machine) under the config the same flags give; ``--device`` then names the machine it
 ran on.
@@ -32,7 +33,7 @@ from common import device_name, write_results  # noqa: E402
 from holdjax.config import TrainConfig, config_from_args  # noqa: E402
 from holdjax.plot import read_metrics  # noqa: E402
 
-# Seconds an interrupted run may take to evaluate and log its last epochs before it is killed.
+# Seconds an interrupted run may take to log its last epochs and checkpoint before it is killed.
 STOP_GRACE_S = 8  # gpu_session.sh leaves 10 s between this stop and its own
 
 
