@@ -9,8 +9,8 @@ Every flag other than the four below is a `python -m holdjax.train` flag. The ru
 that many seconds with SIGINT, as Ctrl-C would (the run then finishes its epoch, evaluates
 and logs the epochs it trained since its last evaluation, then saves a checkpoint; killed
 only if it has not exited ``STOP_GRACE_S`` later; killed while checkpointing, its log is
-already written), so a run
-longer than a device session still gives its learning curve and its speed.
+already written), so a run longer than a device session still gives its learning curve
+and its speed.
 ``--metrics`` only summarises a ``metrics.jsonl`` written earlier (e.g. copied back from the
 GPU machine) under the config the same flags give; ``--device`` then names the machine it
 ran on.
