@@ -62,12 +62,9 @@ def latest_epoch(run_dir: str) -> int | None:
     return manager(run_dir).latest_step()
 
 
-def restore(run_dir: str, state_like, replay_like=None, epoch: int | None = None,
-            only: tuple[str, ...] = ()):
-    """Restores (epoch, state, replay or None) shaped like the given example trees. With
-    ``only`` (path prefixes, e.g. ``".sac.actor_params"``), just the state's leaves under
-    them are read, from a checkpoint that may hold a state of another shape elsewhere; the
-    rest of ``state_like`` comes back as given."""
+def existing_epoch(run_dir: str, epoch: int | None = None) -> int:
+    """``epoch`` (default: the latest) if the run holds its checkpoint; else a
+    CheckpointError that lists the ones it holds."""
     if not os.path.isdir(checkpoint_dir(run_dir)):
         raise CheckpointError(
             f"no checkpoints in {run_dir}; train first, or check --run/--out points at a run")
@@ -77,6 +74,18 @@ def restore(run_dir: str, state_like, replay_like=None, epoch: int | None = None
         raise CheckpointError(
             f"checkpoint {epoch} not found in {checkpoint_dir(run_dir)}; "
             f"available: {sorted(mngr.all_steps())}")
+    return epoch
+
+
+def restore(run_dir: str, state_like, replay_like=None, epoch: int | None = None,
+            only: tuple[str, ...] = ()):
+    """Restores (epoch, state, replay or None) shaped like the given example trees. With
+    ``only`` (path prefixes, e.g. ``".sac.actor_params"``), just the state's leaves under
+    them are read, from a checkpoint that may hold a state of another shape elsewhere; the
+    rest of ``state_like`` comes back as given."""
+    epoch = existing_epoch(run_dir, epoch)
+    mngr = manager(run_dir)
+
     def abstract(tree):
         """Restore targets: shapes and dtypes of ``tree``, on its devices (default: the
         first device), so a run saved on several devices restores on one and vice versa."""

@@ -75,9 +75,11 @@ def main(argv: list[str] | None = None) -> dict:
             check_video_path(args.video)
         except ValueError as e:
             parser.error(f"--video: {e}")
-    print(f"evaluating {args.run} ({args.episodes} episodes per seed; the first call "
-          "compiles, a minute or more on a CPU)", file=sys.stderr)
     try:
+        checkpoint.read_config(args.run, TrainConfig)  # a bad --run or --step is told at once
+        checkpoint.existing_epoch(args.run, args.step)
+        print(f"evaluating {args.run} ({args.episodes} episodes per seed; the first call "
+              "compiles, a minute or more on a CPU)", file=sys.stderr)
         result, frames = evaluate_run(args.run, args.episodes, args.step)
     except (checkpoint.CheckpointError, CheckpointMismatchError, FileNotFoundError,
             GoalImageError) as e:

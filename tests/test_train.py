@@ -777,6 +777,15 @@ def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, state_run
     assert "has no checkpoint to resume from" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate_cli([f"--run={tmp_path}", "--json"])
+    assert "has no config.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_cli([f"--run={tmp_path / 'early'}"])
+    assert "no checkpoints in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_cli([f"--run={config.out_dir}", "--step=99"])
+    err = capsys.readouterr().err
+    assert "checkpoint 99 not found" in err and "available: [1, 2]" in err
+    assert "evaluating" not in err  # told before anything is built or compiled
 
 
 def test_bad_observation_fails_clearly():
