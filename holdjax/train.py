@@ -792,7 +792,11 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                         write_video(os.path.join(run_dir, "videos", f"eval_epoch{done:04d}.mp4"),
                                     video)
                 pending = []
-                if stopping:
+                if stopping or (done < config.num_epochs
+                                and any_process(stop_requested.is_set())):
+                    if not checkpoint_due:  # asked while this epoch was evaluated
+                        checkpoint.save(mngr, done, state,
+                                        replay if config.save_replay else None)
                     raise KeyboardInterrupt  # main() names the checkpoint just written
         except KeyboardInterrupt:
             if pending:

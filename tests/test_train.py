@@ -701,6 +701,20 @@ def test_a_signal_stops_the_run_after_its_epoch_with_a_checkpoint(state_run, tmp
     assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
     train(runs["stopped"], resume=True, quiet=True)
     train(runs["uninterrupted"], quiet=True)
+    # A signal while an epoch's policy is evaluated stops the run after that epoch too.
+    trainer = get_trainer(config)
+    evaluate = trainer.evaluate
+
+    def sigint_in_evaluation(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*args)
+
+    monkeypatch.setattr(trainer, "evaluate", sigint_in_evaluation)
+    early = dataclasses.replace(config, eval_batch=1, out=str(tmp_path / "early"))
+    with pytest.raises(KeyboardInterrupt):
+        train(early, quiet=True)
+    assert [r["epoch"] for r in read_metrics(early.out_dir)] == [1]
+    assert checkpoint.latest_epoch(early.out_dir) == 1
     stopped, uninterrupted = (read_metrics(run.out_dir) for run in runs.values())
     for a, b in zip(stopped, uninterrupted, strict=True):
         for name in ("epoch", "env_steps", "eval_success_rate", "eval_return", "critic_loss"):
