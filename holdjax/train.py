@@ -694,7 +694,6 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
         checkpoint.write_config(run_dir, config)
     mngr = checkpoint.manager(run_dir)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    writer = _tensorboard(run_dir) if lead else None
     start_steps = int(state.env_steps)
     # wall_s counts training time over all of a run's sessions (a resumed run goes on from
     # the time logged with its checkpoint); env_steps_per_s is this session's rate.
@@ -757,9 +756,10 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     # once. A first Ctrl-C or SIGTERM stops the run after its epoch with a checkpoint; a run
     # interrupted at once (a second one) still evaluates and logs the epochs it trained.
     eval_batch, pending = config.resolved_eval_batch, []
-    with live_bar(total=config.scheduled_env_steps, initial=start_steps, disable=quiet,
-                  desc=config.run_name, waiting="compiling and running the first epoch") as bar, \
-            stop_on_signal() as stop_requested:
+    with (tensorboard_writer(run_dir, lead) as writer,
+          live_bar(total=config.scheduled_env_steps, initial=start_steps, disable=quiet,
+                   desc=config.run_name, waiting="compiling and running the first epoch") as bar,
+          stop_on_signal() as stop_requested):
         try:
             for epoch in range(start_epoch, config.num_epochs):
                 epoch_start = time.perf_counter()
@@ -802,8 +802,6 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
             if pending:
                 evaluate_and_log(pending, bar)
             raise
-    if writer is not None:
-        writer.close()
     return record
 
 
@@ -872,12 +870,22 @@ def logged_record(run_dir: str, epoch: int) -> dict:
     return next((r for r in read_metrics(run_dir) if r["epoch"] == epoch), {})
 
 
-def _tensorboard(run_dir: str):
+@contextlib.contextmanager
+def tensorboard_writer(run_dir: str, lead: bool):
+    """The run's TensorBoard writer (None without tensorboardX, or off process 0), closed,
+    and so flushed, however the run ends."""
     try:
         from tensorboardX import SummaryWriter
     except ImportError:  # TensorBoard events are optional; metrics.jsonl always exists
-        return None
-    return SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        SummaryWriter = None
+    if SummaryWriter is None or not lead:
+        yield None
+        return
+    writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+    try:
+        yield writer
+    finally:
+        writer.close()
 
 
 def _saved_config(run_dir: str) -> TrainConfig:

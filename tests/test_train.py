@@ -697,6 +697,7 @@ def test_a_signal_stops_the_run_after_its_epoch_with_a_checkpoint(state_run, tmp
     assert f"its last checkpoint is epoch 2 in {runs['stopped'].out_dir}" in err
     assert [r["epoch"] for r in read_metrics(runs["stopped"].out_dir)] == [1, 2]
     assert checkpoint.latest_epoch(runs["stopped"].out_dir) == 2
+    assert tensorboard_steps(runs["stopped"].out_dir, "eval_success_rate") == [8, 16]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the usual handlers are back
     assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
     train(runs["stopped"], resume=True, quiet=True)
@@ -722,6 +723,24 @@ def test_a_signal_stops_the_run_after_its_epoch_with_a_checkpoint(state_run, tmp
     for a, b in zip(*(jax.tree.leaves(params_of(run.out_dir, config)) for run in runs.values()),
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def tensorboard_steps(run_dir: str, tag: str) -> list[int]:
+    """The steps at which a run's TensorBoard events hold scalar ``tag``, read from the event
+    file's records (length, its CRC, an Event proto, its CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    steps = []
+    folder = os.path.join(run_dir, "tensorboard")
+    for name in os.listdir(folder):
+        data = open(os.path.join(folder, name), "rb").read()
+        offset = 0
+        while offset < len(data):
+            length = int.from_bytes(data[offset:offset + 8], "little")
+            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            steps += [event.step for value in event.summary.value if value.tag == tag]
+    return sorted(steps)
 
 
 def test_a_second_signal_stops_at_once():
