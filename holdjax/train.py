@@ -10,7 +10,8 @@ gradient updates; an *epoch* is a jitted ``lax.scan`` of iterations covering
 in one program: the environment runs K x N worlds as one batch (one render call) and the
 learner is vmapped over the seed axis. Between epochs the host evaluates, logs, writes
 checkpoints and videos; with ``eval_batch`` > 1 it evaluates the policies of that many
-epochs in one batched rollout after the last of them.
+epochs in one batched rollout after the last of them. Ctrl-C or SIGTERM stops a run after
+its epoch with a checkpoint (a second Ctrl-C at once); ``--resume`` continues it.
 
 Seeds are split over all visible devices, and over several processes (hosts) when launched
 as one job: every process runs this same command with ``JAX_COORDINATOR_ADDRESS`` (process
