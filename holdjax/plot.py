@@ -38,7 +38,7 @@ def read_metrics(run: str) -> list[dict]:
 X_AXES = {"env_steps": "environment steps", "wall_s": "training time (minutes)"}
 
 
-def load_curve(run_dir: str, metric: str = "eval_success_rate",
+def _load_curve(run_dir: str, metric: str = "eval_success_rate",
                x: str = "env_steps") -> tuple[np.ndarray, np.ndarray]:
     """(``x`` per epoch (E,): env steps, or minutes of training for "wall_s" (summed over a
     resumed run's sessions); metric per epoch and seed (E, K)) from a run's metrics.jsonl."""
@@ -68,7 +68,7 @@ def curves_figure(run_dirs: list[str], metric: str = "eval_success_rate", x: str
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run_dir in run_dirs:
-        steps, values = load_curve(run_dir, metric, x)
+        steps, values = _load_curve(run_dir, metric, x)
         seeds = values.shape[1]
         label = f"{os.path.basename(os.path.normpath(run_dir))} ({seeds} seed{'s' * (seeds > 1)})"
         line, = ax.plot(steps, values.mean(axis=1), label=label)

@@ -535,20 +535,20 @@ def maybe_init_distributed() -> None:
             "process, or unset JAX_COORDINATOR_ADDRESS for a one-process run") from None
 
 
-def processes_description() -> str:
+def _processes_description() -> str:
     """The job's processes and devices, for the run's header ("" for one process)."""
     if jax.process_count() == 1:
         return ""
     return f" ({jax.device_count()} devices in {jax.process_count()} processes)"
 
 
-def is_lead_process() -> bool:
+def _is_lead_process() -> bool:
     """Whether this process writes the run's files and prints its progress: the only one,
     or process 0 of a multi-process job."""
     return jax.process_index() == 0
 
 
-def to_host(tree):
+def _to_host(tree):
     """``tree``'s arrays as numpy arrays, whole: in a multi-process job every process
     gathers the parts that the others' devices hold (a collective: all must call it)."""
     if jax.process_count() > 1:
@@ -559,7 +559,7 @@ def to_host(tree):
 # ---- the host loop -----------------------------------------------------------------------
 def summarize_epoch(out: dict, config: TrainConfig) -> dict[str, list[float] | float]:
     """Per-seed means of an epoch's scan outputs (losses over iterations that updated)."""
-    out = to_host(out)
+    out = _to_host(out)
     updated = np.asarray(out.pop("updated"))
     finished = np.asarray(out.pop("finished")).reshape(len(updated), config.seeds, -1)
     returns = np.asarray(out.pop("train_return")).reshape(finished.shape)
@@ -580,7 +580,7 @@ def summarize_epoch(out: dict, config: TrainConfig) -> dict[str, list[float] | f
     return summary
 
 
-def encoder_description(config: TrainConfig) -> str:
+def _encoder_description(config: TrainConfig) -> str:
     """How the SAC encoders compute, for the run's header ("" for state observations): the
     computation "auto" picks differs by backend, so the header says which one runs."""
     if config.observation != "pixels":
@@ -658,7 +658,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
         if latest >= config.num_epochs:
             print(f"{run_dir} has finished its {config.num_epochs} epochs; pass a larger "
                   "--total_steps to train it further", file=sys.stderr)
-            return logged_record(run_dir, latest)
+            return _logged_record(run_dir, latest)
     elif latest is not None:
         raise checkpoint.CheckpointError(
             f"{run_dir} already holds checkpoints; pass --resume to continue it or choose "
@@ -666,7 +666,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     device, num_devices = jax.local_devices()[0], training_devices(config)
     host_memory = device.platform == "cpu"
     replay_bytes = check_replay_fits(config, free_memory(device), num_devices, host_memory)
-    lead = is_lead_process()
+    lead = _is_lead_process()
     quiet = quiet or not lead
     if not quiet:
         where = " per device" if num_devices > 1 and not host_memory else ""
@@ -698,7 +698,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     start_steps = int(state.env_steps)
     # wall_s counts training time over all of a run's sessions (a resumed run goes on from
     # the time logged with its checkpoint); env_steps_per_s is this session's rate.
-    wall_before = logged_record(run_dir, start_epoch).get("wall_s", 0.0)
+    wall_before = _logged_record(run_dir, start_epoch).get("wall_s", 0.0)
     record: dict = {}
     start, started_at = time.perf_counter(), time.time()
     def evaluate_and_log(pending: list[PendingEpoch], bar) -> tuple[dict, jax.Array]:
@@ -711,7 +711,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
             jax.tree.map(stack, *[p.policy for p in pending + padding]),
             trainer.placed(stack(*[p.eval_keys for p in pending + padding]),
                            PER_STEP_SEED_AXIS))
-        stats = to_host(stats)  # (epochs, seeds)
+        stats = _to_host(stats)  # (epochs, seeds)
         evaluated = time.perf_counter()
         eval_s = (evaluated - pending[-1].trained) / len(pending)  # each epoch's share
         for index, done_epoch in enumerate(pending):
@@ -757,7 +757,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     # once. A first Ctrl-C or SIGTERM stops the run after its epoch with a checkpoint; a run
     # interrupted at once (a second one) still evaluates and logs the epochs it trained.
     eval_batch, pending = config.resolved_eval_batch, []
-    with (tensorboard_writer(run_dir, lead) as writer,
+    with (_tensorboard_writer(run_dir, lead) as writer,
           live_bar(total=config.scheduled_env_steps, initial=start_steps, disable=quiet,
                    desc=config.run_name, waiting="compiling and running the first epoch") as bar,
           stop_on_signal() as stop_requested):
@@ -775,7 +775,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                     train_s=time.perf_counter() - epoch_start, trained=time.perf_counter()))
                 bar.update(pending[-1].env_steps - bar.n)
                 done = epoch + 1
-                stopping = any_process(stop_requested.is_set()) and done < config.num_epochs
+                stopping = _any_process(stop_requested.is_set()) and done < config.num_epochs
                 checkpoint_due = (done % config.checkpoint_frequency == 0
                                   or done == config.num_epochs or stopping)
                 video_due = config.path_save_frequency and (
@@ -788,13 +788,13 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                     if lead:
                         write_curves(run_dir)
                 if video_due:
-                    video = to_host(frames[:, len(pending) - 1])  # the last epoch's
+                    video = _to_host(frames[:, len(pending) - 1])  # the last epoch's
                     if lead:
                         write_video(os.path.join(run_dir, "videos", f"eval_epoch{done:04d}.mp4"),
                                     video)
                 pending = []
                 if stopping or (done < config.num_epochs
-                                and any_process(stop_requested.is_set())):
+                                and _any_process(stop_requested.is_set())):
                     if not checkpoint_due:  # asked while this epoch was evaluated
                         checkpoint.save(mngr, done, state,
                                         replay if config.save_replay else None)
@@ -857,13 +857,13 @@ def stop_on_signal():
             signal.signal(sig, handler)
 
 
-def any_process(flag: bool) -> bool:
+def _any_process(flag: bool) -> bool:
     """Whether ``flag`` holds in any process of the job (a collective: all must call it), so
     that a signal to one process stops them all at the same epoch."""
-    return bool(np.any(to_host(np.array([flag]))))
+    return bool(np.any(_to_host(np.array([flag]))))
 
 
-def logged_record(run_dir: str, epoch: int) -> dict:
+def _logged_record(run_dir: str, epoch: int) -> dict:
     """The metrics record that a run logged for ``epoch`` (with its checkpoint), or {} if
     its metrics.jsonl has none (a lost log must not stop a resume)."""
     if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
@@ -872,7 +872,7 @@ def logged_record(run_dir: str, epoch: int) -> dict:
 
 
 @contextlib.contextmanager
-def tensorboard_writer(run_dir: str, lead: bool):
+def _tensorboard_writer(run_dir: str, lead: bool):
     """The run's TensorBoard writer (None without tensorboardX, or off process 0), closed,
     and so flushed, however the run ends."""
     try:
@@ -939,15 +939,15 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    if is_lead_process():
+    if _is_lead_process():
         print(f"run {config.run_name}: {config.scheduled_env_steps} env steps x {config.seeds} "
               f"seed(s), {config.num_envs} worlds per seed, {config.updates_per_iteration} "
-              f"update(s) per {config.num_envs} env steps, {encoder_description(config)}on "
-              f"{jax.devices()[0].device_kind}{processes_description()}; writing to "
+              f"update(s) per {config.num_envs} env steps, {_encoder_description(config)}on "
+              f"{jax.devices()[0].device_kind}{_processes_description()}; writing to "
               f"{config.out_dir}", file=sys.stderr)
     try:
         record = train(config, resume=resume)
-        if record and is_lead_process():
+        if record and _is_lead_process():
             print(finished_message(config, record), file=sys.stderr)
         return record
     except (FileNotFoundError, checkpoint.CheckpointError, CheckpointMismatchError,
@@ -956,7 +956,7 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(2)
     except KeyboardInterrupt:
         last = checkpoint.latest_epoch(config.out_dir)  # every process: orbax syncs them
-        if not is_lead_process():
+        if not _is_lead_process():
             sys.exit(130)
         if last:
             print(f"\ninterrupted; its last checkpoint is epoch {last} in {config.out_dir}. "

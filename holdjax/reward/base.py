@@ -58,7 +58,7 @@ class RewardFunction:
         self.config = config
         self.goals = jnp.asarray(goals, jnp.uint8)  # (G, H, W, 3) subgoal images, in order
         if distance is None and kind == "l2":  # the one model that needs no weights
-            distance = l2_to_goals(self.goals)
+            distance = _l2_to_goals(self.goals)
         if kind in DISTANCE_REWARDS and distance is None:
             raise ValueError(f"reward {kind!r} needs its distance model")
         self.distance = distance
@@ -117,7 +117,7 @@ class RewardFunction:
         return reward, shaped
 
 
-def l2_to_goals(goals: jax.Array) -> DistanceToGoals:
+def _l2_to_goals(goals: jax.Array) -> DistanceToGoals:
     return lambda frames: l2.l2_distance(frames, goals)
 
 
@@ -162,7 +162,7 @@ def holdr_model(config):
                                         attention=config.holdr_attention), source
 
 
-def distance_settings(config) -> dict:
+def _distance_settings(config) -> dict:
     """The run's distance settings, which apply to every HOLD-C model (released or not)."""
     return dict(distance_type=config.distance_type, distance_params=config.distance_params,
                 dtype=config.reward_dtype)
@@ -175,7 +175,7 @@ def released_holdc_config(config):
     return holdc.HoldCConfig(
         num_layers=config.holdc_layers, num_filters=config.holdc_filters,
         embedding_size=config.holdc_embedding_size, crop_size=config.holdc_crop_size,
-        **distance_settings(config))
+        **_distance_settings(config))
 
 
 def holdc_to_goals(config, task: str, goals: jax.Array) -> tuple[DistanceToGoals, str]:
@@ -201,11 +201,11 @@ def holdc_to_goals(config, task: str, goals: jax.Array) -> tuple[DistanceToGoals
         print(f"reward holdc: holdjax's demo-trained HOLD-C {source} (trained on rendered robot "
               "demonstrations; the released one would be read from "
               "$HOLD_TOP_DIR/hold/holdc/checkpoint)", file=sys.stderr)
-        model = reward_train.load_model(source, **distance_settings(config))
+        model = reward_train.load_model(source, **_distance_settings(config))
     return model.to_goals(goals), source
 
 
-def r3m_model(config):
+def _r3m_model(config):
     """The public R3M ResNet (figure 5's baseline: ResNet-50) from ``--reward_checkpoint`` or
     its default location (:func:`holdjax.reward.r3m.default_weights_path`), and that path; no
     torch needed."""
@@ -233,6 +233,6 @@ def make_reward(config, env: ManipulationEnv) -> RewardFunction:
     if config.reward == "holdc":
         distance, source = holdc_to_goals(config, env.task.name, jnp.asarray(goals))
     elif config.reward == "r3m":
-        model, source = r3m_model(config)
+        model, source = _r3m_model(config)
         distance = model.to_goals(jnp.asarray(goals))
     return RewardFunction(config.reward, config.shaping, goals, distance, source=source)

@@ -160,7 +160,7 @@ def goal_pose_frames(env: ManipulationEnv, qpos: np.ndarray, num_envs: int) -> n
     return in_chunks(_world_renderer(env), np.asarray(posed), np.asarray(hands), chunk=num_envs)
 
 
-def check_scripts(key: jax.Array, experts: int, randoms: int,
+def _check_scripts(key: jax.Array, experts: int, randoms: int,
                   episode_length: int) -> reward_train.Script:
     """``experts`` worlds that start as the training demonstrations do (up to
     ``max_random_start`` random actions), then run the noise-free expert at full speed;
@@ -190,7 +190,7 @@ def evaluate(reward_fn: RewardFunction, env: ManipulationEnv, episodes: int = 32
     """spearman_time and spearman_state of ``reward_fn``'s model (see the module docstring)."""
     key = jax.random.fold_in(jax.random.key(seed), CHECK_STREAM)
     script_key, render_key = jax.random.split(key)
-    script = check_scripts(script_key, episodes, random_episodes, env.episode_length)
+    script = _check_scripts(script_key, episodes, random_episodes, env.episode_length)
     footage = reward_train.render_footage(env, script, render_key, num_envs, crop=False,
                                           desc=f"{env.task.name}: rendering check episodes")
     posed = goal_pose_frames(env, footage.qpos[:episodes, 0], num_envs)
@@ -200,7 +200,7 @@ def evaluate(reward_fn: RewardFunction, env: ManipulationEnv, episodes: int = 32
 def score(reward_fn: RewardFunction, env: ManipulationEnv, footage: reward_train.Footage,
           script: reward_train.Script, episodes: int,
           goal_pose: np.ndarray | None = None) -> dict:
-    """The metrics on ``footage`` (whole camera frames) of :func:`check_scripts`'s worlds,
+    """The metrics on ``footage`` (whole camera frames) of :func:`_check_scripts`'s worlds,
     and ``goal_pose_below_success`` on ``goal_pose`` (:func:`goal_pose_frames`) if given."""
     num_goals = reward_fn.num_goals
     dist = distances_to_goals(reward_fn, footage.frames)

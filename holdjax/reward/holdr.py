@@ -368,7 +368,7 @@ def frame_features(config: HoldRConfig, variables: dict, frames: jax.Array) -> j
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def time_to_goals(config: HoldRConfig, variables: dict, history: jax.Array,
+def _time_to_goals(config: HoldRConfig, variables: dict, history: jax.Array,
                   goal_features: jax.Array) -> jax.Array:
     """Regressed time (N, G) from each world's history of frame features (N, T-1, D), oldest
     first, to each goal (G, D): the temporal transformer and head only. Equal to
@@ -417,7 +417,7 @@ class HoldRDistance:
     def to_goals(self, goals: jax.Array):
         """history features (N, T-1, D) -> (N, G) time to ``goals`` (G, H, W, 3), whose
         features are computed only here."""
-        return functools.partial(time_to_goals, self.config, self.variables,
+        return functools.partial(_time_to_goals, self.config, self.variables,
                                  goal_features=self.features(goals))
 
 

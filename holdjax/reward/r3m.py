@@ -362,7 +362,7 @@ _TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "r
                "var": "running_var"}
 
 
-def torch_layout(config: R3MConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+def _torch_layout(config: R3MConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
     """torchvision key -> (flax variable path, torch shape) for every variable of the model:
     modules ``layer1_0/downsample_1`` are ``layer1.0.downsample.1``, kernels are OIHW."""
     layout = {}
@@ -396,10 +396,10 @@ def _model_name(config: R3MConfig) -> str:
             "(check num_layers and num_filters)")
 
 
-def variables_from_state_dict(state: dict[str, np.ndarray], config: R3MConfig) -> dict:
+def _variables_from_state_dict(state: dict[str, np.ndarray], config: R3MConfig) -> dict:
     """Model variables {'params', 'batch_stats'} (float32) from torchvision-keyed arrays:
     kernels OIHW -> HWIO, batch norm weight -> scale, running_mean/var -> batch_stats."""
-    layout = torch_layout(config)
+    layout = _torch_layout(config)
     problems = leaf_problems({k: tuple(np.shape(v)) for k, v in state.items()},
                              {k: tuple(shape) for k, (_, shape) in layout.items()})
     if problems:
@@ -415,7 +415,7 @@ def variables_from_state_dict(state: dict[str, np.ndarray], config: R3MConfig) -
 
 def import_torch_checkpoint(path: str, config: R3MConfig) -> dict:
     """The model variables of an R3M ``model.pt`` (or any torchvision ResNet state dict)."""
-    return variables_from_state_dict(convnet_state_dict(read_torch_checkpoint(path)), config)
+    return _variables_from_state_dict(convnet_state_dict(read_torch_checkpoint(path)), config)
 
 
 def restore_orbax(directory: str, config: R3MConfig) -> dict:
@@ -469,6 +469,6 @@ def load_r3m(path: str | None = None, config: R3MConfig | None = None,
     state = convnet_state_dict(read_torch_checkpoint(path))  # the file is read once
     if config is None:
         config = R3MConfig.from_shapes({k: np.shape(v) for k, v in state.items()}, **overrides)
-    variables = variables_from_state_dict(state, config)
+    variables = _variables_from_state_dict(state, config)
     save_orbax(converted, variables)
     return R3MDistance(config, variables)

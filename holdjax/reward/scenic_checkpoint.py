@@ -58,7 +58,7 @@ def find_checkpoint(path: str) -> str:
     return os.path.join(path, steps[max(steps)])
 
 
-def read_train_state(path: str) -> dict:
+def _read_train_state(path: str) -> dict:
     """The raw state dict of a scenic checkpoint: a flax msgpack file, or a directory written
     by flax's orbax-backed ``save_checkpoint``."""
     path = find_checkpoint(path)
@@ -69,7 +69,7 @@ def read_train_state(path: str) -> dict:
         return serialization.msgpack_restore(f.read())
 
 
-def train_state_variables(state: dict) -> dict:
+def _train_state_variables(state: dict) -> dict:
     """{'params', <model_state collections>} of a scenic train state dict."""
     if "optimizer" in state:
         params = state["optimizer"].get("target")
@@ -107,7 +107,7 @@ def leaf_problems(got: dict[str, tuple], want: dict[str, tuple]) -> list[str]:
     return problems
 
 
-def match_variables(restored: dict, expected: dict, model: str = HOLDC_MODEL) -> dict:
+def _match_variables(restored: dict, expected: dict, model: str = HOLDC_MODEL) -> dict:
     """``restored`` as numpy arrays of ``expected``'s dtypes, after checking its leaves against
     ``expected`` (arrays or shape structs) one by one; the error lists every offending leaf."""
     got, want = _flat(restored), _flat(expected)
@@ -122,15 +122,15 @@ def match_variables(restored: dict, expected: dict, model: str = HOLDC_MODEL) ->
 
 def import_scenic_checkpoint(path: str, config: holdc.HoldCConfig) -> dict:
     """The model variables {'params', 'batch_stats'} of a scenic HOLD-C checkpoint."""
-    variables = train_state_variables(read_train_state(path))
-    return match_variables(variables, holdc.abstract_variables(config))
+    variables = _train_state_variables(_read_train_state(path))
+    return _match_variables(variables, holdc.abstract_variables(config))
 
 
 def holdr_variables(params: dict, config: holdr.HoldRConfig) -> dict:
     """HOLD-R's variables ``{'params': ...}`` from scenic's parameter tree
     (``train_state.optimizer.target``), every leaf checked as HOLD-C's are: a silent partial
     load would give a plausible-looking but wrong reward."""
-    return match_variables({"params": core.unfreeze(params)},
+    return _match_variables({"params": core.unfreeze(params)},
                            holdr.variable_shapes(config), HOLDR_MODEL)
 
 
@@ -141,7 +141,7 @@ def save_orbax(directory: str, variables: dict) -> None:
         checkpointer.wait_until_finished()
 
 
-def save_converted(directory: str, variables: dict) -> None:
+def _save_converted(directory: str, variables: dict) -> None:
     """Saves a released checkpoint's converted ``variables`` as its orbax copy at
     ``directory``, except in a multi-process job, whose processes would all write it at
     once: there each reads the released file, every run, until a one-process command (such
@@ -164,7 +164,7 @@ def restore_variables(directory: str, target: dict, model: str) -> dict:
         except (ValueError, KeyError) as e:
             raise CheckpointMismatchError(
                 f"orbax checkpoint {directory} does not match {model}: {e}") from e
-    return match_variables(restored, target, model)
+    return _match_variables(restored, target, model)
 
 
 def restore_orbax(directory: str, config: holdc.HoldCConfig) -> dict:
@@ -182,7 +182,7 @@ def load_holdc_variables(config: holdc.HoldCConfig, path: str | None = None,
     if os.path.isdir(orbax_dir):
         return restore_orbax(orbax_dir, config)
     variables = import_scenic_checkpoint(source, config)
-    save_converted(orbax_dir, variables)
+    _save_converted(orbax_dir, variables)
     return variables
 
 
@@ -207,7 +207,7 @@ def load_holdr(path: str | None = None, orbax_dir: str | None = None,
         with ocp.StandardCheckpointer() as checkpointer:
             params = checkpointer.restore(os.path.abspath(orbax_dir))["params"]
     else:
-        params = train_state_variables(read_train_state(source))["params"]
+        params = _train_state_variables(_read_train_state(source))["params"]
     try:
         config = holdr.HoldRConfig.from_params(params, **overrides)
         variables = holdr_variables(params, config)
@@ -215,5 +215,5 @@ def load_holdr(path: str | None = None, orbax_dir: str | None = None,
         raise CheckpointMismatchError(
             f"{orbax_dir if converted else source} is not a HOLD-R checkpoint: {e}") from None
     if not converted:
-        save_converted(orbax_dir, variables)
+        _save_converted(orbax_dir, variables)
     return holdr.HoldRDistance(config, variables)

@@ -163,8 +163,8 @@ class RewardTrainConfig:
             raise ValueError("clips (distinct episodes per batch) exceeds the episodes")
         if self.layers not in holdc.BLOCK_SIZES:
             raise ValueError(f"layers {self.layers} not in {sorted(holdc.BLOCK_SIZES)}")
-        if last_stage_size(self.layers, self.image_size) < 2:
-            smallest = next(s for s in range(8, 1024, 8) if last_stage_size(self.layers, s) > 1)
+        if _last_stage_size(self.layers, self.image_size) < 2:
+            smallest = next(s for s in range(8, 1024, 8) if _last_stage_size(self.layers, s) > 1)
             raise ValueError(
                 f"image_size {self.image_size} leaves ResNet-{self.layers}'s last stage 1x1, "
                 "where its stride-2 shortcut sees only the image's (constant) corner and "
@@ -196,7 +196,7 @@ class RewardTrainConfig:
                                  embedding_size=self.embedding_size, crop_size=self.image_size)
 
 
-def last_stage_size(layers: int, image_size: int) -> int:
+def _last_stage_size(layers: int, image_size: int) -> int:
     """Side of the ResNet's last feature map: the stem and its pool halve the image, and so
     does every later stage."""
     side = -(-image_size // 4)
@@ -481,24 +481,24 @@ def time_loss(embeddings: jax.Array, goal_embeddings: jax.Array, steps_to_goals:
     return jnp.sum(jnp.where(known, error, 0.0)) / jnp.maximum(known.sum(), 1)
 
 
-def make_optimizer(config: RewardTrainConfig) -> optax.GradientTransformation:
+def _make_optimizer(config: RewardTrainConfig) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, min(config.warmup_steps, config.steps - 1) + 1,
         config.steps + 1)
     return optax.adam(schedule)
 
 
-def init_state(config: RewardTrainConfig, key: jax.Array) -> TrainState:
+def _init_state(config: RewardTrainConfig, key: jax.Array) -> TrainState:
     init_key, key = jax.random.split(key)
     size = config.image_size
     variables = jax.jit(holdc.build_model(config.model).init)(
         init_key, jnp.zeros((1, size, size, 3)))
     return TrainState(params=variables["params"], batch_stats=variables["batch_stats"],
-                      opt_state=make_optimizer(config).init(variables["params"]), key=key)
+                      opt_state=_make_optimizer(config).init(variables["params"]), key=key)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-def train_step(config: RewardTrainConfig, demos: Demos,
+def _train_step(config: RewardTrainConfig, demos: Demos,
                state: TrainState) -> tuple[TrainState, jax.Array]:
     """One Adam step on a freshly sampled batch of clips; returns the new state and loss."""
     key, sample_key = jax.random.split(state.key)
@@ -524,7 +524,7 @@ def train_step(config: RewardTrainConfig, demos: Demos,
         return loss, updates["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
+    updates, opt_state = _make_optimizer(config).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(params=params, batch_stats=batch_stats, opt_state=opt_state,
                       key=key), loss
@@ -611,12 +611,12 @@ def fit(config: RewardTrainConfig, demos: Demos, quiet: bool = False) -> tuple[d
     (one per 10 steps)."""
     if int(demos.lengths.min()) < config.clip_span:
         raise ValueError(f"episodes shorter than a clip's span, {config.clip_span} frames")
-    state = init_state(config, jax.random.key(config.seed))
+    state = _init_state(config, jax.random.key(config.seed))
     losses = []
     bar = tqdm(range(config.steps), desc=f"{config.task}: HOLD-C", unit="step",
                file=sys.stderr, disable=quiet)
     for step in bar:
-        state, loss = train_step(config, demos, state)
+        state, loss = _train_step(config, demos, state)
         if step % 10 == 0 or step == config.steps - 1:
             losses.append(float(loss))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")

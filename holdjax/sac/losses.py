@@ -18,7 +18,7 @@ from holdjax.sac.replay import Transition
 Params = chex.ArrayTree
 
 
-def soft_td_target(next_q_values: jax.Array, next_log_prob: jax.Array, log_alpha: jax.Array,
+def _soft_td_target(next_q_values: jax.Array, next_log_prob: jax.Array, log_alpha: jax.Array,
                    batch: Transition, discount: float) -> jax.Array:
     """r + discount * (1 - done) * (min of the target Qs (2, B) - alpha * log pi(a'|s'))."""
     soft_next_value = jnp.min(next_q_values, 0) - jnp.exp(log_alpha) * next_log_prob
@@ -26,7 +26,7 @@ def soft_td_target(next_q_values: jax.Array, next_log_prob: jax.Array, log_alpha
     return jax.lax.stop_gradient(target)
 
 
-def td_target(
+def _td_target(
     target_critic_params: Params,
     actor_params: Params,
     log_alpha: jax.Array,
@@ -35,14 +35,14 @@ def td_target(
     networks: SACNetworks,
     discount: float,
 ) -> jax.Array:
-    """`soft_td_target` with a' ~ pi(s') and the target critic's Q(s', a')."""
+    """`_soft_td_target` with a' ~ pi(s') and the target critic's Q(s', a')."""
     next_mean, next_log_std = networks.actor.apply(actor_params, batch.next_obs)
     next_action, next_log_prob = sample_tanh_gaussian(next_mean, next_log_std, next_noise)
     next_q = networks.critic.apply(target_critic_params, batch.next_obs, next_action)
-    return soft_td_target(next_q, next_log_prob, log_alpha, batch, discount)
+    return _soft_td_target(next_q, next_log_prob, log_alpha, batch, discount)
 
 
-def q_loss(q_values: jax.Array, target: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+def _q_loss(q_values: jax.Array, target: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Sum over the two Q heads (2, B) of 0.5 * mean squared TD error against the target."""
     chex.assert_shape(q_values, (2, *target.shape))
     loss = jnp.sum(0.5 * jnp.mean((q_values - target) ** 2, axis=1))
@@ -63,15 +63,15 @@ def critic_loss(
     networks: SACNetworks,
     discount: float,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """`q_loss` of the critic on (s, a) against `td_target`."""
+    """`_q_loss` of the critic on (s, a) against `_td_target`."""
     chex.assert_rank([batch.reward, batch.done], 1)
-    target = td_target(
+    target = _td_target(
         target_critic_params, actor_params, log_alpha, batch, next_noise, networks, discount
     )
-    return q_loss(networks.critic.apply(critic_params, batch.obs, batch.action), target)
+    return _q_loss(networks.critic.apply(critic_params, batch.obs, batch.action), target)
 
 
-def policy_objective(log_prob: jax.Array, q_values: jax.Array, log_alpha: jax.Array) -> jax.Array:
+def _policy_objective(log_prob: jax.Array, q_values: jax.Array, log_alpha: jax.Array) -> jax.Array:
     """mean(alpha * log pi(a|s) - min Q(s, a)) over Q values (2, B), alpha held fixed."""
     alpha = jax.lax.stop_gradient(jnp.exp(log_alpha))
     return jnp.mean(alpha * log_prob - jnp.min(q_values, 0))
@@ -85,14 +85,14 @@ def actor_loss(
     noise: jax.Array,
     networks: SACNetworks,
 ) -> tuple[jax.Array, jax.Array]:
-    """`policy_objective` with a reparameterised a ~ pi(s); returns (loss, log pi).
+    """`_policy_objective` with a reparameterised a ~ pi(s); returns (loss, log pi).
 
     Only `actor_params` should be differentiated: alpha and the critic are held fixed here.
     """
     mean, log_std = networks.actor.apply(actor_params, obs)
     action, log_prob = sample_tanh_gaussian(mean, log_std, noise)
     q_values = networks.critic.apply(critic_params, obs, action)
-    return policy_objective(log_prob, q_values, log_alpha), log_prob
+    return _policy_objective(log_prob, q_values, log_alpha), log_prob
 
 
 def alpha_loss(log_alpha: jax.Array, log_prob: jax.Array, target_entropy: float) -> jax.Array:
@@ -133,15 +133,15 @@ def fused_encoder_losses(
     policy = functools.partial(networks.actor.apply, method="distribution")
     next_action, next_log_prob = sample_tanh_gaussian(
         *policy(frozen_actor, actor_next_features), next_noise)
-    target = soft_td_target(critic_heads(target_critic_params, target_next_features, next_action),
+    target = _soft_td_target(critic_heads(target_critic_params, target_next_features, next_action),
                             next_log_prob, log_alpha, batch, discount)
-    critic_loss_value, metrics = q_loss(
+    critic_loss_value, metrics = _q_loss(
         critic_heads(critic_params, critic_features, batch.action), target)
 
     action, log_prob = sample_tanh_gaussian(*policy(actor_params, actor_features), noise)
     q_values = critic_heads(jax.lax.stop_gradient(critic_params),
                             jax.lax.stop_gradient(critic_features), action)
-    actor_loss_value = policy_objective(log_prob, q_values, log_alpha)
+    actor_loss_value = _policy_objective(log_prob, q_values, log_alpha)
     alpha_loss_value = alpha_loss(log_alpha, log_prob, target_entropy)
     return critic_loss_value + actor_loss_value + alpha_loss_value, {
         **metrics, "actor_loss": actor_loss_value, "alpha_loss": alpha_loss_value,

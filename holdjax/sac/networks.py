@@ -30,7 +30,7 @@ class Encoder(nn.Module):
     Each layer is a `ConvReluPool`; ``conv`` picks how its convolution is computed (same
     parameters and values; `ENCODER_CONVS`). ``dtype`` is the convolutions' compute type
     (parameters stay float32; features come out float32 for the MLPs). Images may be
-    `ShiftedImages` (`encoder_input`).
+    `ShiftedImages` (`_encoder_input`).
     """
 
     filters: Sequence[int] = (8, 8)
@@ -41,14 +41,14 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array | ShiftedImages) -> jax.Array:
         conv = resolve_encoder_conv(self.conv)
-        x = encoder_input(images, conv, self.dtype)
+        x = _encoder_input(images, conv, self.dtype)
         for i, num_filters in enumerate(self.filters):
             x = ConvReluPool(num_filters, self.kernel_size, conv, self.dtype,
                              name=f"Conv_{i}")(x)
         return x.reshape(x.shape[0], -1).astype(jnp.float32)
 
 
-def encoder_input(images: jax.Array | ShiftedImages, conv: str, dtype: str
+def _encoder_input(images: jax.Array | ShiftedImages, conv: str, dtype: str
                   ) -> jax.Array | ShiftedImages:
     """The first layer's input: images in ``dtype``; `ShiftedImages` as they are for a Pallas
     computation (its first layer reads them through their shifts), else shifted and
@@ -150,7 +150,7 @@ def rows_conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
     b, h, w, c = x.shape
     kh, kw, _, features = kernel.shape
     tile = _row_tile(w)
-    x = jnp.pad(x, ((0, 0), same_padding(kh), same_padding(kw), (0, 0)))
+    x = jnp.pad(x, ((0, 0), _same_padding(kh), _same_padding(kw), (0, 0)))
     rows = jnp.stack([x[:, i:i + h] for i in range(kh)], axis=2)  # (B, H, kh, W + kw - 1, C)
     windows = jnp.stack([rows[:, :, :, t:t + tile + kw - 1] for t in range(0, w, tile)], axis=2)
     windows = windows.reshape(b, h, w // tile, kh, (tile + kw - 1) * c)
@@ -199,7 +199,7 @@ def encode_pair(first: chex.ArrayTree, second: chex.ArrayTree,
     tiled for wider outputs than 8 (on XLA:CPU it is slower; benchmarks/NOTES.md).
     """
     conv = resolve_encoder_conv(conv)
-    x = encoder_input(images, conv, dtype)
+    x = _encoder_input(images, conv, dtype)
     if conv in PALLAS_CONVS:
         a, b = first["Conv_0"], second["Conv_0"]
         stacked = CONV_RELU_POOL[conv](x, (a["kernel"], b["kernel"]), (a["bias"], b["bias"]),
@@ -295,7 +295,7 @@ def _canonical_conv(padding: Padding) -> Callable[[jax.Array, jax.Array], jax.Ar
     return conv
 
 
-def same_padding(size: int) -> tuple[int, int]:
+def _same_padding(size: int) -> tuple[int, int]:
     """(low, high) zero padding of `lax`'s "SAME" for a stride-1 window of `size`."""
     return (size - 1) // 2, size // 2
 
@@ -361,7 +361,7 @@ def _conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
 
 def _conv_same_grads(x: jax.Array, kernel: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Input and kernel gradients of `conv_same` for the output cotangent g (NHWC)."""
-    padding = tuple(map(same_padding, kernel.shape[:2]))
+    padding = tuple(map(_same_padding, kernel.shape[:2]))
     # dx: correlate g with the flipped kernel, in/out features swapped, padding mirrored.
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
     dx = _conv(g, flipped, tuple((high, low) for low, high in padding))
@@ -376,7 +376,7 @@ def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """`lax.conv_general_dilated(x, kernel, (1, 1), "SAME")` for NHWC x and HWIO kernel, with
     every convolution of the forward and backward pass canonical (see above)."""
     chex.assert_rank([x, kernel], 4)
-    return _conv(x, kernel, tuple(map(same_padding, kernel.shape[:2])))
+    return _conv(x, kernel, tuple(map(_same_padding, kernel.shape[:2])))
 
 
 conv_same.defvjp(
@@ -391,7 +391,7 @@ def conv_same_blocked(x: jax.Array, kernel: jax.Array) -> jax.Array:
     out[b, Y, X, 2p + q, o] = conv_same(x, kernel)[b, 2Y + p, 2X + q, o], (B, H/2, W/2, 4, O).
     """
     chex.assert_rank([x, kernel], 4)
-    y = _conv_on_blocks(x, kernel, tuple(map(same_padding, kernel.shape[:2])))
+    y = _conv_on_blocks(x, kernel, tuple(map(_same_padding, kernel.shape[:2])))
     return y.reshape(*y.shape[:3], 4, kernel.shape[-1])
 
 
@@ -513,7 +513,7 @@ def make_networks(
                        critic=Critic(hidden_sizes, encoder(), batched_q_heads))
 
 
-def tanh_log_det_jacobian(pre_tanh: jax.Array) -> jax.Array:
+def _tanh_log_det_jacobian(pre_tanh: jax.Array) -> jax.Array:
     """log(1 - tanh(u)^2) written as 2 (log 2 - u - softplus(-2u)), finite for large |u|."""
     return 2.0 * (jnp.log(2.0) - pre_tanh - jax.nn.softplus(-2.0 * pre_tanh))
 
@@ -528,7 +528,7 @@ def sample_tanh_gaussian(
     chex.assert_equal_shape((mean, log_std, noise))
     pre_tanh = mean + jnp.exp(log_std) * noise
     gaussian_log_prob = -0.5 * noise**2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi)
-    log_prob = jnp.sum(gaussian_log_prob - tanh_log_det_jacobian(pre_tanh), axis=-1)
+    log_prob = jnp.sum(gaussian_log_prob - _tanh_log_det_jacobian(pre_tanh), axis=-1)
     return jnp.tanh(pre_tanh), log_prob
 
 

@@ -83,7 +83,7 @@ def replay_rows(capacity: int, num_envs: int) -> int:
     return -(-capacity // num_envs) + 1
 
 
-def last_frame_slots(rows: int, episode_length: int) -> int:
+def _last_frame_slots(rows: int, episode_length: int) -> int:
     """Slots for episodes' last next observations: more than the last rows that R - 1 valid rows
     can hold, so that the slot written next never belongs to a valid row."""
     return (rows - 1) // episode_length + 2
@@ -112,7 +112,7 @@ def init_replay(capacity: int, obs_shape: tuple[int, ...], action_dim: int, num_
     of ``episode_length`` steps; images are stored as uint8, state vectors as float32."""
     rows = replay_rows(capacity, num_envs)
     obs_dtype = jnp.uint8 if is_image_shape(obs_shape) else jnp.float32
-    slots = last_frame_slots(rows, episode_length)
+    slots = _last_frame_slots(rows, episode_length)
     return ReplayBuffer(
         frames=jnp.zeros((rows, num_envs, *obs_shape), obs_dtype),
         last_frames=jnp.zeros((slots, num_envs, *obs_shape), obs_dtype),
@@ -144,7 +144,7 @@ def insert(buffer: ReplayBuffer, transitions: Transition, episode_end: jax.Array
     row, slot = buffer.cursor, buffer.episodes % buffer.last_frames.shape[0]
     # The next observations go to the next frame row in any case (a new episode's first
     # observations overwrite them) and to the slot the next last row will take (free, see
-    # `last_frame_slots`), kept only when this row is one.
+    # `_last_frame_slots`), kept only when this row is one.
     return ReplayBuffer(
         frames=buffer.frames.at[row].set(transitions.obs).at[(row + 1) % buffer.rows].set(
             transitions.next_obs),

@@ -132,7 +132,7 @@ def init_sac(
     )
 
 
-def prepare_obs(obs: jax.Array, shifts: jax.Array | None, aug_pad: int, lazy: bool = False
+def _prepare_obs(obs: jax.Array, shifts: jax.Array | None, aug_pad: int, lazy: bool = False
                 ) -> jax.Array | ShiftedImages:
     """Stored observations to network input: images shifted by ``shifts`` (B, 2) (on uint8;
     none when ``aug_pad`` is 0), then to float; with ``lazy``, the images and their shifts,
@@ -144,7 +144,7 @@ def prepare_obs(obs: jax.Array, shifts: jax.Array | None, aug_pad: int, lazy: bo
     return stored_obs_to_float(obs)
 
 
-def apply_gradients(
+def _apply_gradients(
     tx: optax.GradientTransformation,
     params: chex.ArrayTree,
     grads: chex.ArrayTree,
@@ -175,8 +175,8 @@ def sac_update(
     lazy = (config.lazy_augmentation and from_pixels
             and networks.critic.encoder.conv in PALLAS_CONVS)
     batch = batch.replace(
-        obs=prepare_obs(batch.obs, shifts[0], config.aug_pad, lazy),
-        next_obs=prepare_obs(batch.next_obs, shifts[1], config.aug_pad, lazy),
+        obs=_prepare_obs(batch.obs, shifts[0], config.aug_pad, lazy),
+        next_obs=_prepare_obs(batch.next_obs, shifts[1], config.aug_pad, lazy),
     )
     next_noise = jax.random.normal(next_noise_key, batch.action.shape)
     noise = jax.random.normal(noise_key, batch.action.shape)
@@ -210,13 +210,13 @@ def sac_update(
                    "alpha_loss": alpha_loss_value}
 
     tx = optimizer(config)
-    critic_params, critic_opt_state = apply_gradients(
+    critic_params, critic_opt_state = _apply_gradients(
         tx, state.critic_params, critic_grads, state.critic_opt_state
     )
-    actor_params, actor_opt_state = apply_gradients(
+    actor_params, actor_opt_state = _apply_gradients(
         tx, state.actor_params, actor_grads, state.actor_opt_state
     )
-    log_alpha, alpha_opt_state = apply_gradients(
+    log_alpha, alpha_opt_state = _apply_gradients(
         tx, state.log_alpha, alpha_grad, state.alpha_opt_state
     )
     new_state = SACState(
