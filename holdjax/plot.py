@@ -39,7 +39,7 @@ X_AXES = {"env_steps": "environment steps", "wall_s": "training time (minutes)"}
 
 
 def _load_curve(run_dir: str, metric: str = "eval_success_rate",
-               x: str = "env_steps") -> tuple[np.ndarray, np.ndarray]:
+                x: str = "env_steps") -> tuple[np.ndarray, np.ndarray]:
     """(``x`` per epoch (E,): env steps, or minutes of training for "wall_s" (summed over a
     resumed run's sessions); metric per epoch and seed (E, K)) from a run's metrics.jsonl."""
     records = read_metrics(run_dir)

@@ -161,7 +161,7 @@ def goal_pose_frames(env: ManipulationEnv, qpos: np.ndarray, num_envs: int) -> n
 
 
 def _check_scripts(key: jax.Array, experts: int, randoms: int,
-                  episode_length: int) -> reward_train.Script:
+                   episode_length: int) -> reward_train.Script:
     """``experts`` worlds that start as the training demonstrations do (up to
     ``max_random_start`` random actions), then run the noise-free expert at full speed;
     then ``randoms`` worlds that run that expert for U{0..T} steps and act at random after."""

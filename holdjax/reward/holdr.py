@@ -369,7 +369,7 @@ def frame_features(config: HoldRConfig, variables: dict, frames: jax.Array) -> j
 
 @functools.partial(jax.jit, static_argnums=0)
 def _time_to_goals(config: HoldRConfig, variables: dict, history: jax.Array,
-                  goal_features: jax.Array) -> jax.Array:
+                   goal_features: jax.Array) -> jax.Array:
     """Regressed time (N, G) from each world's history of frame features (N, T-1, D), oldest
     first, to each goal (G, D): the temporal transformer and head only. Equal to
     :func:`predict_time_to_goal` on the frames themselves."""

@@ -131,7 +131,7 @@ def holdr_variables(params: dict, config: holdr.HoldRConfig) -> dict:
     (``train_state.optimizer.target``), every leaf checked as HOLD-C's are: a silent partial
     load would give a plausible-looking but wrong reward."""
     return _match_variables({"params": core.unfreeze(params)},
-                           holdr.variable_shapes(config), HOLDR_MODEL)
+                            holdr.variable_shapes(config), HOLDR_MODEL)
 
 
 def save_orbax(directory: str, variables: dict) -> None:

@@ -499,7 +499,7 @@ def _init_state(config: RewardTrainConfig, key: jax.Array) -> TrainState:
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _train_step(config: RewardTrainConfig, demos: Demos,
-               state: TrainState) -> tuple[TrainState, jax.Array]:
+                state: TrainState) -> tuple[TrainState, jax.Array]:
     """One Adam step on a freshly sampled batch of clips; returns the new state and loss."""
     key, sample_key = jax.random.split(state.key)
     frames, timesteps, ids = sample_clips(sample_key, demos, config.clips, config.clip_length,

@@ -19,7 +19,7 @@ Params = chex.ArrayTree
 
 
 def _soft_td_target(next_q_values: jax.Array, next_log_prob: jax.Array, log_alpha: jax.Array,
-                   batch: Transition, discount: float) -> jax.Array:
+                    batch: Transition, discount: float) -> jax.Array:
     """r + discount * (1 - done) * (min of the target Qs (2, B) - alpha * log pi(a'|s'))."""
     soft_next_value = jnp.min(next_q_values, 0) - jnp.exp(log_alpha) * next_log_prob
     target = batch.reward + discount * (1.0 - batch.done) * soft_next_value
@@ -134,7 +134,7 @@ def fused_encoder_losses(
     next_action, next_log_prob = sample_tanh_gaussian(
         *policy(frozen_actor, actor_next_features), next_noise)
     target = _soft_td_target(critic_heads(target_critic_params, target_next_features, next_action),
-                            next_log_prob, log_alpha, batch, discount)
+                             next_log_prob, log_alpha, batch, discount)
     critic_loss_value, metrics = _q_loss(
         critic_heads(critic_params, critic_features, batch.action), target)
 

@@ -49,7 +49,7 @@ class Encoder(nn.Module):
 
 
 def _encoder_input(images: jax.Array | ShiftedImages, conv: str, dtype: str
-                  ) -> jax.Array | ShiftedImages:
+                   ) -> jax.Array | ShiftedImages:
     """The first layer's input: images in ``dtype``; `ShiftedImages` as they are for a Pallas
     computation (its first layer reads them through their shifts), else shifted and
     converted here."""

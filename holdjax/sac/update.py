@@ -133,7 +133,7 @@ def init_sac(
 
 
 def _prepare_obs(obs: jax.Array, shifts: jax.Array | None, aug_pad: int, lazy: bool = False
-                ) -> jax.Array | ShiftedImages:
+                 ) -> jax.Array | ShiftedImages:
     """Stored observations to network input: images shifted by ``shifts`` (B, 2) (on uint8;
     none when ``aug_pad`` is 0), then to float; with ``lazy``, the images and their shifts,
     for the encoders to apply (`ShiftedImages`)."""
