@@ -75,6 +75,17 @@ def write_results(name: str, payload: dict, out_dir: str | None = None,
     return path
 
 
+def write_census(name: str, args: argparse.Namespace, target_device: str,
+                 payload: dict) -> dict:
+    """Writes a deviceless census (compiled here for ``args.target``, a `gpu_targets/` name or
+    cpu) as ``<name>-<target>[-<args.tag>]-<this machine>.json`` in ``args.out``, says where,
+    and returns its payload."""
+    payload = {"target": args.target, "target_device": target_device, **payload}
+    tag = "-".join(filter(None, (args.target, args.tag)))
+    print(f"wrote {write_results(name, payload, out_dir=args.out, tag=tag)}")
+    return payload
+
+
 def add_holdc_arguments(parser: argparse.ArgumentParser) -> None:
     """The HOLD-C size flags of the speed benchmarks (default: the released ResNet-50, 256 px;
     bf16 on accelerators)."""

@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sac_update  # noqa: E402
-from common import write_results  # noqa: E402
+from common import write_census  # noqa: E402
 
 from holdjax.sac import pallas_conv  # noqa: E402
 from holdjax.sac.replay import init_replay  # noqa: E402
@@ -304,8 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{variant:>23} {num_seeds:>5} {row['kernels_per_update']:>8} "
                   f"{row['mb_per_update']:>8.0f} {row['floor_us']:>9.0f} {compile_s:>9.1f}",
                   flush=True)
-    payload = {"target": args.target, "target_device": device.device_kind,
-               "bandwidth_bytes_per_s": bandwidth, "kernel_floor_us": args.kernel_floor_us,
+    payload = {"bandwidth_bytes_per_s": bandwidth, "kernel_floor_us": args.kernel_floor_us,
                "batch_size": SACConfig().batch_size, "image_shape": list(sac_update.IMAGE_SHAPE),
                "xla_flags": os.environ.get("XLA_FLAGS", ""),
                "per_seed_batches": True,  # before 2026-12-06 the seeds shared one batch
@@ -313,10 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
                **{f"{conv}_tiling": str(args.pallas_tiling or tiling)
                   for conv, tiling in pallas_conv.DEFAULT_TILINGS.items()},
                "rows": rows}
-    tag = "-".join(filter(None, (args.target, args.tag)))
-    path = write_results("gpu_census", payload, out_dir=args.out, tag=tag)
-    print(f"wrote {path}")
-    return payload
+    return write_census("gpu_census", args, device.device_kind, payload)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_results  # noqa: E402
+from common import write_census  # noqa: E402
 from gpu_census import compiling_for, loop_body_kernels, summarize, target_device  # noqa: E402
 
 from holdjax.reward import holdc, holdr, r3m  # noqa: E402
@@ -128,14 +128,10 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(row)
             print(f"{model:>6} {form:>15} {row['kernels']:>8} {row['mb']:>9.0f} "
                   f"{row['floor_ms']:>9.2f} {compile_s:>9.1f}", flush=True)
-    payload = {"target": args.target, "target_device": device.device_kind,
-               "bandwidth_bytes_per_s": bandwidth, "kernel_floor_us": args.kernel_floor_us,
+    payload = {"bandwidth_bytes_per_s": bandwidth, "kernel_floor_us": args.kernel_floor_us,
                "frame_shape": list(FRAME_SHAPE), "layers": args.layers,
                "filters": args.filters, "dtype": args.dtype, "rows": rows}
-    tag = "-".join(filter(None, (args.target, args.tag)))
-    path = write_results("reward_census", payload, out_dir=args.out, tag=tag)
-    print(f"wrote {path}")
-    return payload
+    return write_census("reward_census", args, device.device_kind, payload)
 
 
 if __name__ == "__main__":

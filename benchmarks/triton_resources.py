@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_results  # noqa: E402
+from common import write_census  # noqa: E402
 from gpu_census import compiling_for, target_device  # noqa: E402
 
 from holdjax.sac import augment, networks, pallas_conv  # noqa: E402
@@ -204,13 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{row['warps_per_sm']:>8} {row['limited_by']:>9}", flush=True)
     import triton
 
-    payload = {"target": args.target, "target_device": device.device_kind, "conv": args.conv,
-               "batch_size": args.batch, "dtype": args.dtype, "triton": triton.__version__,
-               "rows": rows}
-    tag = "-".join(filter(None, (args.target, args.tag)))
-    path = write_results("triton_resources", payload, out_dir=args.out, tag=tag)
-    print(f"wrote {path}")
-    return payload
+    payload = {"conv": args.conv, "batch_size": args.batch, "dtype": args.dtype,
+               "triton": triton.__version__, "rows": rows}
+    return write_census("triton_resources", args, device.device_kind, payload)
 
 
 if __name__ == "__main__":

@@ -200,7 +200,9 @@ def test_gpu_census_of_the_cpu_compile(tmp_path):
     assert row["variant"] == "canonical" and row["kernels_per_update"] > 10
     assert row["mb_per_update"] > 1 and sum(k["kernels"] for k in row["by_kind"].values()) == \
         row["kernels_per_update"]
-    assert (tmp_path / "gpu_census-cpu-cpu.json").exists()
+    written = json.loads((tmp_path / "gpu_census-cpu-cpu.json").read_text())
+    assert written["target"] == "cpu" and written["target_device"] == "cpu"
+    assert written["rows"] == json.loads(json.dumps(payload["rows"]))
     with pytest.raises(SystemExit, match="known: cpu, h100, h200"):
         gpu_census.main(["--target=tpu9", f"--out={tmp_path}"])
     with pytest.raises(SystemExit, match="unknown --variants"):
@@ -231,7 +233,8 @@ def test_reward_census_of_the_cpu_compile(tmp_path):
     for row in payload["rows"]:
         assert row["kernels"] > 10 and row["mb"] > 0 and row["frames"] == 2
         assert sum(k["kernels"] for k in row["by_kind"].values()) == row["kernels"]
-    assert (tmp_path / "reward_census-cpu-cpu.json").exists()
+    written = json.loads((tmp_path / "reward_census-cpu-cpu.json").read_text())
+    assert written["target"] == "cpu" and written["layers"] == 18
     with pytest.raises(SystemExit, match="unknown model 'vit'"):
         reward_census.main(["--target=cpu", "--models=vit", f"--out={tmp_path}"])
 
