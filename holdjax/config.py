@@ -130,6 +130,11 @@ class TrainConfig:
     # The critic's two Q heads as one batched MLP (same values; SACConfig.batched_q_heads).
     # Unset: on for an accelerator (fewer kernels), off for the CPU (slower there).
     batched_q_heads: bool | None = None
+    # The reference's quirk: each Q network has its own Adam, so the encoder they share takes
+    # two Adam steps an update, one per Q loss (SACConfig.per_q_optimizers; a second backward
+    # pass through the critic; not with fused_encoders). Off: one Adam on the summed Q losses,
+    # the usual shared-encoder SAC.
+    per_q_critic_optimizers: bool = False
 
     ## Output.
     out: str = ""  # "" -> $HOLD_TOP_DIR/hold_policies/<name> or runs/<name>
@@ -206,6 +211,7 @@ class TrainConfig:
             encoder_conv=self.encoder_conv,
             fused_encoders=self.fused_encoders,
             batched_q_heads=self.batched_q_heads,
+            per_q_optimizers=self.per_q_critic_optimizers,
         )
 
     @property
@@ -252,6 +258,7 @@ class TrainConfig:
         check_attention(self.holdr_attention, "holdr_attention")
         check_impl(self.impl)
         check_encoder_conv(self.encoder_conv)
+        self.sac  # noqa: B018 (SACConfig checks its own combinations)
         for name in ("initial_random_steps", "learning_starts", "replay_size", "aug_pad",
                      "path_save_frequency", "eval_batch"):
             if getattr(self, name) < 0:

@@ -6,6 +6,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from holdjax.sac import losses, networks, replay
@@ -778,6 +779,57 @@ def test_batched_q_heads_give_the_same_update(fused):
         results.append((state, metrics))
     assert_trees_close(results[1], results[0], rtol=1e-4)
     assert products[1] < products[0]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_per_q_optimizers_step_the_shared_encoder_once_per_q_loss(batched):
+    """The reference's quirk: each Q loss has its own Adam over the whole critic. Two updates
+    equal a hand-made critic that each Q loss's gradient moves with its own Adam state. In
+    the first, the heads move as with one Adam on the summed losses; the shared encoder does
+    not."""
+    obs_shape = (16, 16, 3)
+    batch = random_image_batch(jax.random.key(1), obs_shape)
+    config = SACConfig(hidden_sizes=(32, 32), aug_pad=0, batched_q_heads=batched,
+                       per_q_optimizers=True)
+    nets = networks_for(config, ACTION_DIM, from_pixels=True)
+    state = init_sac(jax.random.key(0), obs_shape, ACTION_DIM, config)
+    obs, next_obs = (replay.stored_obs_to_float(x) for x in (batch.obs, batch.next_obs))
+    adam = optax.adam(config.learning_rate)
+    expected, adam_states = state.critic_params, [adam.init(state.critic_params)] * 2
+    for index, key in enumerate(jax.random.split(jax.random.key(3), 2)):
+        # The target as sac_update draws it (its key's second split is the next action's).
+        next_noise = jax.random.normal(jax.random.split(key, 3)[1], batch.action.shape)
+        next_action, next_log_prob = networks.sample_tanh_gaussian(
+            *nets.actor.apply(state.actor_params, next_obs), next_noise)
+        next_q = nets.critic.apply(state.target_critic_params, next_obs, next_action)
+        target = batch.reward + config.discount * (1 - batch.done) * (
+            next_q.min(0) - jnp.exp(state.log_alpha) * next_log_prob)
+        steps = []
+        for head in range(2):
+            grads = jax.grad(lambda p, head=head: 0.5 * jnp.mean(
+                (nets.critic.apply(p, obs, batch.action)[head] - target) ** 2))(expected)
+            steps.append(adam.update(grads, adam_states[head], expected))
+        expected = optax.apply_updates(expected, jax.tree.map(jnp.add, steps[0][0], steps[1][0]))
+        adam_states = [opt_state for _, opt_state in steps]
+        if index == 0:  # the first update, with one Adam on the summed losses
+            summed = dataclasses.replace(config, per_q_optimizers=False)
+            summed_state, _ = jax.jit(sac_update, static_argnames="config")(
+                init_sac(jax.random.key(0), obs_shape, ACTION_DIM, summed), batch, key, summed)
+        state, metrics = jax.jit(sac_update, static_argnames="config")(state, batch, key, config)
+        if index == 0:
+            first_params = state.critic_params["params"]
+        assert_trees_close(state.critic_params, expected, rtol=1e-4)
+    assert np.isfinite(float(metrics["critic_loss"]))
+    params, summed_params = first_params, summed_state.critic_params["params"]
+    for head in ("q1", "q2"):
+        assert_trees_close(params[head], summed_params[head], rtol=1e-4)
+    kernel, summed_kernel = (p["encoder"]["Conv_0"]["kernel"] for p in (params, summed_params))
+    assert not np.allclose(kernel, summed_kernel, rtol=1e-3)
+
+
+def test_per_q_optimizers_refuse_fused_encoders():
+    with pytest.raises(ValueError, match="per_q_critic_optimizers takes each Q loss's"):
+        SACConfig(per_q_optimizers=True, fused_encoders=True)
 
 
 def test_sac_config_rejects_unknown_encoder_conv():

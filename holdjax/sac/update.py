@@ -13,7 +13,13 @@ import jax.numpy as jnp
 import optax
 
 from holdjax.sac.augment import ShiftedImages, random_shifts, shift_images
-from holdjax.sac.losses import actor_loss, alpha_loss, critic_loss, fused_encoder_losses
+from holdjax.sac.losses import (
+    actor_loss,
+    alpha_loss,
+    critic_loss,
+    fused_encoder_losses,
+    per_q_critic_grads,
+)
 from holdjax.sac.networks import PALLAS_CONVS, SACNetworks, check_encoder_conv, make_networks
 from holdjax.sac.replay import (
     ReplayBuffer,
@@ -58,9 +64,18 @@ class SACConfig:
     # random shift (`augment.ShiftedImages`) instead of a shifted float copy of the batch:
     # same values, a few kernels and tens of MB fewer per update on a GPU.
     lazy_augmentation: bool = True
+    # The reference's quirk (its softlearning SAC gives each Q network an Adam over the Q's
+    # variables, the shared encoder's among them): one Adam state per Q loss over the whole
+    # critic, so the shared encoder takes two Adam steps an update and each head one (the
+    # other Adam never sees a gradient for it, so never moves it). Costs a second backward
+    # pass through the critic. Off: one Adam on the summed Q losses.
+    per_q_optimizers: bool = False
 
     def __post_init__(self):
         check_encoder_conv(self.encoder_conv)
+        if self.per_q_optimizers and self.fused_encoders:
+            raise ValueError("per_q_critic_optimizers takes each Q loss's gradient apart, which "
+                             "fused_encoders' one pass does not give; turn one of them off")
 
     @property
     def resolved_batched_q_heads(self) -> bool:
@@ -120,12 +135,14 @@ def init_sac(
     critic_params = networks.critic.init(critic_key, dummy_obs, dummy_action)
     log_alpha = jnp.asarray(config.init_log_alpha, jnp.float32)
     tx = optimizer(config)
+    critic_opt_state = tx.init(critic_params)
     return SACState(
         actor_params=actor_params,
         critic_params=critic_params,
         target_critic_params=critic_params,
         actor_opt_state=tx.init(actor_params),
-        critic_opt_state=tx.init(critic_params),
+        critic_opt_state=((critic_opt_state, tx.init(critic_params))
+                          if config.per_q_optimizers else critic_opt_state),
         log_alpha=log_alpha,
         alpha_opt_state=tx.init(log_alpha),
         step=jnp.zeros((), jnp.int32),
@@ -189,7 +206,8 @@ def sac_update(
             target_entropy(config, action_dim))
         log_prob = metrics.pop("log_prob")
     else:
-        critic_grads, critic_metrics = jax.grad(critic_loss, has_aux=True)(
+        critic_grads, critic_metrics = (per_q_critic_grads if config.per_q_optimizers
+                                        else jax.grad(critic_loss, has_aux=True))(
             state.critic_params,
             state.target_critic_params,
             state.actor_params,
@@ -210,9 +228,16 @@ def sac_update(
                    "alpha_loss": alpha_loss_value}
 
     tx = optimizer(config)
-    critic_params, critic_opt_state = _apply_gradients(
-        tx, state.critic_params, critic_grads, state.critic_opt_state
-    )
+    if config.per_q_optimizers:  # each Q loss's Adam steps from the same parameters
+        steps = [tx.update(grads, opt_state, state.critic_params)
+                 for grads, opt_state in zip(critic_grads, state.critic_opt_state, strict=True)]
+        critic_params = optax.apply_updates(
+            state.critic_params, jax.tree.map(jnp.add, steps[0][0], steps[1][0]))
+        critic_opt_state = (steps[0][1], steps[1][1])
+    else:
+        critic_params, critic_opt_state = _apply_gradients(
+            tx, state.critic_params, critic_grads, state.critic_opt_state
+        )
     actor_params, actor_opt_state = _apply_gradients(
         tx, state.actor_params, actor_grads, state.actor_opt_state
     )
