@@ -14,11 +14,27 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-# Config fields that change array shapes or the meaning of saved state: a resumed run must
-# match them. Others (epochs, output frequencies, eval episodes) may change on resume.
+from holdjax.reward.base import DISTANCE_REWARDS
+
+# Config fields that change array shapes or the meaning of the saved training state: a
+# resumed run must match them. Others (epochs, output frequencies, eval episodes, reward
+# shaping) may change on resume.
 STRUCTURAL_FIELDS = (
     "task", "reward", "num_envs", "seeds", "batch_size", "goal_based_policy", "use_subtasks",
-    "replay_size", "epoch_length", "impl", "observation",
+    "epoch_length", "impl", "observation", "per_q_critic_optimizers",
+)
+# What a saved replay buffer (--save_replay) depends on besides those: its size (the resolved
+# capacity, so that a replay_size of 0 and the size it stands for agree) and how its
+# transitions' terminal flags and rewards were made (the distance model and its shaping, for
+# a distance reward). A run resumed with its buffer must match them too, or it would mix
+# transitions of two rewards in one buffer.
+REPLAY_FIELDS = ("replay_capacity", "timeouts_as_terminal")
+DISTANCE_REPLAY_FIELDS = (
+    "reward_checkpoint", "holdc_layers", "holdc_filters", "holdc_embedding_size",
+    "holdc_crop_size", "distance_type", "distance_params", "distance_normalizer",
+    "distance_reward_weight", "env_reward_weight", "subtract_baseline_from_normalizer",
+    "subtract_prev_distance", "env_reward_replace_threshold", "subtask_threshold",
+    "subtask_cost", "subtask_hold_steps",
 )
 
 
@@ -147,11 +163,21 @@ def read_config(run_dir: str, config_type):
                           for k, v in fields.items() if k in known})
 
 
-def check_resumable(saved, requested) -> None:
-    """Raises if ``requested`` differs from the run's ``saved`` config in a structural field."""
+def check_resumable(saved, requested, with_replay: bool = False) -> None:
+    """Raises if ``requested`` differs from the run's ``saved`` config in a structural field
+    (or, resuming ``with_replay``, in one the saved replay buffer depends on)."""
+    replay_fields = ()
+    if with_replay:
+        replay_fields = REPLAY_FIELDS + (
+            DISTANCE_REPLAY_FIELDS if saved.reward in DISTANCE_REWARDS else ())
+    differs = [name for name in STRUCTURAL_FIELDS + replay_fields
+               if getattr(saved, name) != getattr(requested, name)]
     diffs = [f"{name}: saved {getattr(saved, name)!r}, requested {getattr(requested, name)!r}"
-             for name in STRUCTURAL_FIELDS if getattr(saved, name) != getattr(requested, name)]
+             for name in differs]
     if diffs:
+        what = ("the run and the replay buffer saved with its checkpoint were"
+                if set(differs) & set(replay_fields) else "the run was")
         raise CheckpointError(
-            "cannot resume: the run was trained with a different config (" + "; ".join(diffs)
+            f"cannot resume: {what} made with a different config ("
+            + "; ".join(diffs)
             + "). Resume with the same settings, or start a new run with another --out.")

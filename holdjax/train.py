@@ -649,7 +649,10 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     run_dir = config.out_dir
     latest = checkpoint.latest_epoch(run_dir)
     if resume:  # checked before anything is built or compiled
-        checkpoint.check_resumable(checkpoint.read_config(run_dir, TrainConfig), config)
+        saved = checkpoint.read_config(run_dir, TrainConfig)
+        with_replay = latest is not None and checkpoint.holds_replay(run_dir, latest)
+        config = _keeping_saved_replay_size(saved, config, with_replay, quiet)
+        checkpoint.check_resumable(saved, config, with_replay)
         if latest is None:
             raise checkpoint.CheckpointError(
                 f"{run_dir} has no checkpoint to resume from (it stopped before its first, "
@@ -861,6 +864,20 @@ def _any_process(flag: bool) -> bool:
     """Whether ``flag`` holds in any process of the job (a collective: all must call it), so
     that a signal to one process stops them all at the same epoch."""
     return bool(np.any(_to_host(np.array([flag]))))
+
+
+def _keeping_saved_replay_size(saved: TrainConfig, requested: TrainConfig, with_replay: bool,
+                               quiet: bool) -> TrainConfig:
+    """``requested``, with the saved replay buffer's size kept where only a new run length
+    changed it (``replay_size`` 0 follows the length): a run extended with a larger
+    ``--total_steps`` resumes with its buffer, not into a shape mismatch."""
+    if (not with_replay or requested.replay_size != saved.replay_size
+            or requested.replay_capacity == saved.replay_capacity):
+        return requested
+    if not quiet and _is_lead_process():
+        print(f"resume: keeping the saved replay buffer's size, {saved.replay_capacity} "
+              f"transitions per seed (--replay_size={saved.replay_capacity})", file=sys.stderr)
+    return dataclasses.replace(requested, replay_size=saved.replay_capacity)
 
 
 def _logged_record(run_dir: str, epoch: int) -> dict:

@@ -823,6 +823,32 @@ def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, state_run
     assert "evaluating" not in err  # told before anything is built or compiled
 
 
+def test_an_extended_run_resumes_with_its_saved_replay_buffer(state_run, tmp_path, capsys):
+    """A replay_size of 0 follows the run's length: a run that saved its buffer and is then
+    extended (a larger --total_steps) keeps the buffer's size, and so the buffer; another
+    size asked for, or another terminal rule, is refused before anything is built."""
+    config = dataclasses.replace(state_run[0], replay_size=0, num_epochs=8,
+                                 checkpoint_frequency=4, path_save_frequency=0,
+                                 out=str(tmp_path / "run"))
+    assert config.replay_capacity == 64  # the state run's program: compiled already
+    train(config, quiet=True)
+    longer = dataclasses.replace(config, num_epochs=9)
+    assert longer.replay_capacity == 72
+    capsys.readouterr()
+    assert train(longer, resume=True)["epoch"] == 9
+    assert ("keeping the saved replay buffer's size, 64 transitions per seed "
+            "(--replay_size=64)") in capsys.readouterr().err
+    assert checkpoint.read_config(config.out_dir, TrainConfig).replay_size == 64
+    with pytest.raises(checkpoint.CheckpointError,
+                       match="the run and the replay buffer saved with its checkpoint were made "
+                             "with a different config .replay_capacity: saved 64, requested 80"):
+        train(dataclasses.replace(longer, num_epochs=10, replay_size=80), resume=True)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"config .timeouts_as_terminal: saved False, requested True\)"):
+        train(dataclasses.replace(longer, num_epochs=10, replay_size=64,
+                                  timeouts_as_terminal=True), resume=True)
+
+
 def test_bad_observation_fails_clearly():
     with pytest.raises(ValueError, match="unknown observation 'depth'; valid observations: "
                                          "pixels, state"):
