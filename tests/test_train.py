@@ -416,6 +416,13 @@ def test_out_of_range_settings_fail_before_anything_is_built(field, value, messa
         dataclasses.replace(TrainConfig(), **{field: value}).validate()
 
 
+def test_per_q_critic_optimizers_reach_sac_and_refuse_fused_encoders():
+    config = config_from_args(["--per_q_critic_optimizers=true"])[0].validate()
+    assert config.sac.per_q_optimizers and not TrainConfig().sac.per_q_optimizers
+    with pytest.raises(ValueError, match="turn one of them off"):
+        config_from_args(["--per_q_critic_optimizers=true", "--fused_encoders=true"])[0].validate()
+
+
 def test_replay_capacity_is_the_run_up_to_a_million_and_at_least_a_batch():
     assert TrainConfig(num_epochs=4, epoch_length=1000).replay_capacity == 4000
     assert TrainConfig(num_epochs=2000, epoch_length=1000).replay_capacity == 1_000_000
