@@ -18,20 +18,54 @@ import sys
 import numpy as np
 
 
+def metrics_path(run: str) -> str:
+    """A run's metrics.jsonl (``run``: the run directory or the file itself)."""
+    named_file = run.endswith(".jsonl") or os.path.isfile(run)
+    return run if named_file else os.path.join(run, "metrics.jsonl")
+
+
 def read_metrics(run: str) -> list[dict]:
     """The records of a run's metrics.jsonl (``run``: the run directory or the file) in epoch
-    order: the last one written for each epoch (a resumed run may log an epoch again)."""
-    named_file = run.endswith(".jsonl") or os.path.isfile(run)
-    path = run if named_file else os.path.join(run, "metrics.jsonl")
+    order: the last one written for each epoch (a resumed run may log an epoch again). An
+    unfinished last line, a write that a kill cut short, is left out with a warning."""
+    path = metrics_path(run)
     if not os.path.exists(path):
-        hint = "" if named_file else f": is {run} a holdjax.train run directory?"
+        hint = "" if path == run else f": is {run} a holdjax.train run directory?"
         raise FileNotFoundError(f"{path} not found{hint}")
-    by_epoch = {}
     with open(path) as f:
-        for line in f:
+        lines = f.read().split("\n")
+    by_epoch = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
             record = json.loads(line)
-            by_epoch[record["epoch"]] = record
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # no newline after it: its write never finished
+                print(f"warning: {path}: its last line is unfinished (a write cut short); "
+                      "leaving it out", file=sys.stderr)
+                continue
+            raise ValueError(f"{path}, line {number}, is not a metrics record ({e})") from None
+        by_epoch[record["epoch"]] = record
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def drop_unfinished_line(path: str) -> None:
+    """Cuts an unfinished last line (a write that a kill cut short) off a JSONL file, and ends
+    a whole one that lacks its newline, so that the next record appended starts a line of its
+    own."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[start:])
+            f.write(b"\n")
+        except json.JSONDecodeError:
+            f.truncate(start)
 
 
 # What a curve's x axis may be: a key of every metrics record, and its axis label.
@@ -44,16 +78,21 @@ def _load_curve(run_dir: str, metric: str = "eval_success_rate",
     resumed run's sessions); metric per epoch and seed (E, K)) from a run's metrics.jsonl."""
     records = read_metrics(run_dir)
     if not records:
-        raise ValueError(f"{run_dir}/metrics.jsonl is empty: the run has not finished an epoch "
+        raise ValueError(f"{metrics_path(run_dir)} is empty: the run has not finished an epoch "
                          "yet")
-    if metric not in records[-1]:
+    logged = [r[metric] for r in records if r.get(metric) is not None]
+    if not logged:
         numeric = sorted(k for k, v in records[-1].items()
                          if isinstance(v, (int, float, list)) and k != "epoch")
         raise ValueError(f"{run_dir} logs no metric {metric!r}; available: {', '.join(numeric)}")
     if x not in X_AXES:
         raise ValueError(f"no x axis {x!r}; choose one of {', '.join(X_AXES)}")
     xs = np.array([r[x] for r in records], dtype=float) / (60.0 if x == "wall_s" else 1.0)
-    values = np.array([np.atleast_1d(r[metric]) for r in records], dtype=float)
+    # Epochs without it (losses before training starts, returns of epochs that finished no
+    # episode) are gaps in the curve.
+    gap = np.full(np.atleast_1d(logged[-1]).shape, np.nan)
+    values = np.array([gap if r.get(metric) is None else np.atleast_1d(r[metric])
+                       for r in records], dtype=float)
     return xs, values
 
 

@@ -44,7 +44,7 @@ from holdjax import checkpoint, envs
 from holdjax.config import TrainConfig, config_from_args, field_help, parse_value
 from holdjax.envs.base import EnvState, ManipulationEnv, overflow_kinds, physics_overflow
 from holdjax.envs.goal_images import GoalImageError
-from holdjax.plot import plot_runs, read_metrics
+from holdjax.plot import drop_unfinished_line, plot_runs, read_metrics
 from holdjax.reward import RewardFunction, make_reward
 from holdjax.reward.base import DISTANCE_REWARDS, RewardState
 from holdjax.reward.scenic_checkpoint import CheckpointMismatchError
@@ -694,10 +694,11 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                   "refilling it from scratch", file=sys.stderr)
         else:
             replay = saved_replay
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if lead:
         checkpoint.write_config(run_dir, config)
+        drop_unfinished_line(metrics_path)
     mngr = checkpoint.manager(run_dir)
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
     start_steps = int(state.env_steps)
     # wall_s counts training time over all of a run's sessions (a resumed run goes on from
     # the time logged with its checkpoint); env_steps_per_s is this session's rate.

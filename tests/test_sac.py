@@ -806,7 +806,7 @@ def test_per_q_optimizers_step_the_shared_encoder_once_per_q_loss(batched):
             next_q.min(0) - jnp.exp(state.log_alpha) * next_log_prob)
         steps = []
         for head in range(2):
-            grads = jax.grad(lambda p, head=head: 0.5 * jnp.mean(
+            grads = jax.grad(lambda p, head=head, target=target: 0.5 * jnp.mean(
                 (nets.critic.apply(p, obs, batch.action)[head] - target) ** 2))(expected)
             steps.append(adam.update(grads, adam_states[head], expected))
         expected = optax.apply_updates(expected, jax.tree.map(jnp.add, steps[0][0], steps[1][0]))

@@ -21,7 +21,7 @@ from holdjax import checkpoint
 from holdjax.config import TrainConfig, config_from_args, device_default, field_help
 from holdjax.evaluate import evaluate_run
 from holdjax.evaluate import main as evaluate_cli
-from holdjax.plot import curves_figure, plot_runs, read_metrics
+from holdjax.plot import curves_figure, drop_unfinished_line, plot_runs, read_metrics
 from holdjax.plot import main as plot_cli
 from holdjax.train import (
     ReplayTooLarge,
@@ -314,6 +314,42 @@ def test_read_metrics_names_the_missing_file(tmp_path):
         read_metrics(str(tmp_path / "copied.jsonl"))
     with pytest.raises(FileNotFoundError, match="metrics.jsonl not found: is .* a holdjax.train"):
         read_metrics(str(tmp_path))
+
+
+def test_metrics_cut_short_by_a_kill_are_read_and_appended_to(tmp_path, capsys):
+    """An unfinished last line (a kill mid-write) is left out with a warning and cut off
+    before the next record is appended; a bad line elsewhere is named; a whole last line
+    without its newline is kept and ended."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "eval_success_rate": [0.5]}\n{"epoch": 2, "eval_succ')
+    assert [r["epoch"] for r in read_metrics(str(path))] == [1]
+    assert "its last line is unfinished" in capsys.readouterr().err
+    drop_unfinished_line(str(path))
+    with open(path, "a") as f:
+        f.write('{"epoch": 2, "eval_success_rate": [1.0]}\n')
+    assert [r["eval_success_rate"] for r in read_metrics(str(path))] == [[0.5], [1.0]]
+    assert capsys.readouterr().err == ""
+    path.write_text('{"epoch": 1}\n{"epoch": 2\n{"epoch": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2, is not a metrics record"):
+        read_metrics(str(path))
+    path.write_text('{"epoch": 1}')
+    drop_unfinished_line(str(path))
+    assert path.read_text() == '{"epoch": 1}\n'
+
+
+def test_plot_leaves_gaps_where_an_epoch_lacks_the_metric(tmp_path, capsys):
+    """Losses are None before training starts: those epochs are gaps, not an error; an empty
+    metrics file given by name is named once."""
+    records = [{"epoch": 1, "env_steps": 8, "critic_loss": None},
+               {"epoch": 2, "env_steps": 16, "critic_loss": [0.5, 0.7]}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    mean_line = curves_figure([str(tmp_path)], "critic_loss").axes[0].lines[0]
+    np.testing.assert_array_equal(mean_line.get_xdata(), [8, 16])
+    np.testing.assert_allclose(mean_line.get_ydata(), [np.nan, 0.6])
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(SystemExit):
+        plot_cli([str(tmp_path / "empty.jsonl"), f"--out={tmp_path / 'c.png'}"])
+    assert f"error: {tmp_path / 'empty.jsonl'} is empty" in capsys.readouterr().err
 
 
 def test_plot_names_the_metrics_a_run_logs(tmp_path, capsys):
@@ -833,7 +869,8 @@ def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, state_run
 def test_an_extended_run_resumes_with_its_saved_replay_buffer(state_run, tmp_path, capsys):
     """A replay_size of 0 follows the run's length: a run that saved its buffer and is then
     extended (a larger --total_steps) keeps the buffer's size, and so the buffer; another
-    size asked for, or another terminal rule, is refused before anything is built."""
+    size asked for, or another terminal rule, is refused before anything is built. A record
+    that a kill left half-written is cut off before the resumed run logs on."""
     config = dataclasses.replace(state_run[0], replay_size=0, num_epochs=8,
                                  checkpoint_frequency=4, path_save_frequency=0,
                                  out=str(tmp_path / "run"))
@@ -841,10 +878,14 @@ def test_an_extended_run_resumes_with_its_saved_replay_buffer(state_run, tmp_pat
     train(config, quiet=True)
     longer = dataclasses.replace(config, num_epochs=9)
     assert longer.replay_capacity == 72
+    with open(os.path.join(config.out_dir, "metrics.jsonl"), "a") as f:
+        f.write('{"epoch": 9, "env_st')
     capsys.readouterr()
     assert train(longer, resume=True)["epoch"] == 9
     assert ("keeping the saved replay buffer's size, 64 transitions per seed "
             "(--replay_size=64)") in capsys.readouterr().err
+    assert [r["epoch"] for r in read_metrics(config.out_dir)] == list(range(1, 10))
+    assert "unfinished" not in capsys.readouterr().err
     assert checkpoint.read_config(config.out_dir, TrainConfig).replay_size == 64
     with pytest.raises(checkpoint.CheckpointError,
                        match="the run and the replay buffer saved with its checkpoint were made "
