@@ -12,6 +12,7 @@ from conftest import Lane, jitted
 from holdjax import envs
 from holdjax.envs import drawer_open as drawer_module
 from holdjax.envs import pushing as pushing_module
+from holdjax.envs.__main__ import main as envs_cli
 from holdjax.envs.base import image_to_float, sanitize_action
 
 TASKS = envs.TASKS
@@ -64,6 +65,20 @@ def test_unknown_task_names_the_valid_ones():
     with pytest.raises(ValueError, match="valid tasks: .*pushing"):
         envs.task_class("stacking")
     assert envs.task_class("pushing").episode_length == 100
+
+
+@pytest.mark.parametrize("timestep", [0.0, -0.005, 0.003])
+def test_a_timestep_that_cannot_make_the_control_period_is_refused(timestep):
+    with pytest.raises(ValueError, match="must be positive and divide the control period"):
+        envs.make_task("pushing", timestep=timestep)
+    assert envs.make_task("pushing", timestep=0.01).substeps == 10
+
+
+def test_envs_cli_refuses_a_video_format_before_rolling_out(monkeypatch, capsys):
+    monkeypatch.setattr(envs, "make", lambda *a, **k: pytest.fail("rolled out"))
+    with pytest.raises(SystemExit):
+        envs_cli(["--task=pushing", "--video=out.avi"])
+    assert "video path must end in .mp4 or .gif, got 'out.avi'" in capsys.readouterr().err
 
 
 def test_unknown_impl_is_rejected():

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from holdjax import envs
 from holdjax.envs.rollout import expert_policy, random_policy, rollout
-from holdjax.video import write_video
+from holdjax.video import check_video_path, write_video
 
 VIDEO_WORLDS = 4
 
@@ -44,6 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--episodes must be at least 1")
     if args.num_envs is not None and args.num_envs < 1:
         parser.error("--num_envs must be at least 1")
+    if args.video:
+        try:
+            check_video_path(args.video)
+        except ValueError as e:
+            parser.error(str(e))
     return args
 
 

@@ -103,11 +103,12 @@ class Task(abc.ABC):
 
     def __init__(self, timestep: float | None = None):
         self.mj_model = mujoco.MjModel.from_xml_path(os.path.join(ASSETS_DIR, self.xml_file))
-        self.timestep = timestep or self.timestep
+        self.timestep = self.timestep if timestep is None else timestep
         self.mj_model.opt.timestep = self.timestep
-        self.substeps = round(self.control_period / self.timestep)
-        if abs(self.substeps * self.timestep - self.control_period) > 1e-9:
-            raise ValueError(f"{self.name}: timestep must divide the control period")
+        self.substeps = round(self.control_period / self.timestep) if self.timestep > 0 else 0
+        if self.substeps < 1 or abs(self.substeps * self.timestep - self.control_period) > 1e-9:
+            raise ValueError(f"{self.name}: the timestep must be positive and divide the "
+                             f"control period ({self.control_period} s), got {self.timestep}")
         self.hand_body = self.mj_model.body("hand").id
         self.hand_target_mocap = self.mocap_id("hand_target")
         self.arm_mocaps = jnp.array([self.mocap_id(b) for b in ("upper_arm", "elbow", "forearm")])
