@@ -46,7 +46,7 @@ from holdjax.envs.base import EnvState, ManipulationEnv, overflow_kinds, physics
 from holdjax.envs.goal_images import GoalImageError
 from holdjax.plot import drop_unfinished_line, plot_runs, read_metrics
 from holdjax.reward import RewardFunction, make_reward
-from holdjax.reward.base import DISTANCE_REWARDS, RewardState
+from holdjax.reward.base import DISTANCE_REWARDS, RewardSettingsError, RewardState
 from holdjax.reward.scenic_checkpoint import CheckpointMismatchError
 from holdjax.sac import networks as sac_networks
 from holdjax.sac.replay import (
@@ -969,7 +969,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(finished_message(config, record), file=sys.stderr)
         return record
     except (FileNotFoundError, checkpoint.CheckpointError, CheckpointMismatchError,
-            GoalImageError, TrainingDiverged, ReplayTooLarge) as e:
+            GoalImageError, RewardSettingsError, TrainingDiverged, ReplayTooLarge) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

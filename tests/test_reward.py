@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from holdjax.reward.base import RewardFunction
+from holdjax.reward.base import RewardFunction, RewardSettingsError
 from holdjax.reward.l2 import l2_distance
 from holdjax.reward.shaping import ShapingConfig, init_shaping, shape_reward
 
@@ -68,6 +68,25 @@ def test_env_reward_replaced_by_threshold():
     reward, _, _ = shape_reward(config, jnp.array([[0.5], [1.5]]), jnp.zeros(1),
                                 jnp.zeros(2), init_shaping(config, 2, 1))
     np.testing.assert_allclose(reward, [1.0, 0.0])
+
+
+def test_a_normalizer_not_above_the_baseline_is_refused():
+    """With subtract_baseline_from_normalizer, T = normalizer - baseline must stay positive
+    (the reference asserts it): at or below, the reward would blow up or change sign."""
+    goals = np.zeros((2, 4, 4, 3), np.uint8)
+
+    def constant_distance(value):
+        return lambda frames: jnp.full((frames.shape[0], 2), value)
+
+    for normalizer, baseline in ((5.0, 5.0), (5.0, 6.0)):
+        config = ShapingConfig(normalizer=normalizer, subtract_baseline_from_normalizer=True)
+        with pytest.raises(RewardSettingsError, match=r"distance_normalizer 5.0 is not above "
+                                                      r"the holdc model's baselines"):
+            RewardFunction("holdc", config, goals, constant_distance(baseline))
+    fine = ShapingConfig(normalizer=5.0, subtract_baseline_from_normalizer=True)
+    np.testing.assert_allclose(
+        RewardFunction("holdc", fine, goals, constant_distance(4.9)).baselines, [4.9, 4.9])
+    RewardFunction("holdc", ShapingConfig(normalizer=5.0), goals, constant_distance(6.0))
 
 
 def test_reward_function_baseline_is_goal_to_itself():

@@ -44,6 +44,10 @@ class RewardState:
     history: jax.Array | None = None
 
 
+class RewardSettingsError(ValueError):
+    """Reward settings that do not fit the reward model (found once it is loaded)."""
+
+
 class RewardFunction:
     """Scores each world's frame (or recent frames) after a step; its per-world state is a
     :class:`RewardState`."""
@@ -68,6 +72,14 @@ class RewardFunction:
         # repeated), computed once.
         self.baselines = (jnp.diagonal(self.distance(self._model_input(self.goals, None)[0]))
                           if self.distance else jnp.zeros(len(goals)))
+        if config.subtract_baseline_from_normalizer and np.any(
+                config.normalizer - np.asarray(self.baselines) <= 0):
+            raise RewardSettingsError(
+                f"distance_normalizer {config.normalizer} is not above the {kind} model's "
+                f"baselines (each goal image's distance to itself: "
+                f"{np.round(np.asarray(self.baselines), 4).tolist()}), so the normalizer less "
+                "the baseline would flip or blow up the reward (the reference asserts it): "
+                "raise --distance_normalizer or turn subtract_baseline_from_normalizer off")
 
     @property
     def num_goals(self) -> int:
