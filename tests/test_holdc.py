@@ -139,12 +139,14 @@ def test_import_newer_scenic_layout_from_a_file(tmp_path):
 
 
 def test_import_flax_orbax_directory_checkpoint(tmp_path):
-    """Newer flax writes checkpoint_<step> as an orbax directory of the same state dict."""
+    """Newer flax writes checkpoint_<step> as an orbax directory of the same state dict,
+    found in its parent or named itself."""
     flat = random_flat_variables(18)
     ocp.PyTreeCheckpointer().save(str(tmp_path / "checkpoint_5"), hold_rewards_state(flat))
-    got = flat_of(sc.import_scenic_checkpoint(str(tmp_path), config(18)))
-    for key, value in flat.items():
-        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    for path in (tmp_path, tmp_path / "checkpoint_5"):
+        got = flat_of(sc.import_scenic_checkpoint(str(path), config(18)))
+        for key, value in flat.items():
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
 def conv(x, kernel, stride, pad):
@@ -286,6 +288,18 @@ def test_orbax_round_trip_and_convert_once(tmp_path, monkeypatch):
         np.testing.assert_array_equal(second[key], value, err_msg=key)
     with pytest.raises(sc.CheckpointMismatchError):
         sc.restore_orbax(str(checkpoint_dir / "checkpoint_4.orbax"), config(18))
+
+
+def test_a_copy_that_cannot_be_written_leaves_the_loaded_model_in_use(tmp_path, capsys):
+    """Another run that wrote the orbax copy first is no error; a place the copy cannot go
+    is a warning, not a stopped run."""
+    variables = {"params": {"w": np.ones(3, np.float32)}}
+    sc._save_converted(str(tmp_path / "copy.orbax"), variables)
+    sc._save_converted(str(tmp_path / "copy.orbax"), variables)  # a second run, done later
+    assert capsys.readouterr().err == ""
+    (tmp_path / "file").write_text("")
+    sc._save_converted(str(tmp_path / "file" / "copy.orbax"), variables)
+    assert "warning: could not write the orbax copy" in capsys.readouterr().err
 
 
 # Loads the HOLD-C checkpoint argv[1] in a process of a jax.distributed job and prints a

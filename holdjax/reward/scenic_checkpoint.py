@@ -44,13 +44,20 @@ def default_checkpoint_path(model: str = "holdc") -> str:
     return os.path.join(top, "hold", model, "checkpoint")
 
 
+# Files in every orbax checkpoint directory (newer flax's ``save_checkpoint`` writes one).
+ORBAX_MARKERS = ("_METADATA", "_CHECKPOINT_METADATA")
+
+
 def find_checkpoint(path: str) -> str:
-    """``path`` itself if it is a checkpoint file, else the latest ``checkpoint_<step>`` in the
-    directory ``path`` (flax's rule, which the reference's restore follows)."""
+    """``path`` itself if it is a checkpoint (a file, or an orbax checkpoint directory), else
+    the latest ``checkpoint_<step>`` in the directory ``path`` (flax's rule, which the
+    reference's restore follows)."""
     if os.path.isfile(path):
         return path
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if any(os.path.exists(os.path.join(path, marker)) for marker in ORBAX_MARKERS):
+        return path
     steps = {int(m.group(1)): name for name in os.listdir(path)
              if (m := CHECKPOINT_NAME.fullmatch(name))}
     if not steps:
@@ -145,9 +152,17 @@ def _save_converted(directory: str, variables: dict) -> None:
     """Saves a released checkpoint's converted ``variables`` as its orbax copy at
     ``directory``, except in a multi-process job, whose processes would all write it at
     once: there each reads the released file, every run, until a one-process command (such
-    as ``python -m holdjax.reward.check --model=<checkpoint>``) has converted it."""
+    as ``python -m holdjax.reward.check --model=<checkpoint>``) has converted it. A copy that
+    cannot be written (a folder the user cannot write to, or another run's copy finished
+    first) leaves the loaded variables in use, never stops the run."""
     if jax.process_count() == 1:
-        save_orbax(directory, variables)
+        try:
+            save_orbax(directory, variables)
+        except (OSError, ValueError) as e:  # orbax refuses an existing destination
+            if not os.path.isdir(directory):  # else another run converted it meanwhile
+                print(f"warning: could not write the orbax copy of the released checkpoint "
+                      f"at {directory} ({type(e).__name__}: {e}); the released file will be "
+                      "read again next time", file=sys.stderr)
     elif jax.process_index() == 0:
         print(f"note: no orbax copy of the released checkpoint at {directory}; each process "
               "of this job reads the released file instead (a one-process run that loads it, "
