@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -157,6 +158,11 @@ def _save_converted(directory: str, variables: dict) -> None:
     first) leaves the loaded variables in use, never stops the run."""
     if jax.process_count() == 1:
         try:
+            # Checked before orbax starts: its save threads, once started, wait minutes for
+            # a step folder that cannot be made.
+            parent = os.path.dirname(os.path.abspath(directory))
+            os.makedirs(parent, exist_ok=True)
+            os.rmdir(tempfile.mkdtemp(dir=parent))
             save_orbax(directory, variables)
         except (OSError, ValueError) as e:  # orbax refuses an existing destination
             if not os.path.isdir(directory):  # else another run converted it meanwhile
