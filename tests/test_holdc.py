@@ -13,6 +13,7 @@ import pytest
 from flax import serialization, traverse_util
 from jax import lax
 
+from holdjax.envs.base import central_crop
 from holdjax.reward import holdc
 from holdjax.reward import scenic_checkpoint as sc
 
@@ -363,8 +364,11 @@ def test_central_crop_and_centering():
     plain = holdc.preprocess(holdc.HoldCConfig(num_layers=18, crop_size=6, zero_centering=False),
                              jnp.full((2, 6, 6, 3), 255, jnp.uint8))
     np.testing.assert_allclose(plain, 1.0)  # [0, 1] without centring
-    odd = holdc.central_crop(jnp.arange(5 * 8).reshape(1, 5, 8, 1))
+    odd = central_crop(jnp.arange(5 * 8).reshape(1, 5, 8, 1))
     np.testing.assert_array_equal(odd[0, 0, :, 0], np.arange(1, 6))  # margin 3 -> 1 left
+    tall = central_crop(jnp.arange(2 * 7 * 3).reshape(2, 7, 3, 1))  # any leading axes
+    assert tall.shape == (2, 3, 3, 1)
+    np.testing.assert_array_equal(tall[0, :, 0, 0], [6, 9, 12])  # rows 2-4 of 7
 
 
 def test_bilinear_resize_to_crop_size():

@@ -13,6 +13,12 @@ def test_l2_distance_of_known_images():
     goals = jnp.zeros((2, 2, 2, 3), jnp.uint8).at[1].set(255)
     frames = jnp.zeros((1, 2, 2, 3), jnp.uint8).at[0, 0, 0, 0].set(255)
     np.testing.assert_allclose(l2_distance(frames, goals), [[1.0, np.sqrt(11.0)]], rtol=1e-6)
+    # A wide frame is compared by its central square, as the reference crops it: the side
+    # columns do not count.
+    wide = jnp.zeros((1, 2, 4, 3), jnp.uint8).at[0, :, 0].set(255).at[0, :, 3].set(255)
+    wide_goals = jnp.zeros((1, 2, 4, 3), jnp.uint8)
+    np.testing.assert_allclose(l2_distance(wide, wide_goals), [[0.0]])
+    np.testing.assert_allclose(l2_distance(wide.at[0, 0, 1, 0].set(255), wide_goals), [[1.0]])
 
 
 def test_baseline_clip_normalizer_and_weights():

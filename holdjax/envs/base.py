@@ -185,6 +185,15 @@ def image_to_float(obs: jax.Array) -> jax.Array:
     return obs.astype(jnp.float32) / 255.0
 
 
+def central_crop(images: jax.Array) -> jax.Array:
+    """The central square of images (..., H, W, C), as the reference crops the frames that
+    its reward models score (odd margins floored)."""
+    height, width = images.shape[-3:-1]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return images[..., top:top + side, left:left + side, :]
+
+
 class ManipulationEnv:
     """A batch of worlds of one task: jittable ``reset(key, num_envs)`` and ``step``."""
 

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from holdjax.envs.base import image_to_float
+from holdjax.envs.base import central_crop, image_to_float
 from holdjax.reward import batch_norm
 
 # Depth -> (blocks per stage, bottleneck blocks), as in scenic's ResNet.
@@ -181,15 +181,6 @@ def random_variables(config: HoldCConfig, seed: int = 0) -> dict:
         return (np.ones if name in ("scale", "var") else np.zeros)(leaf.shape, leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, abstract_variables(config))
-
-
-def central_crop(frames: jax.Array) -> jax.Array:
-    """The central square of (N, H, W, C) frames (the reference floors odd margins)."""
-    chex.assert_rank(frames, 4)
-    _, h, w, _ = frames.shape
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return frames[:, top:top + side, left:left + side]
 
 
 def preprocess(config: HoldCConfig, frames: jax.Array) -> jax.Array:

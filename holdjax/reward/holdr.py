@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from holdjax.envs.base import image_to_float
+from holdjax.envs.base import central_crop, image_to_float
 
 ATTENTIONS = ("auto", "flax", "cudnn")
 
@@ -126,10 +126,7 @@ def preprocess(frames: jax.Array, crop_size: int, zero_centering: bool = True) -
     """uint8 frames (..., H, W, 3) -> float32 (..., crop, crop, 3), as the reference feeds its
     model: central square crop, bilinear resize (jax's, antialiased), then [0, 1] -> [-1, 1]."""
     chex.assert_axis_dimension(frames, -1, 3)
-    h, w = frames.shape[-3:-1]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    x = image_to_float(frames)[..., top:top + side, left:left + side, :]
+    x = image_to_float(central_crop(frames))
     x = jax.image.resize(x, (*x.shape[:-3], crop_size, crop_size, 3), method="bilinear")
     return x * 2.0 - 1.0 if zero_centering else x
 

@@ -52,7 +52,7 @@ from flax import struct
 from tqdm import tqdm
 
 from holdjax import envs
-from holdjax.envs.base import EnvState, ManipulationEnv, Task
+from holdjax.envs.base import EnvState, ManipulationEnv, Task, central_crop
 from holdjax.envs.goal_images import load_goal_images
 from holdjax.reward import holdc, scenic_checkpoint
 
@@ -303,7 +303,7 @@ def record(env: ManipulationEnv, script: Script, key: jax.Array, crop: bool = Tr
     state = start_states(env, script, reset_key)
 
     def observe(state):
-        frames = holdc.central_crop(state.obs) if crop else state.obs
+        frames = central_crop(state.obs) if crop else state.obs
         return frames, state.success, state.subgoal, state.data.qpos
 
     def body(carry, step_key):
@@ -559,7 +559,7 @@ def demonstrations(config: RewardTrainConfig, env: ManipulationEnv,
     lengths = usable_lengths(footage, config, config.demonstrations)
     num_goals = env.task.num_subgoals
     reached = first_reached(footage, config.demonstrations, num_goals)
-    goals = holdc.central_crop(jnp.asarray(load_goal_images(env.task)))
+    goals = central_crop(jnp.asarray(load_goal_images(env.task)))
     return Demos(frames=jnp.asarray(footage.frames), lengths=jnp.asarray(lengths),
                  steps_to_goals=jnp.asarray(steps_to_goals(footage.subgoal,
                                                            config.demonstrations, num_goals)),
