@@ -73,7 +73,10 @@ class TrainConfig:
     env_reward_weight: float = 1.0
     subtract_baseline_from_normalizer: bool = False
     subtract_prev_distance: bool = False
-    env_reward_replace_threshold: float = 0.0  # > 0: env reward := 1[-r < threshold]
+    # > 0: the env reward becomes 1[pred < threshold] (pred: the shaped distance before
+    # normalising, shaping.py); 0: off, the reference's None (its 0 would zero the env reward,
+    # as pred >= 0).
+    env_reward_replace_threshold: float = 0.0
     use_subtasks: bool = False
     subtask_threshold: float = 1.0
     subtask_cost: float = 0.0
