@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import os
 import pkgutil
 import re
@@ -193,7 +194,14 @@ class TrainConfig:
 
     @property
     def updates_per_iteration(self) -> int:
-        return max(1, round(self.resolved_updates_per_step * self.num_envs))
+        """Updates per fused step of all worlds: updates_per_step x num_envs to the nearest
+        whole number (halves up), at least one."""
+        return max(1, math.floor(self.resolved_updates_per_step * self.num_envs + 0.5))
+
+    @property
+    def effective_updates_per_step(self) -> float:
+        """The update ratio a run gets: whole updates per fused step over its worlds."""
+        return self.updates_per_iteration / self.num_envs
 
     def program_key(self) -> TrainConfig:
         """This config with the fields that do not change the compiled program reset, so

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import signal
 import sys
@@ -957,6 +958,12 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if _is_lead_process() and not math.isclose(config.effective_updates_per_step,
+                                                config.resolved_updates_per_step):
+        print(f"note: --updates_per_step={config.updates_per_step:g} gives "
+              f"{config.updates_per_iteration} update(s) per step of {config.num_envs} worlds, "
+              f"{config.effective_updates_per_step:g} per env step (updates are whole per "
+              "fused step)", file=sys.stderr)
     if _is_lead_process():
         print(f"run {config.run_name}: {config.scheduled_env_steps} env steps x {config.seeds} "
               f"seed(s), {config.num_envs} worlds per seed, {config.updates_per_iteration} "

@@ -452,6 +452,19 @@ def test_out_of_range_settings_fail_before_anything_is_built(field, value, messa
         dataclasses.replace(TrainConfig(), **{field: value}).validate()
 
 
+def test_an_update_ratio_not_whole_per_fused_step_is_rounded_and_told(monkeypatch, capsys):
+    """Updates are whole per fused step: the ratio rounds (halves up, at least one update)
+    and the run says what it gets when that differs from what was asked."""
+    assert TrainConfig(updates_per_step=0.5, num_envs=5).updates_per_iteration == 3
+    assert TrainConfig(updates_per_step=0.01, num_envs=16).effective_updates_per_step == 1 / 16
+    monkeypatch.setattr("holdjax.train.train", lambda config, resume: {})
+    train_cli(["--updates_per_step=0.01", "--num_envs=16"])
+    assert ("note: --updates_per_step=0.01 gives 1 update(s) per step of 16 worlds, 0.0625 per "
+            "env step") in capsys.readouterr().err
+    train_cli(["--updates_per_step=0.25", "--num_envs=16"])
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_per_q_critic_optimizers_reach_sac_and_refuse_fused_encoders():
     config = config_from_args(["--per_q_critic_optimizers=true"])[0].validate()
     assert config.sac.per_q_optimizers and not TrainConfig().sac.per_q_optimizers
