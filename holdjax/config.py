@@ -4,8 +4,8 @@
     python -m holdjax.train --task=pushing --reward=dense --total_steps=4000 --num_envs=16
 
 Every field can be overridden as ``--field=value``. ``--total_steps`` sets ``num_epochs``
-from ``epoch_length``. Unknown fields and malformed values are errors that name the valid
-choices.
+from ``epoch_length``. Malformed values are errors that name the valid choices, and unknown
+fields errors that name the closest known one.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import functools
 import json
 import math
@@ -935,6 +936,18 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _unknown_flags_message(flags: dict) -> str:
+    """Names each flag that is neither a config field nor one of main's, with the closest
+    known name where one is close (a typo)."""
+    known = [f.name for f in dataclasses.fields(TrainConfig)] + ["config", "total_steps",
+                                                                 "resume"]
+    named = []
+    for flag in flags:
+        close = difflib.get_close_matches(flag, known, n=1)
+        named.append(f"--{flag}" + (f" (did you mean --{close[0]}?)" if close else ""))
+    return f"unknown flags: {', '.join(named)}; see python -m holdjax.train --help"
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
@@ -951,8 +964,7 @@ def main(argv: list[str] | None = None) -> dict:
             config, rest = config_from_args(args, base=_saved_config(config.out_dir))
             rest.pop("resume", None)
         if rest:
-            raise ValueError(f"unknown flags: {', '.join('--' + k for k in rest)}; "
-                             "see python -m holdjax.train --help")
+            raise ValueError(_unknown_flags_message(rest))
         config.validate()
         training_devices(config)  # a multi-process job must split the seeds
     except ValueError as e:

@@ -491,7 +491,8 @@ def test_total_steps_must_be_a_positive_int():
 
 
 @pytest.mark.parametrize(("flag", "message"), [
-    ("--task=stacking", "unknown task 'stacking'"), ("--bogus=1", "unknown flags: --bogus"),
+    ("--task=stacking", "unknown task 'stacking'"), ("--bogus=1", "unknown flags: --bogus;"),
+    ("--lerning_rate=1e-3", "unknown flags: --lerning_rate (did you mean --learning_rate?)"),
     ("--num_envs=0", "num_envs"), ("--total_steps=-5", "at least 1"),
     ("--task", "--task needs a value"), ("--total_steps", "--total_steps needs a value"),
     ("--distance_params=a,b", "--distance_params expects comma-separated numbers"),

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 class Transition:
     """One environment step; fields carry a leading batch axis.
 
-    `done` is 1.0 only for true terminations, so time-limit truncations still bootstrap.
+    `done` is 1.0 only for true terminations, so time-limit truncations still bootstrap
+    (unless the run reproduces the reference's quirk, ``timeouts_as_terminal``).
     """
 
     obs: jax.Array
