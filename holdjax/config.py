@@ -139,6 +139,10 @@ class TrainConfig:
     # pass through the critic; not with fused_encoders). Off: one Adam on the summed Q losses,
     # the usual shared-encoder SAC.
     per_q_critic_optimizers: bool = False
+    # The reference's augmentation quirk: zero padding and one random shift for the whole
+    # batch (obs and next obs one each), as its tf.image.random_crop of the padded batch
+    # does. Off: edge padding and a shift per image (DrQ's form of the same augmentation).
+    reference_augmentation: bool = False
 
     ## Output.
     out: str = ""  # "" -> $HOLD_TOP_DIR/hold_policies/<name> or runs/<name>
@@ -223,6 +227,7 @@ class TrainConfig:
             fused_encoders=self.fused_encoders,
             batched_q_heads=self.batched_q_heads,
             per_q_optimizers=self.per_q_critic_optimizers,
+            reference_augmentation=self.reference_augmentation,
         )
 
     @property

@@ -11,7 +11,14 @@ import pytest
 
 from holdjax.sac import losses, networks, replay
 from holdjax.sac.augment import ShiftedImages, random_shifts, shift_images
-from holdjax.sac.update import SACConfig, init_sac, networks_for, sac_update, sampled_updates
+from holdjax.sac.update import (
+    SACConfig,
+    batch_shifts,
+    init_sac,
+    networks_for,
+    sac_update,
+    sampled_updates,
+)
 
 OBS_DIM, ACTION_DIM, BATCH = 3, 2, 5
 SMALL = SACConfig(hidden_sizes=(8, 8))
@@ -345,6 +352,57 @@ def test_known_shift_moves_pixels_with_edge_replication():
         np.testing.assert_array_equal(shifted[b], expected)
     # sample 0 shows rows 2.. of the original; its last two rows repeat the original's last row
     np.testing.assert_array_equal(shifted[0, -1], shifted[0, -2])
+
+
+def test_known_shift_with_zero_fill_is_the_references_pad_and_crop():
+    """fill="zeros": the reference's tf.pad with zeros, then a crop at offset pad + shift."""
+    images = numbered_images()
+    shifts = np.array([[2, -3], [-4, 4]])
+    shifted = np.asarray(shift_images(images, jnp.asarray(shifts), 4, fill="zeros"))
+    padded = np.pad(np.asarray(images), ((0, 0), (4, 4), (4, 4), (0, 0)))
+    for b, (dy, dx) in enumerate(shifts):
+        np.testing.assert_array_equal(shifted[b], padded[b, 4 + dy:12 + dy, 4 + dx:12 + dx])
+    assert (shifted[0, -2:] == 0).all() and (shifted[1, :, -4:] == 0).all()
+
+
+def test_batch_shifts_are_per_image_or_with_the_quirk_one_per_batch():
+    key = jax.random.key(2)
+    per_image = np.asarray(batch_shifts(key, 64, SACConfig()))
+    assert per_image.shape == (2, 64, 2) and len(np.unique(per_image[0], axis=0)) > 10
+    one = np.asarray(batch_shifts(key, 64, SACConfig(reference_augmentation=True)))
+    assert one.shape == (2, 64, 2) and np.abs(one).max() <= 4
+    for half in one:  # obs, next obs: each one shift for all of its images
+        assert len(np.unique(half, axis=0)) == 1
+    shared = [np.asarray(batch_shifts(k, 4, SACConfig(reference_augmentation=True)))
+              for k in jax.random.split(key, 8)]
+    assert any((s[0] != s[1]).any() for s in shared)  # obs and next obs draw apart
+
+
+def test_reference_augmentation_updates_on_the_batch_shifted_as_the_reference_shifts_it():
+    """The quirk's update equals an unaugmented update on the batch zero-padded and cropped
+    at each half's one offset by hand, with the Pallas encoders as with the canonical ones
+    (which then read a shifted copy, not the stored images through edge clamps)."""
+    obs_shape = (16, 16, 3)
+    batch = random_image_batch(jax.random.key(1), obs_shape)
+    key = jax.random.key(3)
+    config = SACConfig(hidden_sizes=(32, 32), reference_augmentation=True)
+    (dy, dx), (next_dy, next_dx) = np.asarray(
+        batch_shifts(jax.random.split(key, 3)[0], 1, config))[:, 0]
+
+    def by_hand(images, dy, dx):
+        padded = np.pad(np.asarray(images), ((0, 0), (4, 4), (4, 4), (0, 0)))
+        return jnp.asarray(padded[:, 4 + dy:20 + dy, 4 + dx:20 + dx])
+
+    shifted = batch.replace(obs=by_hand(batch.obs, dy, dx),
+                            next_obs=by_hand(batch.next_obs, next_dy, next_dx))
+    plain = dataclasses.replace(config, aug_pad=0, reference_augmentation=False)
+    expected = sac_update(init_sac(jax.random.key(0), obs_shape, ACTION_DIM, plain), shifted,
+                          key, plain)
+    for conv in ("canonical", "pallas"):
+        quirk = dataclasses.replace(config, encoder_conv=conv)
+        got = sac_update(init_sac(jax.random.key(0), obs_shape, ACTION_DIM, quirk), batch, key,
+                         quirk)
+        assert_trees_close(got, expected, rtol=1e-4)
 
 
 def test_random_shifts_are_independent_and_cover_minus_pad_to_pad():

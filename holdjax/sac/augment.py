@@ -2,9 +2,10 @@
 
 The reference pads with zeros and `tf.image.random_crop`s the whole batch at one offset; here
 padding replicates the edge pixels (no black borders the policy could key on) and every sample
-gets its own shift, the DrQ form of the same augmentation. With edges replicated, a shift is a
-clamp of the source pixel's coordinates, which is what lets the Pallas encoders read the shifted
-images straight from the stored ones (`ShiftedImages`).
+gets its own shift, the DrQ form of the same augmentation (the reference's form stays an
+option, ``SACConfig.reference_augmentation``: ``fill="zeros"`` and one shift a batch). With
+edges replicated, a shift is a clamp of the source pixel's coordinates, which is what lets the
+Pallas encoders read the shifted images straight from the stored ones (`ShiftedImages`).
 """
 
 import chex
@@ -14,9 +15,13 @@ import jax.numpy as jnp
 
 from holdjax.sac.replay import stored_obs_to_float
 
+PAD_MODES = {"edge": "edge", "zeros": "constant"}
 
-def shift_images(images: jax.Array, shifts: jax.Array, pad: int) -> jax.Array:
-    """Output pixel (i, j) of sample b is input (i + dy_b, j + dx_b), with edges replicated.
+
+def shift_images(images: jax.Array, shifts: jax.Array, pad: int, fill: str = "edge"
+                 ) -> jax.Array:
+    """Output pixel (i, j) of sample b is input (i + dy_b, j + dx_b), with edges replicated
+    (``fill="edge"``) or, off the image, zeros (``fill="zeros"``, the reference's padding).
 
     `shifts` holds integer (dy, dx) per sample in [-pad, pad]; zero shifts give the input back.
     Works on any dtype, so uint8 images can be augmented before conversion to float.
@@ -24,7 +29,7 @@ def shift_images(images: jax.Array, shifts: jax.Array, pad: int) -> jax.Array:
     chex.assert_rank(images, 4)
     chex.assert_shape(shifts, (images.shape[0], 2))
     _, height, width, channels = images.shape
-    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=PAD_MODES[fill])
 
     def crop(padded_image: jax.Array, shift: jax.Array) -> jax.Array:
         start = (pad + shift[0], pad + shift[1], 0)

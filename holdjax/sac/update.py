@@ -70,6 +70,11 @@ class SACConfig:
     # other Adam never sees a gradient for it, so never moves it). Costs a second backward
     # pass through the critic. Off: one Adam on the summed Q losses.
     per_q_optimizers: bool = False
+    # The reference's augmentation quirk: zero padding, and one random shift for the whole
+    # batch (its `tf.image.random_crop` of the padded batch; obs and next obs one each). Off:
+    # edge padding and a shift per image (DrQ's form). Pallas encoders then read a shifted
+    # copy of the batch (no lazy augmentation, which assumes replicated edges).
+    reference_augmentation: bool = False
 
     def __post_init__(self):
         check_encoder_conv(self.encoder_conv)
@@ -149,16 +154,25 @@ def init_sac(
     )
 
 
-def _prepare_obs(obs: jax.Array, shifts: jax.Array | None, aug_pad: int, lazy: bool = False
-                 ) -> jax.Array | ShiftedImages:
+def _prepare_obs(obs: jax.Array, shifts: jax.Array | None, aug_pad: int, lazy: bool = False,
+                 fill: str = "edge") -> jax.Array | ShiftedImages:
     """Stored observations to network input: images shifted by ``shifts`` (B, 2) (on uint8;
     none when ``aug_pad`` is 0), then to float; with ``lazy``, the images and their shifts,
     for the encoders to apply (`ShiftedImages`)."""
     if obs.ndim == 4 and aug_pad > 0:
         if lazy:
             return ShiftedImages(obs, shifts, aug_pad)
-        obs = shift_images(obs, shifts, aug_pad)
+        obs = shift_images(obs, shifts, aug_pad, fill)
     return stored_obs_to_float(obs)
+
+
+def batch_shifts(key: jax.Array, batch_size: int, config: SACConfig) -> jax.Array:
+    """(2, B, 2) random shifts of a batch's obs and next obs: one per image, or with
+    ``reference_augmentation`` one per batch (the same for all of its images)."""
+    if config.reference_augmentation:
+        one = random_shifts(key, (2, 1), config.aug_pad)
+        return jnp.broadcast_to(one, (2, batch_size, 2))
+    return random_shifts(key, (2, batch_size), config.aug_pad)
 
 
 def _apply_gradients(
@@ -187,13 +201,14 @@ def sac_update(
     networks = networks_for(config, action_dim, from_pixels)
     shift_key, next_noise_key, noise_key = jax.random.split(key, 3)
     # obs and next obs shifts drawn at once: one random-number kernel on a GPU, not two
-    shifts = (random_shifts(shift_key, (2, batch.action.shape[0]), config.aug_pad)
-              if from_pixels else (None, None))
-    lazy = (config.lazy_augmentation and from_pixels
+    shifts = (batch_shifts(shift_key, batch.action.shape[0], config) if from_pixels
+              else (None, None))
+    lazy = (config.lazy_augmentation and from_pixels and not config.reference_augmentation
             and networks.critic.encoder.conv in PALLAS_CONVS)
+    fill = "zeros" if config.reference_augmentation else "edge"
     batch = batch.replace(
-        obs=_prepare_obs(batch.obs, shifts[0], config.aug_pad, lazy),
-        next_obs=_prepare_obs(batch.next_obs, shifts[1], config.aug_pad, lazy),
+        obs=_prepare_obs(batch.obs, shifts[0], config.aug_pad, lazy, fill),
+        next_obs=_prepare_obs(batch.next_obs, shifts[1], config.aug_pad, lazy, fill),
     )
     next_noise = jax.random.normal(next_noise_key, batch.action.shape)
     noise = jax.random.normal(noise_key, batch.action.shape)
