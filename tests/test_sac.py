@@ -15,6 +15,7 @@ from holdjax.sac.update import (
     SACConfig,
     batch_shifts,
     init_sac,
+    lazy_augmentation,
     networks_for,
     sac_update,
     sampled_updates,
@@ -401,6 +402,19 @@ def test_reference_augmentation_updates_on_the_batch_shifted_as_the_reference_sh
     got = update(init_sac(jax.random.key(0), obs_shape, ACTION_DIM, config), batch, key,
                  config=config)
     assert_trees_close(got, expected, rtol=1e-4)
+
+
+def test_only_pallas_encoders_with_replicated_edges_read_stored_images_through_shifts():
+    def lazy(**fields):
+        config = SACConfig(**fields)
+        return lazy_augmentation(config, networks_for(config, ACTION_DIM, from_pixels=True))
+
+    assert lazy(encoder_conv="pallas") and lazy(encoder_conv="pallas_banded")
+    assert not lazy(encoder_conv="pallas", reference_augmentation=True)  # zeros off the image
+    assert not lazy(encoder_conv="pallas", lazy_augmentation=False)
+    assert not lazy(encoder_conv="canonical")
+    config = SACConfig(encoder_conv="pallas")
+    assert not lazy_augmentation(config, networks_for(config, ACTION_DIM, from_pixels=False))
 
 
 def test_random_shifts_are_independent_and_cover_minus_pad_to_pad():

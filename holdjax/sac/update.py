@@ -166,6 +166,15 @@ def _prepare_obs(obs: jax.Array, shifts: jax.Array | None, aug_pad: int, lazy: b
     return stored_obs_to_float(obs)
 
 
+def lazy_augmentation(config: SACConfig, networks: SACNetworks) -> bool:
+    """Whether the pixel encoders read each stored image through its shift (`ShiftedImages`)
+    rather than a shifted copy: Pallas encoders only, and only with replicated edges (not the
+    reference's zero padding)."""
+    return (config.lazy_augmentation and not config.reference_augmentation
+            and networks.critic.encoder is not None
+            and networks.critic.encoder.conv in PALLAS_CONVS)
+
+
 def batch_shifts(key: jax.Array, batch_size: int, config: SACConfig) -> jax.Array:
     """(2, B, 2) random shifts of a batch's obs and next obs: one per image, or with
     ``reference_augmentation`` one per batch (the same for all of its images)."""
@@ -203,8 +212,7 @@ def sac_update(
     # obs and next obs shifts drawn at once: one random-number kernel on a GPU, not two
     shifts = (batch_shifts(shift_key, batch.action.shape[0], config) if from_pixels
               else (None, None))
-    lazy = (config.lazy_augmentation and from_pixels and not config.reference_augmentation
-            and networks.critic.encoder.conv in PALLAS_CONVS)
+    lazy = from_pixels and lazy_augmentation(config, networks)
     fill = "zeros" if config.reference_augmentation else "edge"
     batch = batch.replace(
         obs=_prepare_obs(batch.obs, shifts[0], config.aug_pad, lazy, fill),
