@@ -347,12 +347,13 @@ def test_score_segments_expert_episodes_by_subgoal():
     assert result["expert_episodes_scored"] == 2
     assert result["state_frames"] == 4
     np.testing.assert_allclose(result["spearman_state"], 1.0)
-    # Subtask switches (threshold 1, 3 steps in a row): episode 0 is below 1 from step 4, so
-    # switches at 6, 3 steps after reaching subgoal 1; episode 1 from step 0, so at 2, 1 after.
+    # Subtask switches (threshold 1, 3 steps in a row, the reset frame unscored as in
+    # training): episode 0 is below 1 from step 4, so switches at 6, 3 steps after reaching
+    # subgoal 1; episode 1 from its reset, so from step 1 and at 3, 2 after.
     np.testing.assert_array_equal(check.subtask_switches(reward_fn, check.distances_to_goals(
-        reward_fn, frames[:2])), [[6], [2]])
+        reward_fn, frames[:2])), [[6], [3]])
     assert result["subtask_switch_share"] == [1.0]
-    assert result["subtask_switch_lead_steps"] == [-2.0]
+    assert result["subtask_switch_lead_steps"] == [-2.5]
 
 
 def test_in_chunks_pads_the_last_chunk_and_keeps_the_order():

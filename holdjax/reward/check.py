@@ -250,9 +250,11 @@ def score(reward_fn: RewardFunction, env: ManipulationEnv, footage: reward_train
 
 def subtask_switches(reward_fn: RewardFunction, dist: np.ndarray) -> np.ndarray:
     """(E, G - 1) the step at which the reward's subtask first moves past each intermediate
-    goal image (-1: never) over episodes of distances ``dist`` (E, T, G): the shaping's own
-    state machine (`shaping.shape_reward`, subtasks on) run along the episodes."""
+    goal image (-1: never) over episodes of distances ``dist`` (E, T + 1, G) from their reset
+    frames on: the shaping's own state machine (`shaping.shape_reward`, subtasks on) run
+    along the frames after the reset, as training scores them (never the reset frame)."""
     config = dataclasses.replace(reward_fn.config, use_subtasks=True)
+    dist = np.asarray(dist)[:, 1:]
     episodes, _, num_goals = dist.shape
 
     def step(state, distances):
@@ -262,8 +264,10 @@ def subtask_switches(reward_fn: RewardFunction, dist: np.ndarray) -> np.ndarray:
 
     _, subtask = jax.lax.scan(step, shaping.init_shaping(config, episodes, num_goals),
                               jnp.swapaxes(jnp.asarray(dist), 0, 1))
-    # Moving past goal image k is reaching subtask k + 1: first_reach's question.
-    return reward_train.first_reach(np.asarray(subtask).T, episodes, num_goals - 1)
+    # Moving past goal image k is reaching subtask k + 1: first_reach's question (counted
+    # from the frame after the reset, so one step on in the episode's frames).
+    switched = reward_train.first_reach(np.asarray(subtask).T, episodes, num_goals - 1)
+    return np.where(switched >= 0, switched + 1, -1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
