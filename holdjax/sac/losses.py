@@ -88,14 +88,12 @@ def per_q_critic_grads(
     target = _td_target(
         target_critic_params, actor_params, log_alpha, batch, next_noise, networks, discount
     )
-
-    def per_q_losses(params: Params) -> tuple[jax.Array, jax.Array]:
-        q_values = networks.critic.apply(params, batch.obs, batch.action)
-        return 0.5 * jnp.mean((q_values - target) ** 2, axis=1), q_values
-
-    losses, pullback, q_values = jax.vjp(per_q_losses, critic_params, has_aux=True)
-    (q1_grads,), (q2_grads,) = (pullback(jnp.eye(2, dtype=losses.dtype)[i]) for i in range(2))
-    _, metrics = _q_loss(q_values, target)
+    q_values, pullback = jax.vjp(
+        lambda params: networks.critic.apply(params, batch.obs, batch.action), critic_params)
+    # `_q_loss` sums the heads' terms, so row k of its gradient (2, B) is head k's term's alone.
+    q_grads, metrics = jax.grad(_q_loss, has_aux=True)(q_values, target)
+    rows = jnp.eye(2, dtype=q_grads.dtype)[:, :, None]
+    (q1_grads,), (q2_grads,) = (pullback(q_grads * rows[k]) for k in range(2))
     return (q1_grads, q2_grads), metrics
 
 
