@@ -970,13 +970,13 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    if _is_lead_process() and not math.isclose(config.effective_updates_per_step,
-                                                config.resolved_updates_per_step):
-        print(f"note: --updates_per_step={config.updates_per_step:g} gives "
-              f"{config.updates_per_iteration} update(s) per step of {config.num_envs} worlds, "
-              f"{config.effective_updates_per_step:g} per env step (updates are whole per "
-              "fused step)", file=sys.stderr)
     if _is_lead_process():
+        if not math.isclose(config.effective_updates_per_step,
+                            config.resolved_updates_per_step):
+            print(f"note: --updates_per_step={config.updates_per_step:g} gives "
+                  f"{config.updates_per_iteration} update(s) per step of {config.num_envs} "
+                  f"worlds, {config.effective_updates_per_step:g} per env step (updates are "
+                  "whole per fused step)", file=sys.stderr)
         print(f"run {config.run_name}: {config.scheduled_env_steps} env steps x {config.seeds} "
               f"seed(s), {config.num_envs} worlds per seed, {config.updates_per_iteration} "
               f"update(s) per {config.num_envs} env steps, {_encoder_description(config)}on "
