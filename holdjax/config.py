@@ -25,6 +25,7 @@ from holdjax.reward.holdc import check_distance
 from holdjax.reward.holdr import check_attention
 from holdjax.reward.shaping import ShapingConfig
 from holdjax.sac.networks import check_encoder_conv
+from holdjax.sac.replay import held_transitions, replay_rows
 from holdjax.sac.update import SACConfig
 
 CONFIGS_PACKAGE = "configs"
@@ -174,6 +175,14 @@ class TrainConfig:
         return self.replay_size or max(self.batch_size, min(1_000_000, self.total_steps))
 
     @property
+    def min_replay(self) -> int:
+        """Transitions per seed that the buffer holds before updates start: learning_starts,
+        or one episode (the reference's rule)."""
+        from holdjax import envs
+
+        return self.learning_starts or envs.task_class(self.task).episode_length
+
+    @property
     def iterations_per_epoch(self) -> int:
         """Fused steps per epoch: each steps every world once."""
         return -(-self.epoch_length // self.num_envs)
@@ -293,6 +302,12 @@ class TrainConfig:
         if self.replay_size and self.replay_size < self.batch_size:
             raise ValueError(f"replay_size {self.replay_size} is smaller than one batch "
                              f"({self.batch_size}); use 0 for the reference's size")
+        held = held_transitions(replay_rows(self.replay_capacity, self.num_envs), self.num_envs)
+        if self.min_replay > held:
+            raise ValueError(
+                f"updates would never start: they wait for {self.min_replay} transitions "
+                f"(learning_starts, or one episode when 0) but the replay holds {held}; "
+                "lower --learning_starts or raise --replay_size")
         return self
 
 

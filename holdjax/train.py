@@ -144,8 +144,7 @@ class Trainer:
         self.obs_shape = policy_obs_shape(config)
         self.action_dim = self.env.action_dim
         self.networks = networks_for(config.sac, self.action_dim, is_image_shape(self.obs_shape))
-        # The reference starts training once the buffer holds one episode.
-        self.min_replay = config.learning_starts or self.env.episode_length
+        self.min_replay = config.min_replay
         init, train_epoch, evaluate = self._init_seeds, self._train_epoch, self._evaluate
         self.mesh = None
         if num_devices > 1:

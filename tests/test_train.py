@@ -452,6 +452,18 @@ def test_out_of_range_settings_fail_before_anything_is_built(field, value, messa
         dataclasses.replace(TrainConfig(), **{field: value}).validate()
 
 
+def test_a_replay_too_small_to_start_updates_is_refused():
+    """Updates wait for learning_starts transitions (one episode when 0): a replay that can
+    never hold them would train nothing, so the settings are refused up front."""
+    with pytest.raises(ValueError, match="wait for 2000 transitions .* the replay holds 1008"):
+        TrainConfig(replay_size=1000, learning_starts=2000).validate()
+    TrainConfig(replay_size=1000, learning_starts=1008).validate()  # rounded up to whole rows
+    drawer = TrainConfig(task="drawer_open", batch_size=64, replay_size=100)  # 200-step episodes
+    assert drawer.min_replay == 200
+    with pytest.raises(ValueError, match="wait for 200 transitions"):
+        drawer.validate()
+
+
 def test_an_update_ratio_not_whole_per_fused_step_is_rounded_and_told(monkeypatch, capsys):
     """Updates are whole per fused step: the ratio rounds (halves up, at least one update)
     and the run says what it gets when that differs from what was asked."""
