@@ -629,6 +629,23 @@ def finished_message(config: TrainConfig, record: dict) -> str:
             f"--total_steps=<a larger total>")
 
 
+def tensorboard_scalars(record: dict) -> dict[str, float]:
+    """The curves of an epoch's record: numbers, and lists of numbers (one per seed) as their
+    mean; not the date, the unset losses before training or the overflow kinds' names."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    scalars = {}
+    for name, value in record.items():
+        if name == "started_at":  # a date, not a curve
+            continue
+        if number(value):
+            scalars[name] = float(value)
+        elif isinstance(value, list) and value and all(number(v) for v in value):
+            scalars[name] = float(np.mean(value))
+    return scalars
+
+
 def check_finite(summary: dict, epoch: int, run_dir: str) -> None:
     """Stops the run at the first NaN/inf loss, naming the epoch and the last checkpoint."""
     bad = [name for name, values in summary.items()
@@ -745,10 +762,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
             if writer is not None:
-                for name, value in record.items():
-                    if value is None or name == "started_at":  # a date, not a curve
-                        continue
-                    value = float(np.mean(value)) if isinstance(value, list) else value
+                for name, value in tensorboard_scalars(record).items():
                     writer.add_scalar(name, value, done_epoch.env_steps)
             if "physics_overflow_kinds" in record and lead:
                 bar.write(overflow_warning(record), file=sys.stderr)

@@ -38,6 +38,7 @@ from holdjax.train import (
     policy_obs_shape,
     stop_on_signal,
     summarize_epoch,
+    tensorboard_scalars,
     train,
     training_devices,
     write_curves,
@@ -230,6 +231,11 @@ def test_epoch_summary_counts_episodes_that_hit_warp_limits():
     assert "LS_ITERATIONS" in kinds and len(kinds) == 2
     message = overflow_warning({"epoch": 4, **summary})
     assert message.startswith("epoch 4: MuJoCo Warp hit ") and "in 1 episodes" in message
+    # TensorBoard gets the numbers (per-seed lists as their mean), not the limits' names
+    scalars = tensorboard_scalars({"epoch": 4, "started_at": 1.7e9, "actor_loss": None,
+                                   **summary})
+    assert scalars == {"epoch": 4.0, "physics_overflow_episodes": 0.5, "critic_loss": 2.5,
+                       "train_return": 9.5, "train_success_rate": 0.75}
 
 
 def test_over_seeds_equals_vmap_with_and_without_a_seed_axis_to_map():
