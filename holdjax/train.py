@@ -646,17 +646,28 @@ def tensorboard_scalars(record: dict) -> dict[str, float]:
     return scalars
 
 
-def check_finite(summary: dict, epoch: int, run_dir: str) -> None:
-    """Stops the run at the first NaN/inf loss, naming the epoch and the last checkpoint."""
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def check_finite(summary: dict, epoch: int, run_dir: str, params=None) -> None:
+    """Stops the run at the first NaN/inf loss or, when ``params`` (the learned parameters
+    at the epoch's end) are given, parameter: the checkpoint that follows is then never a
+    broken one. The message names the epoch, the last checkpoint and what to change."""
     bad = [name for name, values in summary.items()
            if name.endswith("loss") and values is not None and not np.all(np.isfinite(values))]
+    if params is not None and not bool(_all_finite(params)):
+        bad.append("parameters")
     if bad:
         last = checkpoint.latest_epoch(run_dir)
-        where = (f"the last good checkpoint is epoch {last} in {run_dir}" if last is not None
-                 else "no checkpoint was written yet")
-        raise TrainingDiverged(
-            f"non-finite {', '.join(bad)} in epoch {epoch + 1}; {where}. Resume from it with "
-            "--resume and a lower --learning_rate, or change the reward scale.")
+        advice = ("a lower --learning_rate or a smaller reward scale (a run is "
+                  "deterministic: the same settings diverge again)")
+        where = (f"the last good checkpoint is epoch {last} in {run_dir}; resume from it "
+                 f"with --resume and {advice}" if last is not None
+                 else f"no checkpoint was written yet; start it again with {advice}, or "
+                      "another --seed")
+        raise TrainingDiverged(f"non-finite {', '.join(bad)} in epoch {epoch + 1}; {where}.")
 
 
 def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
@@ -785,7 +796,8 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 epoch_start = time.perf_counter()
                 state, replay, out = trainer.train_epoch(state, replay)
                 summary = summarize_epoch(out, config)  # waits for the epoch's fused steps
-                check_finite(summary, epoch, run_dir)
+                check_finite(summary, epoch, run_dir, params=(
+                    state.sac.actor_params, state.sac.critic_params, state.sac.log_alpha))
                 pending.append(PendingEpoch(
                     epoch=epoch, summary=summary, env_steps=int(state.env_steps),
                     # a copy: the next epoch donates (and so invalidates) the state's buffers
@@ -818,7 +830,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                         checkpoint.save(mngr, done, state,
                                         replay if config.save_replay else None)
                     raise KeyboardInterrupt  # main() names the checkpoint just written
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, TrainingDiverged):  # the epochs trained before it count
             if pending:
                 evaluate_and_log(pending, bar)
             raise

@@ -748,6 +748,33 @@ def test_an_interrupted_run_logs_the_epochs_it_trained(state_run, tmp_path, monk
     assert all(len(r["eval_success_rate"]) == config.seeds for r in records)
 
 
+def test_a_run_whose_parameters_diverge_stops_and_logs_the_epochs_before(state_run, tmp_path,
+                                                                         monkeypatch):
+    """Parameters that turn NaN in epoch 3 (whose losses, taken before each update, are still
+    finite) stop the run there, before any checkpoint could hold them; epochs 1 and 2, which
+    wait to be evaluated 5 at a time, are evaluated and logged first."""
+    config = dataclasses.replace(state_run[0], num_epochs=5, checkpoint_frequency=5,
+                                 path_save_frequency=0, eval_batch=5,
+                                 out=str(tmp_path / "diverged"))
+    trainer = get_trainer(config)
+    train_epoch, calls = trainer.train_epoch, []
+
+    def nan_parameters_in_third(*args):
+        calls.append(1)
+        state, replay, out = train_epoch(*args)
+        if len(calls) == 3:
+            nan = jax.tree.map(lambda x: x * jnp.nan, state.sac.actor_params)
+            state = state.replace(sac=state.sac.replace(actor_params=nan))
+        return state, replay, out
+
+    monkeypatch.setattr(trainer, "train_epoch", nan_parameters_in_third)
+    with pytest.raises(TrainingDiverged, match="non-finite parameters in epoch 3; no checkpoint "
+                       "was written yet; start it again with a lower --learning_rate"):
+        train(config, quiet=True)
+    assert [r["epoch"] for r in read_metrics(config.out_dir)] == [1, 2]
+    assert checkpoint.latest_epoch(config.out_dir) is None
+
+
 def test_a_signal_stops_the_run_after_its_epoch_with_a_checkpoint(state_run, tmp_path,
                                                                   monkeypatch, capsys):
     """A SIGTERM (or a first Ctrl-C) during epoch 2 of a run checkpointed every 4 epochs and
@@ -1042,7 +1069,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_epoch_and_last_checkpoint(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert (f"non-finite critic_loss in epoch 2; the last good checkpoint is epoch 1 in "
-            f"{config.out_dir}. Resume from it with --resume") in err
+            f"{config.out_dir}; resume from it with --resume and a lower --learning_rate") in err
     assert [r["epoch"] for r in read_metrics(config.out_dir)] == [1]
     assert checkpoint.latest_epoch(config.out_dir) == 1
 
@@ -1072,7 +1099,11 @@ def test_a_loss_that_diverges_before_any_checkpoint_says_so(tmp_path):
                        "checkpoint was written yet"):
         check_finite({"actor_loss": [1.0, float("inf")], "critic_loss": [0.5, 0.5],
                       "alpha_loss": None}, 0, str(tmp_path))
-    check_finite({"actor_loss": [1.0], "alpha_loss": None}, 0, str(tmp_path))
+    check_finite({"actor_loss": [1.0], "alpha_loss": None}, 0, str(tmp_path),
+                 params={"w": jnp.ones(3)})
+    with pytest.raises(TrainingDiverged, match="non-finite parameters in epoch 2"):
+        check_finite({"actor_loss": [1.0]}, 1, str(tmp_path),
+                     params=({"w": jnp.ones(3)}, jnp.array([0.0, jnp.inf])))
 
 
 def test_interrupted_train_cli_says_how_to_resume(monkeypatch, tmp_path, capsys):
