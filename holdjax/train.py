@@ -28,6 +28,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import textwrap
@@ -610,6 +611,26 @@ def write_curves(run_dir: str) -> None:
               file=sys.stderr)
 
 
+RUN_LOGS = ("metrics.jsonl", "curves.png", "videos", "tensorboard")  # what a run writes
+
+
+def clear_earlier_attempt(run_dir: str) -> list[str]:
+    """Removes the logs that an earlier start of a run left without a checkpoint (killed or
+    failed before its first): a new start would otherwise add its epochs to theirs, and the
+    plots and TensorBoard would mix the two. Returns the names removed."""
+    removed = []
+    for name in RUN_LOGS:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 def finished_message(config: TrainConfig, record: dict) -> str:
     """What a finished run says last: its final evaluation (per seed when several), what it
     left in its folder and the commands that look further."""
@@ -617,8 +638,7 @@ def finished_message(config: TrainConfig, record: dict) -> str:
     per_seed = (f" (per seed: {', '.join(f'{s:.2f}' for s in success)})"
                 if len(success) > 1 else "")
     out = config.out_dir
-    left = [name for name in ("metrics.jsonl", "curves.png", "videos", "tensorboard")
-            if os.path.exists(os.path.join(out, name))]
+    left = [name for name in RUN_LOGS if os.path.exists(os.path.join(out, name))]
     return (f"done: {record['env_steps']} env steps x {config.seeds} seed(s) in "
             f"{record['wall_s'] / 60:.1f} min; final eval success {np.mean(success):.2f}"
             f"{per_seed}, return {np.mean(record['eval_return']):.2f}\n"
@@ -725,6 +745,10 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
             replay = saved_replay
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if lead:
+        removed = [] if resume else clear_earlier_attempt(run_dir)
+        if removed and not quiet:
+            print(f"starting anew: removed {', '.join(removed)} of an earlier start of "
+                  f"{run_dir} that wrote no checkpoint", file=sys.stderr)
         checkpoint.write_config(run_dir, config)
         drop_unfinished_line(metrics_path)
     mngr = checkpoint.manager(run_dir)

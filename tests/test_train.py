@@ -748,6 +748,25 @@ def test_an_interrupted_run_logs_the_epochs_it_trained(state_run, tmp_path, monk
     assert all(len(r["eval_success_rate"]) == config.seeds for r in records)
 
 
+def test_starting_again_where_a_start_left_no_checkpoint_drops_its_logs(state_run, tmp_path,
+                                                                         capsys):
+    """A run killed before its first checkpoint and started again: the old attempt's records,
+    events and videos go, so that curves and TensorBoard show the new run alone."""
+    config = dataclasses.replace(state_run[0], out=str(tmp_path / "again"))
+    os.makedirs(os.path.join(config.out_dir, "tensorboard"))
+    open(os.path.join(config.out_dir, "tensorboard", "events.old"), "w").close()
+    with open(os.path.join(config.out_dir, "metrics.jsonl"), "w") as f:
+        for epoch in (1, 2, 3):
+            f.write(json.dumps({"epoch": epoch, "env_steps": 8 * epoch,
+                                "eval_success_rate": [0.99]}) + "\n")
+    train(config)
+    assert "starting anew: removed metrics.jsonl, tensorboard of an earlier start" in (
+        capsys.readouterr().err)
+    assert [r["epoch"] for r in read_metrics(config.out_dir)] == [1, 2]
+    assert not os.path.exists(os.path.join(config.out_dir, "tensorboard", "events.old"))
+    assert tensorboard_steps(config.out_dir, "eval_success_rate") == [8, 16]
+
+
 def test_a_run_whose_parameters_diverge_stops_and_logs_the_epochs_before(state_run, tmp_path,
                                                                          monkeypatch):
     """Parameters that turn NaN in epoch 3 (whose losses, taken before each update, are still
