@@ -12,8 +12,10 @@ on a CPU). Then the same step in parts, each jitted alone over the epoch's state
 render (``env.step``), render alone, reward, and the fused step's updates; for HOLD-C and
 HOLD-R also the network alone on the step's already-preprocessed frames, and
 ``reward_over_network``, the reward part's time over it (issue 4 asks HOLD-C's to stay
-within 2: cropping, resizing and shaping must not dominate). Peak device memory is read from
-the device where it reports one (GPUs; XLA:CPU does not).
+within 2: cropping, resizing and shaping must not dominate). Device memory is read where the
+device reports it (GPUs; XLA:CPU does not): in use after a row's initial state (its state and
+replay buffer) and the process's peak so far (JAX never resets it, so it is a row's own only
+where it is above every earlier row's; rows run reward by reward in increasing N).
 
 ``holdc`` is HOLD-C with random weights at the configured size (default ResNet-50, 256 px),
 ``holdr`` HOLD-R with random weights (``--holdr_size``: the released ViViT-Large factorised
@@ -60,9 +62,12 @@ def random_checkpoint(variables: dict, directory: str) -> str:
     return directory
 
 
-def peak_memory_bytes() -> int | None:
+def memory_bytes(kind: str) -> int | None:
+    """The device's ``bytes_in_use`` or ``peak_bytes_in_use`` (None where JAX keeps no count,
+    as on a CPU). The peak is the process's so far, never reset: a row's own peak only where
+    it is above every earlier row's."""
     stats = jax.devices()[0].memory_stats()
-    return None if not stats else stats.get("peak_bytes_in_use")
+    return None if not stats else stats.get(kind)
 
 
 def network_alone(reward: str, holdc_model: holdc.HoldCConfig, holdr_model: holdr.HoldRConfig,
@@ -123,6 +128,7 @@ def measure(base: TrainConfig, reward: str, num_envs: int, ratio: str, iteration
     state, replay = trainer.init(config.seed)
     jax.block_until_ready(state)
     build_s = time.perf_counter() - start
+    in_use = memory_bytes("bytes_in_use")  # this row's state and replay (earlier rows' freed)
     carry = {"state": state, "replay": replay}
 
     def epoch():
@@ -142,7 +148,8 @@ def measure(base: TrainConfig, reward: str, num_envs: int, ratio: str, iteration
         "build_and_init_s": build_s,
         "compile_s": first - best,
         **time_parts(trainer, carry["state"], carry["replay"], repeats, network),
-        "peak_memory_bytes": peak_memory_bytes(),
+        "bytes_in_use_after_init": in_use,
+        "peak_bytes_so_far": memory_bytes("peak_bytes_in_use"),
     }
     return row
 
