@@ -44,6 +44,7 @@ import argparse
 import functools
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -150,8 +151,10 @@ def run_holdjax(config: TrainConfig) -> list[dict]:
     return curve
 
 
-def run_brax(config: TrainConfig, seed: int) -> list[dict]:
-    """The same curve for one seed of brax's ``sac.train`` (its own timing of each epoch)."""
+def run_brax(config: TrainConfig, seed: int,
+             on_epoch: Callable[[list[dict]], None] = lambda curve: None) -> list[dict]:
+    """The same curve for one seed of brax's ``sac.train`` (its own timing of each epoch);
+    ``on_epoch`` sees the curve so far after each epoch."""
     if not hasattr(jax, "device_put_replicated"):
         jax.device_put_replicated = device_put_replicated
     env = ManipulationEnv(envs.make_task(config.task), impl=config.impl, render_obs=False)
@@ -161,6 +164,7 @@ def run_brax(config: TrainConfig, seed: int) -> list[dict]:
         if "training/walltime" in metrics:  # not the evaluation before training
             curve.append({"env_steps": int(step), "train_s": float(metrics["training/walltime"]),
                           "eval_success": [float(metrics["eval/episode_first_success"])]})
+            on_epoch(curve)
 
     brax_sac.train(
         BraxTaskEnv(env, config.num_envs),
@@ -214,6 +218,28 @@ def summarize(curves: list[list[dict]], seeds_per_curve: int, target: float) -> 
     }
 
 
+def results_payload(config: TrainConfig, args, results: dict, brax_complete: bool) -> dict:
+    """The results file's settings and the learners measured so far."""
+    return {
+        "task": config.task,
+        "reward": config.reward,
+        "observation": config.observation,
+        "settings": {
+            "num_envs": config.num_envs, "seeds": config.seeds,
+            "total_steps": config.num_epochs * config.epoch_length, "evals": config.num_epochs,
+            "updates_per_step": config.updates_per_iteration / config.num_envs,
+            "updates_per_fused_step": config.updates_per_iteration,
+            "batch_size": config.batch_size, "hidden_sizes": list(config.sac.hidden_sizes),
+            "learning_rate": config.learning_rate, "discount": config.discount,
+            "tau": config.tau, "learning_starts": config.learning_starts,
+            "eval_episodes": config.eval_episodes, "target_success": args.target_success,
+            "impl": resolve_impl(config.impl),
+        },
+        **results,
+        "brax_complete": brax_complete,
+    }
+
+
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -245,33 +271,32 @@ def parse_args(argv: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Trains holdjax, then brax seed by seed, rewriting the results file after holdjax and
+    after each of brax's epochs: a run cut short by a time limit keeps what it measured
+    (``brax_complete`` false; brax's figures then cover its epochs so far)."""
     args = parse_args(argv)
     config = holdjax_config(args)
-    results = {
-        "holdjax": summarize([run_holdjax(config)], config.seeds, args.target_success),
-        "brax": summarize([run_brax(config, config.seed + k) for k in range(config.seeds)], 1,
-                          args.target_success),
-    }
-    payload = {
-        "task": config.task,
-        "reward": config.reward,
-        "observation": config.observation,
-        "settings": {
-            "num_envs": config.num_envs, "seeds": config.seeds,
-            "total_steps": config.num_epochs * config.epoch_length, "evals": config.num_epochs,
-            "updates_per_step": config.updates_per_iteration / config.num_envs,
-            "updates_per_fused_step": config.updates_per_iteration,
-            "batch_size": config.batch_size, "hidden_sizes": list(config.sac.hidden_sizes),
-            "learning_rate": config.learning_rate, "discount": config.discount,
-            "tau": config.tau, "learning_starts": config.learning_starts,
-            "eval_episodes": config.eval_episodes, "target_success": args.target_success,
-            "impl": resolve_impl(config.impl),
-        },
-        **results,
-        "ratio_holdjax_to_brax_steps_per_s": (results["holdjax"]["env_steps_per_s"]
-                                              / results["brax"]["env_steps_per_s"]),
-    }
-    path = write_results("brax_sac", payload, out_dir=args.out, tag=args.tag)
+    results = {"holdjax": summarize([run_holdjax(config)], config.seeds, args.target_success)}
+    payload, path = {}, None
+    brax_curves: list[list[dict]] = []
+
+    def write(curves: list[list[dict]], complete: bool) -> None:
+        nonlocal payload, path
+        payload = results_payload(config, args, results, complete)
+        started = [c for c in curves if len(c) > 1]  # a rate needs two of a curve's epochs
+        if started:
+            payload["brax"] = summarize(started, 1, args.target_success)
+            payload["ratio_holdjax_to_brax_steps_per_s"] = (
+                results["holdjax"]["env_steps_per_s"] / payload["brax"]["env_steps_per_s"])
+        path = write_results("brax_sac", payload, out_dir=args.out, tag=args.tag)
+
+    write([], complete=False)
+    for k in range(config.seeds):
+        curve = run_brax(config, config.seed + k,
+                         on_epoch=lambda curve: write(brax_curves + [curve], complete=False))
+        brax_curves.append(curve)
+    write(brax_curves, complete=True)
+    results["brax"] = payload["brax"]
     print(f"{config.task}, state, dense: N={config.num_envs}, {payload['settings']['total_steps']}"
           f" env steps x {config.seeds} seed(s), {config.updates_per_iteration} updates per "
           f"{config.num_envs} env steps, on {jax.devices()[0].device_kind}")

@@ -4,13 +4,14 @@
     python benchmarks/train_run.py --time_limit=200 --config=pushing_dense --seeds=1 --num_envs=64
     python benchmarks/train_run.py --metrics=RUN/metrics.jsonl --device=nvidia-h200 <run's flags>
 
-Every flag other than the four below is a `python -m holdjax.train` flag. The run goes to
-``--out`` (default: a fresh temporary folder) in a subprocess; ``--time_limit`` stops it after
-that many seconds with SIGINT, as Ctrl-C would (the run then finishes its epoch, evaluates
-and logs the epochs it trained since its last evaluation, then saves a checkpoint; killed
-only if it has not exited ``STOP_GRACE_S`` later; killed while checkpointing, its log is
-already written), so a run longer than a device session still gives its learning curve
-and its speed.
+Every flag other than those below (``--help``) is a `python -m holdjax.train` flag. The run
+goes to ``--out`` (default: a fresh temporary folder) in a subprocess; ``--time_limit`` stops
+it after that many seconds with SIGINT, as Ctrl-C would (the run then finishes its epoch,
+evaluates and logs the epochs it trained since its last evaluation, then saves a checkpoint;
+killed only if it has not exited ``--stop_grace`` seconds later; killed while checkpointing,
+its log is already written), so a run longer than a device session still gives its learning
+curve and its speed. ``--reference_steps_per_s`` (the reference loop's rate) adds the speed
+ratio and both times for the planned steps (holdjax's projected where the run was stopped).
 ``--metrics`` only summarises a ``metrics.jsonl`` written earlier (e.g. copied back from the
 GPU machine) under the config the same flags give; ``--device`` then names the machine it
 ran on.
@@ -29,13 +30,16 @@ import tempfile
 import time
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import device_name, write_results  # noqa: E402
+from common import write_results  # noqa: E402
 
 from holdjax.config import TrainConfig, config_from_args  # noqa: E402
 from holdjax.plot import read_metrics  # noqa: E402
 
-# Seconds an interrupted run may take to log its last epochs and checkpoint before it is killed.
-STOP_GRACE_S = 8  # gpu_session.sh leaves 10 s between this stop and its own
+# Seconds an interrupted run may take to log its last epochs and checkpoint before it is
+# killed: enough for the epoch in progress, the evaluation of up to `eval_batch` epochs (the
+# first one compiles the evaluation: tens of seconds on a GPU) and the checkpoint.
+# gpu_session.sh leaves this and 15 s more between the time limit and its own.
+STOP_GRACE_S = 45
 
 
 def summarize(records: list[dict], config: TrainConfig, launched: float | None = None) -> dict:
@@ -88,6 +92,25 @@ def summarize(records: list[dict], config: TrainConfig, launched: float | None =
     return summary
 
 
+def against_reference(summary: dict, reference_steps_per_s: float) -> dict:
+    """The run's steady speed against the reference loop's (which trains one seed at a time,
+    one world at a time): the ratio of env steps/s over all seeds, and the planned run's time
+    both ways: the reference's at its rate, holdjax's as the time logged so far plus the rest
+    at the steady rate (a projection where the run was stopped; set-up not included)."""
+    planned = summary["planned_env_steps"]
+    per_seed = summary.get("steady_env_steps_per_s_per_seed")
+    if per_seed is None:
+        return {"reference_loop_steps_per_s": reference_steps_per_s}
+    left = planned - summary["env_steps_per_seed"]
+    return {
+        "reference_loop_steps_per_s": reference_steps_per_s,
+        "ratio_to_reference_loop_steps_per_s":
+            per_seed * summary["seeds"] / reference_steps_per_s,
+        "reference_loop_s_for_planned_steps": planned * summary["seeds"] / reference_steps_per_s,
+        "projected_wall_s_for_planned_steps": summary["wall_s"] + max(left, 0) / per_seed,
+    }
+
+
 def random_released_checkpoint(config: TrainConfig) -> str:
     """A released-checkpoint folder holding random weights of the size ``config`` names."""
     from fused_step import random_checkpoint
@@ -105,9 +128,11 @@ def random_released_checkpoint(config: TrainConfig) -> str:
     return random_checkpoint(variables, tempfile.mkdtemp(prefix=f"{config.reward}_random_"))
 
 
-def run_until(time_limit: float | None, command: list[str]) -> None:
+def run_until(time_limit: float | None, command: list[str],
+              grace: float | None = None) -> None:
     """Runs ``command``; after ``time_limit`` seconds interrupts it (SIGINT), and kills it if
-    it has not exited ``STOP_GRACE_S`` later. Raises on a failure other than that stop."""
+    it has not exited ``grace`` (default STOP_GRACE_S) seconds later. Raises on a failure
+    other than that stop."""
     process = subprocess.Popen(command)
     try:
         returncode = process.wait(timeout=time_limit)
@@ -115,7 +140,7 @@ def run_until(time_limit: float | None, command: list[str]) -> None:
         print(f"stopping the run at the {time_limit:.0f} s time limit", file=sys.stderr)
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=STOP_GRACE_S)
+            process.wait(timeout=STOP_GRACE_S if grace is None else grace)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -128,6 +153,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--time_limit", type=float, default=None, help="seconds; stop the run")
+    parser.add_argument("--stop_grace", type=float, default=STOP_GRACE_S,
+                        help="seconds the stopped run may take to log and checkpoint")
+    parser.add_argument("--reference_steps_per_s", type=float, default=None,
+                        help="the reference loop's env steps/s (one world, one seed at a "
+                             "time) to compare with: adds the ratio and the reference's time")
     parser.add_argument("--metrics", default=None, help="summarise this metrics.jsonl only")
     parser.add_argument("--device", default=None, help="device name for --metrics")
     parser.add_argument("--results", default=None, help="results folder")
@@ -147,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
             train_flags.append(f"--out={tempfile.mkdtemp(prefix='train_run_')}/{config.run_name}")
             config, _ = config_from_args(train_flags)
         launched = time.time()
-        run_until(args.time_limit, [sys.executable, "-m", "holdjax.train", *train_flags])
+        run_until(args.time_limit, [sys.executable, "-m", "holdjax.train", *train_flags],
+                  args.stop_grace)
         metrics_path = os.path.join(config.out_dir, "metrics.jsonl")
         if not os.path.exists(metrics_path):
             raise SystemExit(f"the run logged no epoch (the first compiles the fused step) "
@@ -160,8 +191,11 @@ def main(argv: list[str] | None = None) -> dict:
     summary["random_reward_weights"] = args.random_reward_weights
     if args.metrics is None:  # a summarised run's limit is not known here
         summary["time_limit_s"] = args.time_limit
-    device = args.device or device_name()
-    path = write_results(f"train-{config.run_name}", summary, out_dir=args.results, device=device)
+    if args.reference_steps_per_s:
+        summary.update(against_reference(summary, args.reference_steps_per_s))
+    # device names only a machine the figures were measured on elsewhere (--metrics)
+    path = write_results(f"train-{config.run_name}", summary, out_dir=args.results,
+                         device=args.device)
     print(json.dumps({k: v for k, v in summary.items() if k != "curve"}, indent=1))
     print("wrote", path)
     return summary

@@ -109,10 +109,10 @@ def test_train_run_summary_needs_an_epoch():
 def test_train_run_stopped_before_its_first_epoch_says_so(tmp_path, monkeypatch):
     """A time limit that ends the run before any epoch is logged gives an error naming the
     limit and what to change, not a missing-file trace."""
-    def stopped(command, check, timeout):
-        raise train_run.subprocess.TimeoutExpired(command, timeout)
+    def stopped_before_logging(time_limit, command, grace):
+        assert time_limit == 5.0 and grace == train_run.STOP_GRACE_S
 
-    monkeypatch.setattr(train_run.subprocess, "run", stopped)
+    monkeypatch.setattr(train_run, "run_until", stopped_before_logging)
     with pytest.raises(SystemExit, match="logged no epoch .* within the 5.0 s time limit"):
         train_run.main(["--time_limit=5", f"--out={tmp_path / 'run'}", "--reward=dense",
                         f"--results={tmp_path}"])
@@ -132,6 +132,43 @@ def test_train_run_summarises_a_copied_metrics_file(tmp_path):
     assert written["device"] == "some-gpu" and written["summarised_here"]
     assert written["completed"] and written["updates_per_iteration"] == 10
     assert written["steady_updates_per_s_per_seed"] == pytest.approx(100.0)
+
+
+def test_train_run_measured_here_is_filed_as_this_machine_against_the_reference(
+        tmp_path, monkeypatch):
+    """A run measured by train_run itself names this machine as its device (not as figures
+    "summarised here" from elsewhere); --reference_steps_per_s adds the ratio of env steps/s
+    over all seeds and both times for the planned steps, holdjax's projected from the steady
+    rate. (The run is stood in for by its metrics file.)"""
+    def two_epochs_logged(time_limit, command, grace):
+        out = next(flag.split("=", 1)[1] for flag in command if flag.startswith("--out="))
+        os.makedirs(out)
+        with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+            for e in (1, 2):
+                f.write(json.dumps(record(e, 1000 * e, 50.0 + 5.0 * (e - 1), [0.0, 0.0])) + "\n")
+
+    monkeypatch.setattr(train_run, "run_until", two_epochs_logged)
+    summary = train_run.main([
+        "--time_limit=100", f"--out={tmp_path / 'run'}", "--seeds=2", "--num_envs=10",
+        "--total_steps=4000", "--reference_steps_per_s=50", f"--results={tmp_path}"])
+    written = json.loads((tmp_path / f"train-pushing_sparse-{common.device_name()}.json")
+                         .read_text())
+    assert "summarised_here" not in written and "measured_on" not in written
+    assert summary["steady_env_steps_per_s_per_seed"] == pytest.approx(200.0)
+    assert written["ratio_to_reference_loop_steps_per_s"] == pytest.approx(2 * 200.0 / 50)
+    assert written["reference_loop_s_for_planned_steps"] == pytest.approx(2 * 4000 / 50)
+    assert written["projected_wall_s_for_planned_steps"] == pytest.approx(55.0 + 2000 / 200.0)
+
+
+def test_gpu_session_refuses_an_unknown_part_before_touching_the_device():
+    """A misspelt part of the GPU script exits at once (before nvidia-smi or any install),
+    naming the parts; the script parses."""
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_session.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    done = subprocess.run(["bash", script, "sparse400K"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "unknown part 'sparse400K'; parts: envs sac " in done.stderr
+    assert " sparse400k sparse400k5 " in done.stderr
 
 
 def test_write_results_names_the_device(tmp_path):
@@ -674,6 +711,22 @@ def test_brax_sac_writes_well_formed_results(tmp_path, monkeypatch):
         assert [len(curve) for curve in result["curves"]] == [2]
     assert written["ratio_holdjax_to_brax_steps_per_s"] == pytest.approx(
         written["holdjax"]["env_steps_per_s"] / written["brax"]["env_steps_per_s"])
+    assert written["brax_complete"]
+    # A time limit that kills brax after two of its epochs keeps holdjax's figures and brax's
+    # so far: the file is rewritten after each brax epoch.
+    def killed_after_two_epochs(config, seed, on_epoch):
+        on_epoch(written["brax"]["curves"][0][:1])
+        on_epoch(written["brax"]["curves"][0][:2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(brax_sac, "run_brax", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        brax_sac.main(["--num_envs=4", "--total_steps=800", "--evals=2", "--learning_starts=100",
+                       "--batch_size=32", "--eval_episodes=4", f"--out={tmp_path}", "--tag=cut"])
+    cut = json.loads((tmp_path / f"brax_sac-cut-{common.device_name()}.json").read_text())
+    assert not cut["brax_complete"] and cut["holdjax"]["env_steps_per_s"] > 0
+    assert cut["brax"]["curves"] == written["brax"]["curves"]
+    assert "ratio_holdjax_to_brax_steps_per_s" in cut
 
 
 # Last in the module: by now the background process has run it (see fused_step_run).
