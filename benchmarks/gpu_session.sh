@@ -313,13 +313,13 @@ case "${1:-envs}" in
     # one update per env step) with the fastest, to the budget
     convs 50
     dense_pushing $(( ${BUDGET_S:-560} - SECONDS - 25 )) $(fastest_encoder) ;;
-  final)  # issue 5's ratios, then issue 4's accelerator-default model and HOLD-R's fused step;
+  final)  # issue 5's ratios (brax: its own part), then issue 4's accelerator-default model and HOLD-R's fused step;
     # each part writes its results file as it goes, so a part cut short keeps what it measured.
     # First, HOLD-R's cuDNN attention (its GPU default since 2026-12-07) against flax's.
     timeout 90 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_holdr.py \
       -k cudnn 2>&1 | tee "$out/cudnn_attention.log"
     timeout 270 python3 benchmarks/run_all.py --fused_rewards=holdc --fused_nums=512 \
-      --brax_steps=30000 --out="$out" > "$out/run_all.log" 2>&1; tail -40 "$out/run_all.log"
+      --brax_steps=0 --out="$out" > "$out/run_all.log" 2>&1; tail -40 "$out/run_all.log"
     timeout 160 python3 benchmarks/reward_check.py --task=pushing --out="$out" 2>&1 \
       | tee "$out/reward_check.log"
     timeout $((${BUDGET_S:-560} - SECONDS)) python3 benchmarks/fused_step.py --rewards=holdr \

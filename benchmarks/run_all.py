@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fused_nums", default="1024", help="world counts of the fused step")
     parser.add_argument("--fused_rewards", default="sparse,holdc", help="the fused step's rewards")
     parser.add_argument("--brax_steps", type=int, default=40_000,
-                        help="env steps per trainer in the brax comparison")
+                        help="env steps per trainer in the brax comparison; 0 skips it "
+                             "(gpu_session.sh's `brax` part gives it a call of its own)")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--resummarize", default=None, metavar="RUN_ALL_JSON",
                         help="only recompute the summary of this results file from its parts")
@@ -126,7 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
     part_runs = {"reference_loop": (reference_loop.main, loop_args),
                  "fused_step": (fused_step.main, fused_args),
                  "brax_sac": (brax_sac.main, brax_args)}
-    for name in PART_NAMES:
+    if not args.tiny and args.brax_steps == 0:
+        del part_runs["brax_sac"]
+    for name in filter(part_runs.__contains__, PART_NAMES):
         part_main, part_args = part_runs[name]
         parts[name] = attempt(name, part_main, part_args + out)
         # Written after every part, so that a call cut short keeps what it measured.

@@ -530,6 +530,10 @@ def test_run_all_ratios_and_failed_parts(tmp_path, monkeypatch):
     path = next(tmp_path.glob("run_all-*.json"))
     written = json.loads(path.read_text())
     assert "no brax here" in written["brax_sac"]["error"]
+    skipped = run_all.main([f"--out={tmp_path / 'skipped'}", "--brax_steps=0"])  # not run
+    assert skipped["ratio_holdjax_to_brax_steps_per_s"] is None
+    assert "brax_sac" not in json.loads(next((tmp_path / "skipped").glob("run_all-*.json"))
+                                        .read_text())
 
     # A file written before a figure existed gains it from its stored parts.
     del written["ratio_fused_to_render_free_reference_0.0625"]
