@@ -96,7 +96,7 @@ class TrainConfig:
     # image update takes ~0.1-0.4 s and the reference's ratio would take days.
     updates_per_step: float = 0.0
     # SAC updates unrolled per step of the fused step's update scan. 0 = auto: 4 on an
-    # accelerator (9% more updates/s on an H100, twice the compile time), 1 on a CPU.
+    # accelerator (10% more updates/s on an H100, twice the compile time), 1 on a CPU.
     update_unroll: int = 0
     initial_random_steps: int = 1000
     learning_starts: int = 0  # transitions per seed before updates; 0 -> one episode
