@@ -801,8 +801,10 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                     writer.add_scalar(name, value, done_epoch.env_steps)
             if "physics_overflow_kinds" in record and lead:
                 bar.write(overflow_warning(record), file=sys.stderr)
-        bar.set_postfix(eval_success=f"{np.mean(record['eval_success_rate']):.2f}",
-                        steps_per_s=f"{record['env_steps_per_s']:.0f}")
+        # the bar's own rate counts one seed's env steps; the logged rate sums the seeds'
+        rate_name = "steps_per_s" if config.seeds == 1 else "all_seeds_steps_per_s"
+        bar.set_postfix({"eval_success": f"{np.mean(record['eval_success_rate']):.2f}",
+                         rate_name: f"{record['env_steps_per_s']:.0f}"})
         return record, frames  # on the device until a video wants them
 
     # The bar moves once per epoch (one jitted call); it says what the first one waits for,
