@@ -617,8 +617,12 @@ RUN_LOGS = ("metrics.jsonl", "curves.png", "videos", "tensorboard")  # what a ru
 def clear_earlier_attempt(run_dir: str) -> list[str]:
     """Removes the logs that an earlier start of a run left without a checkpoint (killed or
     failed before its first): a new start would otherwise add its epochs to theirs, and the
-    plots and TensorBoard would mix the two. Returns the names removed."""
+    plots and TensorBoard would mix the two. Only in a folder that a run has written (its
+    config.json), never in one a user pointed --out at with files of their own. Returns the
+    names removed."""
     removed = []
+    if not os.path.exists(os.path.join(run_dir, "config.json")):
+        return removed
     for name in RUN_LOGS:
         path = os.path.join(run_dir, name)
         if os.path.isdir(path):

@@ -29,6 +29,7 @@ from holdjax.train import (
     TrainingDiverged,
     check_finite,
     check_replay_fits,
+    clear_earlier_attempt,
     finished_message,
     free_memory,
     get_trainer,
@@ -753,6 +754,10 @@ def test_starting_again_where_a_start_left_no_checkpoint_drops_its_logs(state_ru
     """A run killed before its first checkpoint and started again: the old attempt's records,
     events and videos go, so that curves and TensorBoard show the new run alone."""
     config = dataclasses.replace(state_run[0], out=str(tmp_path / "again"))
+    os.makedirs(os.path.join(config.out_dir, "videos"))  # a folder no run wrote: kept
+    assert clear_earlier_attempt(config.out_dir) == []
+    assert os.path.isdir(os.path.join(config.out_dir, "videos"))
+    checkpoint.write_config(config.out_dir, config)  # the earlier start's
     os.makedirs(os.path.join(config.out_dir, "tensorboard"))
     open(os.path.join(config.out_dir, "tensorboard", "events.old"), "w").close()
     with open(os.path.join(config.out_dir, "metrics.jsonl"), "w") as f:
@@ -760,7 +765,7 @@ def test_starting_again_where_a_start_left_no_checkpoint_drops_its_logs(state_ru
             f.write(json.dumps({"epoch": epoch, "env_steps": 8 * epoch,
                                 "eval_success_rate": [0.99]}) + "\n")
     train(config)
-    assert "starting anew: removed metrics.jsonl, tensorboard of an earlier start" in (
+    assert "starting anew: removed metrics.jsonl, videos, tensorboard of an earlier start" in (
         capsys.readouterr().err)
     assert [r["epoch"] for r in read_metrics(config.out_dir)] == [1, 2]
     assert not os.path.exists(os.path.join(config.out_dir, "tensorboard", "events.old"))
