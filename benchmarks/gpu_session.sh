@@ -141,12 +141,18 @@ print(best)
 # pallas encoders where pallas_if_faster says so). Evaluated every 1,000 env steps as the
 # reference (the config's epochs), 10 epochs' policies at a time (eval_batch's GPU default).
 # Compared with the reference loop's 65 env steps/s on an H100 (SPEC.md: ~8.5 h for 5 seeds).
+# A run longer than one call goes on in the next call on the same warm machine: its folder
+# is kept, and --resume added once it holds a checkpoint (the stop saves one), and the
+# compilation cache spares the resumed run its compile.
 sparse_pushing() {
+  local dir=/tmp/runs/$2 resume=""
+  [ -d "$dir/checkpoints" ] && resume=--resume
+  JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache \
   timeout $(( ${BUDGET_S:-585} - 5 )) python3 benchmarks/train_run.py \
     --time_limit=$(( ${BUDGET_S:-585} - 5 - STOP_MARGIN_S )) --results="$out" \
     --config=fig3a_pushing_sac --seeds="$1" --num_envs=256 --total_steps=400000 \
     --encoder_dtype=bfloat16 --path_save_frequency=0 --checkpoint_frequency=1000 \
-    --reference_steps_per_s=65 --out="$(run_dir "$2")" --name="$2" \
+    --reference_steps_per_s=65 --out="$dir" --name="$2" $resume \
     ${TRAIN_FLAGS:-$(pallas_if_faster)} > "$out/train.log" 2>&1
   tail -30 "$out/train.log"
 }
@@ -287,10 +293,12 @@ case "${1:-envs}" in
     [ $left -gt 20 ] && sac $left --seeds=1,5 --conv=pallas_banded \
       --encoder_dtype=bfloat16 --fused_encoders=1 --check_against=rows --tag=fused-bfloat16 ;;
   sparse400k)  # #3's "the reference's plain-SAC run completes": one seed at 256 worlds, rows
-    # bf16, evaluated every 1k env steps. From the 2026-11-27 H100 run: ~112 s of set-up,
-    # ~75 s for the first (compiling) epoch, then ~0.98 s per 1k env steps: ~560 s in all; give it
-    # a whole call of its own on a machine already installed (BUDGET_S=590, timeout_s=600);
-    # TRAIN_FLAGS adds flags (default: pallas encoders where pallas_if_faster says so)
+    # bf16, evaluated every 1k env steps. From the 2026-11-27 H100 runs: ~112 s of set-up,
+    # ~70 s for the first (compiling) epoch, then ~0.9 s of training per 1k env steps and
+    # (evaluated every 10k steps there) ~0.67 s per evaluated epoch: 400 evaluations make
+    # it ~800 s, more than a call, so a second call (same warm machine) resumes it to the
+    # end (BUDGET_S=590, timeout_s=600 each); TRAIN_FLAGS adds flags (default: pallas
+    # encoders where pallas_if_faster says so)
     sparse_pushing 1 fig3a_pushing_sac_400k ;;
   sparse400k5)  # #3's "under 10 minutes for 5 seeds at once": the sparse400k run with five
     # seeds in one program, stopped at the budget (a call's ~10 minutes, set-up included, is

@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "a speed figure without the released files (learning is moot)")
     args, train_flags = parser.parse_known_args(argv)
     config, rest = config_from_args(train_flags)
+    rest.pop("resume", None)  # holdjax.train's own flag: passed on
     if rest:
         parser.error(f"unknown flags: {', '.join('--' + k for k in rest)}")
     config.validate()

@@ -141,6 +141,7 @@ def test_train_run_measured_here_is_filed_as_this_machine_against_the_reference(
     over all seeds and both times for the planned steps, holdjax's projected from the steady
     rate. (The run is stood in for by its metrics file.)"""
     def two_epochs_logged(time_limit, command, grace):
+        assert command[-1] == "--resume"  # holdjax.train's own flag, passed on
         out = next(flag.split("=", 1)[1] for flag in command if flag.startswith("--out="))
         os.makedirs(out)
         with open(os.path.join(out, "metrics.jsonl"), "w") as f:
@@ -150,7 +151,8 @@ def test_train_run_measured_here_is_filed_as_this_machine_against_the_reference(
     monkeypatch.setattr(train_run, "run_until", two_epochs_logged)
     summary = train_run.main([
         "--time_limit=100", f"--out={tmp_path / 'run'}", "--seeds=2", "--num_envs=10",
-        "--total_steps=4000", "--reference_steps_per_s=50", f"--results={tmp_path}"])
+        "--total_steps=4000", "--reference_steps_per_s=50", f"--results={tmp_path}",
+        "--resume"])
     written = json.loads((tmp_path / f"train-pushing_sparse-{common.device_name()}.json")
                          .read_text())
     assert "summarised_here" not in written and "measured_on" not in written
