@@ -421,6 +421,24 @@ def test_check_scores_the_l2_baseline_and_names_missing_weights(tmp_path, monkey
     assert "--model does not apply to --reward=l2" in capsys.readouterr().err
 
 
+def test_check_with_a_config_scores_the_reward_as_that_run_trains_with_it(capsys):
+    """--config: the run's task and reward by default, and its reward settings (normaliser,
+    subtask threshold and hold steps) where the defaults would differ; a config without a
+    distance reward, or an unknown one, is refused."""
+    args = check.parse_args(["--config=fig5b_drawer_l2"])
+    assert (args.task, args.reward) == ("drawer_open", "l2")
+    reward_fn = check.reward_for(args.task, args.reward, args.model, args.run)
+    assert reward_fn.config.normalizer == 100.0 and reward_fn.config.subtask_cost == 20.0
+    assert check.reward_for("drawer_open", "l2").config.normalizer != 100.0
+    assert check.parse_args(["--config=fig5b_drawer_l2", "--task=pushing"]).task == "pushing"
+    with pytest.raises(SystemExit):
+        check.parse_args(["--config=fig3a_pushing_sac"])
+    assert "reward 'sparse' has no distance model to score" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        check.parse_args(["--config=nope"])
+    assert "unknown config 'nope'" in capsys.readouterr().err
+
+
 def test_make_reward_uses_the_default_model_training_it_first(tiny_model, tmp_path,
                                                                monkeypatch, capsys):
     """No released checkpoint under HOLD_TOP_DIR: make_reward trains the default model

@@ -3,6 +3,7 @@
     python -m holdjax.reward.check --task=pushing                  # HOLD-C, as training picks it
     python -m holdjax.reward.check --task=pushing --model=PATH --json
     python -m holdjax.reward.check --task=pushing --reward=l2      # the pixel baseline
+    python -m holdjax.reward.check --config=fig5b_drawer_l2        # as that run's reward
 
 ``--reward`` (``holdc``, ``holdr``, ``r3m`` or ``l2``) and ``--model`` pick the model as
 ``python -m holdjax.train --reward=... --reward_checkpoint=...`` does: for HOLD-C a released
@@ -11,8 +12,10 @@ scenic checkpoint (a ``checkpoint_<step>`` file or its folder) or a model direct
 ``$HOLD_TOP_DIR``, else the task's default demo-trained model (trained first if missing).
 The model's raw output is scored (its distance, or HOLD-R's predicted time to the goal,
 which sees each frame with the two before it, the first repeated at an episode's start, as
-in training). Spearman rank correlations, positive for a good model (1 = perfect ranking;
-the reward is the negated distance, so it correlates negatively):
+in training). ``--config`` builds the reward with a run's settings (model size, distance,
+normaliser, subtask threshold and hold steps; default: the defaults, as ``--task`` plus
+``--reward`` training has them). Spearman rank correlations, positive for a good model
+(1 = perfect ranking; the reward is the negated distance, so it correlates negatively):
 
 - ``spearman_time``: on held-out expert episodes (varied starts as in training, another
   seed, then the noise-free expert at full speed), between the model's distance to the
@@ -31,10 +34,11 @@ the reward is the negated distance, so it correlates negatively):
   task's object (``OBJECT_JOINTS``) to its pose in the goal image, pooled over frames.
 - ``subtask_switch_share`` and ``subtask_switch_lead_steps`` (tasks with several goal
   images): per intermediate goal image, the share of the held-out expert episodes that reach
-  it in which the reward's subtask (the shaping's threshold and hold steps, as a run with
-  ``use_subtasks`` would have them) moves past it, and the median number of steps by which
-  that switch precedes the state first satisfying the subgoal (negative: after). A switch
-  that never comes leaves the policy scored against a reached image.
+  it in which the reward's subtask (the shaping's threshold and hold steps: the
+  ``--config``'s, else the defaults, with ``use_subtasks`` on) moves past it, and the
+  median number of steps by which that switch precedes the state first satisfying the
+  subgoal (negative: after). A switch that never comes leaves the policy scored against a
+  reached image.
 - ``goal_pose_below_success`` (0 is best): the share of frames showing the held-out expert
   episodes' start scenes with only the hand moved to the final goal image's hand pose (and
   to 8 poses 4 cm around it) that the model scores closer to that goal image than the median
@@ -58,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from holdjax import envs
-from holdjax.config import TrainConfig
+from holdjax.config import TrainConfig, load_config
 from holdjax.envs.base import ManipulationEnv
 from holdjax.reward import shaping
 from holdjax.reward import train as reward_train
@@ -178,10 +182,14 @@ def _check_scripts(key: jax.Array, experts: int, randoms: int,
         start_hand=jnp.zeros((n, 3)), from_start_hand=jnp.zeros((n,), bool))
 
 
-def reward_for(task: str, reward: str, model: str = "") -> RewardFunction:
+def reward_for(task: str, reward: str, model: str = "",
+               run: TrainConfig | None = None) -> RewardFunction:
     """The reward ``reward`` of ``task`` with its distance model loaded from ``model`` (as
-    train's ``--reward_checkpoint``; "" = where training looks), built as training builds it."""
-    config = TrainConfig(task=task, reward=reward, reward_checkpoint=model)
+    train's ``--reward_checkpoint``; "" = where training looks), built as training builds it:
+    with ``run``'s reward settings (a `--config`'s: model size, distance, normaliser,
+    subtask threshold and hold steps) where given, else the defaults."""
+    config = dataclasses.replace(run or TrainConfig(), task=task, reward=reward,
+                                 reward_checkpoint=model or (run.reward_checkpoint if run else ""))
     return make_reward(config, reward_train.task_env(task))
 
 
@@ -273,9 +281,14 @@ def subtask_switches(reward_fn: RewardFunction, dist: np.ndarray) -> np.ndarray:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m holdjax.reward.check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="pushing", help=f"one of {', '.join(envs.TASKS)}")
-    parser.add_argument("--reward", default="holdc", choices=DISTANCE_REWARDS,
-                        help="the model to score")
+    parser.add_argument("--config", default=None,
+                        help="score the reward as this run trains with it (configs/NAME.py): "
+                             "its task, reward and settings, e.g. the subtask threshold and "
+                             "hold steps that the switch metrics use (default: the defaults)")
+    parser.add_argument("--task", default=None,
+                        help=f"one of {', '.join(envs.TASKS)} (default: the config's, or pushing)")
+    parser.add_argument("--reward", default=None, choices=DISTANCE_REWARDS,
+                        help="the model to score (default: the config's, or holdc)")
     parser.add_argument("--model", "--reward_checkpoint", dest="model", default="",
                         help="its weights, as train's --reward_checkpoint (default: where "
                              "training looks; for holdc the task's default demo-trained model "
@@ -287,6 +300,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    args.run = None
+    if args.config:
+        try:
+            args.run = load_config(args.config)
+        except ValueError as e:
+            parser.error(str(e))
+        if args.run.reward not in DISTANCE_REWARDS and args.reward is None:
+            parser.error(f"config {args.config}'s reward {args.run.reward!r} has no distance "
+                         f"model to score; pass --reward (one of {', '.join(DISTANCE_REWARDS)})")
+    args.task = args.task or (args.run.task if args.run else "pushing")
+    args.reward = args.reward or (args.run.reward if args.run else "holdc")
     if args.task not in envs.TASKS:
         parser.error(f"unknown task {args.task!r}; valid tasks: {', '.join(envs.TASKS)}")
     if args.task not in OBJECT_JOINTS:
@@ -307,11 +331,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
     try:
-        reward_fn = reward_for(args.task, args.reward, args.model)
+        reward_fn = reward_for(args.task, args.reward, args.model, args.run)
     except (FileNotFoundError, ValueError) as e:  # missing weights, mismatched checkpoint
         sys.exit(f"python -m holdjax.reward.check: error: {e}")
     source = os.path.abspath(reward_fn.source) if reward_fn.source else None
-    result = {"task": args.task, "reward": args.reward, "model": source}
+    result = {"task": args.task, "reward": args.reward, "model": source,
+              **({"config": args.config} if args.config else {})}
     result.update(evaluate(reward_fn, reward_train.task_env(args.task), args.episodes,
                            args.random_episodes, args.num_envs, args.seed))
     result.update(seed=args.seed, wall_s=round(time.perf_counter() - start, 1))
