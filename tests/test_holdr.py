@@ -221,6 +221,21 @@ def test_attention_settings():
         holdr.HoldRConfig(attention="flash")
 
 
+def test_auto_attention_falls_back_to_flax_where_cudnn_refuses(monkeypatch):
+    """On a GPU "auto" asks cuDNN for bf16 attention and takes flax's where cuDNN refuses the
+    call: here a CPU taken for a GPU, whose cuDNN call fails, gives flax's features."""
+    bf16 = holdr.HoldRConfig(**{**vars(CONFIG), "dtype": jnp.bfloat16})
+    variables = scenic_checkpoint.holdr_variables(scenic_tree(), CONFIG)
+    frames = _frames(9, (2, 32, 32, 3))
+    flax_features = holdr.frame_features(dataclasses.replace(bf16, attention="flax"),
+                                         variables, frames)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert holdr.attention_function("auto", jnp.bfloat16) is not flax.linen.dot_product_attention
+    auto_features = holdr.frame_features(dataclasses.replace(bf16, attention="auto"),
+                                         variables, frames)
+    np.testing.assert_array_equal(np.asarray(auto_features), np.asarray(flax_features))
+
+
 def test_scoring_variables_cast_the_blocks_once_and_keep_float32_norms_and_head():
     bf16 = holdr.HoldRConfig(**{**vars(CONFIG), "dtype": jnp.bfloat16})
     variables = scenic_checkpoint.holdr_variables(scenic_tree(), CONFIG)
@@ -369,6 +384,7 @@ def test_load_released_checkpoint_reads_architecture_and_converts_once(tmp_path)
     model = sc.load_holdr(str(tmp_path))
     assert model.config == CONFIG and model.history_length == FRAMES - 1
     assert os.path.isdir(tmp_path / "checkpoint_3.orbax")
+    (tmp_path / "checkpoint_3").write_bytes(b"not msgpack")  # the copy alone can answer now
     again = sc.load_holdr(str(tmp_path))  # from the orbax copy
     for a, b in ((model.variables, scenic_tree()), (again.variables, scenic_tree())):
         jax.tree.map(np.testing.assert_array_equal, a["params"], b)

@@ -301,7 +301,15 @@ def test_evaluate_reads_a_checkpoint_written_by_train(two_seed_run, monkeypatch,
     expected, _ = trainer.evaluate_policies(state.sac.actor_params, trainer.seed_keys(12345))
     monkeypatch.setattr("holdjax.reward.base.holdc_to_goals",
                         lambda *args: pytest.fail("loaded the reward model"))
+    rewards_built = []  # the cached HOLD-C trainer would never load the model either
+
+    def spied(config):
+        rewards_built.append(config.reward)
+        return get_trainer(config)
+
+    monkeypatch.setattr("holdjax.evaluate.get_trainer", spied)
     result = evaluate_cli([f"--run={config.out_dir}", "--episodes=2", "--json"])
+    assert rewards_built == ["sparse"]
     assert result["step"] == 2 and result["episodes"] == 2 and result["seeds"] == 2
     assert result["env_steps"] == int(state.env_steps) == 16
     assert result["per_seed"] == {k: np.asarray(v).tolist() for k, v in expected.items()}

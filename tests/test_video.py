@@ -4,7 +4,7 @@ import os
 import warnings
 
 import imageio.v2 as imageio
-import jax  # noqa: F401  (JAX warns at any fork once imported; the MP4 writer forks)
+import jax
 import numpy as np
 import pytest
 
@@ -33,6 +33,7 @@ def test_tile_frames_puts_worlds_side_by_side_upscaled():
 @pytest.mark.parametrize("suffix", [".mp4", ".gif"])
 def test_write_video_files_read_back(tmp_path, suffix):
     path = str(tmp_path / "videos" / f"rollout{suffix}")
+    jax.devices()  # JAX warns at a fork once a backend is up (as in training); the MP4 writer forks
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert write_video(path, episode(), scale=2) == path
