@@ -83,19 +83,32 @@ def test_train_run_summary_splits_steady_epochs_into_training_and_evaluation():
 
 def test_train_run_stops_a_run_with_sigint_then_kills_it(tmp_path, monkeypatch):
     """At the time limit the run gets SIGINT (and logs what it trained, as on Ctrl-C); one
-    that ignores it is killed STOP_GRACE_S later; a run that fails otherwise raises."""
+    that ignores it is killed ``grace`` seconds later; a run that fails otherwise raises.
+    (Each child says when it is ready for the signal, and the clock starts then.)"""
+    ready, real_popen = tmp_path / "ready", subprocess.Popen
+
+    def popen_once_ready(command):
+        process = real_popen(command)
+        deadline = time.monotonic() + 60
+        while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready.unlink(missing_ok=True)
+        return process
+
+    monkeypatch.setattr(train_run.subprocess, "Popen", popen_once_ready)
     flag = tmp_path / "interrupted"
-    polite = ("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+    polite = ("import time\ntry:\n"
+              f"    open({str(ready)!r}, 'w').close()\n    time.sleep(60)\n"
+              "except KeyboardInterrupt:\n"
               f"    open({str(flag)!r}, 'w').write('logged')\n    raise")
     start = time.perf_counter()
-    train_run.run_until(2.0, [sys.executable, "-c", polite])  # time to start up
+    train_run.run_until(0.2, [sys.executable, "-c", polite])
     assert flag.read_text() == "logged" and time.perf_counter() - start < 30
-    monkeypatch.setattr(train_run, "STOP_GRACE_S", 0.5)
     stubborn = ("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-                "time.sleep(60)")
+                f"open({str(ready)!r}, 'w').close()\ntime.sleep(60)")
     start = time.perf_counter()
-    train_run.run_until(0.5, [sys.executable, "-c", stubborn])
-    assert time.perf_counter() - start < 30
+    train_run.run_until(0.2, [sys.executable, "-c", stubborn], grace=0.5)
+    assert 0.7 <= time.perf_counter() - start < 30  # waited out the grace, then killed it
     with pytest.raises(subprocess.CalledProcessError):
         train_run.run_until(30, [sys.executable, "-c", "raise SystemExit(3)"])
 

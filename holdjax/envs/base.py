@@ -116,10 +116,6 @@ class Task(abc.ABC):
     def mocap_id(self, body: str) -> int:
         return int(self.mj_model.body_mocapid[self.mj_model.body(body).id])
 
-    def joint_qpos(self, data: mjx.Data, joint: str) -> jax.Array:
-        adr = self.mj_model.jnt_qposadr[self.mj_model.joint(joint).id]
-        return data.qpos[adr]
-
     @abc.abstractmethod
     def init_world(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Samples (qpos, hand mocap position) of a fresh episode."""

@@ -75,11 +75,6 @@ class HoldRConfig:
     def history_length(self) -> int:
         return self.num_frames - 1
 
-    @property
-    def tokens_per_frame(self) -> int:
-        fh, fw, _ = self.patch_size
-        return (self.crop_size // fh) * (self.crop_size // fw)
-
     @classmethod
     def from_params(cls, params: dict, **overrides) -> HoldRConfig:
         """The architecture a scenic-layout parameter tree describes, read from its leaf
