@@ -2,6 +2,7 @@
 
 import functools
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -250,6 +251,26 @@ def test_committed_goal_images_match_a_fresh_render(task):
         committed = load_goal_image(name)
         assert committed.shape == image.shape == shape and committed.dtype == np.uint8
         assert np.abs(committed.astype(int) - image).max() <= 2, name
+
+
+def test_goal_images_cli_writes_then_checks_within_the_tolerance(tmp_path, capsys):
+    """`python -m holdjax.envs.goal_images` writes a task's images (and PNGs to look at);
+    --check passes them within CHECK_TOLERANCE grey levels and names one edited beyond."""
+    from holdjax.envs import goal_images
+
+    out = str(tmp_path)
+    assert goal_images.main(["--tasks=pushing", f"--out={out}"]) == 0
+    assert sorted(os.listdir(out)) == ["pushing.npy", "pushing.png"]
+    assert goal_images.main(["--tasks=pushing", f"--out={out}", "--check"]) == 0
+    image = np.load(tmp_path / "pushing.npy")
+    image[0, 0] = (image[0, 0].astype(int) + goal_images.CHECK_TOLERANCE) % 256
+    np.save(tmp_path / "pushing.npy", image)
+    assert goal_images.main(["--tasks=pushing", f"--out={out}", "--check"]) == 0
+    image[0, 0] = (image[0, 0].astype(int) + 10) % 256
+    np.save(tmp_path / "pushing.npy", image)
+    capsys.readouterr()
+    assert goal_images.main(["--tasks=pushing", f"--out={out}", "--check"]) == 1
+    assert "pushing: DIFFERS (largest difference " in capsys.readouterr().out
 
 
 def test_load_goal_images_stacks_a_tasks_subgoal_images_in_order():

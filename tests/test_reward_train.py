@@ -228,8 +228,9 @@ def test_config_errors_name_the_fix():
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A tiny HOLD-C trained on rendered pushing demos, saved as train's output."""
+def tiny_parts():
+    """The steps of `train` for a tiny HOLD-C on rendered pushing demos: the footage, then
+    the fitted (not yet calibrated) variables and their losses."""
     env = rt.task_env("pushing")
     demos, reached = rt.demonstrations(TINY, env, jax.random.key(TINY.seed))
     assert demos.frames.shape == (32, 101, 48, 48, 3)
@@ -239,6 +240,14 @@ def tiny_model(tmp_path_factory):
     assert len(reached.goal) >= (lengths[:24] < 101).sum() and (reached.goal == 0).all()
     variables, losses = rt.fit(TINY, demos, quiet=True)
     assert np.mean(losses[-5:]) < 0.5 * losses[0]
+    return types.SimpleNamespace(demos=demos, reached=reached, variables=variables,
+                                 losses=losses)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_parts, tmp_path_factory):
+    """A tiny HOLD-C trained on rendered pushing demos, saved as train's output."""
+    reached, variables = tiny_parts.reached, tiny_parts.variables
     # Scaled so that the first successes lie at distance solved_distance (1) from the goal.
     goals = load_goal_image("pushing")[None]
     variables, scale = rt.calibrate(TINY, variables, reached, goals)
@@ -247,6 +256,37 @@ def tiny_model(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("tiny") / "holdc")
     rt.save_model(out, TINY, variables, {"task": "pushing"})
     return out, variables
+
+
+def test_main_renders_trains_calibrates_and_saves(tiny_parts, tiny_model, tmp_path,
+                                                 monkeypatch, capsys):
+    """`python -m holdjax.reward.train` puts the steps together: the model it saves is the
+    fitted one, calibrated, with the settings given and what model.json records (frames,
+    the mean of the last 10 losses, the scale, times); it refuses to replace a model unless
+    told to. (The footage and the fit are the fixture's, not made again.)"""
+    monkeypatch.setattr(rt, "demonstrations",
+                        lambda config, env, key: (tiny_parts.demos, tiny_parts.reached))
+    monkeypatch.setattr(rt, "fit", lambda config, demos, quiet: (tiny_parts.variables,
+                                                                 tiny_parts.losses))
+    out = str(tmp_path / "model")
+    flags = [f"--{name}={getattr(TINY, name)}" for name in (
+        "layers", "filters", "embedding_size", "image_size", "expert_episodes",
+        "goal_pose_episodes", "random_episodes", "num_envs", "steps", "clips", "clip_length",
+        "warmup_steps")]
+    info = rt.main([*flags, f"--out={out}"])
+    assert info["frames"] == int(np.asarray(tiny_parts.demos.lengths).sum())
+    assert info["final_loss"] == pytest.approx(float(np.mean(tiny_parts.losses[-10:])))
+    with open(os.path.join(out, rt.MODEL_FILE)) as f:
+        saved = json.load(f)
+    assert saved["train"] == dataclasses.asdict(TINY)
+    assert saved["distance_scale"] == pytest.approx(info["distance_scale"])
+    frames = jnp.asarray(load_goal_image("pushing"))[None]
+    np.testing.assert_allclose(rt.load_model(out).embed(frames),
+                               rt.load_model(tiny_model[0]).embed(frames), rtol=1e-5)
+    assert f"saved {out}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rt.main([*flags, f"--out={out}"])
+    assert "pass --overwrite to replace it" in capsys.readouterr().err
 
 
 def test_saved_model_restores_and_embeds_the_same(tiny_model):
