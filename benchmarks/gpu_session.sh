@@ -163,7 +163,7 @@ case "${1:-envs}" in
   sac)
     timeout 540 python3 benchmarks/sac_update.py --out="$out" 2>&1 | tee "$out/sac_update.log" ;;
   train)  # the reference's ratio (auto: one update per env step on a GPU), one seed
-    dense_pushing 540 ;;
+    dense_pushing $(( 590 - STOP_MARGIN_S )) ;;
   probe)  # where an update's time goes, and the knobs that might cut it; then every task's env
     cmdbuf=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE
     sac 75 --seeds=1,5 --trace=/tmp/trace_base
@@ -172,7 +172,7 @@ case "${1:-envs}" in
     sac 75 --seeds=1 --tag=unroll4 --unroll=4
     sac 75 --seeds=1 --tag=flat_adam --flat_optimizer
     timeout 130 python3 benchmarks/env_throughput.py --impls=warp --nums=256,2048,8192 --steps=50 \
-      --repeats=2 --out="$out" 2>&1 | tee "$out/env_throughput.log"
+      --repeats=2 --tag=warp --out="$out" 2>&1 | tee "$out/env_throughput.log"
     timeout 70 python3 benchmarks/env_throughput.py --tasks=pushing --impls=jax --tag=jax \
       --nums=2048,8192 --steps=50 --repeats=2 --out="$out" 2>&1 | tee -a "$out/env_throughput.log" ;;
   speed)  # bf16 encoders, then the three-way comparison (run_all), then 120x180 tabletop envs
@@ -210,7 +210,7 @@ case "${1:-envs}" in
       | tail -5 | tee "$out/reward_check.log" ;;
   learn)  # dense pushing at one update per env step with bf16 encoders, to the budget: #3's
     # success >= 0.8 (reached: train-pushing_dense_bf16-nvidia-h200.json)
-    dense_pushing $(( ${BUDGET_S:-560} - SECONDS - 25 )) --encoder_dtype=bfloat16 \
+    dense_pushing $(( ${BUDGET_S:-560} - SECONDS - 5 - STOP_MARGIN_S )) --encoder_dtype=bfloat16 \
       --name=pushing_dense_bf16 ;;
   sparse)  # #3's plain-SAC run (figure 3a: sparse reward, 400k env steps, one update per env
     # step) for one seed, at 256 worlds (the physics and render cost per update a quarter of 64
@@ -250,9 +250,9 @@ case "${1:-envs}" in
     # trained here (`python -m holdjax.reward.train --task=pushing`, 236 KB: carry
     # "runs/reward_models" beside ".device/rest") spares that. The SAC encoders stay rows (a
     # crash here would cost the session's #4 check): PIXEL_FLAGS=--encoder_conv=pallas opts in
-    limit=$(( ${BUDGET_S:-560} - SECONDS - 30 )) trainers=""
+    limit=$(( ${BUDGET_S:-560} - SECONDS - 5 - STOP_MARGIN_S )) trainers=""
     for config in fig3a_pushing_sac fig3a_pushing_holdc; do
-      timeout $(( limit + 20 )) python3 benchmarks/reward_comparison.py --configs=$config \
+      timeout $(( limit + STOP_MARGIN_S )) python3 benchmarks/reward_comparison.py --configs=$config \
         --seeds=3 --num_envs=128 --epoch_length=5000 --total_steps=${STEPS:-80000} \
         --encoder_dtype=bfloat16 --distance_normalizer=10 --checkpoint_frequency=1000 \
         --time_limit=$limit ${PIXEL_FLAGS:-} --tag=pixels-$config --results="$out" \
@@ -320,7 +320,8 @@ case "${1:-envs}" in
   rows)  # the update rate of each encoder computation, then dense pushing (400k env steps,
     # one update per env step) with the fastest, to the budget
     convs 50
-    dense_pushing $(( ${BUDGET_S:-560} - SECONDS - 25 )) $(fastest_encoder) ;;
+    dense_pushing $(( ${BUDGET_S:-560} - SECONDS - 5 - STOP_MARGIN_S )) $(fastest_encoder) \
+      --name=pushing_dense_fastest_encoder ;;
   final)  # issue 5's ratios (brax: its own part), then issue 4's accelerator-default model and HOLD-R's fused step;
     # each part writes its results file as it goes, so a part cut short keeps what it measured.
     # First, HOLD-R's cuDNN attention (its GPU default since 2026-12-07) against flax's.
@@ -347,25 +348,31 @@ case "${1:-envs}" in
       --out="$(run_dir fig3a)" --results="$out" > "$out/fig3a.log" 2>&1
     tail -30 "$out/fig3a.log" ;;
   compare)  # issue 4's figure-3a question with more seeds than a CPU affords: the CPU's
-    # state-policy proxy (NOTES.md), 10 seeds a reward, each its own file, then pooled
+    # state-policy proxy (NOTES.md), 10 seeds a reward, each its own file (each run stopped
+    # at its half of the budget), then pooled over the evals both reached
     for config in fig3a_pushing_sac fig3a_pushing_holdc; do
-      timeout $(( (${BUDGET_S:-560} - SECONDS) / 2 )) python3 benchmarks/reward_comparison.py \
+      share=$(( (${BUDGET_S:-560} - SECONDS) / 2 ))
+      timeout $share python3 benchmarks/reward_comparison.py \
         --configs=$config --seeds=10 --total_steps=60000 --observation=state \
         --updates_per_step=1 --epoch_length=5000 --num_envs=16 --distance_normalizer=10 \
-        --tag=state-60k-10seeds-$config \
+        --time_limit=$(( share - STOP_MARGIN_S )) --tag=state-60k-10seeds-$config \
         --results="$out" 2>&1 | tail -3 | tee -a "$out/compare.log"
     done
-    sparse=$(ls "$out"/reward_comparison-state-60k-10seeds-fig3a_pushing_sac-*.json)
-    holdc=$(ls "$out"/reward_comparison-state-60k-10seeds-fig3a_pushing_holdc-*.json)
-    python3 benchmarks/reward_comparison.py --pool="$sparse,$holdc" --tag=state-60k-10seeds \
-      --results="$out" 2>&1 | tail -4 | tee -a "$out/compare.log" ;;
+    sparse=$(ls "$out"/reward_comparison-state-60k-10seeds-fig3a_pushing_sac-*.json 2> /dev/null)
+    holdc=$(ls "$out"/reward_comparison-state-60k-10seeds-fig3a_pushing_holdc-*.json 2> /dev/null)
+    if [ -n "$sparse" ] && [ -n "$holdc" ]; then
+      python3 benchmarks/reward_comparison.py --pool="$sparse,$holdc" --tag=state-60k-10seeds \
+        --results="$out" 2>&1 | tail -4 | tee -a "$out/compare.log"
+    else
+      echo "compare: a run wrote no results (its log above), so nothing to pool"
+    fi ;;
   all)
     budget=${BUDGET_S:-480}
     timeout 130 python3 benchmarks/sac_update.py --seeds=1,5 --updates=200 --repeats=2 \
       --out="$out" 2>&1 | tee "$out/sac_update.log"
     timeout 50 python3 benchmarks/sac_update.py --conv=lax --seeds=1 --updates=200 \
       --repeats=2 --out="$out" 2>&1 | tee -a "$out/sac_update.log"
-    dense_pushing 230
+    dense_pushing 230 --name=pushing_dense_230s
     timeout $((budget - SECONDS)) python3 benchmarks/env_throughput.py --impls=warp,jax \
       --nums=256,2048,8192 --steps=50 --repeats=2 --out="$out" 2>&1 | tee "$out/env_throughput.log" ;;
 esac

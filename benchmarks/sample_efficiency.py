@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
                 f"wall_s_to_{args.level}": seconds,
                 "curve": summary["curve"],
             })
+            # written after each training: a sweep cut short keeps the ones it finished
+            path = write_results("sample_efficiency",
+                                 {"flags": train_flags, "level": args.level, "rows": rows},
+                                 out_dir=args.results, tag=args.tag)
 
     print(f"{'N':>5} {'ratio':>6} {'env steps':>9} {'wall s':>7} {'best':>5} {'final':>5} "
           f"{'steps to ' + str(args.level):>14} {'s to ' + str(args.level):>10}")
@@ -74,10 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['wall_s']:>7.0f} {r['best_eval_success_mean']:>5.2f} "
               f"{r['final_eval_success_mean']:>5.2f} {str(r[f'env_steps_to_{args.level}']):>14} "
               f"{str(r[f'wall_s_to_{args.level}']):>10}")
-    payload = {"flags": train_flags, "level": args.level, "rows": rows}
-    print("wrote", write_results("sample_efficiency", payload, out_dir=args.results,
-                                 tag=args.tag))
-    return payload
+    print("wrote", path)
+    return {"flags": train_flags, "level": args.level, "rows": rows}
 
 
 if __name__ == "__main__":

@@ -80,13 +80,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tag", default="", help="variant name for the results file")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
-    rows = []
+    rows, payload = [], {}
     for dt in map(float, args.timesteps.split(",")):
         rows.append(measure(args.task, dt, args.num_envs, args.noise, args.impl))
         print(rows[-1], flush=True)
-    payload = {"rows": rows}
-    print("wrote", write_results(f"timestep-{args.task}", payload, out_dir=args.out,
-                                 tag=args.tag))
+        payload = {"rows": rows}  # written after each timestep: a call cut short keeps them
+        path = write_results(f"timestep-{args.task}", payload, out_dir=args.out, tag=args.tag)
+    print("wrote", path)
     return payload
 
 

@@ -560,10 +560,13 @@ def test_run_all_ratios_and_failed_parts(tmp_path, monkeypatch):
 
 def test_sample_efficiency_rows(tmp_path, monkeypatch):
     """One train_run per (N, ratio) with the right update ratio; steps and seconds to the
-    success level from the mean over seeds."""
+    success level from the mean over seeds; the file is rewritten after each training."""
     calls = []
 
     def fake_run(argv):
+        if calls:  # the file already holds the trainings before this one
+            written = json.loads(next(tmp_path.glob("sample_efficiency-*.json")).read_text())
+            assert len(written["rows"]) == len(calls)
         calls.append(argv)
         curve = [{"env_steps": 1000, "wall_s": 10.0, "eval_success_rate": [0.2, 0.2]},
                  {"env_steps": 2000, "wall_s": 20.0, "eval_success_rate": [0.5, 0.2]}]
