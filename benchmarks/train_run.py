@@ -21,6 +21,7 @@ Writes ``benchmarks/results/train-<run name>-<device>.json`` and prints the summ
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -49,6 +50,9 @@ def summarize(records: list[dict], config: TrainConfig, launched: float | None =
     if not records:
         raise ValueError("no epochs were completed: nothing to summarise")
     last = records[-1]
+    # A resumed run's records span sessions: each session's first epoch (the one logged with
+    # its set-up, `started_at`) compiles; the set-up reported is this session's.
+    session = next((r for r in reversed(records) if "started_at" in r), records[0])
     summary = {
         "config": config.run_name,
         "task": config.task,
@@ -62,9 +66,9 @@ def summarize(records: list[dict], config: TrainConfig, launched: float | None =
         "env_steps_per_seed": last["env_steps"],
         "wall_s": last["wall_s"],
         # Set-up before the first epoch's clock starts (logged since 2026-11-27).
-        **{k: records[0][k] for k in ("setup_s", "init_s") if k in records[0]},
-        **({"launch_to_run_s": round(records[0]["started_at"] - launched, 2)}
-           if launched is not None and "started_at" in records[0] else {}),
+        **{k: session[k] for k in ("setup_s", "init_s") if k in session},
+        **({"launch_to_run_s": round(session["started_at"] - launched, 2)}
+           if launched is not None and "started_at" in session else {}),
         # Summed over seeds, from the start (compilation included), as train logs it.
         "env_steps_per_s": last["env_steps_per_s"],
         "final_eval_success_per_seed": last["eval_success_rate"],
@@ -75,15 +79,17 @@ def summarize(records: list[dict], config: TrainConfig, launched: float | None =
                    **{k: r[k] for k in ("eval_return", "train_return") if k in r}}
                   for r in records],
     }
-    if len(records) > 1:  # steady state: from the end of the first (compiling) epoch
-        steps = last["env_steps"] - records[0]["env_steps"]
-        seconds = last["wall_s"] - records[0]["wall_s"]
-        per_seed = steps / seconds
+    # Steady state: every epoch but a session's first (compiling) one.
+    steady_epochs = [(r, r["env_steps"] - before["env_steps"], r["wall_s"] - before["wall_s"])
+                     for before, r in itertools.pairwise(records) if "started_at" not in r]
+    if steady_epochs:
+        per_seed = (sum(steps for _, steps, _ in steady_epochs)
+                    / sum(seconds for _, _, seconds in steady_epochs))
         summary["steady_env_steps_per_s_per_seed"] = per_seed
         summary["steady_updates_per_s_per_seed"] = (
             per_seed * config.updates_per_iteration / config.num_envs)
         summary["first_epoch_s"] = records[0]["wall_s"]
-        steady = [r for r in records[1:] if "eval_s" in r]  # logged since 2026-11-27
+        steady = [r for r, _, _ in steady_epochs if "eval_s" in r]  # logged since 2026-11-27
         if steady:
             train_s, eval_s = (sum(r[k] for r in steady) for k in ("train_s", "eval_s"))
             summary["steady_train_s_per_epoch"] = train_s / len(steady)

@@ -69,6 +69,20 @@ def test_train_run_summary_reports_the_set_up_time():
     assert "launch_to_run_s" not in train_run.summarize(records, config)  # --metrics: unknown
 
 
+def test_train_run_summary_of_a_resumed_run_counts_this_sessions_set_up():
+    """A run resumed in a second call: its set-up and launch time are the second session's,
+    and the steady rate leaves out each session's first (compiling) epoch."""
+    config, _ = config_from_args(["--num_envs=64", "--epoch_length=5000"])
+    records = [record(1, 5056, 50.0, [0.0]), record(2, 10112, 56.0, [0.1]),
+               record(3, 15168, 100.0, [0.2]), record(4, 20224, 106.0, [0.3])]
+    records[0].update(setup_s=112.5, init_s=80.0, started_at=1_800_000_130.0)
+    records[2].update(setup_s=30.0, init_s=20.0, started_at=1_800_001_000.0)
+    summary = train_run.summarize(records, config, launched=1_800_000_990.0)
+    assert (summary["setup_s"], summary["init_s"], summary["launch_to_run_s"]) == (30.0, 20.0,
+                                                                                 10.0)
+    assert summary["steady_env_steps_per_s_per_seed"] == pytest.approx(2 * 5056 / 12.0)
+
+
 def test_train_run_summary_splits_steady_epochs_into_training_and_evaluation():
     config, _ = config_from_args(["--num_envs=64", "--epoch_length=5000"])
     records = [record(1, 5056, 50.0, [0.0]), record(2, 10112, 56.0, [0.1]),
