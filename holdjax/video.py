@@ -22,9 +22,18 @@ def tile_frames(frames: np.ndarray, scale: int = 4) -> np.ndarray:
 
 
 def check_video_path(path: str) -> None:
-    """Raises, before any work is done, for a video path of a format `write_video` lacks."""
+    """Raises, before any work is done, for a video path `write_video` could not write: a
+    format it lacks, an existing folder, or a place no file can be made."""
     if os.path.splitext(path)[1].lower() not in VIDEO_SUFFIXES:
         raise ValueError(f"video path must end in {' or '.join(VIDEO_SUFFIXES)}, got {path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"video path {path!r} is a folder; name a file in it, e.g. "
+                         f"{os.path.join(path, 'rollout.mp4')!r}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # write_video makes the missing folders
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot write the video {path!r}: {parent} is not a writable folder")
 
 
 def write_video(path: str, frames: np.ndarray, fps: int = 10, scale: int = 4) -> str:

@@ -80,6 +80,23 @@ def test_envs_cli_refuses_a_video_format_before_rolling_out(monkeypatch, capsys)
     with pytest.raises(SystemExit):
         envs_cli(["--task=pushing", "--video=out.avi"])
     assert "video path must end in .mp4 or .gif, got 'out.avi'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        envs_cli(["--task=pushing", "--impl=cuda"])
+    assert "unknown physics impl 'cuda'; valid: auto, warp, jax" in capsys.readouterr().err
+
+
+def test_a_video_path_that_cannot_be_written_is_refused_up_front(tmp_path):
+    """A folder named like a video, or a place no file can be made, is refused before any
+    rollout (as `holdjax.envs` and `holdjax.evaluate` check it); missing folders are fine."""
+    from holdjax.video import check_video_path
+
+    check_video_path(str(tmp_path / "new" / "folders" / "rollout.mp4"))
+    (tmp_path / "dir.gif").mkdir()
+    with pytest.raises(ValueError, match="is a folder; name a file in it"):
+        check_video_path(str(tmp_path / "dir.gif"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is not a writable folder"):
+        check_video_path(str(tmp_path / "file" / "rollout.mp4"))
 
 
 def test_unknown_impl_is_rejected():

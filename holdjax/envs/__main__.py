@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from holdjax import envs
+from holdjax.envs.base import check_impl
 from holdjax.envs.rollout import expert_policy, random_policy, rollout
 from holdjax.video import check_video_path, write_video
 
@@ -40,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.task not in envs.TASKS:
         parser.error(f"unknown task {args.task!r}; valid tasks: {', '.join(envs.TASKS)}")
+    try:
+        check_impl(args.impl)
+    except ValueError as e:
+        parser.error(str(e))
     if args.episodes < 1:
         parser.error("--episodes must be at least 1")
     if args.num_envs is not None and args.num_envs < 1:
