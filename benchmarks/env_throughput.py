@@ -5,7 +5,7 @@
 
 For each task, physics impl and world count N: a jitted ``lax.scan`` of ``--steps``
 environment steps under uniform random actions (the first call's time, which includes
-compilation, is reported separately), and the renderer alone on the resulting states.
+compilation, is reported separately), and the renderer alone on the reset states.
 With Warp physics each row also counts the worlds whose run hit one of MuJoCo Warp's
 limits (dropped contacts, solver or line-search iterations) and names the kinds.
 Writes ``benchmarks/results/env_throughput-<device>.json`` and prints a table.
