@@ -280,6 +280,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tag", default="", help="names a variant of the code in the file name")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
+    # Settings that change the counts name the file too, so that no run overwrites another's.
+    settings = (["sampled"] if args.sampled else []) + (
+        ["tiling-" + str(args.pallas_tiling).replace(":", "-")] if args.pallas_tiling else [])
+    args.tag = "-".join(filter(None, [args.tag, *settings]))
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown --variants {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")

@@ -269,6 +269,10 @@ def test_gpu_census_of_the_cpu_compile(tmp_path):
     written = json.loads((tmp_path / "gpu_census-cpu-cpu.json").read_text())
     assert written["target"] == "cpu" and written["target_device"] == "cpu"
     assert written["rows"] == json.loads(json.dumps(payload["rows"]))
+    # A setting that changes the counts names the file, beside the plain census's.
+    gpu_census.main(["--target=cpu", "--variants=canonical", "--seeds=1", "--sampled",
+                     f"--out={tmp_path}"])
+    assert json.loads((tmp_path / "gpu_census-cpu-sampled-cpu.json").read_text())["sampled"]
     with pytest.raises(SystemExit, match="known: cpu, h100, h200"):
         gpu_census.main(["--target=tpu9", f"--out={tmp_path}"])
     with pytest.raises(SystemExit, match="unknown --variants"):
