@@ -13,8 +13,10 @@ checkpoints and videos; with ``eval_batch`` > 1 it evaluates the policies of tha
 epochs in one batched rollout after the last of them. Ctrl-C or SIGTERM stops a run after
 its epoch with a checkpoint (a second Ctrl-C at once); ``--resume`` continues it.
 
-Seeds are split over all visible devices, and over several processes (hosts) when launched
-as one job: every process runs this same command with ``JAX_COORDINATOR_ADDRESS`` (process
+Seeds are split over all visible devices (one seed's worlds instead, when there is one
+seed: every device steps, renders and scores its worlds and keeps their transitions, and runs
+the same updates on batches drawn from all of them), and over several processes (hosts)
+when launched as one job: every process runs this same command with ``JAX_COORDINATOR_ADDRESS`` (process
 0's host:port), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set (under Slurm or Open MPI,
 the address alone), and process 0 writes the logs, videos and config that the others skip.
 """
@@ -67,9 +69,13 @@ from holdjax.sac.update import SACState, init_sac, networks_for, sampled_updates
 
 VIDEO_WORLDS = 4
 # How the programs split their arrays over devices: seeds on the leading axis, or, for
-# outputs per fused step (or per evaluated epoch), on the second.
+# outputs per fused step (or per evaluated epoch), on the second. One seed's worlds split
+# instead (`Trainer`) lie on the leading axis of the worlds' state, the third of the replay's.
 SEED_AXIS = jax.sharding.PartitionSpec("seeds")
 PER_STEP_SEED_AXIS = jax.sharding.PartitionSpec(None, "seeds")
+WORLD_AXIS = jax.sharding.PartitionSpec("worlds")
+PER_STEP_WORLD_AXIS = jax.sharding.PartitionSpec(None, "worlds")
+SAME = jax.sharding.PartitionSpec()
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,10 +99,17 @@ class TrainState:
 
 
 # How `init` (and so every restore target) lays the training state and replay buffers out over
-# several devices: each seed's on its device, the step count on all.
-INIT_SPECS = (TrainState(sac=SEED_AXIS, env=SEED_AXIS, reward=SEED_AXIS,
-                         episode_return=SEED_AXIS, key=SEED_AXIS,
-                         env_steps=jax.sharding.PartitionSpec()), SEED_AXIS)
+# several devices: each seed's on its device, the step count on all; or, with one seed's
+# worlds split, each device's worlds and their replay columns on it, the learner on all.
+INIT_SPECS = {
+    "seeds": (TrainState(sac=SEED_AXIS, env=SEED_AXIS, reward=SEED_AXIS,
+                         episode_return=SEED_AXIS, key=SEED_AXIS, env_steps=SAME), SEED_AXIS),
+    "worlds": (TrainState(sac=SAME, env=WORLD_AXIS, reward=WORLD_AXIS,
+                          episode_return=WORLD_AXIS, key=SAME, env_steps=SAME),
+               ReplayBuffer(**dict.fromkeys(("frames", "last_frames", "action", "reward", "done"),
+                                            jax.sharding.PartitionSpec(None, None, "worlds")),
+                            **dict.fromkeys(("last_slot", "cursor", "size", "episodes"), SAME))),
+}
 
 
 @dataclasses.dataclass
@@ -131,17 +144,24 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, num_devices: int = 1):
         self.config = config.validate()
-        if config.seeds % num_devices:
-            raise ValueError(f"{config.seeds} seeds cannot be split over {num_devices} devices")
         self.num_devices = num_devices
+        # Over several devices each trains its share of the seeds, or, for one seed (whose
+        # learner cannot be split), its share of the worlds (`device_split`).
+        self.split = device_split(config, num_devices)
         # State-based runs render only when the reward scores images (and for eval videos).
         self.env = ManipulationEnv(
             envs.make_task(config.task), impl=config.impl,
-            device_axis=("seeds", num_devices) if num_devices > 1 else None,
+            device_axis=(self.split, num_devices) if num_devices > 1 else None,
             render_obs=config.observation == "pixels" or config.reward in DISTANCE_REWARDS)
         self.reward_fn: RewardFunction = make_reward(config, self.env)
-        # Per device: each device trains seeds // num_devices seeds on its own worlds.
-        self.num_seeds, self.num_envs = config.seeds // num_devices, config.num_envs
+        # Per device: its seeds and, of each, its worlds.
+        self.num_seeds = config.seeds // num_devices if self.split == "seeds" else config.seeds
+        self.num_envs = (config.num_envs // num_devices if self.split == "worlds"
+                         else config.num_envs)
+        self.init_specs = INIT_SPECS[self.split]
+        # Keys made on the host: one per seed (init), or per epoch and seed (evaluation).
+        self.seed_key_spec = SEED_AXIS if self.split == "seeds" else SAME
+        self.eval_key_spec = PER_STEP_SEED_AXIS if self.split == "seeds" else SAME
         self.obs_shape = policy_obs_shape(config)
         self.action_dim = self.env.action_dim
         self.networks = networks_for(config.sac, self.action_dim, is_image_shape(self.obs_shape))
@@ -149,7 +169,7 @@ class Trainer:
         init, train_epoch, evaluate = self._init_seeds, self._train_epoch, self._evaluate
         self.mesh = None
         if num_devices > 1:
-            self.mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("seeds",))
+            self.mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), (self.split,))
             init, train_epoch, evaluate = self._across_devices(init, train_epoch, evaluate)
         self._init = jax.jit(init)
         self.train_epoch = jax.jit(train_epoch, donate_argnums=(0, 1))
@@ -157,20 +177,47 @@ class Trainer:
 
     def _across_devices(self, init, train_epoch, evaluate):
         """Seeds are independent: each device runs the whole fused step on its own seeds
-        (its own physics, renderer, replay and learner) with no communication at all."""
-        mesh = self.mesh
-        split, same, per_step = SEED_AXIS, jax.sharding.PartitionSpec(), PER_STEP_SEED_AXIS
-        state_specs = INIT_SPECS[0]
-        seed_axis_outputs = ("finished", "train_return", "train_success", "overflow_episodes",
-                             "overflow_bits", *self._metric_shapes)
-        out_specs = {"updated": same, **{name: per_step for name in seed_axis_outputs}}
-        train_epoch = jax.shard_map(train_epoch, mesh=mesh, in_specs=(state_specs, split),
-                                    out_specs=(state_specs, split, out_specs), check_vma=False)
-        evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(per_step, per_step),
-                                 out_specs=(per_step, per_step), check_vma=False)
-        init = jax.shard_map(init, mesh=mesh, in_specs=split, out_specs=INIT_SPECS,
+        (its own physics, renderer, replay and learner) with no communication at all.
+        Worlds of one seed: each device steps, renders and scores its own worlds and keeps
+        their transitions; the policy acts on all worlds' observations, each update's batch
+        is drawn over all worlds and assembled on every device, and every device runs the
+        same updates (and evaluations): the run of one device, with the worlds' work split."""
+        mesh, specs = self.mesh, self.init_specs
+        if self.split == "seeds":
+            per_step = PER_STEP_SEED_AXIS
+            outputs = {"updated": SAME, **{name: per_step for name in (
+                "finished", "train_return", "train_success", "overflow_episodes",
+                "overflow_bits", *self._metric_shapes)}}
+            evaluated = (per_step, per_step)
+        else:
+            outputs = {name: SAME for name in (
+                "updated", "overflow_episodes", "overflow_bits", *self._metric_shapes)}
+            outputs.update(dict.fromkeys(("finished", "train_return", "train_success"),
+                                         PER_STEP_WORLD_AXIS))
+            evaluated = (SAME, SAME)
+        train_epoch = jax.shard_map(train_epoch, mesh=mesh, in_specs=specs,
+                                    out_specs=(*specs, outputs), check_vma=False)
+        evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=evaluated, out_specs=evaluated,
+                                 check_vma=False)
+        init = jax.shard_map(init, mesh=mesh, in_specs=self.seed_key_spec, out_specs=specs,
                              check_vma=False)
         return init, train_epoch, evaluate
+
+    # ---- one seed's worlds over several devices ---------------------------------------------
+    def _own_worlds(self, x: jax.Array, axis: int = 0) -> jax.Array:
+        """This device's share of ``x``'s worlds (axis ``axis``: all N) when one seed's
+        worlds are split; ``x`` otherwise."""
+        if self.split != "worlds":
+            return x
+        start = jax.lax.axis_index("worlds") * self.num_envs
+        return jax.lax.dynamic_slice_in_dim(x, start, self.num_envs, axis)
+
+    def _all_worlds(self, x: jax.Array, axis: int = 0) -> jax.Array:
+        """Every device's worlds of ``x`` (axis ``axis``: this device's) in order, when one
+        seed's worlds are split; ``x`` otherwise."""
+        if self.split != "worlds":
+            return x
+        return jax.lax.all_gather(x, "worlds", axis=axis, tiled=True)
 
     # ---- state -------------------------------------------------------------------------
     def seed_keys(self, seed: int) -> jax.Array:
@@ -196,7 +243,7 @@ class Trainer:
 
     def init(self, seed: int) -> tuple[TrainState, ReplayBuffer]:
         """Initial state of all seeds, placed on the devices that train them."""
-        state, replay = self._init(self.placed(self.seed_keys(seed), SEED_AXIS))
+        state, replay = self._init(self.placed(self.seed_keys(seed), self.seed_key_spec))
         # Leaves may share buffers (target = critic params; empty obs = next_obs), which
         # the epoch's buffer donation forbids: give every leaf its own. Committed to its
         # devices, like a restored checkpoint's arrays, so that a fresh and a resumed run
@@ -216,7 +263,7 @@ class Trainer:
             return jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), subtree)
 
-        return jax.tree.map(split_by, INIT_SPECS, shapes,
+        return jax.tree.map(split_by, self.init_specs, shapes,
                             is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
     def _init_seeds(self, seed_keys: jax.Array) -> tuple[TrainState, ReplayBuffer]:
@@ -238,14 +285,19 @@ class Trainer:
         """Fresh SAC states and empty replay buffers, one per seed key."""
         sac = jax.vmap(lambda k: init_sac(k, self.obs_shape, self.action_dim, self.config.sac))(
             init_keys)
+        # As many rows as all N worlds' buffer has (a device's share holds its columns).
+        capacity = (self.config.replay_capacity if self.split != "worlds" else
+                    -(-self.config.replay_capacity // self.config.num_envs) * self.num_envs)
         replay = jax.vmap(lambda _: init_replay(
-            self.config.replay_capacity, self.obs_shape, self.action_dim, self.num_envs,
+            capacity, self.obs_shape, self.action_dim, self.num_envs,
             self.env.episode_length))(init_keys)
         return sac, replay
 
     def _reset_worlds(self, seed_keys: jax.Array) -> EnvState:
-        """Fresh episodes for all K x N worlds; seed k's worlds draw from seed k's key."""
-        keys = jax.vmap(lambda k: jax.random.split(k, self.num_envs))(seed_keys)
+        """Fresh episodes for all K x N worlds; seed k's worlds draw from seed k's key (a
+        device with a share of the worlds, its share of the keys)."""
+        keys = jax.vmap(lambda k: jax.random.split(k, self.config.num_envs))(seed_keys)
+        keys = self._own_worlds(keys, axis=1)
         return self.env.reset_with_keys(keys.reshape(-1, keys.shape[-1]))
 
     # ---- policy input --------------------------------------------------------------------
@@ -297,7 +349,11 @@ class Trainer:
             uniform = jax.random.uniform(random_key, action.shape, minval=-1.0, maxval=1.0)
             return jnp.where(state.env_steps < self.config.initial_random_steps, uniform, action)
 
-        actions = over_seeds(act, self.num_seeds)(state.sac, obs_k, act_key)
+        # Split worlds: every device picks all N worlds' actions (the draws of one device),
+        # then steps its own.
+        actions = over_seeds(act, self.num_seeds)(state.sac, self._all_worlds(obs_k, axis=1),
+                                                  act_key)
+        actions = self._own_worlds(actions, axis=1)
         env_state = self.env.step(state.env, self.flat(actions))
         reward, reward_state = self.reward_fn(env_state, state.reward)
         next_obs = self.policy_obs(env_state, reward_state)
@@ -313,12 +369,12 @@ class Trainer:
         episode_end = env_state.done[0]  # every world is on the same step
         replay = over_seeds(lambda r, t: insert(r, t, episode_end), self.num_seeds)(
             replay, transitions)
-        env_steps = state.env_steps + self.num_envs
+        env_steps = state.env_steps + self.config.num_envs
 
         # Until the buffer holds min_replay transitions (by default one episode) the updates
         # run and are discarded: a select, unlike lax.cond, lets XLA update the learner in
         # place (an update under cond cost 14% more on the CPU; benchmarks/NOTES.md).
-        ready = replay.size[0] * self.num_envs >= self.min_replay  # size counts rows
+        ready = replay.size[0] * self.config.num_envs >= self.min_replay  # size counts rows
         updated, metrics = over_seeds(self._updates, self.num_seeds)(state.sac, replay, update_key)
         sac = jax.tree.map(lambda new, old: jnp.where(ready, new, old), updated, state.sac)
         episode_return = state.episode_return + reward
@@ -326,13 +382,19 @@ class Trainer:
         # MuJoCo Warp's solver and contact limits hit during each seed's finished episodes
         # (the bits stay set until a reset): how many worlds, and which limits.
         overflow = jnp.where(finished[0], self.per_seed(physics_overflow(env_state.data)), 0)
+        overflow_episodes = jnp.count_nonzero(overflow, axis=1)
+        overflow_bits = jnp.bitwise_or.reduce(overflow, axis=1)
+        if self.split == "worlds":  # over all devices' worlds
+            overflow_episodes = jax.lax.psum(overflow_episodes, "worlds")
+            overflow_bits = jnp.bitwise_or.reduce(
+                jax.lax.all_gather(overflow_bits, "worlds"), axis=0)
         out = {
             "updated": ready,
             "finished": finished,
             "train_return": episode_return,
             "train_success": env_state.success,
-            "overflow_episodes": jnp.count_nonzero(overflow, axis=1),
-            "overflow_bits": jnp.bitwise_or.reduce(overflow, axis=1),
+            "overflow_episodes": overflow_episodes,
+            "overflow_bits": overflow_bits,
             **metrics,
         }
         # Fixed-length episodes: every world ends on the same step; reset them all at once.
@@ -349,11 +411,15 @@ class Trainer:
         env_state = self._reset_worlds(seed_keys)
         return env_state, self.reward_fn.init(env_state), jnp.zeros(env_state.reward.shape)
 
-    def _updates(self, sac: SACState, replay: ReplayBuffer, key: jax.Array):
-        """``updates_per_iteration`` sequential SAC updates of one seed; mean metrics."""
+    def _updates(self, sac: SACState, replay: ReplayBuffer, key: jax.Array,
+                 inside_devices: bool = True):
+        """``updates_per_iteration`` sequential SAC updates of one seed; mean metrics. Split
+        worlds (``inside_devices``: called under ``shard_map``) draw from every device's."""
+        split = (("worlds", self.config.num_envs) if self.split == "worlds" and inside_devices
+                 else None)
         sac, metrics = sampled_updates(sac, replay, key, self.config.sac,
                                        self.config.updates_per_iteration,
-                                       self.config.resolved_update_unroll)
+                                       self.config.resolved_update_unroll, split)
         return sac, jax.tree.map(jnp.mean, metrics)
 
     @functools.cached_property
@@ -361,7 +427,8 @@ class Trainer:
         """Shapes of one iteration's update metrics (per seed), traced once."""
         keys = jax.ShapeDtypeStruct((self.num_seeds, 2), jnp.uint32)
         sac, replay = jax.eval_shape(self._new_learners, keys)
-        return jax.eval_shape(jax.vmap(self._updates), sac, replay, keys)[1]
+        updates = functools.partial(self._updates, inside_devices=False)
+        return jax.eval_shape(jax.vmap(updates), sac, replay, keys)[1]
 
     def _train_epoch(self, state: TrainState, replay: ReplayBuffer):
         (state, replay), out = jax.lax.scan(
@@ -418,7 +485,7 @@ class Trainer:
         """`evaluate` of one set of policies, ``actor_params`` (K, ...): ({stat: (K,)},
         video frames (T + 1, worlds, H, W, 3))."""
         stats, frames = self.evaluate(jax.tree.map(lambda x: x[None], actor_params),
-                                      self.placed(seed_keys[None], PER_STEP_SEED_AXIS))
+                                      self.placed(seed_keys[None], self.eval_key_spec))
         return {name: value[0] for name, value in stats.items()}, frames[:, 0]
 
 
@@ -460,15 +527,16 @@ def check_replay_fits(config: TrainConfig, free_bytes: int | None, num_devices: 
     buffer of 400k transitions is ~2.8 GB per seed (each frame stored once, as uint8)."""
     capacity, obs_shape = config.replay_capacity, policy_obs_shape(config)
     task = envs.task_class(config.task)
-    # The seeds whose buffers share this host's memory (or one device's).
-    seeds = config.seeds // jax.process_count() if host_memory else config.seeds // num_devices
+    # The seeds whose buffers share this host's memory (or one device's): a fraction of one
+    # when its worlds, and so its buffer's columns, are split over the devices.
+    seeds = config.seeds / (jax.process_count() if host_memory else num_devices)
 
     def bytes_per_seed(capacity: int) -> int:
         return replay_nbytes(capacity, obs_shape, task.action_dim, config.num_envs,
                              task.episode_length)
 
     per_seed = bytes_per_seed(capacity)
-    needed = seeds * per_seed
+    needed = int(seeds * per_seed)
     if free_bytes is None or needed <= REPLAY_MEMORY_SHARE * free_bytes:
         return needed
     # Bytes grow linearly with the capacity plus a little fixed: start from the proportion,
@@ -481,7 +549,7 @@ def check_replay_fits(config: TrainConfig, free_bytes: int | None, num_devices: 
     if not host_memory:  # JAX's allocator takes 75% of an accelerator's memory by default
         advice += ", or raise XLA_PYTHON_CLIENT_MEM_FRACTION"
     raise ReplayTooLarge(
-        f"the replay buffers need {needed / 1e9:.1f} GB ({seeds} seed(s) x {per_seed / 1e9:.2f} "
+        f"the replay buffers need {needed / 1e9:.1f} GB ({seeds:g} seed(s) x {per_seed / 1e9:.2f} "
         f"GB for {capacity} transitions), more than {REPLAY_MEMORY_SHARE:.0%} of "
         f"the {free_bytes / 1e9:.1f} GB free on {jax.local_devices()[0].device_kind}; {advice}")
 
@@ -491,17 +559,32 @@ def _trainer_for(program_key: TrainConfig, num_devices: int) -> Trainer:
     return Trainer(program_key, num_devices)
 
 
+def device_split(config: TrainConfig, num_devices: int) -> str:
+    """What ``num_devices`` devices split: the seeds when they divide them evenly, else one
+    seed's worlds (a seed's learner is one program), when they divide those."""
+    if config.seeds % num_devices == 0:
+        return "seeds"
+    if config.seeds == 1 and config.num_envs % num_devices == 0:
+        return "worlds"
+    raise ValueError(f"{num_devices} devices split neither the {config.seeds} seeds nor, for "
+                     f"one seed, its {config.num_envs} worlds evenly")
+
+
 def training_devices(config: TrainConfig) -> int:
-    """All visible devices when they split the seeds evenly, else one (in a one-process
-    job; in a multi-process job every process trains its share, so the seeds must split)."""
+    """All visible devices when they split the seeds, or one seed's worlds, evenly, else one
+    (in a one-process job; in a multi-process job every process trains its share, so they
+    must split)."""
     devices = jax.device_count()
-    if config.seeds % devices == 0:
+    try:
+        device_split(config, devices)
         return devices
-    if jax.process_count() > 1:
-        raise ValueError(
-            f"--seeds={config.seeds} cannot be split over the job's {devices} devices "
-            f"({jax.process_count()} processes); pass a multiple of {devices}")
-    return 1
+    except ValueError:
+        if jax.process_count() > 1:
+            raise ValueError(
+                f"--seeds={config.seeds} cannot be split over the job's {devices} devices "
+                f"({jax.process_count()} processes); pass a multiple of {devices}, or one "
+                f"seed with --num_envs a multiple of {devices}") from None
+        return 1
 
 
 def get_trainer(config: TrainConfig) -> Trainer:
@@ -511,7 +594,8 @@ def get_trainer(config: TrainConfig) -> Trainer:
     num_devices = training_devices(config)
     if num_devices < devices:
         print(f"note: {config.seeds} seed(s) cannot be split over {devices} devices; using "
-              "one (choose --seeds as a multiple of the device count)", file=sys.stderr)
+              "one (choose --seeds as a multiple of the device count, or one seed with "
+              "--num_envs a multiple of it)", file=sys.stderr)
     return _trainer_for(config.validate().program_key(), num_devices)
 
 
@@ -537,11 +621,20 @@ def maybe_init_distributed() -> None:
             "process, or unset JAX_COORDINATOR_ADDRESS for a one-process run") from None
 
 
-def _processes_description() -> str:
-    """The job's processes and devices, for the run's header ("" for one process)."""
-    if jax.process_count() == 1:
-        return ""
-    return f" ({jax.device_count()} devices in {jax.process_count()} processes)"
+def _devices_description(config: TrainConfig) -> str:
+    """Where the run trains, for its header: the device kind and, over several devices,
+    what they split (and the job's processes)."""
+    kind = jax.devices()[0].device_kind
+    try:
+        devices = training_devices(config)
+    except ValueError:  # a job that cannot split says so when its trainer is built
+        devices = 1
+    processes = (f" ({jax.device_count()} devices in {jax.process_count()} processes)"
+                 if jax.process_count() > 1 else "")
+    if devices == 1:
+        return kind + processes
+    what = "seeds" if device_split(config, devices) == "seeds" else "one seed's worlds"
+    return f"{devices} x {kind}{processes}, {what} split over them"
 
 
 def _is_lead_process() -> bool:
@@ -771,7 +864,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
         stats, frames = trainer.evaluate(
             jax.tree.map(stack, *[p.policy for p in pending + padding]),
             trainer.placed(stack(*[p.eval_keys for p in pending + padding]),
-                           PER_STEP_SEED_AXIS))
+                           trainer.eval_key_spec))
         stats = _to_host(stats)  # (epochs, seeds)
         evaluated = time.perf_counter()
         eval_s = (evaluated - pending[-1].trained) / len(pending)  # each epoch's share
@@ -1035,7 +1128,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"run {config.run_name}: {config.scheduled_env_steps} env steps x {config.seeds} "
               f"seed(s), {config.num_envs} worlds per seed, {config.updates_per_iteration} "
               f"update(s) per {config.num_envs} env steps, {_encoder_description(config)}on "
-              f"{jax.devices()[0].device_kind}{_processes_description()}; writing to "
+              f"{_devices_description(config)}; writing to "
               f"{config.out_dir}", file=sys.stderr)
     try:
         record = train(config, resume=resume)

@@ -287,6 +287,28 @@ def test_replay_draws_many_batches_of_valid_indices_at_once():
         assert steps == {(e, t) for e in range(1, 5) for t in range(3)} - {(1, 0), (1, 1)}
 
 
+def test_a_buffer_split_by_worlds_gathers_the_whole_buffers_batches():
+    """Four worlds' buffer split into two devices' columns (here a vmap with the mesh axis's
+    name): indices drawn over all four worlds, and `gather_split` gives every device the
+    batch `gather` gives from the whole buffer."""
+    whole = filled(replay.init_replay(40, (1,), 2, num_envs=4, episode_length=3),
+                   episode_rows(5, 3, 4))
+    shares = jax.tree.map(lambda x: jnp.stack([x[:, :2], x[:, 2:]]) if x.ndim > 1 else
+                          jnp.stack([x, x]), whole)
+    rows, worlds = replay.sample_indices(whole, jax.random.key(5), (300,))
+    assert set(np.asarray(worlds).tolist()) == {0, 1, 2, 3}
+    rows_split, worlds_split = replay.sample_indices(
+        jax.tree.map(lambda x: x[0], shares), jax.random.key(5), (300,), num_worlds=4)
+    np.testing.assert_array_equal(rows_split, rows)
+    np.testing.assert_array_equal(worlds_split, worlds)
+    split = jax.vmap(lambda share: replay.gather_split(share, rows, worlds, "worlds"),
+                     axis_name="worlds")(shares)
+    want = replay.gather(whole, rows, worlds)
+    for got, wanted in zip(jax.tree.leaves(split), jax.tree.leaves(want), strict=True):
+        for device in range(2):
+            np.testing.assert_array_equal(got[device], wanted)
+
+
 def test_replay_refilled_from_the_middle_of_an_episode():
     """A run resumed without its buffer starts inserting at step 2 of an episode."""
     rows = list(episode_rows(2, 4, 1))[2:]

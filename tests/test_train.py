@@ -30,6 +30,7 @@ from holdjax.train import (
     check_finite,
     check_replay_fits,
     clear_earlier_attempt,
+    device_split,
     finished_message,
     free_memory,
     get_trainer,
@@ -72,7 +73,8 @@ def kinematic_physics():
 
 # A training run in its own process (on the same stand-in): the config's fields as JSON and
 # the number of devices the process must see (the XLA flags force them); prints train()'s
-# record and `holdjax.evaluate`'s result for the run's checkpoint, as one JSON object.
+# record, `holdjax.evaluate`'s result for the run's checkpoint and what the trainer split
+# over the devices, as one JSON object.
 TRAIN_SCRIPT = """
 import json, sys
 import jax
@@ -81,14 +83,15 @@ sys.path.insert(0, "tests")
 from kinematic import use_kinematic_physics
 from holdjax.config import TrainConfig
 from holdjax.evaluate import evaluate_run
-from holdjax.train import train
+from holdjax.train import get_trainer, train
 fields, devices = json.loads(sys.argv[1]), int(sys.argv[2])
 assert jax.device_count() == devices, jax.devices()
 config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 use_kinematic_physics(pytest.MonkeyPatch())
 record = train(config, quiet=True)
 evaluated, _ = evaluate_run(config.out_dir, episodes=config.eval_episodes)
-print(json.dumps({"record": record, "evaluated": evaluated}))
+print(json.dumps({"record": record, "evaluated": evaluated,
+                  "split": get_trainer(config).split}))
 """
 TWO_DEVICES = {"XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2",
                "JAX_PLATFORMS": "cpu"}
@@ -121,12 +124,15 @@ def background_runs(tmp_path_factory, holdc_checkpoint):
     """Runs the tests compare with the two-seed run, trained one after another in another
     process while this one trains the two-seed run and goes on with the tests
     (conftest.Lane): name -> (config, future of the run's record). single: its seed 1
-    alone; sharded: the same two seeds over two devices."""
+    alone; sharded: the same two seeds over two devices; worlds: single's seed with its
+    worlds split over two devices."""
     config = two_seed_config(holdc_checkpoint)
     get_trainer(config)  # converts the HOLD-C checkpoint, before other processes read it
     root = tmp_path_factory.mktemp("background")
-    runs = {"single": (dataclasses.replace(config, seeds=1, seed=config.seed + 1), 1),
-            "sharded": (dataclasses.replace(config, **SHARDED_EVALUATION), 2)}
+    single = dataclasses.replace(config, seeds=1, seed=config.seed + 1)
+    runs = {"single": (single, 1),
+            "sharded": (dataclasses.replace(config, **SHARDED_EVALUATION), 2),
+            "worlds": (dataclasses.replace(single, **SHARDED_EVALUATION), 2)}
     lane = Lane()
     futures = {}
     for name, (config, devices) in runs.items():
@@ -617,6 +623,27 @@ def test_two_devices_give_the_same_result(two_seed_run, background_runs):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
 
 
+# After the two-device test, by when the worlds run (third in the background) has finished.
+def test_one_seeds_worlds_over_two_devices_train_as_on_one(background_runs):
+    """One seed's worlds split over two forced host devices (each steps, renders and scores
+    its two worlds and keeps their transitions; the learner runs on both, each batch drawn
+    from both devices' columns) train exactly as on one device: the same records and
+    parameters, and `holdjax.evaluate` restores the run onto both and scores it the same."""
+    single, one = background_run(background_runs, "single")
+    worlds, two = background_run(background_runs, "worlds")  # it saw two devices
+    assert (one["split"], two["split"]) == ("seeds", "worlds")
+    assert worlds == dataclasses.replace(single, out=worlds.out, **SHARDED_EVALUATION)
+    records = {run.out_dir: read_metrics(run.out_dir) for run in (single, worlds)}
+    for alone, split in zip(records[single.out_dir], records[worlds.out_dir], strict=True):
+        for name in ("epoch", "env_steps", "eval_success_rate", "eval_return", "critic_loss",
+                     "actor_loss", "alpha", "physics_overflow_episodes"):
+            assert split[name] == alone[name], name
+    assert two["evaluated"]["per_seed"] == one["evaluated"]["per_seed"]
+    for a, b in zip(jax.tree.leaves(params_of(worlds.out_dir, single)),
+                    jax.tree.leaves(params_of(single.out_dir, single)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # `python -m holdjax.train` on the kinematic stand-in, with the flags given; prints main()'s
 # record as JSON.
 # With SIGTERM_PROCESS set, that process of a job gets a SIGTERM during its first epoch.
@@ -1020,6 +1047,9 @@ def test_replay_that_does_not_fit_stops_before_anything_is_built(monkeypatch, ca
     four = dataclasses.replace(config, seeds=4)
     assert check_replay_fits(four, None, num_devices=2, host_memory=False) == 2 * per_seed
     assert check_replay_fits(four, None, num_devices=2, host_memory=True) == 4 * per_seed
+    # One seed's worlds split over two accelerators: each holds half its buffer.
+    one = dataclasses.replace(config, seeds=1)
+    assert check_replay_fits(one, None, num_devices=2, host_memory=False) == per_seed // 2
     with pytest.raises(ReplayTooLarge, match=r"need 14\.0 GB \(5 seed\(s\) x 2\.80 GB for "
                        r"400000 transitions\), more than 90% of the 10\.0 GB free.*"
                        r"pass --replay_size=257192 \(or less\) or fewer --seeds"):
@@ -1049,6 +1079,12 @@ def test_policy_obs_shape_and_training_devices():
         cached_env("pushing").task.state_dim,)
     assert jax.device_count() == 1  # (the two-device runs are the background_runs')
     assert training_devices(dataclasses.replace(TINY, seeds=3)) == 1
+    # What several devices split: the seeds, or one seed's worlds, whichever they divide.
+    assert device_split(dataclasses.replace(TINY, seeds=4), 2) == "seeds"
+    assert device_split(TINY, 2) == "worlds" and device_split(TINY, 1) == "seeds"
+    for seeds, num_envs in ((3, 4), (1, 3)):
+        with pytest.raises(ValueError, match="split neither"):
+            device_split(dataclasses.replace(TINY, seeds=seeds, num_envs=num_envs), 2)
 
 
 def test_free_memory_reads_the_host_for_the_cpu():

@@ -160,15 +160,17 @@ def insert(buffer: ReplayBuffer, transitions: Transition, episode_end: jax.Array
     )
 
 
-def sample_indices(buffer: ReplayBuffer, key: jax.Array, shape: tuple[int, ...]
-                   ) -> tuple[jax.Array, jax.Array]:
+def sample_indices(buffer: ReplayBuffer, key: jax.Array, shape: tuple[int, ...],
+                   num_worlds: int | None = None) -> tuple[jax.Array, jax.Array]:
     """(row, world) of ``shape`` uniform draws with replacement from the valid transitions,
     for `gather`. Drawing a whole iteration's batches at once keeps the random-number
-    kernels out of the loop of updates (on a GPU, ~3 kernels an update; NOTES.md)."""
+    kernels out of the loop of updates (on a GPU, ~3 kernels an update; NOTES.md).
+    ``num_worlds``: the worlds drawn from (default the buffer's own; all the devices' for a
+    buffer split by worlds, `gather_split`)."""
     row_key, world_key = jax.random.split(key)
     offset = jax.random.randint(row_key, shape, 0, jnp.maximum(buffer.size, 1))
     row = (buffer.cursor - buffer.size + offset) % buffer.rows
-    return row, jax.random.randint(world_key, shape, 0, buffer.num_envs)
+    return row, jax.random.randint(world_key, shape, 0, num_worlds or buffer.num_envs)
 
 
 def gather(buffer: ReplayBuffer, row: jax.Array, world: jax.Array) -> Transition:
@@ -184,3 +186,17 @@ def gather(buffer: ReplayBuffer, row: jax.Array, world: jax.Array) -> Transition
         next_obs=next_obs,
         done=buffer.done[row, world],
     )
+
+
+def gather_split(buffer: ReplayBuffer, row: jax.Array, world: jax.Array, axis: str
+                 ) -> Transition:
+    """`gather` inside ``shard_map`` where ``buffer`` is this device's share of the worlds
+    (split evenly, in order, over mesh axis ``axis``) and ``world`` indexes all of them:
+    each device takes the transitions it holds, zeros for the others, and a sum over the
+    devices gives every one of them the whole batch, the one an unsplit buffer gives."""
+    local = world - jax.lax.axis_index(axis) * buffer.num_envs
+    held = (local >= 0) & (local < buffer.num_envs)
+    batch = gather(buffer, row, jnp.clip(local, 0, buffer.num_envs - 1))
+    batch = jax.tree.map(
+        lambda x: jnp.where(held.reshape(-1, *(1,) * (x.ndim - 1)), x, jnp.zeros_like(x)), batch)
+    return jax.lax.psum(batch, axis)

@@ -25,6 +25,7 @@ from holdjax.sac.replay import (
     ReplayBuffer,
     Transition,
     gather,
+    gather_split,
     is_image_shape,
     sample_indices,
     stored_obs_to_float,
@@ -284,16 +285,23 @@ def sac_update(
 
 
 def sampled_updates(state: SACState, replay: ReplayBuffer, key: jax.Array, config: SACConfig,
-                    updates: int, unroll: int = 1) -> tuple[SACState, dict[str, jax.Array]]:
+                    updates: int, unroll: int = 1, split_worlds: tuple[str, int] | None = None
+                    ) -> tuple[SACState, dict[str, jax.Array]]:
     """``updates`` sequential `sac_update`s (a `lax.scan` unrolled ``unroll`` times), each on
     a batch drawn from ``replay``, as the trainer runs them; metrics per update. Every batch
     is drawn before the loop (the buffer does not change inside it), so the random numbers of
-    sampling cost no kernels in the loop (benchmarks/NOTES.md)."""
+    sampling cost no kernels in the loop (benchmarks/NOTES.md). ``split_worlds=(axis, N)``:
+    inside ``shard_map``, ``replay`` holds this device's share of N worlds; batches are
+    drawn over all N and assembled on every device (`gather_split`), which all then run the
+    updates of an unsplit buffer."""
     def one(state, inputs):
         update_key, row, world = inputs
-        return sac_update(state, gather(replay, row, world), update_key, config)
+        batch = (gather(replay, row, world) if split_worlds is None
+                 else gather_split(replay, row, world, split_worlds[0]))
+        return sac_update(state, batch, update_key, config)
 
     sample_key, update_key = jax.random.split(key)
-    rows, worlds = sample_indices(replay, sample_key, (updates, config.batch_size))
+    rows, worlds = sample_indices(replay, sample_key, (updates, config.batch_size),
+                                  split_worlds[1] if split_worlds else None)
     keys = jax.random.split(update_key, updates)
     return jax.lax.scan(one, state, (keys, rows, worlds), unroll=unroll)
