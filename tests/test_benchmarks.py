@@ -406,7 +406,7 @@ def test_sac_update_records_whether_pallas_reads_images_through_their_shifts(
         flag, tmp_path, monkeypatch):
     configs = []
 
-    def measure(num_seeds, updates, repeats, config, unroll):
+    def measure(num_seeds, updates, repeats, config, unroll, programs):
         configs.append(config)
         return measured_row(num_seeds)
 
