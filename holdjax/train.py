@@ -16,9 +16,10 @@ its epoch with a checkpoint (a second Ctrl-C at once); ``--resume`` continues it
 Seeds are split over all visible devices (one seed's worlds instead, when there is one
 seed: every device steps, renders and scores its worlds and keeps their transitions, and runs
 the same updates on batches drawn from all of them), and over several processes (hosts)
-when launched as one job: every process runs this same command with ``JAX_COORDINATOR_ADDRESS`` (process
-0's host:port), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set (under Slurm or Open MPI,
-the address alone), and process 0 writes the logs, videos and config that the others skip.
+when launched as one job: every process runs this same command with
+``JAX_COORDINATOR_ADDRESS`` (process 0's host:port), ``JAX_NUM_PROCESSES`` and
+``JAX_PROCESS_ID`` set (under Slurm or Open MPI, the address alone), and process 0 writes the
+logs, videos and config that the others skip.
 """
 
 from __future__ import annotations

@@ -761,29 +761,6 @@ def test_evaluations_batched_over_epochs_equal_one_at_a_time(state_run, tmp_path
     assert os.path.exists(os.path.join(runs[3].out_dir, "videos", "eval_epoch0004.mp4"))
 
 
-def test_an_interrupted_run_logs_the_epochs_it_trained(state_run, tmp_path, monkeypatch):
-    """Ctrl-C (or a launcher's SIGINT) during epoch 3 of a run that evaluates 5 epochs at a
-    time: epochs 1 and 2 are evaluated and logged before the interrupt goes on."""
-    config = dataclasses.replace(state_run[0], num_epochs=5, checkpoint_frequency=5,
-                                 path_save_frequency=0, eval_batch=5,
-                                 out=str(tmp_path / "interrupted"))
-    trainer = get_trainer(config)
-    train_epoch, calls = trainer.train_epoch, []
-
-    def interrupted_third(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return train_epoch(*args)
-
-    monkeypatch.setattr(trainer, "train_epoch", interrupted_third)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, quiet=True)
-    records = [json.loads(line) for line in open(os.path.join(config.out_dir, "metrics.jsonl"))]
-    assert [r["epoch"] for r in records] == [1, 2]
-    assert all(len(r["eval_success_rate"]) == config.seeds for r in records)
-
-
 def test_starting_again_where_a_start_left_no_checkpoint_drops_its_logs(state_run, tmp_path,
                                                                          capsys):
     """A run killed before its first checkpoint and started again: the old attempt's records,
@@ -807,30 +784,38 @@ def test_starting_again_where_a_start_left_no_checkpoint_drops_its_logs(state_ru
     assert tensorboard_steps(config.out_dir, "eval_success_rate") == [8, 16]
 
 
-def test_a_run_whose_parameters_diverge_stops_and_logs_the_epochs_before(state_run, tmp_path,
-                                                                         monkeypatch):
-    """Parameters that turn NaN in epoch 3 (whose losses, taken before each update, are still
-    finite) stop the run there, before any checkpoint could hold them; epochs 1 and 2, which
-    wait to be evaluated 5 at a time, are evaluated and logged first."""
+@pytest.mark.parametrize("failure", ["interrupt", "nan_parameters"])
+def test_a_run_stopped_in_epoch_3_logs_the_epochs_before(state_run, tmp_path, monkeypatch,
+                                                         failure):
+    """Ctrl-C (or a launcher's SIGINT) during epoch 3 of a run that evaluates 5 epochs at a
+    time, or parameters that turn NaN in it (its losses, taken before each update, are still
+    finite): epochs 1 and 2 are evaluated and logged before the run stops, and no checkpoint
+    holds NaN parameters."""
     config = dataclasses.replace(state_run[0], num_epochs=5, checkpoint_frequency=5,
                                  path_save_frequency=0, eval_batch=5,
-                                 out=str(tmp_path / "diverged"))
+                                 out=str(tmp_path / failure))
     trainer = get_trainer(config)
     train_epoch, calls = trainer.train_epoch, []
 
-    def nan_parameters_in_third(*args):
+    def third_fails(*args):
         calls.append(1)
+        if len(calls) == 3 and failure == "interrupt":
+            raise KeyboardInterrupt
         state, replay, out = train_epoch(*args)
         if len(calls) == 3:
             nan = jax.tree.map(lambda x: x * jnp.nan, state.sac.actor_params)
             state = state.replace(sac=state.sac.replace(actor_params=nan))
         return state, replay, out
 
-    monkeypatch.setattr(trainer, "train_epoch", nan_parameters_in_third)
-    with pytest.raises(TrainingDiverged, match="non-finite parameters in epoch 3; no checkpoint "
-                       "was written yet; start it again with a lower --learning_rate"):
+    monkeypatch.setattr(trainer, "train_epoch", third_fails)
+    stops = (pytest.raises(KeyboardInterrupt) if failure == "interrupt" else pytest.raises(
+        TrainingDiverged, match="non-finite parameters in epoch 3; no checkpoint was written "
+                                "yet; start it again with a lower --learning_rate"))
+    with stops:
         train(config, quiet=True)
-    assert [r["epoch"] for r in read_metrics(config.out_dir)] == [1, 2]
+    records = read_metrics(config.out_dir)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(len(r["eval_success_rate"]) == config.seeds for r in records)
     assert checkpoint.latest_epoch(config.out_dir) is None
 
 
