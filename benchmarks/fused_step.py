@@ -124,7 +124,7 @@ def measure(base: TrainConfig, reward: str, num_envs: int, ratio: str, iteration
         initial_random_steps=0, learning_starts=1,
         replay_size=max(base.batch_size, 4 * iterations * num_envs))
     start = time.perf_counter()
-    trainer = get_trainer(config)
+    trainer = get_trainer(config, num_devices=1)  # N worlds on one device, whatever the host
     state, replay = trainer.init(config.seed)
     jax.block_until_ready(state)
     build_s = time.perf_counter() - start

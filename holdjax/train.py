@@ -545,13 +545,16 @@ def check_replay_fits(config: TrainConfig, free_bytes: int | None, num_devices: 
     fitting = int(REPLAY_MEMORY_SHARE * free_bytes * capacity // needed)
     while fitting > 0 and seeds * bytes_per_seed(fitting) > REPLAY_MEMORY_SHARE * free_bytes:
         fitting -= config.num_envs
-    advice = (f"pass --replay_size={fitting} (or less) or fewer --seeds"
-              if fitting >= config.batch_size else "pass fewer --seeds")
+    fewer = " or fewer --seeds" if config.seeds > 1 else ""
+    advice = (f"pass --replay_size={fitting} (or less){fewer}" if fitting >= config.batch_size
+              else "pass fewer --seeds" if fewer else "pass a smaller --replay_size")
     if not host_memory:  # JAX's allocator takes 75% of an accelerator's memory by default
         advice += ", or raise XLA_PYTHON_CLIENT_MEM_FRACTION"
+    share = (f"{seeds:g} seed(s) x {per_seed / 1e9:.2f} GB" if seeds >= 1 else
+             f"one seed's {per_seed / 1e9:.2f} GB over {num_devices} devices")
     raise ReplayTooLarge(
-        f"the replay buffers need {needed / 1e9:.1f} GB ({seeds:g} seed(s) x {per_seed / 1e9:.2f} "
-        f"GB for {capacity} transitions), more than {REPLAY_MEMORY_SHARE:.0%} of "
+        f"the replay buffers need {needed / 1e9:.1f} GB ({share} for {capacity} transitions), "
+        f"more than {REPLAY_MEMORY_SHARE:.0%} of "
         f"the {free_bytes / 1e9:.1f} GB free on {jax.local_devices()[0].device_kind}; {advice}")
 
 
@@ -588,9 +591,12 @@ def training_devices(config: TrainConfig) -> int:
         return 1
 
 
-def get_trainer(config: TrainConfig) -> Trainer:
-    """A (cached) trainer over as many devices as split the seeds evenly; runs that differ
-    only in output or length reuse its compilation."""
+def get_trainer(config: TrainConfig, num_devices: int | None = None) -> Trainer:
+    """A (cached) trainer over as many devices as split the seeds (or one seed's worlds)
+    evenly, or over ``num_devices`` (1: one device, as the benchmarks time a step); runs that
+    differ only in output or length reuse its compilation."""
+    if num_devices is not None:
+        return _trainer_for(config.validate().program_key(), num_devices)
     devices = jax.device_count()
     num_devices = training_devices(config)
     if num_devices < devices:

@@ -1035,6 +1035,9 @@ def test_replay_that_does_not_fit_stops_before_anything_is_built(monkeypatch, ca
     # One seed's worlds split over two accelerators: each holds half its buffer.
     one = dataclasses.replace(config, seeds=1)
     assert check_replay_fits(one, None, num_devices=2, host_memory=False) == per_seed // 2
+    with pytest.raises(ReplayTooLarge, match=r"\(one seed's 2\.80 GB over 2 devices for 400000 "
+                       r"transitions\).*pass --replay_size=\d+ \(or less\), or raise XLA_"):
+        check_replay_fits(one, free_bytes=1_000_000_000, num_devices=2, host_memory=False)
     with pytest.raises(ReplayTooLarge, match=r"need 14\.0 GB \(5 seed\(s\) x 2\.80 GB for "
                        r"400000 transitions\), more than 90% of the 10\.0 GB free.*"
                        r"pass --replay_size=257192 \(or less\) or fewer --seeds"):
