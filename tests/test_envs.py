@@ -85,6 +85,24 @@ def test_envs_cli_refuses_a_video_format_before_rolling_out(monkeypatch, capsys)
     assert "unknown physics impl 'cuda'; valid: auto, warp, jax" in capsys.readouterr().err
 
 
+def test_each_mesh_position_renders_on_its_own_hosts_gpu():
+    """Warp devices of the renderers, one per mesh position: on one host, position k is
+    cuda:k; in a job of two hosts with one GPU each, each host's own position is its cuda:0,
+    and the other host's position (a branch it never runs) a placeholder on its own GPU."""
+    import types
+
+    from holdjax.envs.base import render_device
+
+    one_host = [types.SimpleNamespace(process_index=0, local_hardware_id=k) for k in range(2)]
+    assert [render_device(k, one_host, 0) for k in range(2)] == ["cuda:0", "cuda:1"]
+    two_hosts = [types.SimpleNamespace(process_index=k, local_hardware_id=0) for k in range(2)]
+    assert [render_device(k, two_hosts, 1) for k in range(2)] == ["cuda:0", "cuda:0"]
+    four = [types.SimpleNamespace(process_index=k // 2, local_hardware_id=k % 2)
+            for k in range(4)]
+    assert [render_device(k, four, 1) for k in range(4)] == ["cuda:0", "cuda:0", "cuda:0",
+                                                            "cuda:1"]
+
+
 def test_a_video_path_that_cannot_be_written_is_refused_up_front(tmp_path):
     """A folder named like a video, or a place no file can be made, is refused before any
     rollout (as `holdjax.envs` and `holdjax.evaluate` check it); missing folders are fine."""

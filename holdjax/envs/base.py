@@ -190,6 +190,18 @@ def central_crop(images: jax.Array) -> jax.Array:
     return images[..., top:top + side, left:left + side, :]
 
 
+def render_device(shard: int, devices: list, process_index: int) -> str:
+    """The Warp device (``cuda:<this host's index>``) for the renderer of mesh position
+    ``shard``, the trainer's ``devices[shard]``. Every process builds every position's
+    renderer (each is a branch of one switch), but runs only its own: another process's
+    position gets a placeholder context on this process's first device, as Warp cannot
+    reach other hosts' devices."""
+    device = devices[shard]
+    if device.process_index != process_index:
+        device = next(d for d in devices if d.process_index == process_index)
+    return f"cuda:{device.local_hardware_id}"
+
+
 class ManipulationEnv:
     """A batch of worlds of one task: jittable ``reset(key, num_envs)`` and ``step``."""
 
@@ -232,8 +244,8 @@ class ManipulationEnv:
         and the buffers of a render context)."""
         if (num_envs, shard) not in self._renderers:
             height, width = self.image_shape
-            device = f"cuda:{shard}" if self.device_axis and jax.default_backend() == "gpu" \
-                else None
+            device = (render_device(shard, jax.devices(), jax.process_index())
+                      if self.device_axis and jax.default_backend() == "gpu" else None)
             self._renderers[num_envs, shard] = CameraRenderer(
                 self.task.mj_model, self._render_model, self.task.camera, height, width, num_envs,
                 self.task.mirror_image, device,
