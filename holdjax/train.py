@@ -628,14 +628,10 @@ def maybe_init_distributed() -> None:
             "process, or unset JAX_COORDINATOR_ADDRESS for a one-process run") from None
 
 
-def _devices_description(config: TrainConfig) -> str:
-    """Where the run trains, for its header: the device kind and, over several devices,
-    what they split (and the job's processes)."""
+def _devices_description(config: TrainConfig, devices: int) -> str:
+    """Where the run trains, for its header: the device kind and, over the ``devices`` it
+    trains on (`training_devices`), what they split (and the job's processes)."""
     kind = jax.devices()[0].device_kind
-    try:
-        devices = training_devices(config)
-    except ValueError:  # a job that cannot split says so when its trainer is built
-        devices = 1
     processes = (f" ({jax.device_count()} devices in {jax.process_count()} processes)"
                  if jax.process_count() > 1 else "")
     if devices == 1:
@@ -1121,7 +1117,7 @@ def main(argv: list[str] | None = None) -> dict:
         if rest:
             raise ValueError(_unknown_flags_message(rest))
         config.validate()
-        training_devices(config)  # a multi-process job must split the seeds
+        devices = training_devices(config)  # a multi-process job must split the seeds
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -1135,7 +1131,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"run {config.run_name}: {config.scheduled_env_steps} env steps x {config.seeds} "
               f"seed(s), {config.num_envs} worlds per seed, {config.updates_per_iteration} "
               f"update(s) per {config.num_envs} env steps, {_encoder_description(config)}on "
-              f"{_devices_description(config)}; writing to "
+              f"{_devices_description(config, devices)}; writing to "
               f"{config.out_dir}", file=sys.stderr)
     try:
         record = train(config, resume=resume)

@@ -188,8 +188,9 @@ def reward_for(task: str, reward: str, model: str = "",
     train's ``--reward_checkpoint``; "" = where training looks), built as training builds it:
     with ``run``'s reward settings (a `--config`'s: model size, distance, normaliser,
     subtask threshold and hold steps) where given, else the defaults."""
-    config = dataclasses.replace(run or TrainConfig(), task=task, reward=reward,
-                                 reward_checkpoint=model or (run.reward_checkpoint if run else ""))
+    base = run or TrainConfig()
+    config = dataclasses.replace(base, task=task, reward=reward,
+                                 reward_checkpoint=model or base.reward_checkpoint)
     return make_reward(config, reward_train.task_env(task))
 
 
