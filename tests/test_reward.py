@@ -1,5 +1,8 @@
 """Reward shaping and the L2 distance against hand-computed values."""
 
+import dataclasses
+from types import SimpleNamespace
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -95,9 +98,58 @@ def test_a_normalizer_not_above_the_baseline_is_refused():
     RewardFunction("holdc", ShapingConfig(normalizer=5.0), goals, constant_distance(6.0))
 
 
+def marked(*marks):
+    """Frames (N, 2, 2, 3) whose first pixel holds each mark (a row of `table_distance`)."""
+    marks = jnp.array(marks, jnp.uint8)
+    return jnp.zeros((len(marks), 2, 2, 3), jnp.uint8).at[:, 0, 0, 0].set(marks)
+
+
+def table_distance(rows):
+    """A distance model that gives a frame marked m the distances ``rows[m]`` (G,)."""
+    table = jnp.asarray(rows, jnp.float32)
+    return lambda frames: table[frames[:, 0, 0, 0].astype(jnp.int32)]
+
+
 def test_reward_function_baseline_is_goal_to_itself():
-    goals = np.random.default_rng(0).integers(0, 255, (2, 4, 4, 3), dtype=np.uint8)
-    fn = RewardFunction("l2", ShapingConfig(), goals)  # l2 builds its own distance
+    # Goal g is marked g: its baseline is its own row's g-th distance (the diagonal).
+    goals = marked(0, 1)
+    fn = RewardFunction("holdc", ShapingConfig(), goals, table_distance([[0.3, 5.0],
+                                                                          [7.0, 0.6]]))
+    np.testing.assert_allclose(fn.baselines, [0.3, 0.6])
+    images = np.random.default_rng(0).integers(0, 255, (2, 4, 4, 3), dtype=np.uint8)
+    fn = RewardFunction("l2", ShapingConfig(), images)  # l2 builds its own distance
     np.testing.assert_allclose(fn.baselines, [0.0, 0.0], atol=1e-6)
     with pytest.raises(ValueError, match="valid rewards"):
-        RewardFunction("holdq", ShapingConfig(), goals)
+        RewardFunction("holdq", ShapingConfig(), images)
+
+
+def test_only_the_rewarded_goals_baselines_must_stay_below_the_normalizer():
+    """Without subtasks a run rewards against the final goal only, so a subgoal whose
+    baseline is above the normalizer does not matter; with subtasks it does."""
+    distance = table_distance([[6.0, 9.0], [9.0, 1.0]])  # baselines 6 and 1
+    config = ShapingConfig(normalizer=5.0, subtract_baseline_from_normalizer=True)
+    RewardFunction("holdc", config, marked(0, 1), distance)
+    with pytest.raises(RewardSettingsError, match=r"to itself: \[6.0, 1.0\]"):
+        RewardFunction("holdc", dataclasses.replace(config, use_subtasks=True), marked(0, 1),
+                       distance)
+
+
+def test_the_reset_frame_sets_prev_and_counts_towards_the_hold_steps():
+    """With subtract_prev_distance the reference scores the reset frame in full: its term is
+    the first step's prev, and a reset frame near the subgoal is the first of its hold
+    steps (here 2: one more step switches)."""
+    config = ShapingConfig(normalizer=1.0, env_weight=0.0, subtract_prev_distance=True,
+                           use_subtasks=True, subtask_threshold=1.0, subtask_cost=2.0,
+                           subtask_hold_steps=2)
+    # Rows 0-1: the goals (baselines 0); world 0's frames are rows 2 (near subgoal 0), world
+    # 1's row 3 (far from it).
+    fn = RewardFunction("holdc", config, marked(0, 1), table_distance(
+        [[0.0, 9.0], [9.0, 0.0], [0.5, 4.0], [3.0, 9.0]]))
+    state = fn.init(SimpleNamespace(obs=marked(2, 3), reward=jnp.zeros(2)))
+    assert state.shaping.hold.tolist() == [1, 0] and state.shaping.subtask.tolist() == [0, 0]
+    np.testing.assert_allclose(state.shaping.prev, [-(0.5 + 2.0), -(3.0 + 2.0)])
+    reward, state = fn(SimpleNamespace(obs=marked(2, 3), reward=jnp.zeros(2)), state)
+    assert state.shaping.subtask.tolist() == [1, 0]
+    # The switching step still pays for subtask 0: the same term as at reset, no progress.
+    np.testing.assert_allclose(reward, [0.0, 0.0])
+    np.testing.assert_allclose(state.shaping.prev, [-2.5, -5.0])

@@ -72,12 +72,15 @@ class RewardFunction:
         # repeated), computed once.
         self.baselines = (jnp.diagonal(self.distance(self._model_input(self.goals, None)[0]))
                           if self.distance else jnp.zeros(len(goals)))
-        if config.subtract_baseline_from_normalizer and np.any(
-                config.normalizer - np.asarray(self.baselines) <= 0):
+        # Only the goals a run rewards against count: all subgoals with subtasks, else the
+        # final goal (the reference builds and asserts only the baselines it uses).
+        used = np.asarray(self.baselines) if config.use_subtasks else np.asarray(
+            self.baselines)[-1:]
+        if config.subtract_baseline_from_normalizer and np.any(config.normalizer - used <= 0):
             raise RewardSettingsError(
                 f"distance_normalizer {config.normalizer} is not above the {kind} model's "
-                f"baselines (each goal image's distance to itself: "
-                f"{np.round(np.asarray(self.baselines), 4).tolist()}), so the normalizer less "
+                f"baselines (the distance of each goal image it rewards against to itself: "
+                f"{np.round(used, 4).tolist()}), so the normalizer less "
                 "the baseline would flip or blow up the reward (the reference asserts it): "
                 "raise --distance_normalizer or turn subtract_baseline_from_normalizer off")
 
@@ -86,13 +89,14 @@ class RewardFunction:
         return self.goals.shape[0]
 
     def init(self, env_state: EnvState) -> RewardState:
-        """Reward state at an episode's start (its reset frames)."""
+        """Reward state at an episode's start (its reset frames). With
+        ``subtract_prev_distance`` the reset frame is scored as the reference scores it: its
+        term becomes the first ``prev``, and it counts towards a subtask's hold steps."""
         num_worlds = env_state.obs.shape[0]
         model_input, history = self._model_input(env_state.obs, None)
         state = shaping.init_shaping(self.config, num_worlds, self.num_goals)
         if self.distance is not None and self.config.subtract_prev_distance:
-            _, scored = self._shape(model_input, env_state.reward, state)
-            state = state.replace(prev=scored.prev)
+            _, state = self._shape(model_input, env_state.reward, state)
         return RewardState(state, history)
 
     def __call__(self, env_state: EnvState,
