@@ -70,7 +70,8 @@ class TrainConfig:
     holdr_attention: str = "auto"
 
     ## Reward shaping (SPEC.md "Reward"); used by distance rewards (l2, HOLD-C/R, R3M).
-    distance_normalizer: float = 1.0
+    # Defaults are the reference's command-line defaults; its runs (configs/) set their own.
+    distance_normalizer: float = 100.0
     distance_reward_weight: float = 1.0
     env_reward_weight: float = 1.0
     subtract_baseline_from_normalizer: bool = False
@@ -81,7 +82,7 @@ class TrainConfig:
     env_reward_replace_threshold: float = 0.0
     use_subtasks: bool = False
     subtask_threshold: float = 1.0
-    subtask_cost: float = 0.0
+    subtask_cost: float = 20.0  # added per subtask still ahead, so later subgoals pay less
     subtask_hold_steps: int = 3
     goal_based_policy: bool = False
 
@@ -280,6 +281,11 @@ class TrainConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: "
                                  f"{', '.join(COMPUTE_DTYPES)}")
         check_distance(self.distance_type, self.distance_params)
+        if self.reward != "holdc" and (self.distance_type != "eucl" or self.distance_params):
+            raise ValueError(
+                f"--distance_type and --distance_params set HOLD-C's embedding distance; "
+                f"--reward={self.reward} has its own (R3M's is Euclidean, as the reference's): "
+                "drop them or use --reward=holdc")
         check_attention(self.holdr_attention, "holdr_attention")
         check_impl(self.impl)
         check_encoder_conv(self.encoder_conv)
@@ -322,6 +328,15 @@ def load_config(name: str) -> TrainConfig:
     if name not in names:
         raise ValueError(f"unknown config {name!r}; available: {', '.join(names)}")
     return importlib.import_module(f"{CONFIGS_PACKAGE}.{name}").CONFIG
+
+
+def reference_config_name(task: str, reward: str) -> str | None:
+    """The config of the reference's run of ``task`` with ``reward`` (the one that keeps
+    the env reward, not its ``_only`` twin), or None when the reference has no such run."""
+    names = [name for name in available_configs()
+             if (config := load_config(name)).task == task and config.reward == reward
+             and config.env_reward_weight != 0]
+    return names[0] if names else None
 
 
 def field_help() -> dict[str, str]:
@@ -376,8 +391,9 @@ def parse_value(name: str, kind: type, text: str | None):
 
 def config_from_args(args: list[str], base: TrainConfig | None = None
                      ) -> tuple[TrainConfig, dict[str, str]]:
-    """Builds a config from ``--config=NAME`` (else ``base``, else the defaults) and
-    ``--field=value`` overrides.
+    """Builds a config from ``--config=NAME`` (else ``base``, else the reference's run of
+    ``--task`` with ``--reward`` (`reference_config_name`), named as a run of its own, else
+    the defaults) and ``--field=value`` overrides.
 
     Returns the config and the flags that are not config fields (the caller's own, such
     as ``--resume``; None for a bare ``--flag``), which the caller must consume or reject.
@@ -390,8 +406,16 @@ def config_from_args(args: list[str], base: TrainConfig | None = None
             raise ValueError(f"unexpected argument {arg!r}; use --field=value")
         key, equals, value = arg[2:].partition("=")
         flags[key] = value if equals else None
-    config = (load_config(parse_value("config", str, flags.pop("config"))) if "config" in flags
-              else base or TrainConfig())
+    if "config" in flags:
+        config = load_config(parse_value("config", str, flags.pop("config")))
+    elif base is not None:
+        config = base
+    else:
+        task, reward = (parse_value(key, str, flags[key]) if key in flags
+                        else getattr(TrainConfig, key) for key in ("task", "reward"))
+        reference = reference_config_name(task, reward)
+        config = (dataclasses.replace(load_config(reference), name="") if reference
+                  else TrainConfig())
     overrides, rest = {}, {}
     has_total_steps = "total_steps" in flags
     total_steps = flags.pop("total_steps", None)

@@ -47,7 +47,13 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from holdjax import checkpoint, envs
-from holdjax.config import TrainConfig, config_from_args, field_help, parse_value
+from holdjax.config import (
+    TrainConfig,
+    config_from_args,
+    field_help,
+    parse_value,
+    reference_config_name,
+)
 from holdjax.envs.base import EnvState, ManipulationEnv, overflow_kinds, physics_overflow
 from holdjax.envs.goal_images import GoalImageError
 from holdjax.plot import drop_unfinished_line, plot_runs, read_metrics
@@ -1072,7 +1078,8 @@ def usage() -> str:
     config field with its default and its comment in config.py."""
     lines = [__doc__, "Flags:",
              "  --config=NAME      a reference run from configs/ (e.g. fig3a_pushing_sac); "
-             "other flags override its fields",
+             "other flags override its fields; without it, --task with --reward starts "
+             "from the reference's run of them where there is one",
              "  --total_steps=N    env steps per seed; sets num_epochs (whole epochs of "
              "epoch_length)",
              "  --resume           continue the run in --out (or the default run folder) from "
@@ -1128,6 +1135,12 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{config.updates_per_iteration} update(s) per step of {config.num_envs} "
                   f"worlds, {config.effective_updates_per_step:g} per env step (updates are "
                   "whole per fused step)", file=sys.stderr)
+        reference = (reference_config_name(config.task, config.reward)
+                     if not resume and not any(a.startswith("--config") for a in args) else None)
+        if reference:
+            print(f"settings of configs/{reference}.py (the reference's run of --task="
+                  f"{config.task} with --reward={config.reward}), with the flags given on top",
+                  file=sys.stderr)
         print(f"run {config.run_name}: {config.scheduled_env_steps} env steps x {config.seeds} "
               f"seed(s), {config.num_envs} worlds per seed, {config.updates_per_iteration} "
               f"update(s) per {config.num_envs} env steps, {_encoder_description(config)}on "

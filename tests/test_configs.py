@@ -1,9 +1,17 @@
 """configs/: one file per reference run, each with the settings of its row of SPEC.md's runs
 table (written out here again from that table, not from the configs)."""
 
+import dataclasses
+
 import pytest
 
-from holdjax.config import available_configs, load_config
+from holdjax.config import (
+    TrainConfig,
+    available_configs,
+    config_from_args,
+    load_config,
+    reference_config_name,
+)
 
 PUSHING = dict(task="pushing", num_epochs=400, epoch_length=1000)
 DRAWER_3B = dict(task="drawer_open", num_epochs=40, epoch_length=10_000, use_subtasks=True,
@@ -73,3 +81,26 @@ def test_configs_keep_the_references_sac_settings(name):
     assert {field: getattr(config, field) for field in sac} == sac
     assert config.replay_capacity == min(1_000_000, config.num_epochs * config.epoch_length)
 
+
+
+def test_task_and_reward_select_the_references_run_of_them():
+    """--task with --reward (no --config) trains with the settings of the reference's run of
+    that pair (the one keeping the env reward), under a run name of its own; flags still
+    override them; a pair the reference never ran gets the defaults."""
+    config, _ = config_from_args(["--task=drawer_open", "--reward=holdc"])
+    assert config == dataclasses.replace(load_config("fig3b_drawer_holdc"), name="")
+    assert config.run_name == "drawer_open_holdc"
+    assert reference_config_name("pushing", "holdc") == "fig3a_pushing_holdc"  # not _only
+    config, _ = config_from_args(["--reward=holdc", "--distance_normalizer=10"])
+    assert (config.task, config.distance_normalizer, config.env_reward_weight) == (
+        "pushing", 10.0, 1.0)
+    assert config_from_args([])[0] == dataclasses.replace(load_config("fig3a_pushing_sac"),
+                                                          name="")
+    assert reference_config_name("close_drawer", "l2") is None
+    assert config_from_args(["--task=close_drawer", "--reward=l2"])[0] == TrainConfig(
+        task="close_drawer", reward="l2")
+    # Every reference run (but the _only twins) is what its task and reward select.
+    for name in available_configs():
+        config = load_config(name)
+        if config.env_reward_weight != 0:
+            assert reference_config_name(config.task, config.reward) == name

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from holdjax.config import TrainConfig
+from holdjax.config import TrainConfig, config_from_args, load_config
 from holdjax.envs.goal_images import load_goal_image, load_goal_images
 from holdjax.reward import base, check, holdc, holdr, shaping
 from holdjax.reward import train as rt
@@ -469,7 +469,11 @@ def test_check_with_a_config_scores_the_reward_as_that_run_trains_with_it(capsys
     assert (args.task, args.reward) == ("drawer_open", "l2")
     reward_fn = check.reward_for(args.task, args.reward, args.model, args.run)
     assert reward_fn.config.normalizer == 100.0 and reward_fn.config.subtask_cost == 20.0
-    assert check.reward_for("drawer_open", "l2").config.normalizer != 100.0
+    # Without --config, the settings --task and --reward train with: the reference's run
+    # of them (fig5b_drawer_r3m's subtask threshold, not the default).
+    assert check.reward_for("drawer_open", "l2").config == reward_fn.config
+    assert load_config("fig5b_drawer_r3m").subtask_threshold == 0.5
+    assert config_from_args(["--task=drawer_open", "--reward=r3m"])[0].subtask_threshold == 0.5
     assert check.parse_args(["--config=fig5b_drawer_l2", "--task=pushing"]).task == "pushing"
     with pytest.raises(SystemExit):
         check.parse_args(["--config=fig3a_pushing_sac"])

@@ -461,6 +461,7 @@ def test_update_unroll_device_default(monkeypatch):
     ("distance_normalizer", 0.0, "distance_normalizer must be > 0"),
     ("reward_dtype", "fp16", "unknown reward_dtype 'fp16'; valid: float32, bfloat16"),
     ("distance_type", "l1", "unknown distance_type 'l1'; valid: eucl, sq_eucl"),
+    ("distance_type", "sq_eucl", "set HOLD-C's embedding distance; --reward=sparse has its own"),
     ("impl", "cuda", "unknown physics impl 'cuda'; valid: auto, warp, jax"),
     ("encoder_conv", "cudnn", "unknown encoder conv 'cudnn'; valid: auto, canonical, lax, rows"),
     ("aug_pad", -1, "aug_pad must be >= 0"),

@@ -13,9 +13,10 @@ scenic checkpoint (a ``checkpoint_<step>`` file or its folder) or a model direct
 The model's raw output is scored (its distance, or HOLD-R's predicted time to the goal,
 which sees each frame with the two before it, the first repeated at an episode's start, as
 in training). ``--config`` builds the reward with a run's settings (model size, distance,
-normaliser, subtask threshold and hold steps; default: the defaults, as ``--task`` plus
-``--reward`` training has them). Spearman rank correlations, positive for a good model
-(1 = perfect ranking; the reward is the negated distance, so it correlates negatively):
+normaliser, subtask threshold and hold steps; default: the settings ``--task`` plus
+``--reward`` train with, those of the reference's run of them where it has one). Spearman
+rank correlations, positive for a good model (1 = perfect ranking; the reward is the negated
+distance, so it correlates negatively):
 
 - ``spearman_time``: on held-out expert episodes (varied starts as in training, another
   seed, then the noise-free expert at full speed), between the model's distance to the
@@ -35,7 +36,8 @@ normaliser, subtask threshold and hold steps; default: the defaults, as ``--task
 - ``subtask_switch_share`` and ``subtask_switch_lead_steps`` (tasks with several goal
   images): per intermediate goal image, the share of the held-out expert episodes that reach
   it in which the reward's subtask (the shaping's threshold and hold steps: the
-  ``--config``'s, else the defaults, with ``use_subtasks`` on) moves past it, and the
+  ``--config``'s, else training's for the task and reward, with ``use_subtasks`` on)
+  moves past it, and the
   median number of steps by which that switch precedes the state first satisfying the
   subgoal (negative: after). A switch that never comes leaves the policy scored against a
   reached image.
@@ -62,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from holdjax import envs
-from holdjax.config import TrainConfig, load_config
+from holdjax.config import TrainConfig, config_from_args, load_config
 from holdjax.envs.base import ManipulationEnv
 from holdjax.reward import shaping
 from holdjax.reward import train as reward_train
@@ -187,8 +189,9 @@ def reward_for(task: str, reward: str, model: str = "",
     """The reward ``reward`` of ``task`` with its distance model loaded from ``model`` (as
     train's ``--reward_checkpoint``; "" = where training looks), built as training builds it:
     with ``run``'s reward settings (a `--config`'s: model size, distance, normaliser,
-    subtask threshold and hold steps) where given, else the defaults."""
-    base = run or TrainConfig()
+    subtask threshold and hold steps) where given, else those ``--task`` and ``--reward``
+    train with (`config_from_args`)."""
+    base = run or config_from_args([f"--task={task}", f"--reward={reward}"])[0]
     config = dataclasses.replace(base, task=task, reward=reward,
                                  reward_checkpoint=model or base.reward_checkpoint)
     return make_reward(config, reward_train.task_env(task))
