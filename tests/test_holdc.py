@@ -270,6 +270,21 @@ def test_wrong_architecture_and_not_a_train_state(tmp_path):
         sc.find_checkpoint(str(tmp_path / "nowhere"))
 
 
+def test_a_cut_off_or_corrupt_checkpoint_file_is_named(tmp_path):
+    """A download cut short, or a file that is no msgpack at all, is a clear error naming the
+    file, not msgpack's own."""
+    whole = write_checkpoint(tmp_path / "checkpoint_1", hold_rewards_state(
+        random_flat_variables(18))).read_bytes()
+    cut = tmp_path / "cut" / "checkpoint_1"
+    cut.parent.mkdir()
+    cut.write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "checkpoint_7").write_bytes(b"\x01not a checkpoint")  # msgpack: 1, then junk
+    for path in (cut, tmp_path / "checkpoint_7"):
+        with pytest.raises(sc.CheckpointMismatchError,
+                           match=f"{path} is not a flax msgpack checkpoint.*download it again"):
+            sc.import_scenic_checkpoint(str(path), config(18))
+
+
 def test_orbax_round_trip_and_convert_once(tmp_path, monkeypatch):
     flat = random_flat_variables(26)
     checkpoint_dir = tmp_path / "hold" / "holdc" / "checkpoint"
@@ -295,11 +310,11 @@ def test_a_copy_that_cannot_be_written_leaves_the_loaded_model_in_use(tmp_path, 
     """Another run that wrote the orbax copy first is no error; a place the copy cannot go
     is a warning, not a stopped run."""
     variables = {"params": {"w": np.ones(3, np.float32)}}
-    sc._save_converted(str(tmp_path / "copy.orbax"), variables)
-    sc._save_converted(str(tmp_path / "copy.orbax"), variables)  # a second run, done later
+    sc.save_converted(str(tmp_path / "copy.orbax"), variables)
+    sc.save_converted(str(tmp_path / "copy.orbax"), variables)  # a second run, done later
     assert capsys.readouterr().err == ""
     (tmp_path / "file").write_text("")
-    sc._save_converted(str(tmp_path / "file" / "copy.orbax"), variables)
+    sc.save_converted(str(tmp_path / "file" / "copy.orbax"), variables)
     assert "warning: could not write the orbax copy" in capsys.readouterr().err
 
 
@@ -347,7 +362,7 @@ def test_a_multi_process_job_reads_a_released_checkpoint_and_trains_no_default_m
             assert json.loads(result.stdout.splitlines()[-1]) == sums
             assert "a job of 2 processes does not train one" in result.stdout
             assert "python -m holdjax.reward.train --task=pushing" in result.stdout
-            noted = "no orbax copy of the released checkpoint" in result.stderr
+            noted = "no orbax copy of the released weights" in result.stderr
             assert noted == (index == 0 and not converted)
         assert os.path.isdir(path + ".orbax") == converted
     assert not os.path.exists(tmp_path / "top")

@@ -419,5 +419,12 @@ def test_reward_scores_each_worlds_last_frames_against_the_goal():
         reward, state = fn(SimpleNamespace(obs=frames[t], reward=jnp.zeros(2)), state)
         seen = [*seen[1:], frames[t]]
         time = holdr.predict_time_to_goal(variables, jnp.stack(seen, 1), goals[0], CONFIG)
+        # The model's output on the kept history is its prediction from exactly those frames
+        # (checked before the shaping, whose clipping at 0 would hide a wrong history).
+        np.testing.assert_allclose(fn.distance(state.history)[:, 0], time, rtol=1e-4,
+                                   atol=1e-5)
+        newest_only = holdr.predict_time_to_goal(
+            variables, jnp.stack([frames[t]] * (FRAMES - 1), 1), goals[0], CONFIG)
+        assert np.abs(np.asarray(newest_only - time)).max() > 1e-3  # the check can tell
         want = -jnp.maximum(0.0, time - baseline[0]) / 5.0
         np.testing.assert_allclose(reward, want, rtol=1e-4, atol=1e-5)

@@ -407,7 +407,7 @@ def test_to_goals_distances(tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_orbax_round_trip_and_default_path(tmp_path, monkeypatch):
+def test_orbax_round_trip_and_default_path(tmp_path, monkeypatch, capsys):
     weights = tmp_path / "r3m" / "r3m_50"
     weights.mkdir(parents=True)
     path, _ = write_r3m_checkpoint(weights / "model.pt", 18, seed=10)
@@ -427,6 +427,13 @@ def test_orbax_round_trip_and_default_path(tmp_path, monkeypatch):
     again = r3m.load_r3m(str(path), config(18)).variables
     for want, got in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(got, want)
+    # Where the copy cannot go (here a file is in the way), the weights still load.
+    blocked, _ = write_r3m_checkpoint(tmp_path / "blocked.pt", 18, seed=10)
+    (tmp_path / "blocked.pt.orbax").write_text("")
+    for want, got in zip(jax.tree.leaves(first), jax.tree.leaves(
+            r3m.load_r3m(str(blocked), config(18)).variables), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert "warning: could not write the orbax copy" in capsys.readouterr().err
 
 
 def test_real_torch_save_reads_identically(tmp_path):
@@ -490,3 +497,5 @@ def test_r3m_is_a_training_reward(tmp_path, pushing, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(FileNotFoundError, match="download the released ResNet-50"):
         make_reward(TrainConfig(reward="r3m"), env)
+    with pytest.raises(FileNotFoundError, match=r"no R3M weights at .*nope.pt: download the "):
+        make_reward(TrainConfig(reward="r3m", reward_checkpoint=str(tmp_path / "nope.pt")), env)

@@ -48,6 +48,7 @@ from holdjax.reward.scenic_checkpoint import (
     CheckpointMismatchError,
     leaf_problems,
     restore_variables,
+    save_converted,
     save_orbax,
 )
 
@@ -431,6 +432,13 @@ def convert_to_orbax(src: str, dst: str, config: R3MConfig = R3MConfig()) -> dic
     return variables
 
 
+WHERE_TO_GET_R3M = (
+    "download the released ResNet-50 model.pt "
+    "(https://drive.google.com/uc?id=1Xu0ssuG0N1zjZS54wmWzJ7-nb0-7XzbA) to "
+    "$HOLD_TOP_DIR/r3m/r3m_50/model.pt or ~/.r3m/r3m_50/model.pt, or pass its path "
+    "(holdjax.train: --reward_checkpoint; holdjax.reward.check: --model)")
+
+
 def default_weights_path() -> str:
     """The released R3M ResNet-50 ``model.pt``: ``$HOLD_TOP_DIR/r3m/r3m_50/model.pt``, else
     where the r3m package downloads it, ``~/.r3m/r3m_50/model.pt``."""
@@ -440,10 +448,7 @@ def default_weights_path() -> str:
     for path in candidates:
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(
-        f"no R3M weights at {' or '.join(candidates)}: download the released ResNet-50 "
-        "model.pt (https://drive.google.com/uc?id=1Xu0ssuG0N1zjZS54wmWzJ7-nb0-7XzbA) there, "
-        "or pass its path (holdjax.train: --reward_checkpoint; holdjax.reward.check: --model)")
+    raise FileNotFoundError(f"no R3M weights at {' or '.join(candidates)}: {WHERE_TO_GET_R3M}")
 
 
 def load_r3m(path: str | None = None, config: R3MConfig | None = None,
@@ -455,7 +460,7 @@ def load_r3m(path: str | None = None, config: R3MConfig | None = None,
     with ``overrides`` (dtype, input size) on top."""
     path = path or default_weights_path()
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no R3M weights at {path}")
+        raise FileNotFoundError(f"no R3M weights at {path}: {WHERE_TO_GET_R3M}")
     converted = path if os.path.isdir(path) else path + ".orbax"
     if os.path.isdir(converted):
         if config is None:
@@ -470,5 +475,5 @@ def load_r3m(path: str | None = None, config: R3MConfig | None = None,
     if config is None:
         config = R3MConfig.from_shapes({k: np.shape(v) for k, v in state.items()}, **overrides)
     variables = _variables_from_state_dict(state, config)
-    save_orbax(converted, variables)
+    save_converted(converted, variables)
     return R3MDistance(config, variables)

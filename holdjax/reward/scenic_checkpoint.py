@@ -74,7 +74,15 @@ def _read_train_state(path: str) -> dict:
         restored = ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
         return jax.tree.map(np.asarray, restored)
     with open(path, "rb") as f:
-        return serialization.msgpack_restore(f.read())
+        try:
+            state = serialization.msgpack_restore(f.read())
+        except ValueError as e:  # msgpack's errors for bad or cut-off data are ValueErrors
+            state = e
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(
+            f"{path} is not a flax msgpack checkpoint ({type(state).__name__}: {state}); a "
+            "download cut short or corrupted reads like this: download it again (see the README)")
+    return state
 
 
 def _train_state_variables(state: dict) -> dict:
@@ -149,10 +157,10 @@ def save_orbax(directory: str, variables: dict) -> None:
         checkpointer.wait_until_finished()
 
 
-def _save_converted(directory: str, variables: dict) -> None:
-    """Saves a released checkpoint's converted ``variables`` as its orbax copy at
-    ``directory``, except in a multi-process job, whose processes would all write it at
-    once: there each reads the released file, every run, until a one-process command (such
+def save_converted(directory: str, variables: dict) -> None:
+    """Saves released weights' converted ``variables`` (HOLD-C, HOLD-R, R3M) as their orbax
+    copy at ``directory``, except in a multi-process job, whose processes would all write it
+    at once: there each reads the released file, every run, until a one-process command (such
     as ``python -m holdjax.reward.check --model=<checkpoint>``) has converted it. A copy that
     cannot be written (a folder the user cannot write to, or another run's copy finished
     first) leaves the loaded variables in use, never stops the run."""
@@ -166,11 +174,11 @@ def _save_converted(directory: str, variables: dict) -> None:
             save_orbax(directory, variables)
         except (OSError, ValueError) as e:  # orbax refuses an existing destination
             if not os.path.isdir(directory):  # else another run converted it meanwhile
-                print(f"warning: could not write the orbax copy of the released checkpoint "
+                print(f"warning: could not write the orbax copy of the released weights "
                       f"at {directory} ({type(e).__name__}: {e}); the released file will be "
                       "read again next time", file=sys.stderr)
     elif jax.process_index() == 0:
-        print(f"note: no orbax copy of the released checkpoint at {directory}; each process "
+        print(f"note: no orbax copy of the released weights at {directory}; each process "
               "of this job reads the released file instead (a one-process run that loads it, "
               "e.g. python -m holdjax.reward.check --model=<checkpoint>, converts it once)",
               file=sys.stderr)
@@ -203,7 +211,7 @@ def load_holdc_variables(config: holdc.HoldCConfig, path: str | None = None,
     if os.path.isdir(orbax_dir):
         return restore_orbax(orbax_dir, config)
     variables = import_scenic_checkpoint(source, config)
-    _save_converted(orbax_dir, variables)
+    save_converted(orbax_dir, variables)
     return variables
 
 
@@ -236,5 +244,5 @@ def load_holdr(path: str | None = None, orbax_dir: str | None = None,
         raise CheckpointMismatchError(
             f"{orbax_dir if converted else source} is not a HOLD-R checkpoint: {e}") from None
     if not converted:
-        _save_converted(orbax_dir, variables)
+        save_converted(orbax_dir, variables)
     return holdr.HoldRDistance(config, variables)
