@@ -122,6 +122,14 @@ def test_unknown_impl_is_rejected():
         envs.make("pushing", impl="cuda")
 
 
+def test_an_action_of_the_wrong_shape_is_refused_with_the_tasks_shape(pushing):
+    env, reset, _ = pushing
+    state = reset(jax.random.PRNGKey(0), WORLDS)
+    with pytest.raises(ValueError, match=rf"pushing takes actions of shape \(worlds, 2\) = "
+                       rf"\({WORLDS}, 2\), each component in \[-1, 1\]; got \({WORLDS}, 4\)"):
+        env.step(state, jnp.zeros((WORLDS, 4)))
+
+
 def test_sanitize_action_clips_and_zeroes_nan():
     action = jnp.array([2.0, -3.0, jnp.nan, jnp.inf, 0.25])
     np.testing.assert_array_equal(sanitize_action(action), [1.0, -1.0, 0.0, 1.0, 0.25])
@@ -174,8 +182,9 @@ def test_pushing_step_semantics(pushing):
     env, reset, step = pushing
     state = reset(jax.random.PRNGKey(0), WORLDS)
     right = step(state, jnp.tile(jnp.array([1.0, 1.0]), (WORLDS, 1)))
-    # First step: mocap (0, 0.2, 0.07) + 0.02 -> clipped into y >= 0.3, z held toward 0.05.
-    np.testing.assert_allclose(right.state[:, 6:8], np.tile([0.02, 0.3], (WORLDS, 1)), atol=1e-6)
+    # First step: mocap (0, 0.2, 0.07) + 0.02 -> clipped into y >= 0.3, z to its bound 0.05.
+    np.testing.assert_allclose(right.state[:, 6:9], np.tile([0.02, 0.3, 0.05], (WORLDS, 1)),
+                               atol=1e-6)
     assert (right.step_count == 1).all() and not right.done.any()
     # Out-of-range actions are clipped: 5.0 acts as 1.0. (float32 actions: a weakly typed
     # jnp.full would compile the step again.)
@@ -202,7 +211,9 @@ def test_batched_step_equals_single_world_step(pushing):
 def test_episode_ends_at_time_limit(pushing):
     env, reset, step = pushing
     state = reset(jax.random.PRNGKey(0), WORLDS)
-    state = state.replace(step_count=state.step_count + env.episode_length - 1)
+    state = state.replace(step_count=state.step_count + env.episode_length - 2)
+    state = step(state, jnp.zeros((WORLDS, 2)))  # step episode_length - 1: not yet
+    assert not state.done.any() and (state.step_count == env.episode_length - 1).all()
     state = step(state, jnp.zeros((WORLDS, 2)))
     assert state.done.all()
 
@@ -271,10 +282,10 @@ def world_at(xml_file: str):
 @pytest.mark.parametrize("task", TASKS)
 def test_goal_worlds_are_solved(task):
     task = envs.make_task(task)
-    for name, (qpos, hand) in task.goal_worlds().items():
+    for index, (name, (qpos, hand)) in enumerate(task.goal_worlds().items()):
         data = world_at(task.xml_file)(qpos, hand)
         metrics = task.evaluate(task.observe(data))
-        assert int(metrics["subgoal"]) >= 1, name
+        assert int(metrics["subgoal"]) == index + 1, name  # goal image k shows subgoal k
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -306,6 +317,14 @@ def test_goal_images_cli_writes_then_checks_within_the_tolerance(tmp_path, capsy
     capsys.readouterr()
     assert goal_images.main(["--tasks=pushing", f"--out={out}", "--check"]) == 1
     assert "pushing: DIFFERS (largest difference " in capsys.readouterr().out
+    # A file of another shape (here a single row, which would broadcast) differs too.
+    np.save(tmp_path / "pushing.npy", image[:1])
+    assert goal_images.main(["--tasks=pushing", f"--out={out}", "--check"]) == 1
+    assert "pushing: DIFFERS (uint8 (1, 48, 3), the camera gives uint8 (48, 48, 3))" in (
+        capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        goal_images.main(["--tasks=pushing,pushy", f"--out={out}"])
+    assert "unknown task 'pushy' in --tasks; valid tasks: pushing" in capsys.readouterr().err
 
 
 def test_load_goal_images_stacks_a_tasks_subgoal_images_in_order():

@@ -79,16 +79,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare with the files in --out instead of writing (within "
                              f"{CHECK_TOLERANCE} grey levels: renderers differ that much)")
     args = parser.parse_args(argv)
+    tasks = args.tasks.split(",")
+    for task in tasks:
+        if task not in envs.TASKS:
+            parser.error(f"unknown task {task!r} in --tasks; valid tasks: {', '.join(envs.TASKS)}")
     mismatched = []
-    for task in args.tasks.split(","):
+    for task in tasks:
         for name, image in render_goal_images(task).items():
             path = os.path.join(args.out, f"{name}.npy")
             if args.check:
-                if not os.path.exists(path):
-                    print(f"{name}: DIFFERS (no {path})")
+                committed = np.load(path) if os.path.exists(path) else None
+                if committed is None or committed.shape != image.shape or (
+                        committed.dtype != image.dtype):
+                    found = (f"no {path}" if committed is None else
+                             f"{committed.dtype} {committed.shape}, the camera gives "
+                             f"{image.dtype} {image.shape}")
+                    print(f"{name}: DIFFERS ({found})")
                     mismatched.append(name)
                     continue
-                difference = int(np.abs(np.load(path).astype(int) - image).max())
+                difference = int(np.abs(committed.astype(int) - image).max())
                 same = difference <= CHECK_TOLERANCE
                 print(f"{name}: {'matches' if same else 'DIFFERS'} (largest difference "
                       f"{difference} grey levels)")
