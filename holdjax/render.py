@@ -47,7 +47,9 @@ class CameraRenderer:
     ):
         cam_id = mujoco.mj_name2id(mj_model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
         if cam_id < 0:
-            raise ValueError(f"camera {camera!r} is not in the scene")
+            cameras = [mj_model.camera(i).name for i in range(mj_model.ncam)]
+            raise ValueError(f"camera {camera!r} is not in the scene; its cameras: "
+                             f"{', '.join(cameras) or 'none'}")
         self.height, self.width, self.num_worlds, self.mirror = height, width, num_worlds, mirror
         if render_model.impl != mjx.Impl.WARP:
             raise ValueError("the renderer needs a Warp-impl model (mjx.put_model(impl='warp'))")

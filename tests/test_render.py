@@ -7,9 +7,10 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import cached_env
 
-from holdjax.render import RENDER_FIELDS, as_render_data, unpack_rgb
+from holdjax.render import RENDER_FIELDS, CameraRenderer, as_render_data, unpack_rgb
 
 # The render template's bytes, in a process of its own.
 TEMPLATE_DIGEST = """
@@ -39,6 +40,18 @@ def test_as_render_data_copies_only_poses():
     for name in RENDER_FIELDS:
         np.testing.assert_array_equal(getattr(converted, name), getattr(data, name))
     assert converted.impl == env._render_template.impl
+    # Everything else is the template's (with the poses put back, nothing differs).
+    template = env._render_template
+    restored = converted.replace(**{name: getattr(template, name) for name in RENDER_FIELDS})
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(template), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_camera_not_in_the_scene_is_named_with_the_scenes_cameras():
+    env = cached_env("pushing", "jax")
+    with pytest.raises(ValueError, match=r"camera 'top' is not in the scene; its cameras: "
+                                         + env.task.camera):
+        CameraRenderer(env.task.mj_model, env._render_model, "top", 48, 48, 1, False)
 
 
 def test_the_render_template_is_the_same_in_every_process():

@@ -36,13 +36,11 @@ def make_task(name: str, timestep: float | None = None) -> Task:
 def make(
     name: str,
     impl: str = "auto",
-    image_shape: tuple[int, int] | None = None,
     timestep: float | None = None,
     device_axis: tuple[str, int] | None = None,
 ) -> ManipulationEnv:
     """A :class:`ManipulationEnv` of task ``name`` (physics impl ``auto``, ``jax``, ``warp``)."""
-    return ManipulationEnv(make_task(name, timestep), impl=impl, image_shape=image_shape,
-                           device_axis=device_axis)
+    return ManipulationEnv(make_task(name, timestep), impl=impl, device_axis=device_axis)
 
 
 __all__ = [

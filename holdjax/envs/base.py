@@ -20,7 +20,6 @@ import functools
 import os
 from typing import ClassVar
 
-import chex
 import jax
 import jax.numpy as jnp
 import mujoco
@@ -209,7 +208,6 @@ class ManipulationEnv:
         self,
         task: Task,
         impl: str = "auto",
-        image_shape: tuple[int, int] | None = None,
         device_axis: tuple[str, int] | None = None,
         render_obs: bool = True,
     ):
@@ -223,7 +221,7 @@ class ManipulationEnv:
         self.device_axis = device_axis
         self.render_obs = render_obs
         self.impl = impl
-        self.image_shape = tuple(image_shape or task.image_shape)
+        self.image_shape = task.image_shape
         self.model = mjx.put_model(task.mj_model, impl=impl, device=local_device())
         self._render_model = (self.model if impl == "warp" else
                               mjx.put_model(task.mj_model, impl="warp", device=local_device()))
@@ -280,7 +278,11 @@ class ManipulationEnv:
     def step(self, state: EnvState, action: jax.Array) -> EnvState:
         """Advances every world by one control period; ``action`` is (N, action_dim)."""
         num_envs = state.step_count.shape[0]
-        chex.assert_shape(action, (num_envs, self.task.action_dim))
+        if action.shape != (num_envs, self.task.action_dim):
+            raise ValueError(
+                f"{self.task.name} takes actions of shape (worlds, {self.task.action_dim}) = "
+                f"({num_envs}, {self.task.action_dim}), each component in [-1, 1]; got "
+                f"{action.shape}")
         action = sanitize_action(action.astype(jnp.float32))
         data = jax.vmap(self._step_world)(state.data, action)
         return self._finish(data, state.step_count + 1)

@@ -4,7 +4,15 @@ The reference's ``Image48MetaworldDrawerOpenSparse2D-v1``: the RLV fork of Meta-
 ``SawyerDrawerOpenEnv`` (``sawyer_drawer_open.py`` / ``sawyer_drawer.xml``), sparse and
 two-dimensional (dx forced to 0), wrapped by multiworld's
 ``MetaWorldDrawerOpenMirrorEnv`` (48x48 image mirrored left-right). Constants come from
-``../shared/SPEC.md`` and those sources unless a comment says otherwise.
+``../shared/SPEC.md`` and those sources unless a comment says otherwise. The scene is
+``assets/drawer_open.xml``.
+
+Differences from the reference a user may notice: primitives instead of meshes (only the
+wrist end of the arm is drawn); one 12.5 ms physics step per control step instead of
+5 x 2.5 ms; the hand's mocap target never runs more than 5 cm ahead of the hand
+(``MAX_LEAD``); the drawer weighs 1 kg instead of 5000 (only its slide joint moves it
+either way); the scripted expert and the two goal images are holdjax's own (fingers
+hooked on the closed drawer's handle; drawer open).
 """
 
 from __future__ import annotations
@@ -69,9 +77,6 @@ class DrawerOpen(Task):
         super().__init__(timestep)
         m = self.mj_model
         self.drawer_qpos = int(m.jnt_qposadr[m.joint("drawer_slide").id])
-        self.finger_qpos = jnp.array(
-            [int(m.jnt_qposadr[m.joint(j).id]) for j in ("r_close", "l_close")]
-        )
         self.fingertip_sites = jnp.array([m.site(s).id for s in ("fingertip_r", "fingertip_l")])
         self.handle_geom = m.geom("handle").id
         self.finger_actuators = jnp.array([m.actuator(a).id for a in ("r_close", "l_close")])

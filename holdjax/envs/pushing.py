@@ -3,7 +3,14 @@
 The reference's ``Image48HumanLikeSawyerPushForwardEnv-v1`` (multiworld
 ``SawyerPushAndReachTargetObjectXYEnv``, reward ``puck_success_positive``). Constants
 come from ``../shared/SPEC.md`` (gathered from multiworld's sources) unless a comment
-says otherwise.
+says otherwise. The scene is ``assets/pushing.xml``.
+
+Differences from the reference a user may notice: primitives instead of meshes (the mug
+collides as a cylinder, its handle is drawn only; only the wrist end of the arm is drawn);
+20 physics steps of 5 ms per control step instead of 50 x 2 ms (the same 0.1 s, chosen by
+measurement, benchmarks/NOTES.md); the mug meets the table and the fingertips at friction
+1, as MuJoCo's maximum rule gives the reference's 0.1 mug (written as explicit contact
+pairs for MJX); the scripted expert and the goal image are holdjax's own.
 """
 
 from __future__ import annotations

@@ -21,8 +21,6 @@ class EpisodeStats:
     success_any: jax.Array  # (N,) bool: success at any step (the reference's info['success'])
     success_last: jax.Array  # (N,) bool: success at the final step
     episode_return: jax.Array  # (N,) sum of the sparse env reward
-    dense_return: jax.Array  # (N,) sum of the dense reward
-    max_subgoal: jax.Array  # (N,) int: highest subgoal reached
 
 
 def expert_policy(env: ManipulationEnv, noise: float = 0.0) -> Policy:
@@ -55,17 +53,14 @@ def rollout(
 
     def body(state, step_key):
         state = env.step(state, policy(state, step_key))
-        return state, (state.success, state.reward, state.dense_reward, state.subgoal,
-                       state.obs[:frames])
+        return state, (state.success, state.reward, state.obs[:frames])
 
     keys = jax.random.split(policy_key, env.episode_length)
-    _, (success, reward, dense, subgoal, images) = jax.lax.scan(body, state, keys)
+    _, (success, reward, images) = jax.lax.scan(body, state, keys)
     images = jnp.concatenate([state.obs[None, :frames], images], axis=0)
     stats = EpisodeStats(
         success_any=success.any(axis=0),
         success_last=success[-1],
         episode_return=reward.sum(axis=0),
-        dense_return=dense.sum(axis=0),
-        max_subgoal=subgoal.max(axis=0),
     )
     return stats, images
