@@ -130,6 +130,31 @@ def test_an_action_of_the_wrong_shape_is_refused_with_the_tasks_shape(pushing):
         env.step(state, jnp.zeros((WORLDS, 4)))
 
 
+def test_the_hand_target_leads_the_hand_by_at_most_max_lead_within_the_bounds():
+    """drawer_open's target stops 5 cm ahead of a blocked hand and at the bounds; pushing
+    (no lead limit, as the reference) lets it run on."""
+    from types import SimpleNamespace
+
+    def data_with_hand_at(task, hand):
+        qpos = task.place_hand(jnp.asarray(task.mj_model.qpos0), jnp.asarray(hand))
+        mocap = jnp.zeros((task.mj_model.nmocap, 3)).at[task.hand_target_mocap].set(hand)
+        return SimpleNamespace(qpos=qpos, mocap_pos=mocap)
+
+    drawer = envs.make_task("drawer_open")
+    low, high = drawer_module.HAND_LOW, drawer_module.HAND_HIGH
+    data = data_with_hand_at(drawer, [0.0, 0.6, 0.2])
+    np.testing.assert_allclose(drawer.moved_hand_target(data, jnp.array([0.0, 0.1, -0.03]),
+                                                        low, high), [0.0, 0.65, 0.17], atol=1e-6)
+    data = data_with_hand_at(drawer, [0.0, 0.98, 0.2])
+    np.testing.assert_allclose(drawer.moved_hand_target(data, jnp.array([0.0, 0.04, 0.0]),
+                                                        low, high), [0.0, 1.0, 0.2], atol=1e-6)
+    pushing = envs.make_task("pushing")
+    data = data_with_hand_at(pushing, [0.0, 0.5, 0.05])
+    np.testing.assert_allclose(pushing.moved_hand_target(
+        data, jnp.array([0.0, 0.1, 0.0]), pushing_module.HAND_LOW, pushing_module.HAND_HIGH),
+        [0.0, 0.6, 0.05], atol=1e-6)
+
+
 def test_sanitize_action_clips_and_zeroes_nan():
     action = jnp.array([2.0, -3.0, jnp.nan, jnp.inf, 0.25])
     np.testing.assert_array_equal(sanitize_action(action), [1.0, -1.0, 0.0, 1.0, 0.25])

@@ -99,6 +99,9 @@ class Task(abc.ABC):
     # MuJoCo Warp preallocates contacts and constraint rows; these bound one world's.
     max_contacts: ClassVar[int] = 16
     max_constraint_rows: ClassVar[int] = 128
+    # holdjax: the most (metres, per axis) the hand's mocap target may run ahead of the
+    # hand; None lets it run on to its bounds, as the reference's does.
+    max_lead: ClassVar[float | None] = None
 
     def __init__(self, timestep: float | None = None):
         self.mj_model = mujoco.MjModel.from_xml_path(os.path.join(ASSETS_DIR, self.xml_file))
@@ -148,9 +151,24 @@ class Task(abc.ABC):
         adr = self.mj_model.jnt_qposadr[self.mj_model.joint("hand_x").id]
         return slice(int(adr), int(adr) + 3)
 
+    def moved_hand_target(self, data: mjx.Data, delta: jax.Array, low: jax.Array,
+                          high: jax.Array) -> jax.Array:
+        """The hand's mocap target moved by ``delta`` (3,): at most ``max_lead`` ahead of the
+        hand, then clipped to the task's bounds ``low``/``high``."""
+        target = data.mocap_pos[self.hand_target_mocap] + delta
+        if self.max_lead is not None:
+            hand = self.hand_pos(data)
+            target = jnp.clip(target, hand - self.max_lead, hand + self.max_lead)
+        return jnp.clip(target, low, high)
+
     def place_hand(self, qpos: jax.Array, hand: jax.Array) -> jax.Array:
         """``qpos`` with the hand's slide joints putting the hand at ``hand`` (3,)."""
         return qpos.at[self.hand_qpos_slice].set(hand - self.mj_model.body_pos[self.hand_body])
+
+
+def ramp(x: jax.Array) -> jax.Array:
+    """``x`` clipped to [0, 1]: the scripted experts' soft switches."""
+    return jnp.clip(x, 0.0, 1.0)
 
 
 def success_metrics(

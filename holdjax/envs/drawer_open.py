@@ -10,7 +10,7 @@ two-dimensional (dx forced to 0), wrapped by multiworld's
 Differences from the reference a user may notice: primitives instead of meshes (only the
 wrist end of the arm is drawn); one 12.5 ms physics step per control step instead of
 5 x 2.5 ms; the hand's mocap target never runs more than 5 cm ahead of the hand
-(``MAX_LEAD``); the drawer weighs 1 kg instead of 5000 (only its slide joint moves it
+(``max_lead``); the drawer weighs 1 kg instead of 5000 (only its slide joint moves it
 either way); the scripted expert and the two goal images are holdjax's own (fingers
 hooked on the closed drawer's handle; drawer open).
 """
@@ -21,17 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from mujoco import mjx
 
-from holdjax.envs.base import Task, success_metrics
+from holdjax.envs.base import Task, ramp, success_metrics
 
 HAND_LOW = np.array([-0.5, 0.40, 0.05], np.float32)  # reference: mocap clipped to these bounds
 HAND_HIGH = np.array([0.5, 1.0, 0.5], np.float32)
 HAND_START = np.array([0.0, 0.5, 0.25], np.float32)  # reference reset: hand to (0, 0.5, 0.25)
 ACTION_SCALE = 0.01  # reference: mocap += 0.01 * a[:3] (metres)
-# holdjax: the mocap target stays within this distance (per axis) of the hand. In free
-# motion the hand trails the target by at most ~3 cm at full speed, so this only acts
-# when the hand is blocked: the reference lets the target run on (up to its bounds), and
-# the weld then pushes the fingers through the handle or the drawer through its limit.
-MAX_LEAD = 0.05
 SUCCESS_OPEN = 0.12  # reference: success when the drawer is pulled out by >= 0.12 m
 REACH_RADIUS = 0.05  # reference: reachDist < 0.05 ("reach completed")
 HANDLE_CLOSED_Y = 0.70  # reference: handle bar at world (0, 0.70, 0.09), drawer closed
@@ -53,10 +48,6 @@ _GAIN = 0.8
 _DY_PULLING = -(0.05 - 0.005 - 0.008)
 
 
-def _ramp(x):
-    return jnp.clip(x, 0.0, 1.0)
-
-
 class DrawerOpen(Task):
     name = "drawer_open"
     xml_file = "drawer_open.xml"
@@ -72,6 +63,11 @@ class DrawerOpen(Task):
     # full-speed impact (finger into bar ~6 mm vs ~1-4 mm; drawer past a limit ~10 mm vs
     # ~2 mm), which never lets a finger through. 2 substeps cost +60% physics time.
     timestep = 0.0125
+    # holdjax: in free motion the hand trails its target by at most ~3 cm at full speed, so
+    # this only acts when the hand is blocked: the reference lets the target run on (up to
+    # its bounds), and the weld then pushes the fingers through the handle or the drawer
+    # through its limit.
+    max_lead = 0.05
 
     def __init__(self, timestep: float | None = None):
         super().__init__(timestep)
@@ -87,11 +83,8 @@ class DrawerOpen(Task):
         return jnp.asarray(self.mj_model.qpos0), HAND_START
 
     def apply_action(self, data: mjx.Data, action):
-        mocap = data.mocap_pos[self.hand_target_mocap]
         delta = ACTION_SCALE * jnp.array([0.0, action[1], action[2]])  # dx forced to 0
-        hand = self.hand_pos(data)
-        target = jnp.clip(mocap + delta, hand - MAX_LEAD, hand + MAX_LEAD)
-        target = jnp.clip(target, HAND_LOW, HAND_HIGH)
+        target = self.moved_hand_target(data, delta, HAND_LOW, HAND_HIGH)
         ctrl = data.ctrl.at[self.finger_actuators].set(jnp.array([action[3], -action[3]]))
         return data.replace(
             mocap_pos=data.mocap_pos.at[self.hand_target_mocap].set(target), ctrl=ctrl
@@ -140,13 +133,13 @@ class DrawerOpen(Task):
         """
         tips, drawer, handle, target = state[0:3], state[4], state[5:8], state[8:11]
         dy = tips[1] - handle[1]
-        low = _ramp((_Z_CLEAR - tips[2]) / (_Z_CLEAR - _Z_HOOK))
-        aligned = _ramp(1.0 - (jnp.abs(dy) - _ALIGN_TOL) / _ALIGN_RAMP)
+        low = ramp((_Z_CLEAR - tips[2]) / (_Z_CLEAR - _Z_HOOK))
+        aligned = ramp(1.0 - (jnp.abs(dy) - _ALIGN_TOL) / _ALIGN_RAMP)
         lo, hi = _PULL_ZONE
-        in_zone = _ramp(jnp.minimum(dy - lo, hi - dy) / 0.01)
+        in_zone = ramp(jnp.minimum(dy - lo, hi - dy) / 0.01)
         descend = jnp.maximum(aligned, low * in_zone)
-        hooked = _ramp((low - 0.6) / 0.3) * in_zone
-        remaining = _ramp((_OPEN_TARGET + drawer) / _OPEN_RAMP)
+        hooked = ramp((low - 0.6) / 0.3) * in_zone
+        remaining = ramp((_OPEN_TARGET + drawer) / _OPEN_RAMP)
         aim_y = handle[1] - _PULL_OFFSET * hooked * remaining
         aim_z = _Z_CLEAR - descend * (_Z_CLEAR - _Z_HOOK)
         move = _GAIN * (jnp.array([aim_y, aim_z]) - target[1:3]) / ACTION_SCALE

@@ -64,9 +64,8 @@ class Pushing(Task):
         return qpos, HAND_START
 
     def apply_action(self, data: mjx.Data, action):
-        mocap = data.mocap_pos[self.hand_target_mocap]
-        target = mocap + ACTION_SCALE * jnp.array([action[0], action[1], 0.0])
-        target = jnp.clip(target, HAND_LOW, HAND_HIGH)
+        delta = ACTION_SCALE * jnp.array([action[0], action[1], 0.0])
+        target = self.moved_hand_target(data, delta, HAND_LOW, HAND_HIGH)
         return data.replace(mocap_pos=data.mocap_pos.at[self.hand_target_mocap].set(target))
 
     def observe(self, data: mjx.Data):

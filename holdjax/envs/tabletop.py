@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from mujoco import mjx
 
-from holdjax.envs.base import Task, success_metrics
+from holdjax.envs.base import Task, ramp, success_metrics
 
 HAND_LOW = np.array([-0.4, 0.4, 0.0], np.float32)  # reference: mocap clipped to these bounds
 HAND_HIGH = np.array([0.4, 0.8, 0.2], np.float32)
@@ -34,10 +34,6 @@ UPRIGHT = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
 # mug xyz, drawer slide, coffee button, faucet hinge, hand target (mocap) xyz.
 HAND, GAP, MUG, DRAWER, BUTTON, FAUCET, TARGET = (
     slice(0, 3), 3, slice(4, 7), 7, 8, 9, slice(10, 13))
-
-
-def _ramp(x):
-    return jnp.clip(x, 0.0, 1.0)
 
 
 class TabletopTask(Task):
@@ -63,7 +59,7 @@ class TabletopTask(Task):
     # except under full-speed random actions. Measured: random close_drawer success 0.10
     # without it, 0.07 with it (256 episodes); the expert still always succeeds (its
     # mean sparse return drops from 30 to 25 of 60 steps).
-    max_lead: float | None = 0.05
+    max_lead = 0.05
 
     def __init__(self, timestep: float | None = None):
         super().__init__(timestep)
@@ -98,12 +94,7 @@ class TabletopTask(Task):
         return qpos.at[self.faucet_qpos].set(faucet)
 
     def apply_action(self, data: mjx.Data, action):
-        mocap = data.mocap_pos[self.hand_target_mocap]
-        target = mocap + ACTION_SCALE * action[:3]
-        if self.max_lead is not None:
-            hand = self.hand_pos(data)
-            target = jnp.clip(target, hand - self.max_lead, hand + self.max_lead)
-        target = jnp.clip(target, HAND_LOW, HAND_HIGH)
+        target = self.moved_hand_target(data, ACTION_SCALE * action[:3], HAND_LOW, HAND_HIGH)
         ctrl = data.ctrl.at[self.finger_actuators].set(jnp.array([action[4], -action[4]]))
         # The reference sets the mug's orientation upright after every step; holdjax does
         # it before the next step's physics (the env runs the task's hooks only here), and
@@ -184,12 +175,12 @@ class CloseDrawer(TabletopTask):
         bar_y = HANDLE_CLOSED[1] + state[DRAWER]
         approach = jnp.array([HANDLE_CLOSED[0], bar_y - _STANDOFF, _PUSH_Z])
         off_line = jnp.linalg.norm((hand - approach)[jnp.array([0, 2])])
-        aligned = _ramp(1.0 - (off_line - _ALIGN_TOL) / _ALIGN_RAMP)
+        aligned = ramp(1.0 - (off_line - _ALIGN_TOL) / _ALIGN_RAMP)
         push_y = bar_y - _CONTACT + _PUSH_LEAD
         aim_y = approach[1] + aligned * (push_y - approach[1])
         # Behind the bar (in the gap between bar and drawer front or above the drawer):
         # rise over the bar before coming back (the approach point is below it).
-        behind = _ramp((hand[1] - bar_y - 0.005) / 0.01)
+        behind = ramp((hand[1] - bar_y - 0.005) / 0.01)
         aim = jnp.array([approach[0], aim_y, _PUSH_Z + behind * 0.1])
         return _move_towards(aim, state, grip=-1.0)
 
@@ -249,19 +240,19 @@ class CupForward(TabletopTask):
         side = jnp.array([direction[1], -direction[0], 0.0])
         along, across = (hand - mug) @ direction, (hand - mug) @ side
         off_line = jnp.sqrt(across**2 + (hand[2] - _CUP_PUSH_Z) ** 2)
-        aligned = _ramp(1.0 - (off_line - _ALIGN_TOL) / _ALIGN_RAMP)
+        aligned = ramp(1.0 - (off_line - _ALIGN_TOL) / _ALIGN_RAMP)
         distance = jnp.linalg.norm(to_target)
         push = jnp.minimum(distance, _CUP_LEAD)
         offset = -_CUP_CONTACT - _CUP_STANDOFF + aligned * (_CUP_STANDOFF + push)
         aim = mug + offset * direction
         # Beside or in front of the mug (past its back, not clear of it sideways): step
         # aside first; going straight back would drag the mug along.
-        past = _ramp((along + _CUP_CONTACT - 0.015) / 0.01)
-        past = past * _ramp((_CUP_CLEAR - jnp.abs(across)) / 0.01)
+        past = ramp((along + _CUP_CONTACT - 0.015) / 0.01)
+        past = past * ramp((_CUP_CLEAR - jnp.abs(across)) / 0.01)
         away = jnp.where(across >= 0, 1.0, -1.0) * (_CUP_CLEAR + 0.02)
         aside = mug + along * direction + away * side
         aim = (aim + past * (aside - aim)).at[2].set(_CUP_PUSH_Z)
-        done = _ramp((_CUP_DONE - distance) / 0.01)
+        done = ramp((_CUP_DONE - distance) / 0.01)
         return _move_towards(aim + done * (CUP_REST - aim), state, grip=1.0)
 
 
@@ -329,14 +320,14 @@ class FaucetRight(TabletopTask):
         rel = hand[:2] - FAUCET_HINGE
         radial, tangential = rel @ along, rel @ normal
         off_line = jnp.sqrt((radial - _FAUCET_RADIUS) ** 2 + (hand[2] - _FAUCET_PUSH_Z) ** 2)
-        on_side = _ramp((tangential - 0.01) / 0.01)
-        aligned = _ramp(1.0 - (off_line - _ALIGN_TOL) / _ALIGN_RAMP) * on_side
+        on_side = ramp((tangential - 0.01) / 0.01)
+        aligned = ramp(1.0 - (off_line - _ALIGN_TOL) / _ALIGN_RAMP) * on_side
         # Past FAUCET_GOAL the aim falls back behind the bar, so the sweep stops there.
         q_aim = q - aligned * jnp.clip(q - FAUCET_GOAL, -_FAUCET_AHEAD, _FAUCET_AHEAD)
         aim_along, aim_normal = _handle_frame(q_aim)
         distance = _FAUCET_CONTACT + (1.0 - aligned) * _FAUCET_STANDOFF
         xy = FAUCET_HINGE + _FAUCET_RADIUS * aim_along + distance * aim_normal
         # On the bar's -x side within its reach: go over it.
-        wrong_side = (1.0 - on_side) * _ramp((FAUCET_HANDLE_LENGTH + 0.03 - radial) / 0.01)
+        wrong_side = (1.0 - on_side) * ramp((FAUCET_HANDLE_LENGTH + 0.03 - radial) / 0.01)
         aim = jnp.array([xy[0], xy[1], _FAUCET_PUSH_Z + wrong_side * _FAUCET_CLEAR_Z])
         return _move_towards(aim, state, grip=1.0)
