@@ -46,7 +46,8 @@ def checkpoint_dir(run_dir: str) -> str:
     return os.path.abspath(os.path.join(run_dir, "checkpoints"))
 
 
-def manager(run_dir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+def manager(run_dir: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
+    """The run's checkpoints; saving through it keeps the newest ``max_to_keep`` (None: all)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     return ocp.CheckpointManager(checkpoint_dir(run_dir), options=options)
 

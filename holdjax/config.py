@@ -150,6 +150,9 @@ class TrainConfig:
     out: str = ""  # "" -> $HOLD_TOP_DIR/hold_policies/<name> or runs/<name>
     checkpoint_frequency: int = 10  # epochs
     save_replay: bool = False
+    # Checkpoints kept, the newest; 0: every one (evaluate --step reads any), or the newest 3
+    # with --save_replay, since each then holds the replay buffer (gigabytes in a long run).
+    keep_checkpoints: int = 0
     path_save_frequency: int = 50  # epochs between eval videos; 0 = never
     impl: str = "auto"  # MJX physics impl
 
@@ -199,6 +202,11 @@ class TrainConfig:
         return device_default(self.updates_per_step, 1.0 / self.num_envs, 1.0)
 
     @property
+    def resolved_keep_checkpoints(self) -> int | None:
+        """How many checkpoints a run keeps (None: all); see ``keep_checkpoints``."""
+        return self.keep_checkpoints or (3 if self.save_replay else None)
+
+    @property
     def resolved_eval_batch(self) -> int:
         return device_default(self.eval_batch, 1, 10)
 
@@ -221,7 +229,8 @@ class TrainConfig:
         """This config with the fields that do not change the compiled program reset, so
         runs that differ only in output, length or logging share one trainer."""
         return dataclasses.replace(self, name="", out="", num_epochs=1, checkpoint_frequency=1,
-                                   save_replay=False, path_save_frequency=0, eval_batch=0,
+                                   save_replay=False, keep_checkpoints=0,
+                                   path_save_frequency=0, eval_batch=0,
                                    replay_size=self.replay_capacity)
 
     @property
@@ -291,7 +300,7 @@ class TrainConfig:
         check_encoder_conv(self.encoder_conv)
         self.sac  # noqa: B018 (SACConfig checks its own combinations)
         for name in ("initial_random_steps", "learning_starts", "replay_size", "aug_pad",
-                     "path_save_frequency", "eval_batch"):
+                     "path_save_frequency", "eval_batch", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name, low, high in (("learning_rate", 0.0, None), ("tau", 0.0, 1.0),

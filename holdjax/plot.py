@@ -68,6 +68,7 @@ def drop_unfinished_line(path: str) -> None:
             f.truncate(start)
 
 
+MARKED_POINTS = 50  # curves of at most this many epochs get a marker at each
 # What a curve's x axis may be: a key of every metrics record, and its axis label.
 X_AXES = {"env_steps": "environment steps", "wall_s": "training time (minutes)"}
 
@@ -110,7 +111,9 @@ def curves_figure(run_dirs: list[str], metric: str = "eval_success_rate", x: str
         steps, values = _load_curve(run_dir, metric, x)
         seeds = values.shape[1]
         label = f"{os.path.basename(os.path.normpath(run_dir))} ({seeds} seed{'s' * (seeds > 1)})"
-        line, = ax.plot(steps, values.mean(axis=1), label=label)
+        # Markers on short curves, so that a lone point (one epoch logged) shows.
+        line, = ax.plot(steps, values.mean(axis=1), label=label,
+                        marker="o" if len(steps) <= MARKED_POINTS else None, markersize=3)
         ax.fill_between(steps, values.min(axis=1), values.max(axis=1), alpha=0.2,
                         color=line.get_color())
     if metric.endswith("rate"):
@@ -125,9 +128,15 @@ def curves_figure(run_dirs: list[str], metric: str = "eval_success_rate", x: str
 
 def plot_runs(run_dirs: list[str], out: str, metric: str = "eval_success_rate",
               x: str = "env_steps") -> str:
-    """Writes `curves_figure` to the image file ``out``; returns its path."""
+    """Writes `curves_figure` to the image file ``out`` (``.png`` added when it has no
+    suffix, as matplotlib does); returns its path."""
     import matplotlib.pyplot as plt
 
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a folder: name an image file, e.g. "
+                         f"{os.path.join(out, 'curves.png')}")
+    if not os.path.splitext(out)[1]:
+        out += ".png"
     fig = curves_figure(run_dirs, metric, x)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=120)

@@ -814,8 +814,11 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                 f"due after epoch {config.checkpoint_frequency}); start it again without "
                 "--resume")
         if latest >= config.num_epochs:
-            print(f"{run_dir} has finished its {config.num_epochs} epochs; pass a larger "
-                  "--total_steps to train it further", file=sys.stderr)
+            done = (f"has finished its {latest} epochs" if latest == config.num_epochs else
+                    f"already has {latest} epochs, more than the {config.num_epochs} asked for "
+                    "(nothing is trained or removed)")
+            print(f"{run_dir} {done}; pass a larger --total_steps to train it further",
+                  file=sys.stderr)
             return _logged_record(run_dir, latest)
     elif latest is not None:
         raise checkpoint.CheckpointError(
@@ -857,7 +860,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
                   f"{run_dir} that wrote no checkpoint", file=sys.stderr)
         checkpoint.write_config(run_dir, config)
         drop_unfinished_line(metrics_path)
-    mngr = checkpoint.manager(run_dir)
+    mngr = checkpoint.manager(run_dir, config.resolved_keep_checkpoints)
     start_steps = int(state.env_steps)
     # wall_s counts training time over all of a run's sessions (a resumed run goes on from
     # the time logged with its checkpoint); env_steps_per_s is this session's rate.
@@ -1124,6 +1127,9 @@ def main(argv: list[str] | None = None) -> dict:
         if rest:
             raise ValueError(_unknown_flags_message(rest))
         config.validate()
+        if os.path.exists(config.out_dir) and not os.path.isdir(config.out_dir):
+            raise ValueError(f"--out {config.out_dir} is a file, not a run directory: name a "
+                             "folder (made if missing)")
         devices = training_devices(config)  # a multi-process job must split the seeds
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -83,6 +83,10 @@ def test_envs_cli_refuses_a_video_format_before_rolling_out(monkeypatch, capsys)
     with pytest.raises(SystemExit):
         envs_cli(["--task=pushing", "--impl=cuda"])
     assert "unknown physics impl 'cuda'; valid: auto, warp, jax" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        envs_cli(["--task=pushing", "--noise=-1"])
+    assert "--noise is the std of the expert's action noise: >= 0, got -1.0" in (
+        capsys.readouterr().err)
 
 
 def test_each_mesh_position_renders_on_its_own_hosts_gpu():

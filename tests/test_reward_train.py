@@ -513,3 +513,8 @@ def test_make_reward_uses_the_default_model_training_it_first(tiny_model, tmp_pa
         if v != getattr(rt.RewardTrainConfig(), k) and k != "seed")
     assert float(reward_fn.baselines[0]) < 1e-3
     assert reward_fn.distance(reward_fn.goals).shape == (1, 1)
+    # A model trained on one task's footage scores another's only with a warning.
+    other = dataclasses.replace(config, task="drawer_open", reward_checkpoint=default)
+    assert base.make_reward(other, rt.task_env("drawer_open")).num_goals == 2
+    assert (f"warning: {default} was trained on pushing's footage, not drawer_open's"
+            in capsys.readouterr().err)

@@ -418,6 +418,23 @@ def test_plot_curve_is_the_seed_mean_with_its_range_on_a_rate_axis(tmp_path):
                                     f"--out={tmp_path / 'by_time.png'}"]))
 
 
+def test_plot_writes_where_it_says_marks_short_curves_and_refuses_a_folder(tmp_path, capsys):
+    """An --out without a suffix is written (and named) as PNG; a folder is refused; a run
+    of one epoch shows its one point."""
+    os.makedirs(tmp_path / "run")
+    (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps(
+        {"epoch": 1, "env_steps": 1000, "eval_success_rate": [0.5]}) + "\n")
+    assert plot_cli([str(tmp_path / "run"), f"--out={tmp_path / 'bare'}"]) == str(
+        tmp_path / "bare.png")
+    assert f"wrote {tmp_path / 'bare.png'}" in capsys.readouterr().out
+    assert os.path.getsize(tmp_path / "bare.png") > 1000
+    with pytest.raises(SystemExit):
+        plot_cli([str(tmp_path / "run"), f"--out={tmp_path / 'run'}"])
+    assert f"--out {tmp_path / 'run'} is a folder" in capsys.readouterr().err
+    (line,) = curves_figure([str(tmp_path / "run")]).axes[0].get_lines()
+    assert line.get_marker() == "o"
+
+
 def test_config_flags():
     config, rest = config_from_args(["--config=fig3a_pushing_sac", "--seeds=5",
                                      "--timeouts_as_terminal=true", "--resume"])
@@ -472,6 +489,21 @@ def test_update_unroll_device_default(monkeypatch):
 def test_out_of_range_settings_fail_before_anything_is_built(field, value, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(TrainConfig(), **{field: value}).validate()
+
+
+def test_runs_keep_every_checkpoint_or_the_newest_with_their_replay(tmp_path):
+    """Every checkpoint stays (evaluate --step reads any), unless each holds the replay
+    buffer (--save_replay): then the newest 3, or --keep_checkpoints of them."""
+    assert TrainConfig().resolved_keep_checkpoints is None
+    assert TrainConfig(save_replay=True).resolved_keep_checkpoints == 3
+    assert TrainConfig(keep_checkpoints=5, save_replay=True).resolved_keep_checkpoints == 5
+    state = {"w": jnp.ones(3)}
+    for keep, kept in ((None, [1, 2, 3, 4, 5]), (2, [4, 5])):
+        run_dir = str(tmp_path / str(keep))
+        mngr = checkpoint.manager(run_dir, keep)
+        for epoch in range(1, 6):
+            checkpoint.save(mngr, epoch, state)
+        assert sorted(checkpoint.manager(run_dir).all_steps()) == kept
 
 
 def test_a_replay_too_small_to_start_updates_is_refused():
@@ -538,6 +570,16 @@ def test_bad_train_flags_exit_with_a_message(flag, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "error:" in err and message in err
+
+
+def test_an_out_that_is_a_file_is_refused_before_anything_is_built(tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.setattr("holdjax.train.train", lambda config, resume: pytest.fail("trained"))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli([f"--out={tmp_path / 'afile'}"])
+    assert exit_info.value.code == 2
+    assert f"error: --out {tmp_path / 'afile'} is a file" in capsys.readouterr().err
 
 
 def test_train_help_lists_its_flags_and_each_fields_comment(capsys):
@@ -707,6 +749,17 @@ def test_two_processes_train_as_one_job(state_run, tmp_path):
     for a, b in zip(jax.tree.leaves(saved.sac), jax.tree.leaves(params_of(config.out_dir,
                                                                           config)), strict=True):
         np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(b)[0])
+
+
+def test_resuming_a_run_that_has_its_epochs_trains_nothing_and_says_so(state_run, monkeypatch,
+                                                                       capsys):
+    config, record = state_run
+    monkeypatch.setattr("holdjax.train.get_trainer", lambda config: pytest.fail("built"))
+    assert train(config, resume=True, quiet=True) == record
+    assert f"{config.out_dir} has finished its 2 epochs; pass a larger" in capsys.readouterr().err
+    assert train(dataclasses.replace(config, num_epochs=1), resume=True, quiet=True) == record
+    assert (f"{config.out_dir} already has 2 epochs, more than the 1 asked for (nothing is "
+            "trained or removed)") in capsys.readouterr().err
 
 
 def test_a_half_configured_multi_process_launch_says_what_to_set(tmp_path):

@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--episodes must be at least 1")
     if args.num_envs is not None and args.num_envs < 1:
         parser.error("--num_envs must be at least 1")
+    if args.noise < 0:
+        parser.error(f"--noise is the std of the expert's action noise: >= 0, got {args.noise}")
     if args.video:
         try:
             check_video_path(args.video)

@@ -218,6 +218,10 @@ def holdc_to_goals(config, task: str, goals: jax.Array) -> tuple[DistanceToGoals
               "demonstrations; the released one would be read from "
               "$HOLD_TOP_DIR/hold/holdc/checkpoint)", file=sys.stderr)
         model = reward_train.load_model(source, **_distance_settings(config))
+        if (trained_on := reward_train.model_task(source)) != task:
+            print(f"warning: {source} was trained on {trained_on}'s footage, not {task}'s: how "
+                  f"well it ranks {task}'s frames is unknown (python -m holdjax.reward.check "
+                  f"--task={task} --model={source} measures it)", file=sys.stderr)
     return model.to_goals(goals), source
 
 

@@ -702,6 +702,12 @@ def ensure_default_model(task: str) -> str:
     return path
 
 
+def model_task(path: str) -> str:
+    """The task on whose footage the model at ``path`` was trained."""
+    with open(os.path.join(path, MODEL_FILE)) as f:
+        return json.load(f)["train"]["task"]
+
+
 def stale_settings(path: str) -> list[str]:
     """The training settings of the model at ``path`` (its model.json) that differ from the
     current defaults for its task, e.g. a default model trained by an older holdjax."""
