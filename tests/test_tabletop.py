@@ -138,13 +138,21 @@ def test_random_actions_mostly_fail(name):
     assert success.any(axis=0).mean() <= RANDOM_MAX_SUCCESS[name]
 
 
+def metrics_of(name, **parts):
+    """``Task.evaluate`` of task ``name`` on a state that holds only ``parts`` (tabletop's
+    state slices by name: MUG, HAND, DRAWER, FAUCET), as floats."""
+    task = envs.make_task(name)
+    state = jnp.zeros(task.state_dim)
+    for part, value in parts.items():
+        state = state.at[getattr(tabletop, part)].set(value)
+    return {k: float(v) for k, v in task.evaluate(state).items()}
+
+
 def test_cup_forward_success_and_dense_reward():
-    task = envs.make_task("cup_forward")
     target = np.asarray(tabletop.MUG_TARGET)
 
     def metrics(mug, hand):
-        state = jnp.zeros(task.state_dim).at[tabletop.MUG].set(mug).at[tabletop.HAND].set(hand)
-        return {k: float(v) for k, v in task.evaluate(state).items()}
+        return metrics_of("cup_forward", MUG=mug, HAND=hand)
 
     # Success: the mug within 0.075 of the target in 3-D (the reference's criterion).
     assert metrics(target + [0.0, -0.0749, 0.0], target)["success"] == 1.0
@@ -159,13 +167,10 @@ def test_cup_forward_success_and_dense_reward():
 
 
 def test_close_drawer_success_and_dense_reward():
-    task = envs.make_task("close_drawer")
     hand_target = np.asarray(tabletop.DRAWER_DENSE_HAND)
 
     def metrics(drawer, hand=hand_target):
-        state = jnp.zeros(task.state_dim).at[tabletop.DRAWER].set(drawer)
-        state = state.at[tabletop.HAND].set(hand)
-        return {k: float(v) for k, v in task.evaluate(state).items()}
+        return metrics_of("close_drawer", DRAWER=drawer, HAND=hand)
 
     # Success: the drawer joint above -0.05 (closed to within 5 cm); the start's -0.07 fails.
     assert metrics(-0.0499)["success"] == 1.0
@@ -178,13 +183,10 @@ def test_close_drawer_success_and_dense_reward():
 
 
 def test_faucet_right_success_and_dense_reward():
-    task = envs.make_task("faucet_right")
     hand_target = np.asarray(tabletop.FAUCET_DENSE_HAND)
 
     def metrics(faucet, hand=hand_target):
-        state = jnp.zeros(task.state_dim).at[tabletop.FAUCET].set(faucet)
-        state = state.at[tabletop.HAND].set(hand)
-        return {k: float(v) for k, v in task.evaluate(state).items()}
+        return metrics_of("faucet_right", FAUCET=faucet, HAND=hand)
 
     # Success: the faucet joint below -0.01 rad (turned right); left never counts.
     assert metrics(-0.0101)["success"] == 1.0
