@@ -207,6 +207,14 @@ def central_crop(images: jax.Array) -> jax.Array:
     return images[..., top:top + side, left:left + side, :]
 
 
+def crop_for_model(frames: jax.Array, size: int, zero_centering: bool) -> jax.Array:
+    """uint8 frames (..., H, W, 3) as the HOLD models see them: the central square, resized
+    bilinearly (jax's, antialiased) to ``size``, in [0, 1], or [-1, 1] when zero-centred."""
+    images = image_to_float(central_crop(frames))
+    images = jax.image.resize(images, (*images.shape[:-3], size, size, 3), method="bilinear")
+    return images * 2.0 - 1.0 if zero_centering else images
+
+
 def render_device(shard: int, devices: list, process_index: int) -> str:
     """The Warp device (``cuda:<this host's index>``) for the renderer of mesh position
     ``shard``, the trainer's ``devices[shard]``. Every process builds every position's

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from holdjax.envs.base import central_crop, image_to_float
+from holdjax.envs.base import crop_for_model
 from holdjax.reward import batch_norm
 
 # Depth -> (blocks per stage, bottleneck blocks), as in scenic's ResNet.
@@ -189,10 +189,7 @@ def preprocess(config: HoldCConfig, frames: jax.Array) -> jax.Array:
     chex.assert_rank(frames, 4)
     chex.assert_type(frames, jnp.uint8)
     chex.assert_axis_dimension(frames, 3, 3)
-    images = image_to_float(central_crop(frames))
-    size = (images.shape[0], config.crop_size, config.crop_size, 3)
-    images = jax.image.resize(images, size, method="bilinear")
-    return images * 2.0 - 1.0 if config.zero_centering else images
+    return crop_for_model(frames, config.crop_size, config.zero_centering)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from holdjax.envs.base import central_crop, image_to_float
+from holdjax.envs.base import crop_for_model
 
 ATTENTIONS = ("auto", "flax", "cudnn")
 
@@ -121,9 +121,7 @@ def preprocess(frames: jax.Array, crop_size: int, zero_centering: bool = True) -
     """uint8 frames (..., H, W, 3) -> float32 (..., crop, crop, 3), as the reference feeds its
     model: central square crop, bilinear resize (jax's, antialiased), then [0, 1] -> [-1, 1]."""
     chex.assert_axis_dimension(frames, -1, 3)
-    x = image_to_float(central_crop(frames))
-    x = jax.image.resize(x, (*x.shape[:-3], crop_size, crop_size, 3), method="bilinear")
-    return x * 2.0 - 1.0 if zero_centering else x
+    return crop_for_model(frames, crop_size, zero_centering)
 
 
 def init_history(first: jax.Array, length: int) -> jax.Array:
