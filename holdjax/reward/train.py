@@ -651,9 +651,7 @@ def load_model(path: str, **overrides) -> holdc.HoldCDistance:
         raise FileNotFoundError(
             f"no holdjax HOLD-C model at {path} (no {MODEL_FILE}); train one with "
             "`python -m holdjax.reward.train --task=TASK --out=PATH`")
-    with open(os.path.join(path, MODEL_FILE)) as f:
-        architecture = json.load(f)["model"]
-    config = holdc.HoldCConfig(**architecture, **overrides)
+    config = holdc.HoldCConfig(**model_record(path)["model"], **overrides)
     variables = scenic_checkpoint.restore_orbax(os.path.join(path, CHECKPOINT_DIR), config)
     return holdc.HoldCDistance(config, variables)
 
@@ -702,17 +700,21 @@ def ensure_default_model(task: str) -> str:
     return path
 
 
+def model_record(path: str) -> dict:
+    """What ``model.json`` of the model at ``path`` records (`save_model`)."""
+    with open(os.path.join(path, MODEL_FILE)) as f:
+        return json.load(f)
+
+
 def model_task(path: str) -> str:
     """The task on whose footage the model at ``path`` was trained."""
-    with open(os.path.join(path, MODEL_FILE)) as f:
-        return json.load(f)["train"]["task"]
+    return model_record(path)["train"]["task"]
 
 
 def stale_settings(path: str) -> list[str]:
     """The training settings of the model at ``path`` (its model.json) that differ from the
     current defaults for its task, e.g. a default model trained by an older holdjax."""
-    with open(os.path.join(path, MODEL_FILE)) as f:
-        used = json.load(f)["train"]
+    used = model_record(path)["train"]
     defaults = dataclasses.asdict(RewardTrainConfig(task=used["task"]))
     return sorted(k for k, v in defaults.items() if k != "seed" and used.get(k) != v)
 
