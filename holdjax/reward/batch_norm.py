@@ -11,7 +11,9 @@ kernels and 62 GB per 512 frames become 65 and 39 GB; `benchmarks/NOTES.md`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -45,6 +47,34 @@ def for_scoring(fold, config, variables: dict) -> dict:
     if is_folded(variables):
         return variables
     return jax.jit(fold, static_argnums=0)(config, variables)
+
+
+class FoldedDistance:
+    """A ResNet embedding model bound to its variables, callable as ``distance(frames, goals)``
+    (uint8 (N, H, W, 3) and (G, H', W', 3) -> (N, G)); it scores with the batch norms folded.
+    A model's subclass names its module's ``fold(config, variables)``,
+    ``embed_frames(config, variables, frames)`` and
+    ``distances(config, variables, frames, goal_embeddings)``."""
+
+    fold: Callable[[Any, dict], dict]
+    embed_frames: Callable[[Any, dict, jax.Array], jax.Array]
+    distances: Callable[..., jax.Array]
+
+    def __init__(self, config, variables: dict):
+        self.config = config
+        self.variables = for_scoring(self.fold, config, variables)
+
+    def __call__(self, frames: jax.Array, goals: jax.Array) -> jax.Array:
+        return self.to_goals(goals)(frames)
+
+    def embed(self, frames: jax.Array) -> jax.Array:
+        return self.embed_frames(self.config, self.variables, frames)
+
+    def to_goals(self, goals: jax.Array) -> Callable[[jax.Array], jax.Array]:
+        """frames -> (N, G) distances to ``goals``, whose embeddings are computed only here:
+        the goals never change during a run, so a step need not embed them again."""
+        return functools.partial(self.distances, self.config, self.variables,
+                                 goal_embeddings=self.embed(goals))
 
 
 def fold_batch_norms(variables: dict, conv_norms: dict[str, str], epsilon: float,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import chex
@@ -231,23 +230,9 @@ def distance(config: HoldCConfig, variables: dict, frames: jax.Array,
     return distance_to_embeddings(config, variables, frames, embed(config, variables, goals))
 
 
-class HoldCDistance:
-    """A HOLD-C model bound to its variables, callable as ``distance(frames, goals)``; it
-    scores with the batch norms folded (`fold_batch_norm`)."""
+class HoldCDistance(batch_norm.FoldedDistance):
+    """A HOLD-C model bound to its variables, callable as ``distance(frames, goals)``."""
 
-    def __init__(self, config: HoldCConfig, variables: dict):
-        self.config = config
-        self.variables = batch_norm.for_scoring(fold_batch_norm, config, variables)
-
-    def __call__(self, frames: jax.Array, goals: jax.Array) -> jax.Array:
-        return distance(self.config, self.variables, frames, goals)
-
-    def embed(self, frames: jax.Array) -> jax.Array:
-        return embed(self.config, self.variables, frames)
-
-    def to_goals(self, goals: jax.Array) -> Callable[[jax.Array], jax.Array]:
-        """frames -> (N, G) distances to ``goals``, whose embeddings are computed only here:
-        the goals never change during a run, so a step need not embed them again."""
-        goal_embeddings = self.embed(goals)
-        return functools.partial(distance_to_embeddings, self.config, self.variables,
-                                 goal_embeddings=goal_embeddings)
+    fold = staticmethod(fold_batch_norm)
+    embed_frames = staticmethod(embed)
+    distances = staticmethod(distance_to_embeddings)

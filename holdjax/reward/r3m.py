@@ -233,26 +233,12 @@ def distance_to_embeddings(config: R3MConfig, variables: dict, frames: jax.Array
     return jnp.sqrt(jnp.sum(jnp.square(diff), axis=-1))
 
 
-class R3MDistance:
-    """An R3M model bound to its variables, callable as ``distance(frames, goals)``; it scores
-    with the batch norms folded (`fold_batch_norm`)."""
+class R3MDistance(batch_norm.FoldedDistance):
+    """An R3M model bound to its variables, callable as ``distance(frames, goals)``."""
 
-    def __init__(self, config: R3MConfig, variables: dict):
-        self.config = config
-        self.variables = batch_norm.for_scoring(fold_batch_norm, config, variables)
-
-    def __call__(self, frames: jax.Array, goals: jax.Array) -> jax.Array:
-        """uint8 frames (N, H, W, 3), goals (G, H', W', 3) -> (N, G) distances."""
-        return distance_to_embeddings(self.config, self.variables, frames, self.embed(goals))
-
-    def embed(self, frames: jax.Array) -> jax.Array:
-        return embed(self.config, self.variables, frames)
-
-    def to_goals(self, goals: jax.Array) -> Callable[[jax.Array], jax.Array]:
-        """frames -> (N, G) distances to ``goals``, whose embeddings are computed only here:
-        the goals never change during a run, so a step need not embed them again."""
-        return functools.partial(distance_to_embeddings, self.config, self.variables,
-                                 goal_embeddings=self.embed(goals))
+    fold = staticmethod(fold_batch_norm)
+    embed_frames = staticmethod(embed)
+    distances = staticmethod(distance_to_embeddings)
 
 
 # --- reading torch.save files without torch --------------------------------------------------
