@@ -100,7 +100,9 @@ class TrainConfig:
     # accelerator (10% more updates/s on an H100, twice the compile time), 1 on a CPU.
     update_unroll: int = 0
     initial_random_steps: int = 1000
-    learning_starts: int = 0  # transitions per seed before updates; 0 -> one episode
+    # Transitions per seed before updates start; 0 -> the reference's: the initial random
+    # steps' (at least one episode, at most what the replay holds).
+    learning_starts: int = 0
     # Transitions kept per seed (rounded up to whole steps of all worlds); 0 -> min(1e6,
     # num_epochs * epoch_length), at least one batch. The reference took min(1e6, num_epochs
     # * 1000) whatever the epoch length (a quirk: 40k for its 400k-step drawer runs, 80k for
@@ -181,10 +183,16 @@ class TrainConfig:
     @property
     def min_replay(self) -> int:
         """Transitions per seed that the buffer holds before updates start: learning_starts,
-        or one episode (the reference's rule)."""
+        or, as the reference, the initial random steps' transitions (its updates begin
+        after its random steps; it also waits for one episode, which only matters with fewer
+        random steps), capped at what the replay holds so that a short run still trains."""
+        if self.learning_starts:
+            return self.learning_starts
         from holdjax import envs
 
-        return self.learning_starts or envs.task_class(self.task).episode_length
+        wanted = max(self.initial_random_steps, envs.task_class(self.task).episode_length)
+        return min(wanted, held_transitions(replay_rows(self.replay_capacity, self.num_envs),
+                                            self.num_envs))
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -321,7 +329,7 @@ class TrainConfig:
         if self.min_replay > held:
             raise ValueError(
                 f"updates would never start: they wait for {self.min_replay} transitions "
-                f"(learning_starts, or one episode when 0) but the replay holds {held}; "
+                f"(--learning_starts) but the replay holds {held}; "
                 "lower --learning_starts or raise --replay_size")
         return self
 

@@ -378,9 +378,10 @@ class Trainer:
             replay, transitions)
         env_steps = state.env_steps + self.config.num_envs
 
-        # Until the buffer holds min_replay transitions (by default one episode) the updates
-        # run and are discarded: a select, unlike lax.cond, lets XLA update the learner in
-        # place (an update under cond cost 14% more on the CPU; benchmarks/NOTES.md).
+        # Until the buffer holds min_replay transitions (by default the initial random
+        # steps') the updates run and are discarded: a select, unlike lax.cond, lets XLA
+        # update the learner in place (an update under cond cost 14% more on the CPU;
+        # benchmarks/NOTES.md).
         ready = replay.size[0] * self.config.num_envs >= self.min_replay  # size counts rows
         updated, metrics = over_seeds(self._updates, self.num_seeds)(state.sac, replay, update_key)
         sac = jax.tree.map(lambda new, old: jnp.where(ready, new, old), updated, state.sac)

@@ -507,15 +507,25 @@ def test_runs_keep_every_checkpoint_or_the_newest_with_their_replay(tmp_path):
 
 
 def test_a_replay_too_small_to_start_updates_is_refused():
-    """Updates wait for learning_starts transitions (one episode when 0): a replay that can
-    never hold them would train nothing, so the settings are refused up front."""
+    """Updates wait for learning_starts transitions: a replay that can never hold them would
+    train nothing, so the settings are refused up front."""
     with pytest.raises(ValueError, match="wait for 2000 transitions .* the replay holds 1008"):
         TrainConfig(replay_size=1000, learning_starts=2000).validate()
     TrainConfig(replay_size=1000, learning_starts=1008).validate()  # rounded up to whole rows
-    drawer = TrainConfig(task="drawer_open", batch_size=64, replay_size=100)  # 200-step episodes
-    assert drawer.min_replay == 200
-    with pytest.raises(ValueError, match="wait for 200 transitions"):
-        drawer.validate()
+
+
+def test_updates_start_after_the_initial_random_steps_as_the_references():
+    """By default updates wait for the random steps' transitions (the reference explores
+    first, then updates), for one episode when there are fewer, and for no more than the
+    replay holds."""
+    assert TrainConfig().min_replay == 1000
+    assert TrainConfig(initial_random_steps=2500).min_replay == 2500
+    assert TrainConfig(initial_random_steps=0).min_replay == 100  # pushing's episode
+    assert TrainConfig(task="drawer_open", initial_random_steps=50).min_replay == 200
+    small = TrainConfig(task="drawer_open", batch_size=64, replay_size=100)  # 112 held
+    assert small.min_replay == 112
+    small.validate()
+    assert TrainConfig(learning_starts=300).min_replay == 300
 
 
 def test_an_update_ratio_not_whole_per_fused_step_is_rounded_and_told(monkeypatch, capsys):
