@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
+import imageio.v2 as imageio
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -322,8 +324,13 @@ def test_evaluate_reads_a_checkpoint_written_by_train(two_seed_run, monkeypatch,
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
 
 
-def test_plot_draws_curves(two_seed_run, tmp_path):
+def test_plot_draws_a_trained_runs_logged_success(two_seed_run, tmp_path):
+    """A run's own metrics.jsonl draws as the seeds' mean eval success per logged step."""
     config, _ = two_seed_run
+    records = read_metrics(config.out_dir)
+    (ax,) = curves_figure([config.out_dir]).axes
+    np.testing.assert_allclose(ax.get_lines()[0].get_xydata(), [
+        [r["env_steps"], np.mean(r["eval_success_rate"])] for r in records])
     path = plot_runs([config.out_dir], str(tmp_path / "curves.png"))
     assert os.path.getsize(path) > 1000
 
@@ -387,6 +394,7 @@ def test_plot_curve_is_the_seed_mean_with_its_range_on_a_rate_axis(tmp_path):
     """One line per run at the seeds' mean, labelled with the seed count; success rates on
     a 0-1 axis even when every value is 0; other metrics scaled to their values; against
     env steps or minutes of training."""
+    import matplotlib.colors
     import matplotlib.pyplot as plt
 
     # Run "two" was resumed from epoch 1 and logged epoch 2 twice: the later record counts.
@@ -402,6 +410,12 @@ def test_plot_curve_is_the_seed_mean_with_its_range_on_a_rate_axis(tmp_path):
     two, one = ax.get_lines()
     np.testing.assert_allclose(two.get_xydata(), [[1000, 0.25], [2000, 0.3]])
     np.testing.assert_allclose(one.get_ydata(), [0.0, 0.0])
+    # The shaded band spans the seeds' range: its outline holds each step's min and max.
+    band = {tuple(v) for v in ax.collections[0].get_paths()[0].vertices.tolist()}
+    assert {(1000, 0.0), (1000, 0.5), (2000, 0.2), (2000, 0.4)} <= band
+    assert {y for x, y in band if x == 1000} == {0.0, 0.5}
+    assert ax.collections[0].get_facecolor()[0][:3] == pytest.approx(
+        matplotlib.colors.to_rgb(two.get_color()))
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["two (2 seeds)",
                                                                    "one (1 seed)"]
     assert ax.get_ylim() == (-0.02, 1.02)
@@ -573,7 +587,8 @@ def test_total_steps_must_be_a_positive_int():
     ("--task", "--task needs a value"), ("--total_steps", "--total_steps needs a value"),
     ("--distance_params=a,b", "--distance_params expects comma-separated numbers"),
     ("--resume=maybe", "--resume expects true or false, got 'maybe'"),
-    ("--num_envs=many", "--num_envs expects an int")])
+    ("--num_envs=many", "--num_envs expects an int"),
+    ("pushing", "unexpected argument 'pushing'; use --field=value")])
 def test_bad_train_flags_exit_with_a_message(flag, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_cli([flag])
@@ -629,9 +644,10 @@ def test_run_config_round_trips_through_json(tmp_path):
     assert restored == config and hash(restored) == hash(config)
 
 
-def test_state_observation_run_trains_evaluates_and_saves(state_run):
+def test_state_observation_run_trains_evaluates_and_saves(state_run, tmp_path, capsys):
     """observation=state: float state vectors in policy and replay, no camera while training,
-    parameters change, metrics, checkpoint, eval video and the evaluate CLI all work."""
+    parameters change, metrics, checkpoint, eval video and the evaluate CLI (its plain
+    report and video) all work."""
     config, record = state_run
     trainer = get_trainer(config)
     initial, replay = trainer.init(config.seed)
@@ -650,8 +666,24 @@ def test_state_observation_run_trains_evaluates_and_saves(state_run):
                            initial.sac.actor_params, trained.actor_params)
     assert all(jax.tree.leaves(changed))
     assert os.path.exists(os.path.join(config.out_dir, "videos", "eval_epoch0002.mp4"))
-    result = evaluate_cli([f"--run={config.out_dir}", "--episodes=2", "--json"])
-    assert result["step"] == 2 and 0.0 <= result["success_rate"] <= 1.0
+    capsys.readouterr()
+    video = str(tmp_path / "eval.mp4")  # (a GIF merges the stand-in physics' still frames)
+    result = evaluate_cli([f"--run={config.out_dir}", "--episodes=2", f"--video={video}"])
+    sparse = get_trainer(dataclasses.replace(config, reward="sparse"))  # the evaluation's
+    expected, frames = sparse.evaluate_policies(trained.actor_params, sparse.seed_keys(12345))
+    assert result["step"] == 2 and result["video"] == video
+    assert result["per_seed"] == {k: np.asarray(v).tolist() for k, v in expected.items()}
+    assert result["success_rate"] == np.mean(expected["eval_success_rate"])
+    episode_length = trainer.env.task.episode_length
+    assert np.asarray(frames).shape[:2] == (episode_length + 1, 2)  # the reset frame too
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)  # the reader's ffmpeg
+        written = imageio.mimread(video)
+    assert len(written) == episode_length + 1
+    assert written[0].shape[:2] == (48 * 4, 2 * 48 * 4)  # two worlds side by side, x4
+    out = capsys.readouterr().out
+    assert (f"pushing checkpoint 2 (16 env steps): success rate {result['success_rate']:.3f} "
+            "over 2 episodes x 1 seed(s)") in out and f"video: {video}" in out
 
 
 # After the state test, by when the sharded run (second in the background) has finished.
@@ -997,6 +1029,35 @@ def test_a_batched_evaluation_gives_each_epoch_its_own_episodes_and_video(state_
     assert not np.array_equal(np.asarray(frames)[:, 0], np.asarray(frames)[:, 1])
 
 
+def test_a_checkpoint_that_does_not_fit_the_state_is_a_clear_error(tmp_path):
+    """A checkpoint orbax cannot restore into the run's state (corrupt, or of another layout)
+    is a CheckpointError saying what to do, never a silent fresh start."""
+    run = str(tmp_path / "run")
+    with checkpoint.manager(run) as mngr:
+        checkpoint.save(mngr, 1, {"w": jnp.ones(3)})
+    assert checkpoint.restore(run, {"w": jnp.zeros(3)})[0] == 1
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=f"checkpoint 1 in {run} could not be restored .* another --out"):
+        checkpoint.restore(run, {"w": jnp.zeros(4)})
+
+
+def test_resuming_with_a_saved_replay_needs_the_settings_its_rewards_were_made_with():
+    """With its buffer, a distance-reward run resumes only under the shaping and model that
+    scored the buffer's rewards; without it (refilled) those may change; a sparse run's
+    buffer does not depend on them."""
+    saved = TrainConfig(reward="holdc", distance_normalizer=5.0)
+    changed = dataclasses.replace(saved, distance_normalizer=10.0)
+    with pytest.raises(checkpoint.CheckpointError, match="distance_normalizer: saved 5.0"):
+        checkpoint.check_resumable(saved, changed, with_replay=True)
+    checkpoint.check_resumable(saved, changed, with_replay=False)
+    sparse = TrainConfig(reward="sparse")
+    checkpoint.check_resumable(sparse, dataclasses.replace(sparse, distance_normalizer=10.0),
+                               with_replay=True)
+    with pytest.raises(checkpoint.CheckpointError, match="timeouts_as_terminal: saved False"):
+        checkpoint.check_resumable(sparse, dataclasses.replace(sparse, timeouts_as_terminal=True),
+                                   with_replay=True)
+
+
 def test_missing_and_mismatched_checkpoints_fail_clearly(two_seed_run, state_run, tmp_path,
                                                          monkeypatch, capsys):
     config, _ = two_seed_run
@@ -1137,6 +1198,34 @@ def test_policy_obs_shape_and_training_devices():
     for seeds, num_envs in ((3, 4), (1, 3)):
         with pytest.raises(ValueError, match="split neither"):
             device_split(dataclasses.replace(TINY, seeds=seeds, num_envs=num_envs), 2)
+
+
+def test_training_devices_are_all_that_split_the_run_else_one(monkeypatch):
+    """Two devices take 2 seeds (or one seed's 4 worlds); 3 seeds of 3 worlds fall back to
+    one device in a one-process job and stop a multi-process job, which must split."""
+    monkeypatch.setattr(jax, "device_count", lambda: 2)
+    assert training_devices(dataclasses.replace(TINY, seeds=2)) == 2
+    assert training_devices(TINY) == 2  # one seed's 4 worlds
+    uneven = dataclasses.replace(TINY, seeds=3, num_envs=3)
+    assert training_devices(uneven) == 1
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="--seeds=3 cannot be split over the job's 2 devices"):
+        training_devices(uneven)
+
+
+def test_free_memory_is_an_accelerators_limit_less_what_it_holds():
+    class Accelerator:
+        platform = "gpu"
+
+        def __init__(self, stats):
+            self.stats = stats
+
+        def memory_stats(self):
+            return self.stats
+
+    assert free_memory(Accelerator({"bytes_limit": 10, "bytes_in_use": 3})) == 7
+    assert free_memory(Accelerator({"bytes_limit": 10})) == 10
+    assert free_memory(Accelerator(None)) is None  # a backend that keeps no statistics
 
 
 def test_free_memory_reads_the_host_for_the_cpu():
