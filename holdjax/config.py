@@ -275,8 +275,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         from holdjax import envs
 
-        if self.task not in envs.TASKS:
-            raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(envs.TASKS)}")
+        envs.task_class(self.task)  # an unknown task is an error naming the valid ones
         if self.reward not in REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; valid rewards: {', '.join(REWARDS)}")
         if self.observation not in OBSERVATIONS:

@@ -353,7 +353,21 @@ def test_goal_images_cli_writes_then_checks_within_the_tolerance(tmp_path, capsy
         capsys.readouterr().out)
     with pytest.raises(SystemExit):
         goal_images.main(["--tasks=pushing,pushy", f"--out={out}"])
-    assert "unknown task 'pushy' in --tasks; valid tasks: pushing" in capsys.readouterr().err
+    assert "--tasks: unknown task 'pushy'; valid tasks: pushing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["holdjax.envs.__main__", "holdjax.reward.check",
+                                    "holdjax.reward.train"])
+def test_every_command_names_the_valid_tasks_for_an_unknown_one(module, capsys):
+    import importlib
+
+    from holdjax import envs
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(["--task=pushy"])
+    assert exit_info.value.code == 2
+    assert f"unknown task 'pushy'; valid tasks: {', '.join(envs.TASKS)}" in (
+        capsys.readouterr().err)
 
 
 def test_load_goal_images_stacks_a_tasks_subgoal_images_in_order():

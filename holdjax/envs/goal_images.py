@@ -81,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     for task in tasks:
-        if task not in envs.TASKS:
-            parser.error(f"unknown task {task!r} in --tasks; valid tasks: {', '.join(envs.TASKS)}")
+        try:
+            envs.task_class(task)
+        except ValueError as e:
+            parser.error(f"--tasks: {e}")
     mismatched = []
     for task in tasks:
         for name, image in render_goal_images(task).items():

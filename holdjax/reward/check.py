@@ -315,8 +315,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          f"model to score; pass --reward (one of {', '.join(DISTANCE_REWARDS)})")
     args.task = args.task or (args.run.task if args.run else "pushing")
     args.reward = args.reward or (args.run.reward if args.run else "holdc")
-    if args.task not in envs.TASKS:
-        parser.error(f"unknown task {args.task!r}; valid tasks: {', '.join(envs.TASKS)}")
+    try:
+        envs.task_class(args.task)
+    except ValueError as e:
+        parser.error(str(e))
     if args.task not in OBJECT_JOINTS:
         parser.error(f"no object defined for task {args.task!r} (holdjax.reward.check."
                      "OBJECT_JOINTS)")

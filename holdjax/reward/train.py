@@ -131,8 +131,7 @@ class RewardTrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.task not in envs.TASKS:
-            raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(envs.TASKS)}")
+        envs.task_class(self.task)  # an unknown task is an error naming the valid ones
         if self.neg_radius <= self.pos_radius:
             raise ValueError("neg_radius must exceed pos_radius")
         if self.clip_length <= self.neg_radius:
