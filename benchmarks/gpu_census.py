@@ -147,8 +147,9 @@ def _kernel_kind(instruction: dict) -> str:
 
 
 def loop_body_kernels(hlo_text: str) -> list[dict]:
-    """The kernels of the body of the entry computation's while loop (a scan's step) in
-    optimized HLO: name, kind, bytes moved."""
+    """The kernels of the body of the entry computation's largest while loop (the scan of
+    updates; a CPU compile of the sampled loop also has small loops drawing the replay's
+    random indices before it) in optimized HLO: name, kind, bytes moved."""
     computations = parse_hlo(hlo_text)
     entry = re.search(r"^ENTRY %?([\w.\-]+)", hlo_text, re.MULTILINE)
     loops = [re.search(r"body=%?([\w.\-]+)", i["attrs"]).group(1)
@@ -156,7 +157,7 @@ def loop_body_kernels(hlo_text: str) -> list[dict]:
              if i["opcode"] == "while"]
     if not loops:
         raise ValueError("no while loop in this HLO's entry: compile a lax.scan of the update")
-    body = computations[loops[0]]
+    body = max((computations[loop] for loop in loops), key=len)
     shapes = {i["name"]: i["shape"] for i in body}
     kernels = []
     for instruction in body:

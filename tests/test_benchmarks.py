@@ -1,5 +1,6 @@
 """The benchmark scripts' own logic: summaries and result files (no timings asserted)."""
 
+import gzip
 import inspect
 import json
 import os
@@ -29,7 +30,9 @@ import train_run  # noqa: E402
 import triton_resources  # noqa: E402
 
 from holdjax.config import config_from_args  # noqa: E402
+from holdjax.envs import pushing  # noqa: E402
 from holdjax.sac import networks, pallas_conv  # noqa: E402
+from holdjax.sac.replay import replay_nbytes  # noqa: E402
 
 
 def record(epoch, env_steps, wall_s, success):
@@ -258,25 +261,45 @@ def test_gpu_census_counts_the_loop_bodys_kernels_and_bytes():
         gpu_census.loop_body_kernels(CENSUS_HLO.replace("while(", "call("))
 
 
-def test_gpu_census_of_the_cpu_compile(tmp_path):
+@pytest.fixture(scope="module")
+def cpu_censuses(tmp_path_factory):
+    """gpu_census's XLA:CPU compiles of the update, plain and ``--sampled``, into one folder."""
+    out = tmp_path_factory.mktemp("gpu_census")
+    argv = ["--target=cpu", "--variants=canonical", "--seeds=1", f"--out={out}"]
+    return out, gpu_census.main(argv), gpu_census.main([*argv, "--sampled"])
+
+
+def test_gpu_census_of_the_cpu_compile(cpu_censuses):
     """--target=cpu needs no CUDA plugin: the same census of XLA:CPU's compile of the update."""
-    payload = gpu_census.main(["--target=cpu", "--variants=canonical", "--seeds=1",
-                               f"--out={tmp_path}"])
+    out, payload, sampled = cpu_censuses
     (row,) = payload["rows"]
     assert row["variant"] == "canonical" and row["kernels_per_update"] > 10
     assert row["mb_per_update"] > 1 and sum(k["kernels"] for k in row["by_kind"].values()) == \
         row["kernels_per_update"]
-    written = json.loads((tmp_path / "gpu_census-cpu-cpu.json").read_text())
+    written = json.loads((out / "gpu_census-cpu-cpu.json").read_text())
     assert written["target"] == "cpu" and written["target_device"] == "cpu"
     assert written["rows"] == json.loads(json.dumps(payload["rows"]))
+    assert not written["sampled"]
     # A setting that changes the counts names the file, beside the plain census's.
-    gpu_census.main(["--target=cpu", "--variants=canonical", "--seeds=1", "--sampled",
-                     f"--out={tmp_path}"])
-    assert json.loads((tmp_path / "gpu_census-cpu-sampled-cpu.json").read_text())["sampled"]
+    written = json.loads((out / "gpu_census-cpu-sampled-cpu.json").read_text())
+    assert written["sampled"] and written["rows"] == json.loads(json.dumps(sampled["rows"]))
     with pytest.raises(SystemExit, match="known: cpu, h100, h200"):
-        gpu_census.main(["--target=tpu9", f"--out={tmp_path}"])
+        gpu_census.main(["--target=tpu9", f"--out={out}"])
     with pytest.raises(SystemExit, match="unknown --variants"):
-        gpu_census.main(["--target=cpu", "--variants=fast", f"--out={tmp_path}"])
+        gpu_census.main(["--target=cpu", "--variants=fast", f"--out={out}"])
+
+
+def test_gpu_census_of_sampled_updates_adds_the_replay_gathers(cpu_censuses):
+    """--sampled: each update of the loop gathers its batch from a 400k-transition replay
+    buffer, then runs the same update as the plain census's: at least its kernels and bytes,
+    plus the gathers', which count the rows they read, not the whole buffer."""
+    _, payload, sampled = cpu_censuses
+    (plain,), (row,) = payload["rows"], sampled["rows"]
+    assert row["kernels_per_update"] >= plain["kernels_per_update"]
+    buffer_mb = replay_nbytes(gpu_census.SAMPLED_CAPACITY, sac_update.IMAGE_SHAPE,
+                              sac_update.ACTION_DIM, gpu_census.SAMPLED_WORLDS,
+                              gpu_census.SAMPLED_EPISODE_LENGTH) / 1e6
+    assert plain["mb_per_update"] <= row["mb_per_update"] < buffer_mb
 
 
 def test_pallas_encoders_compile_for_an_h100(tmp_path):
@@ -496,6 +519,65 @@ def test_sac_update_keeps_what_a_cut_run_measured(tmp_path, monkeypatch):
     kept = json.loads((tmp_path / "sac_update-rows-cpu.json").read_text())
     assert [row["num_seeds"] for row in kept["rows"]] == [1] and kept["check"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def write_trace(trace_dir, run, events):
+    """A profiler trace where `jax.profiler.trace` leaves it:
+    <trace_dir>/plugins/profile/<run>/<host>.trace.json.gz."""
+    folder = trace_dir / "plugins" / "profile" / run
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "host.trace.json.gz", "wt") as f:
+        json.dump({"displayTimeUnit": "ns", "traceEvents": events}, f)
+    return folder / "host.trace.json.gz"
+
+
+def test_sac_update_summarizes_the_device_kernels_of_the_newest_trace(tmp_path):
+    """--trace's summary: only the device's complete ("X") events, per update, per stream
+    (named by its thread_name, else its id) and per kernel name (cut to 80 characters), the
+    busy share of the span from the first kernel's start to the last one's end; of the
+    newest trace in the folder."""
+    def meta(kind, pid, name, tid=None):
+        return {"ph": "M", "name": kind, "pid": pid, **({"tid": tid} if tid else {}),
+                "args": {"name": name}}
+
+    def kernel(name, tid, ts, dur, pid=7):
+        return {"ph": "X", "name": name, "pid": pid, "tid": tid, "ts": ts, "dur": dur}
+
+    template = "void cutlass::Kernel<" + "x" * 59  # 80 characters: two instantiations merge
+    events = [
+        meta("process_name", 7, "/device:GPU:0"), meta("process_name", 3, "/host:CPU"),
+        meta("thread_name", 7, "Stream #13(Compute)", 1),
+        meta("thread_name", 7, "Stream #14(MemcpyD2D)", 2), meta("thread_name", 3, "python", 1),
+        kernel(template + "A>", 1, 100, 10), kernel(template + "B>", 1, 120, 10),
+        kernel("gemm", 1, 140, 40), kernel("copy", 2, 150, 24), kernel("memset", 5, 284, 16),
+        kernel("PjitFunction(run)", 1, 0, 1000, pid=3),  # the host's: not a kernel
+        {"ph": "C", "name": "memory", "pid": 7, "ts": 400, "args": {"bytes": 1}},
+    ]
+    newest = write_trace(tmp_path, "2026_12_07_20_00_00", events)
+    older = write_trace(tmp_path, "2026_12_07_21_00_00", events[:3] + [kernel("old", 1, 0, 5)])
+    os.utime(older, (newest.stat().st_mtime - 60,) * 2)  # later by name, earlier by time
+
+    assert len(template) == 80
+    assert sac_update.summarize_trace(str(tmp_path), updates=2) == {
+        "device_events": 5,
+        "events_per_update": 2.5,
+        "busy_us_per_update": 50.0,  # 100 us of kernels
+        "span_us_per_update": 100.0,  # from 100 us to 300 us
+        "busy_share": 0.5,
+        "threads": {
+            "Stream #13(Compute)": {"events_per_update": 1.5, "busy_us_per_update": 30.0},
+            "Stream #14(MemcpyD2D)": {"events_per_update": 0.5, "busy_us_per_update": 12.0},
+            "5": {"events_per_update": 0.5, "busy_us_per_update": 8.0},
+        },
+        "top_kernels": [  # by time
+            {"name": "gemm", "count_per_update": 0.5, "us_per_update": 20.0},
+            {"name": "copy", "count_per_update": 0.5, "us_per_update": 12.0},
+            {"name": template, "count_per_update": 1.0, "us_per_update": 10.0},
+            {"name": "memset", "count_per_update": 0.5, "us_per_update": 8.0},
+        ],
+    }
+    assert sac_update.summarize_trace(str(tmp_path), 2, device_prefix="/device:TPU") == {
+        "device_events": 0}
 
 
 def test_reference_loop_smoke(tmp_path):
@@ -746,9 +828,23 @@ def test_brax_sac_writes_well_formed_results(tmp_path, monkeypatch):
         result = written[name]
         assert result["env_steps_per_s"] > 0 and result["train_s"] > 0
         assert result["env_steps_per_seed"] >= 800
-        assert len(result["env_steps_to_target"]) == len(result["wall_s_to_target"]) == 1
-        assert all(0.0 <= s <= 1.0 for s in result["final_eval_success"])
         assert [len(curve) for curve in result["curves"]] == [2]
+        (curve,) = result["curves"]  # one seed
+        steps, seconds = [p["env_steps"] for p in curve], [p["train_s"] for p in curve]
+        assert result["env_steps_per_seed"] == steps[-1] and result["train_s"] == seconds[-1]
+        # the steady rate is the second epoch's; the first epoch's excess time is compilation
+        assert result["env_steps_per_s"] == pytest.approx(
+            (steps[1] - steps[0]) / (seconds[1] - seconds[0]))
+        assert result["compile_s"] == pytest.approx(
+            seconds[0] - steps[0] / result["env_steps_per_s"])
+        assert result["final_eval_success"] == curve[-1]["eval_success"]
+        # each evaluation's success rate is a share of its --eval_episodes=4 episodes
+        assert all(4 * s == round(4 * s) for p in curve for s in p["eval_success"])
+        hit = next((p for p in curve if p["eval_success"][0] >= 0.8), None)  # --target_success
+        assert result["env_steps_to_target"] == [hit and hit["env_steps"]]
+        assert result["wall_s_to_target"] == [hit and round(hit["train_s"], 2)]
+    # holdjax: --evals=2 epochs of whole fused steps of --num_envs=4 worlds, 800 steps in all
+    assert [p["env_steps"] for p in written["holdjax"]["curves"][0]] == [400, 800]
     assert written["ratio_holdjax_to_brax_steps_per_s"] == pytest.approx(
         written["holdjax"]["env_steps_per_s"] / written["brax"]["env_steps_per_s"])
     assert written["brax_complete"]
@@ -835,8 +931,13 @@ def test_timestep_stability_row(tmp_path):
     (row,) = payload["rows"]
     assert (row["timestep"], row["substeps"], row["episodes"]) == (0.01, 10, 2)
     assert row["impl"] == "jax"  # auto: MJX's own physics on a CPU, MuJoCo Warp on a GPU
-    assert 0.0 <= row["expert_success_rate"] <= 1.0 and np.isfinite(row["max_abs_qvel"])
-    assert row["lowest_free_body_z"] > -1.0 and row["env_steps_per_s"] > 0
+    # Stable at 0.01 s: the noisy expert (fixed keys) pushes the mug onto the goal in both
+    # episodes, nothing blows up (the hand moves at most 0.02 m per 0.1 s control step) and
+    # the mug stays on the table (its centre at its half-height, less contact penetration).
+    assert row["expert_success_rate"] == 1.0
+    assert row["max_abs_qvel"] < 1.0
+    assert row["lowest_free_body_z"] == pytest.approx(pushing.PUCK_HALF_HEIGHT, abs=0.005)
+    assert row["env_steps_per_s"] > 0
     assert json.load(open(tmp_path / "timestep-pushing-n2-cpu.json"))["rows"] == payload["rows"]
 
 
