@@ -163,14 +163,14 @@ def test_odd_sizes_are_refused_with_the_alternatives():
                                     pallas_conv.Tiling(16, 2, 4, False, 2, False),
                                     pallas_conv.Tiling(32, 8, 2, True, 0, False),
                                     pallas_conv.Tiling(16, 2, 4, True, 2, True, False)])
-@pytest.mark.parametrize("cin", [3, 8])
-@layers
+@pytest.mark.parametrize(("name", "cin"), [("pallas", 3), ("pallas", 8), ("pallas_banded", 8)])
 def test_every_tiling_computes_the_same_layer(name, tiling, cin):
     """Positions per block, warps, regathering, backward programs, saved routes and patches
     change how the work is split, not what it computes. 5x16x12 gives 240 positions: 15
     blocks of 16, which 2 backward programs' worth take 7 at a time (3 programs, the last
     with one real block, a tail, and 6 past the end), or 8 blocks of 32, one per program (the
-    last a tail). 3 input channels: the first layer's patches (`pallas` only), 8: windows."""
+    last a tail). 3 input channels: the first layer's patches, 8: windows; `pallas_banded`
+    never patches (`Geometry.patched`), so it takes windows at either width: one width."""
     x, kernel, bias, cotangent = random_layer(5, 5, 16, 12, cin, 8, 5)
     expected = values_and_grads(lax_layer, x, kernel, bias, cotangent)
     tiled = functools.partial(LAYERS[name], dtype="float32", tiling=tiling)
@@ -232,13 +232,15 @@ def shifted_images(seed, batch, height, width, channels, pad=4):
     return ShiftedImages(images, jnp.asarray(shifts, jnp.int32), pad)
 
 
-@pytest.mark.parametrize("tiling", [None, pallas_conv.Tiling(16, 2, 4, False, 2, False, False)])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(("dtype", "tiling"), [
+    ("float32", None), ("bfloat16", pallas_conv.Tiling(16, 2, 4, False, 2, False, False))])
 @layers
 def test_shifted_images_give_the_layer_of_the_shifted_float_images(name, dtype, tiling):
     """The first layer reading uint8 pixels through each image's shift computes exactly the
     layer (values, kernel and bias gradients) of `ShiftedImages.to_float`, with two encoders'
-    kernels grouped as `encode_pair` runs them; routes saved (the default) or recomputed."""
+    kernels grouped as `encode_pair` runs them; routes saved (the default) or recomputed. The
+    dtype only casts the gathered pixels (`_window`) and the tiling only splits the work (the
+    shifted and the converted layer alike), so each dtype and each tiling is run once, paired."""
     x = shifted_images(7, 5, 16, 12, 3)
     _, kernel, bias, cotangent = random_layer(7, 5, 16, 12, 3, 8, 5)
     kernels, biases = (kernel, -kernel[..., ::-1]), (bias, bias - 0.2)

@@ -19,6 +19,7 @@ from holdjax.sac.update import (
     networks_for,
     sac_update,
     sampled_updates,
+    target_entropy,
 )
 
 OBS_DIM, ACTION_DIM, BATCH = 3, 2, 5
@@ -125,11 +126,36 @@ def test_batched_q_heads_default_by_backend(monkeypatch):
 
 
 def test_actor_log_std_is_clipped():
+    """The torso's log-std half is clipped to exactly [-20, 2]: a hugely negative output bias
+    gives -20, a hugely positive one 2, a moderate one the torso's own value; the mean half is
+    never clipped."""
     nets = networks_for(SMALL, ACTION_DIM, from_pixels=False)
-    params = nets.actor.init(jax.random.key(0), jnp.zeros((1, OBS_DIM)))
-    huge = jax.tree.map(lambda x: 1e3 * x + 1e3, params)
-    _, log_std = nets.actor.apply(huge, jax.random.normal(jax.random.key(1), (4, OBS_DIM)))
-    assert float(log_std.min()) >= -20.0 and float(log_std.max()) <= 2.0
+    obs = jax.random.normal(jax.random.key(1), (4, OBS_DIM))
+    params = nets.actor.init(jax.random.key(0), obs)
+
+    def with_output_bias(mean_bias, log_std_bias):
+        bias = jnp.asarray([mean_bias] * ACTION_DIM + list(log_std_bias), jnp.float32)
+        torso = params["params"]["torso"]
+        return {"params": {"torso": {**torso, "output": {**torso["output"], "bias": bias}}}}
+
+    def raw_torso(actor_params):
+        return networks.MLP(SMALL.hidden_sizes, 2 * ACTION_DIM).apply(
+            {"params": actor_params["params"]["torso"]}, obs)
+
+    clipped = with_output_bias(100.0, [-1e4, 1e4])  # dim 0 far below -20, dim 1 far above 2
+    mean, log_std = nets.actor.apply(clipped, obs)
+    np.testing.assert_array_equal(log_std[:, 0], networks.LOG_STD_MIN)
+    np.testing.assert_array_equal(log_std[:, 1], networks.LOG_STD_MAX)
+    assert networks.LOG_STD_MIN == -20.0 and networks.LOG_STD_MAX == 2.0
+    np.testing.assert_array_equal(mean, raw_torso(clipped)[:, :ACTION_DIM])
+    assert float(mean.min()) > 90.0  # the mean's huge bias passes through unclipped
+
+    inside = with_output_bias(0.0, [-10.0, 0.5])
+    mean, log_std = nets.actor.apply(inside, obs)
+    raw = raw_torso(inside)
+    assert float(raw[:, ACTION_DIM:].min()) > -20.0 and float(raw[:, ACTION_DIM:].max()) < 2.0
+    np.testing.assert_array_equal(log_std, raw[:, ACTION_DIM:])
+    np.testing.assert_array_equal(mean, raw[:, :ACTION_DIM])
 
 
 def test_tanh_gaussian_log_prob_matches_numpy():
@@ -147,6 +173,25 @@ def test_tanh_gaussian_log_prob_finite_when_saturated():
     mean = jnp.array([[30.0, -30.0]])
     _, log_prob = networks.sample_tanh_gaussian(mean, jnp.zeros_like(mean), jnp.zeros_like(mean))
     assert np.isfinite(log_prob).all()
+
+
+def test_sample_action_is_the_tanh_gaussian_of_the_actor_with_the_keys_noise(state_problem):
+    """sample_action draws standard-normal noise of the mean's shape from its key and squashes
+    the actor's Gaussian with it: exactly sample_tanh_gaussian of the actor's outputs."""
+    state, batch, _, nets = state_problem
+    key = jax.random.key(11)
+    action, log_prob = networks.sample_action(nets.actor, state.actor_params, batch.obs, key)
+    mean, log_std = nets.actor.apply(state.actor_params, batch.obs)
+    expected = networks.sample_tanh_gaussian(mean, log_std, jax.random.normal(key, mean.shape))
+    assert action.shape == (BATCH, ACTION_DIM) and log_prob.shape == (BATCH,)
+    np.testing.assert_array_equal(action, expected[0])
+    np.testing.assert_array_equal(log_prob, expected[1])
+    assert float(jnp.abs(action).max()) < 1.0
+    other, _ = networks.sample_action(nets.actor, state.actor_params, batch.obs,
+                                      jax.random.key(12))
+    assert not np.allclose(other, action)  # the key's noise, not the mean
+    np.testing.assert_array_equal(
+        networks.deterministic_action(nets.actor, state.actor_params, batch.obs), jnp.tanh(mean))
 
 
 # losses -----------------------------------------------------------------------------------
@@ -497,6 +542,54 @@ def test_sac_update_changes_params_and_stays_finite():
     assert encoder_kernel.shape == (5, 5, 3, 8)
 
 
+def test_sac_update_moves_targets_by_tau_and_alpha_toward_the_target_entropy(state_problem):
+    """One update: the target critic becomes tau * new critic + (1 - tau) * old target
+    (Polyak), and the temperature loss is alpha_loss of the policy's log-probs with target
+    entropy -|A| by default, or the config's; Adam's first step then moves log alpha by the
+    learning rate, down while the policy's entropy is above the target, up while below."""
+    state, batch, _, nets = state_problem
+    log_alpha_0 = 0.5  # at log alpha 0 the alpha loss is 0 for any target
+    state = state.replace(log_alpha=jnp.float32(log_alpha_0))
+    key = jax.random.key(4)
+    update = jax.jit(sac_update, static_argnames="config")
+    new_state, metrics = update(state, batch, key, SMALL)
+
+    new_critic, old_target = to_np(new_state.critic_params), to_np(state.target_critic_params)
+    assert not np.allclose(jax.tree.leaves(new_critic)[0], jax.tree.leaves(old_target)[0])
+    expected_target = jax.tree.map(lambda new, old: SMALL.tau * new + (1 - SMALL.tau) * old,
+                                   new_critic, old_target)
+    jax.tree.map(lambda actual, expected: np.testing.assert_allclose(
+        actual, expected, rtol=1e-6, atol=1e-7), new_state.target_critic_params, expected_target)
+
+    # The policy's log-probs as sac_update draws them (its key's third split is their noise).
+    noise = jax.random.normal(jax.random.split(key, 3)[2], batch.action.shape)
+    _, log_prob = losses.actor_loss(state.actor_params, state.critic_params, state.log_alpha,
+                                    batch.obs, noise, nets)
+    np.testing.assert_allclose(metrics["entropy"], -jnp.mean(log_prob), rtol=1e-6)
+    mean_log_prob = float(np.mean(np.asarray(log_prob, np.float64)))
+    assert target_entropy(SMALL, ACTION_DIM) == -ACTION_DIM
+    assert -mean_log_prob > -ACTION_DIM  # the initial policy's entropy is above -|A|
+    lr = SMALL.learning_rate
+    for entropy_target in (None, 5.0):  # 5.0: above the entropy, so alpha must rise
+        config = dataclasses.replace(SMALL, target_entropy=entropy_target)
+        if entropy_target is None:
+            entropy_target, config_metrics, log_alpha = -ACTION_DIM, metrics, new_state.log_alpha
+        else:
+            config_state, config_metrics = update(state, batch, key, config)
+            log_alpha = config_state.log_alpha
+        np.testing.assert_allclose(config_metrics["alpha_loss"],
+                                   losses.alpha_loss(state.log_alpha, log_prob, entropy_target),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(config_metrics["alpha_loss"],
+                                   -log_alpha_0 * (mean_log_prob + entropy_target), rtol=1e-5)
+        # d loss / d log alpha = -(mean log pi + target): Adam's first step is lr against its sign
+        direction = np.sign(mean_log_prob + entropy_target)
+        assert direction == (-1.0 if entropy_target < 0 else 1.0)
+        np.testing.assert_allclose(log_alpha, log_alpha_0 + lr * direction, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(config_metrics["alpha"], np.exp(log_alpha_0 + lr * direction),
+                                   rtol=1e-5)
+
+
 def test_sac_learns_one_step_bandit():
     """Reward -(a - 0.5)^2, every episode one step long: the policy's action must reach 0.5.
 
@@ -721,9 +814,15 @@ def test_encoder_rejects_unknown_conv():
 
 def test_bfloat16_encoder_keeps_float32_params_and_features():
     """encoder_dtype="bfloat16" computes the convolutions in bf16 (both layer kinds): the same
-    parameters, float32 features within bf16 rounding of the float32 encoder's."""
+    parameters, float32 features within bf16 rounding of the float32 encoder's. The XLA
+    computations only: the interpreted Pallas ones cost ~10 s each here, and their bf16 layers
+    are checked by test_pallas_conv.py::test_bfloat16_layer_is_close_to_float32 and their bf16
+    encoders by test_bfloat16_encoder_gradients_are_the_float32_ones_rounded (parameters and
+    the final float32 cast do not depend on the computation)."""
     images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 16, 16, 3)), jnp.float32)
-    for conv in networks.ENCODER_CONVS:
+    xla_convs = [conv for conv in networks.ENCODER_CONVS if conv not in networks.PALLAS_CONVS]
+    assert xla_convs == ["canonical", "lax", "rows"]
+    for conv in xla_convs:
         encoder = networks.Encoder(conv=conv)
         params = encoder.init(jax.random.key(0), images)
         features = encoder.apply(params, images)
