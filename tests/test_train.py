@@ -712,21 +712,25 @@ def test_two_devices_give_the_same_result(two_seed_run, background_runs):
 def test_one_seeds_worlds_over_two_devices_train_as_on_one(background_runs):
     """One seed's worlds split over two forced host devices (each steps, renders and scores
     its two worlds and keeps their transitions; the learner runs on both, each batch drawn
-    from both devices' columns) train exactly as on one device: the same records and
-    parameters, and `holdjax.evaluate` restores the run onto both and scores it the same."""
+    from both devices' columns) train as on one device: the same records and parameters, up
+    to float rounding (bitwise equal on some CPUs; on an AVX2-only EPYC the two programs
+    round differently, by 5e-8 in the parameters after two epochs), and `holdjax.evaluate`
+    restores the run onto both and scores it the same."""
     single, one = background_run(background_runs, "single")
     worlds, two = background_run(background_runs, "worlds")  # it saw two devices
     assert (one["split"], two["split"]) == ("seeds", "worlds")
     assert worlds == dataclasses.replace(single, out=worlds.out, **SHARDED_EVALUATION)
     records = {run.out_dir: read_metrics(run.out_dir) for run in (single, worlds)}
     for alone, split in zip(records[single.out_dir], records[worlds.out_dir], strict=True):
-        for name in ("epoch", "env_steps", "eval_success_rate", "eval_return", "critic_loss",
-                     "actor_loss", "alpha", "physics_overflow_episodes"):
+        for name in ("epoch", "env_steps", "eval_success_rate", "eval_return",
+                     "physics_overflow_episodes"):
             assert split[name] == alone[name], name
+        for name in ("critic_loss", "actor_loss", "alpha"):
+            np.testing.assert_allclose(split[name], alone[name], rtol=1e-6, err_msg=name)
     assert two["evaluated"]["per_seed"] == one["evaluated"]["per_seed"]
     for a, b in zip(jax.tree.leaves(params_of(worlds.out_dir, single)),
                     jax.tree.leaves(params_of(single.out_dir, single)), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 # `python -m holdjax.train` on the kinematic stand-in, with the flags given; prints main()'s
