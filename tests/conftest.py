@@ -15,7 +15,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # The suite's time is mostly XLA compiling small programs; without LLVM's optimisation
 # passes that takes about half as long, and programs this small run fast enough anyway.
 # Set before jax is imported; subprocesses the tests start inherit it.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_parallel_codegen_split_count=1"
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 import jax  # noqa: E402
