@@ -797,6 +797,28 @@ def test_two_processes_train_as_one_job(state_run, tmp_path):
         np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(b)[0])
 
 
+def test_the_first_initial_random_steps_act_uniformly_then_the_policy_acts(state_run):
+    """Until initial_random_steps (4: the first fused step of 4 worlds) each world's action
+    is the uniform draw of the step's key, as the fused step splits it; afterwards the
+    policy's sample (here read back from the run's saved replay)."""
+    config, _ = state_run
+    trainer = get_trainer(config)
+    initial, replay_like = trainer.init(config.seed)
+    _, _, replay = checkpoint.restore(config.out_dir, trainer.init_shapes()[0], replay_like)
+    actions = np.asarray(replay.action[0])  # seed 0: (rows, worlds, action_dim)
+    key = initial.key[0]
+    for row in range(2):
+        next_key, act_key = jax.random.split(key, 4)[:2]  # the fused step's split
+        uniform = jax.random.uniform(jax.random.split(act_key)[1], actions.shape[1:],
+                                     minval=-1.0, maxval=1.0)
+        if row == 0:
+            np.testing.assert_array_equal(actions[row], uniform)
+        else:
+            assert not np.allclose(actions[row], uniform)
+            assert (np.abs(actions[row]) < 1).all()
+        key = next_key
+
+
 def test_resuming_a_run_that_has_its_epochs_trains_nothing_and_says_so(state_run, monkeypatch,
                                                                        capsys):
     config, record = state_run
