@@ -191,8 +191,13 @@ class TrainConfig:
         from holdjax import envs
 
         wanted = max(self.initial_random_steps, envs.task_class(self.task).episode_length)
-        return min(wanted, held_transitions(replay_rows(self.replay_capacity, self.num_envs),
-                                            self.num_envs))
+        return min(wanted, self.replay_held)
+
+    @property
+    def replay_held(self) -> int:
+        """Transitions per seed the replay holds: its capacity rounded up to whole rows (one
+        transition of every world)."""
+        return held_transitions(replay_rows(self.replay_capacity, self.num_envs), self.num_envs)
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -324,7 +329,7 @@ class TrainConfig:
         if self.replay_size and self.replay_size < self.batch_size:
             raise ValueError(f"replay_size {self.replay_size} is smaller than one batch "
                              f"({self.batch_size}); use 0 for the reference's size")
-        held = held_transitions(replay_rows(self.replay_capacity, self.num_envs), self.num_envs)
+        held = self.replay_held
         if self.min_replay > held:
             raise ValueError(
                 f"updates would never start: they wait for {self.min_replay} transitions "

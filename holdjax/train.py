@@ -64,12 +64,10 @@ from holdjax.sac import networks as sac_networks
 from holdjax.sac.replay import (
     ReplayBuffer,
     Transition,
-    held_transitions,
     init_replay,
     insert,
     is_image_shape,
     replay_nbytes,
-    replay_rows,
     stored_obs_to_float,
 )
 from holdjax.sac.update import SACState, init_sac, networks_for, sampled_updates
@@ -832,10 +830,8 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False) -> dic
     quiet = quiet or not lead
     if not quiet:
         where = " per device" if num_devices > 1 and not host_memory else ""
-        held = held_transitions(replay_rows(config.replay_capacity, config.num_envs),
-                                config.num_envs)
-        print(f"replay: {held} transitions per seed, {replay_bytes / 1e9:.2f} GB{where}",
-              file=sys.stderr)
+        print(f"replay: {config.replay_held} transitions per seed, "
+              f"{replay_bytes / 1e9:.2f} GB{where}", file=sys.stderr)
     trainer = get_trainer(config)
     init_start = time.perf_counter()
     state, replay = jax.block_until_ready(trainer.init(config.seed))

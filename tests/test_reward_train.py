@@ -171,8 +171,9 @@ def test_first_reached_frames_and_embedding_scale():
     variables = holdc.random_variables(config)
     images = jnp.asarray(load_goal_image("pushing"))[None].repeat(2, 0)
     images = images.at[1].set(255 - images[1])
-    base_distance = holdc.distance(config, variables, images[:1], images[1:])
-    scaled = holdc.distance(config, rt.scale_embeddings(variables, 2.5), images[:1], images[1:])
+    base_distance = holdc.HoldCDistance(config, variables)(images[:1], images[1:])
+    scaled = holdc.HoldCDistance(config, rt.scale_embeddings(variables, 2.5))(images[:1],
+                                                                              images[1:])
     np.testing.assert_allclose(scaled, 2.5 * base_distance, rtol=1e-5)
     with pytest.raises(ValueError, match="solved_distance=0"):
         rt.median_reached_distance(TINY, variables, rt.first_reached(footage, 0, 2), images)

@@ -526,6 +526,7 @@ def test_a_replay_too_small_to_start_updates_is_refused():
     with pytest.raises(ValueError, match="wait for 2000 transitions .* the replay holds 1008"):
         TrainConfig(replay_size=1000, learning_starts=2000).validate()
     TrainConfig(replay_size=1000, learning_starts=1008).validate()  # rounded up to whole rows
+    assert TrainConfig(replay_size=1000).replay_held == 1008  # 63 rows of 16 worlds
 
 
 def test_updates_start_after_the_initial_random_steps_as_the_references():

@@ -224,12 +224,6 @@ def distance_to_embeddings(config: HoldCConfig, variables: dict, frames: jax.Arr
     return embedding_distance(config, embed(config, variables, frames), goal_embeddings)
 
 
-def distance(config: HoldCConfig, variables: dict, frames: jax.Array,
-             goals: jax.Array) -> jax.Array:
-    """The distance-model interface: uint8 frames (N, H, W, 3), goals (G, H', W', 3) -> (N, G)."""
-    return distance_to_embeddings(config, variables, frames, embed(config, variables, goals))
-
-
 class HoldCDistance(batch_norm.FoldedDistance):
     """A HOLD-C model bound to its variables, callable as ``distance(frames, goals)``."""
 
