@@ -125,23 +125,21 @@ def two_seed_config(holdc_checkpoint, **changes):
 def background_runs(tmp_path_factory, holdc_checkpoint):
     """Runs the tests compare with the two-seed run, trained one after another in another
     process while this one trains the two-seed run and goes on with the tests
-    (conftest.Lane): name -> (config, future of the run's record). single: its seed 1
-    alone; sharded: the same two seeds over two devices; worlds: single's seed with its
-    worlds split over two devices."""
+    (conftest.Lane): name -> (config, future of the run's record). sharded: the same two
+    seeds over two devices; worlds: its seed 1 alone, with its worlds split over two
+    devices."""
     config = two_seed_config(holdc_checkpoint)
     get_trainer(config)  # converts the HOLD-C checkpoint, before other processes read it
     root = tmp_path_factory.mktemp("background")
-    single = dataclasses.replace(config, seeds=1, seed=config.seed + 1)
-    runs = {"single": (single, 1),
-            "sharded": (dataclasses.replace(config, **SHARDED_EVALUATION), 2),
-            "worlds": (dataclasses.replace(single, **SHARDED_EVALUATION), 2)}
+    runs = {"sharded": dataclasses.replace(config, **SHARDED_EVALUATION),
+            "worlds": dataclasses.replace(config, seeds=1, seed=config.seed + 1,
+                                          **SHARDED_EVALUATION)}
     lane = Lane()
     futures = {}
-    for name, (config, devices) in runs.items():
+    for name, config in runs.items():
         config = dataclasses.replace(config, out=str(root / name))
         fields = json.dumps(dataclasses.asdict(config))
-        futures[name] = config, lane.submit("-c", TRAIN_SCRIPT, fields, str(devices),
-                                            env=TWO_DEVICES if devices == 2 else None)
+        futures[name] = config, lane.submit("-c", TRAIN_SCRIPT, fields, "2", env=TWO_DEVICES)
     yield futures
     lane.close()
 
@@ -267,8 +265,11 @@ def test_seeds_differ_and_each_equals_its_single_seed_run(two_seed_run, backgrou
     first, second = (jax.tree.map(lambda x, k=k: np.asarray(x[k]), both.critic_params)
                      for k in range(2))
     assert not np.allclose(jax.tree.leaves(first)[0], jax.tree.leaves(second)[0])
-    single, _ = background_run(background_runs, "single")  # seeds=1, seed=config.seed + 1
-    assert single == dataclasses.replace(config, seeds=1, seed=config.seed + 1, out=single.out)
+    # seeds=1, seed=config.seed + 1 (its worlds split over two devices, which trains as on one:
+    # test_one_seeds_worlds_over_two_devices_train_as_on_one)
+    single, _ = background_run(background_runs, "worlds")
+    assert single == dataclasses.replace(config, seeds=1, seed=config.seed + 1, out=single.out,
+                                         **SHARDED_EVALUATION)
     alone = params_of(single.out_dir, single)
     for a, b in zip(jax.tree.leaves(second), jax.tree.leaves(alone.critic_params), strict=True):
         np.testing.assert_allclose(a, np.asarray(b)[0], rtol=2e-4, atol=2e-5)
@@ -709,48 +710,66 @@ def test_two_devices_give_the_same_result(two_seed_run, background_runs):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
 
 
-# After the two-device test, by when the worlds run (third in the background) has finished.
-def test_one_seeds_worlds_over_two_devices_train_as_on_one(background_runs):
+# After the two-device test, by when the worlds run (second in the background) has finished.
+def test_one_seeds_worlds_over_two_devices_train_as_on_one(two_seed_run, background_runs):
     """One seed's worlds split over two forced host devices (each steps, renders and scores
     its two worlds and keeps their transitions; the learner runs on both, each batch drawn
-    from both devices' columns) train as on one device: the same records and parameters, up
-    to float rounding (bitwise equal on some CPUs; on an AVX2-only EPYC the two programs
-    round differently, by 5e-8 in the parameters after two epochs), and `holdjax.evaluate`
-    restores the run onto both and scores it the same."""
-    single, one = background_run(background_runs, "single")
+    from both devices' columns) train as that seed does on one device, here as seed 1 of the
+    two-seed run: the same records and parameters, up to float rounding (bitwise equal on
+    some CPUs; on an AVX2-only EPYC the two programs round differently, by 5e-8 in the
+    parameters after two epochs), and `holdjax.evaluate` restores the run onto both devices
+    and scores it the same."""
+    config, _ = two_seed_run
     worlds, two = background_run(background_runs, "worlds")  # it saw two devices
-    assert (one["split"], two["split"]) == ("seeds", "worlds")
-    assert worlds == dataclasses.replace(single, out=worlds.out, **SHARDED_EVALUATION)
-    records = {run.out_dir: read_metrics(run.out_dir) for run in (single, worlds)}
-    for alone, split in zip(records[single.out_dir], records[worlds.out_dir], strict=True):
-        for name in ("epoch", "env_steps", "eval_success_rate", "eval_return",
-                     "physics_overflow_episodes"):
-            assert split[name] == alone[name], name
+    assert two["split"] == "worlds" and get_trainer(config).split == "seeds"
+    assert worlds == dataclasses.replace(config, seeds=1, seed=config.seed + 1,
+                                         out=worlds.out, **SHARDED_EVALUATION)
+    for both, split in zip(read_metrics(config.out_dir), read_metrics(worlds.out_dir),
+                           strict=True):
+        assert (split["epoch"], split["env_steps"]) == (both["epoch"], both["env_steps"])
+        for name in ("eval_success_rate", "eval_return", "physics_overflow_episodes"):
+            assert split[name] == both[name][1:], name
         for name in ("critic_loss", "actor_loss", "alpha"):
-            np.testing.assert_allclose(split[name], alone[name], rtol=1e-6, err_msg=name)
-    assert two["evaluated"]["per_seed"] == one["evaluated"]["per_seed"]
-    for a, b in zip(jax.tree.leaves(params_of(worlds.out_dir, single)),
-                    jax.tree.leaves(params_of(single.out_dir, single)), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(split[name], both[name][1:], rtol=1e-6, err_msg=name)
+    one_device, _ = evaluate_run(config.out_dir, episodes=config.eval_episodes)
+    assert two["evaluated"]["per_seed"] == {name: values[1:]
+                                            for name, values in one_device["per_seed"].items()}
+    params = params_of(config.out_dir, config)
+    for a, b in zip(jax.tree.leaves(params_of(worlds.out_dir, worlds)),
+                    jax.tree.leaves(params), strict=True):
+        np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[1], rtol=1e-5, atol=1e-6)
 
 
-# `python -m holdjax.train` on the kinematic stand-in, with the flags given; prints main()'s
-# record as JSON.
-# With SIGTERM_PROCESS set, that process of a job gets a SIGTERM during its first epoch.
+# `python -m holdjax.train` on the kinematic stand-in, with the flags given; its exit status,
+# with main()'s record as JSON where it returns one. With SIGTERM_PROCESS set, that process
+# of a job gets a SIGTERM during its first epoch; the job's processes then say where the
+# run's newest checkpoint is and, as a relaunched job would, run `--out=... --resume` (in
+# the same processes: a second launch would compile the trainers again).
 MAIN_SCRIPT = """
 import json, os, signal, sys
 import pytest
 sys.path.insert(0, "tests")
 from kinematic import use_kinematic_physics
-from holdjax import train
+from holdjax import checkpoint, train
 use_kinematic_physics(pytest.MonkeyPatch())
-if os.environ.get("SIGTERM_PROCESS") == os.environ.get("JAX_PROCESS_ID"):
-    summarize = train.summarize_epoch
+if os.environ.get("SIGTERM_PROCESS") is None:
+    print(json.dumps(train.main(sys.argv[1:])))
+    sys.exit(0)
+summarize = train.summarize_epoch
+if os.environ["SIGTERM_PROCESS"] == os.environ["JAX_PROCESS_ID"]:
     def summarize_after_a_sigterm(out, config):
         os.kill(os.getpid(), signal.SIGTERM)
         return summarize(out, config)
     train.summarize_epoch = summarize_after_a_sigterm
-print(json.dumps(train.main(sys.argv[1:])))
+try:
+    train.main(sys.argv[1:])
+except SystemExit as stopped:
+    status = stopped.code
+train.summarize_epoch = summarize
+out = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--out="))
+print(f"exit status {status}; newest checkpoint: epoch {checkpoint.latest_epoch(out)}",
+      file=sys.stderr, flush=True)
+print(json.dumps(train.main([f"--out={out}", "--resume"])))
 """
 
 
@@ -764,27 +783,29 @@ def flags_of(config: TrainConfig) -> list[str]:
 def test_two_processes_train_as_one_job(state_run, tmp_path):
     """A job of two processes (hosts) splits two seeds over their devices, process 0 alone
     prints and writes the logs, a SIGTERM to process 1 alone stops both after epoch 1 with a
-    checkpoint, and the job resumes from it: each seed then ends as in an uninterrupted
-    one-process run."""
+    checkpoint (exit status 130), and the job resumes from it: each seed then ends as in an
+    uninterrupted one-process run."""
     config, _ = state_run
     two = dataclasses.replace(config, seeds=2, checkpoint_frequency=2,
                               out=str(tmp_path / "job"))
     lead, other = run_two_processes(["-c", MAIN_SCRIPT, *flags_of(two)],
-                                    env={"SIGTERM_PROCESS": "1"}, returncode=130)
-    assert "(2 devices in 2 processes)" in lead.stderr and "eval_success" in lead.stderr
-    assert "SIGTERM: stopping after this epoch" in other.stderr
-    assert f"its last checkpoint is epoch 1 in {two.out_dir}" in lead.stderr
-    assert "run pushing" not in other.stderr and "eval_success" not in other.stderr
-    assert "last checkpoint" not in other.stderr
-    assert checkpoint.latest_epoch(two.out_dir) == 1
+                                    env={"SIGTERM_PROCESS": "1"})
+    stopped = [p.stderr.split("exit status")[0] for p in (lead, other)]
+    assert "(2 devices in 2 processes)" in stopped[0] and "eval_success" in stopped[0]
+    assert "SIGTERM: stopping after this epoch" in stopped[1]
+    assert f"its last checkpoint is epoch 1 in {two.out_dir}" in stopped[0]
+    assert "run pushing" not in stopped[1] and "eval_success" not in stopped[1]
+    assert "last checkpoint" not in stopped[1]
+    for process in (lead, other):
+        assert "exit status 130; newest checkpoint: epoch 1" in process.stderr
     # Both processes restore their seeds from epoch 1's checkpoint and go on together.
-    lead, other = run_two_processes(["-c", MAIN_SCRIPT, f"--out={two.out_dir}", "--resume"])
     records = [json.loads(p.stdout.splitlines()[-1]) for p in (lead, other)]
     timings = ("wall_s", "env_steps_per_s", "train_s", "eval_s", "setup_s", "init_s",
                "started_at")
     untimed = [{k: v for k, v in r.items() if k not in timings} for r in records]
     assert untimed[0] == untimed[1] and untimed[0]["epoch"] == 2
-    assert "done: 16 env steps x 2 seed(s)" in lead.stderr and "done: " not in other.stderr
+    resumed = [p.stderr.split("exit status")[1] for p in (lead, other)]
+    assert "done: 16 env steps x 2 seed(s)" in resumed[0] and "done: " not in resumed[1]
     # Seed 0 of the job is the one-seed run's seed: the same records and parameters.
     alone, job = read_metrics(config.out_dir), read_metrics(two.out_dir)
     assert len(open(os.path.join(two.out_dir, "metrics.jsonl")).readlines()) == len(job) == 2
