@@ -20,12 +20,6 @@ os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-import warp  # noqa: E402
-
-# MuJoCo Warp's physics kernels take about a minute to compile for the CPU at Warp's default
-# -O2 on a fresh machine (CI's every run; later runs read Warp's kernel cache); at -O0 about
-# 40% less, and the few steps the tests take run fast enough.
-warp.config.optimization_level = 0
 
 from holdjax import envs  # noqa: E402
 
