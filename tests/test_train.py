@@ -164,6 +164,14 @@ def two_seed_run(tmp_path_factory, holdc_checkpoint, background_runs):
 
 
 @pytest.fixture(scope="module")
+def two_seed_evaluated(two_seed_run):
+    """`holdjax.evaluate`'s result for the two-seed run's checkpoint, on one device (the
+    background runs' evaluations on two are compared with it)."""
+    config, _ = two_seed_run
+    return evaluate_run(config.out_dir, episodes=config.eval_episodes)[0]
+
+
+@pytest.fixture(scope="module")
 def state_run(tmp_path_factory):
     config = dataclasses.replace(TINY, observation="state",
                                  out=str(tmp_path_factory.mktemp("runs") / "state"))
@@ -689,7 +697,7 @@ def test_state_observation_run_trains_evaluates_and_saves(state_run, tmp_path, c
 
 
 # After the state test, by when the sharded run (second in the background) has finished.
-def test_two_devices_give_the_same_result(two_seed_run, background_runs):
+def test_two_devices_give_the_same_result(two_seed_run, two_seed_evaluated, background_runs):
     """Seeds sharded over two forced host devices train exactly as on one device, their
     two epochs evaluated together give the records of one at a time, and `holdjax.evaluate`
     restores the run onto both devices and scores it as the one-device run scores."""
@@ -702,16 +710,16 @@ def test_two_devices_give_the_same_result(two_seed_run, background_runs):
         for name in ("epoch", "eval_success_rate", "eval_success_rate_last", "eval_return"):
             assert together[name] == one[name], name
     assert os.path.exists(os.path.join(sharded.out_dir, "videos", "eval_epoch0002.mp4"))
-    one_device, _ = evaluate_run(config.out_dir, episodes=config.eval_episodes)
-    assert output["evaluated"]["step"] == one_device["step"] == 2
-    assert output["evaluated"]["per_seed"] == one_device["per_seed"]
+    assert output["evaluated"]["step"] == two_seed_evaluated["step"] == 2
+    assert output["evaluated"]["per_seed"] == two_seed_evaluated["per_seed"]
     sharded, single = params_of(sharded.out_dir, config), params_of(config.out_dir, config)
     for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
 
 
 # After the two-device test, by when the worlds run (second in the background) has finished.
-def test_one_seeds_worlds_over_two_devices_train_as_on_one(two_seed_run, background_runs):
+def test_one_seeds_worlds_over_two_devices_train_as_on_one(two_seed_run, two_seed_evaluated,
+                                                           background_runs):
     """One seed's worlds split over two forced host devices (each steps, renders and scores
     its two worlds and keeps their transitions; the learner runs on both, each batch drawn
     from both devices' columns) train as that seed does on one device, here as seed 1 of the
@@ -731,20 +739,19 @@ def test_one_seeds_worlds_over_two_devices_train_as_on_one(two_seed_run, backgro
             assert split[name] == both[name][1:], name
         for name in ("critic_loss", "actor_loss", "alpha"):
             np.testing.assert_allclose(split[name], both[name][1:], rtol=1e-6, err_msg=name)
-    one_device, _ = evaluate_run(config.out_dir, episodes=config.eval_episodes)
-    assert two["evaluated"]["per_seed"] == {name: values[1:]
-                                            for name, values in one_device["per_seed"].items()}
+    assert two["evaluated"]["per_seed"] == {
+        name: values[1:] for name, values in two_seed_evaluated["per_seed"].items()}
     params = params_of(config.out_dir, config)
     for a, b in zip(jax.tree.leaves(params_of(worlds.out_dir, worlds)),
                     jax.tree.leaves(params), strict=True):
         np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[1], rtol=1e-5, atol=1e-6)
 
 
-# `python -m holdjax.train` on the kinematic stand-in, with the flags given; its exit status,
-# with main()'s record as JSON where it returns one. With SIGTERM_PROCESS set, that process
-# of a job gets a SIGTERM during its first epoch; the job's processes then say where the
-# run's newest checkpoint is and, as a relaunched job would, run `--out=... --resume` (in
-# the same processes: a second launch would compile the trainers again).
+# `python -m holdjax.train` on the kinematic stand-in, with the flags given, in a process of a
+# job whose process SIGTERM_PROCESS gets a SIGTERM during its first epoch. Each process then
+# prints main()'s exit status and the run's newest checkpoint and, as a relaunched job would,
+# runs `--out=... --resume` (in the same processes: a second launch would compile the
+# trainers again), printing its record as JSON.
 MAIN_SCRIPT = """
 import json, os, signal, sys
 import pytest
@@ -752,9 +759,6 @@ sys.path.insert(0, "tests")
 from kinematic import use_kinematic_physics
 from holdjax import checkpoint, train
 use_kinematic_physics(pytest.MonkeyPatch())
-if os.environ.get("SIGTERM_PROCESS") is None:
-    print(json.dumps(train.main(sys.argv[1:])))
-    sys.exit(0)
 summarize = train.summarize_epoch
 if os.environ["SIGTERM_PROCESS"] == os.environ["JAX_PROCESS_ID"]:
     def summarize_after_a_sigterm(out, config):
